@@ -1,0 +1,153 @@
+//! The backing Redis: a bb8 pool of redis-rs connections and [`RedisService`],
+//! the Tower service that answers a key with Redis's `GET`.
+//!
+//! The pool's manager is ours rather than bb8-redis's because bb8-redis never
+//! reports a connection as broken: a multiplexed connection whose socket died
+//! would go back into the pool and fail every request handed to it until the
+//! pool's idle reaper noticed, minutes later. Here a request that sees an I/O
+//! error, a dropped connection or a response timeout marks its connection broken
+//! and bb8 discards it on return.
+//!
+//! A request abandoned halfway (its caller timed out) cannot corrupt the next
+//! reply on the same connection: redis-rs's multiplexed connection matches
+//! replies to requests in order and discards the reply of a dropped request.
+
+mod pool;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::RedisError;
+use tower::Service;
+
+use crate::config::RedisUrl;
+use crate::lookup::Key;
+
+pub use pool::{Connection, Manager};
+
+/// Why a key could not be read from Redis.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// No connection to Redis could be had in time.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Redis answered with an error reply, such as `WRONGTYPE …`.
+    #[error("{0}")]
+    Reply(String),
+    /// The connection failed during the request.
+    #[error("redis connection failed: {0}")]
+    Connection(String),
+}
+
+impl Error {
+    /// Whether Redis refused because the key holds a value that is not a string.
+    pub fn is_wrong_type(&self) -> bool {
+        matches!(self, Error::Reply(reply) if reply.starts_with("WRONGTYPE"))
+    }
+
+    fn from_redis(error: &RedisError) -> Self {
+        match error.code() {
+            Some(code) if error.kind() != redis::ErrorKind::Io => {
+                Error::Reply(match error.detail() {
+                    Some(detail) => format!("{code} {detail}"),
+                    None => code.to_owned(),
+                })
+            }
+            _ => Error::Connection(error.to_string()),
+        }
+    }
+}
+
+/// How the pool talks to Redis.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Connections kept open at most.
+    pub pool_size: u32,
+    /// Bound on one connection attempt, and on waiting for a pooled connection.
+    pub connect_timeout: Duration,
+    /// A reply not received by then fails the request and retires its connection.
+    pub response_timeout: Duration,
+}
+
+/// Reads one key from the backing Redis with `GET`.
+///
+/// Cloning is cheap: clones share one pool. The service is always ready; waiting
+/// for a free connection happens inside the call, bounded by the connect timeout.
+#[derive(Debug, Clone)]
+pub struct RedisService {
+    pool: bb8::Pool<Manager>,
+    connect_timeout: Duration,
+    last_connect_error: pool::LastError,
+}
+
+impl RedisService {
+    /// A service over a new pool. No connection is opened until the first request,
+    /// so the proxy starts (and serves what it can) while Redis is down.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::Unavailable`] when redis-rs rejects the URL.
+    pub fn new(url: &RedisUrl, options: &Options) -> Result<Self, Error> {
+        let last_connect_error = pool::LastError::default();
+        let manager = Manager::new(url, options).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let pool = bb8::Pool::builder()
+            .max_size(options.pool_size)
+            .connection_timeout(options.connect_timeout)
+            // A PING on every checkout would double the round trips of a miss;
+            // broken connections are caught by `Manager::has_broken` instead.
+            .test_on_check_out(false)
+            .error_sink(Box::new(last_connect_error.clone()))
+            .build_unchecked(manager);
+        Ok(Self {
+            pool,
+            connect_timeout: options.connect_timeout,
+            last_connect_error,
+        })
+    }
+
+    /// Sends `PING` on a pooled connection.
+    ///
+    /// # Errors
+    ///
+    /// As for a `GET`: unavailable, or the connection failed.
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut conn = self.connection().await?;
+        conn.query::<String>(&redis::cmd("PING")).await.map(drop)
+    }
+
+    async fn connection(&self) -> Result<bb8::PooledConnection<'static, Manager>, Error> {
+        self.pool.get_owned().await.map_err(|e| match e {
+            bb8::RunError::User(e) => Error::Unavailable(e.to_string()),
+            bb8::RunError::TimedOut => Error::Unavailable(match self.last_connect_error.get() {
+                Some(cause) if self.pool.state().connections == 0 => cause,
+                _ => format!("no connection within {:?}", self.connect_timeout),
+            }),
+        })
+    }
+
+    async fn get(self, key: Key) -> Result<Option<Bytes>, Error> {
+        let mut conn = self.connection().await?;
+        let value: Option<Vec<u8>> = conn.query(redis::cmd("GET").arg(&key[..])).await?;
+        // `Bytes::from(Vec)` takes the buffer over; the value is never copied.
+        Ok(value.map(Bytes::from))
+    }
+}
+
+impl Service<Key> for RedisService {
+    type Response = Option<Bytes>;
+    type Error = Error;
+    // Boxed: a miss costs a network round trip, next to which one allocation is
+    // noise, and naming the pool's future types is not possible.
+    type Future = Pin<Box<dyn Future<Output = Result<Option<Bytes>, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, key: Key) -> Self::Future {
+        Box::pin(self.clone().get(key))
+    }
+}

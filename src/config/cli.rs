@@ -1,0 +1,98 @@
+//! Command-line flags: the highest-precedence configuration source.
+//!
+//! Every field is optional so that an absent flag leaves the value from a lower
+//! source in place. clap reads only `--config` from the environment; the other
+//! `REDIS_PROXY_*` variables are merged by figment in `Config::load`, so each
+//! source is read exactly once. The `[env: …] [default: …]` notes in the help
+//! are written out because clap would otherwise read the variables itself.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Serialize;
+
+use super::LogFormat;
+
+/// redis-proxy: a read-through caching proxy in front of one Redis, served over
+/// HTTP (`GET /{key}`) and the Redis protocol.
+///
+/// Precedence, lowest to highest: defaults, the TOML file, REDIS_PROXY_* environment
+/// variables, these flags. Durations use humantime syntax: 500ms, 30s, 2m.
+#[derive(Debug, Default, Clone, Parser, Serialize)]
+#[command(name = "redis-proxy", version)]
+pub struct Cli {
+    /// TOML configuration file with any of the keys below (underscored: cache_ttl)
+    #[arg(long, env = "REDIS_PROXY_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Backing Redis, redis://[user:pass@]host:port[/db] [env: REDIS_PROXY_REDIS_URL] [default: redis://127.0.0.1:6379]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+
+    /// HTTP listener [env: REDIS_PROXY_HTTP_ADDR] [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
+
+    /// Redis-protocol listener [env: REDIS_PROXY_RESP_ADDR] [default: 127.0.0.1:6380]
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resp_addr: Option<String>,
+
+    /// Health and metrics listener [env: REDIS_PROXY_ADMIN_ADDR] [default: 127.0.0.1:9090]
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_addr: Option<String>,
+
+    /// Global expiry of every cached entry [env: REDIS_PROXY_CACHE_TTL] [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_ttl: Option<String>,
+
+    /// Cache capacity in keys, at least 1 [env: REDIS_PROXY_CACHE_CAPACITY] [default: 10000]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_capacity: Option<u64>,
+
+    /// Requests in flight across the whole proxy; beyond it a request is refused at once [env: REDIS_PROXY_MAX_CLIENTS] [default: 1024]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_clients: Option<u64>,
+
+    /// Requests processed at the same time (1 = sequential); the rest wait their turn [env: REDIS_PROXY_MAX_PARALLEL] [default: same as --max-clients]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u64>,
+
+    /// A request not answered by then fails with a timeout (HTTP 504) [env: REDIS_PROXY_REQUEST_TIMEOUT] [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<String>,
+
+    /// Open client connections per listener [env: REDIS_PROXY_MAX_CONNECTIONS] [default: 10000]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
+
+    /// Connections to the backing Redis [env: REDIS_PROXY_REDIS_POOL_SIZE] [default: 16]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_pool_size: Option<u64>,
+
+    /// Bound on one attempt to connect to the backing Redis [env: REDIS_PROXY_REDIS_CONNECT_TIMEOUT] [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_connect_timeout: Option<String>,
+
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT [env: REDIS_PROXY_SHUTDOWN_GRACE] [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<String>,
+
+    /// Log line format; RUST_LOG sets the level [env: REDIS_PROXY_LOG_FORMAT] [default: pretty]
+    #[arg(long, value_name = "FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}

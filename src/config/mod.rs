@@ -1,0 +1,373 @@
+//! Configuration: one flat set of options merged from four sources.
+//!
+//! Lowest to highest precedence: built-in defaults, the TOML file named by
+//! `--config` (or `REDIS_PROXY_CONFIG`), `REDIS_PROXY_<KEY>` environment
+//! variables, then command-line flags. Every option has the same name in each
+//! source: flag `--cache-ttl` = env `REDIS_PROXY_CACHE_TTL` = TOML `cache_ttl`.
+//!
+//! Validation happens here, once, so that a bad value stops the process before
+//! anything is bound, with a message that names the option and where it came from.
+
+mod cli;
+mod redis_url;
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub use cli::Cli;
+pub use redis_url::RedisUrl;
+
+/// The prefix of every environment variable the proxy reads.
+pub const ENV_PREFIX: &str = "REDIS_PROXY_";
+
+/// The effective configuration of one proxy process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The backing Redis: `redis://[user:pass@]host:port[/db]`.
+    pub redis_url: RedisUrl,
+    /// Where the HTTP front-end listens.
+    pub http_addr: SocketAddr,
+    /// Where the Redis-protocol front-end listens.
+    pub resp_addr: SocketAddr,
+    /// Where the health and metrics endpoints listen.
+    pub admin_addr: SocketAddr,
+    /// How long a cached entry lives after it was fetched.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How many keys the cache holds at most.
+    pub cache_capacity: NonZeroUsize,
+    /// Requests in flight across the whole proxy; beyond it requests are refused.
+    pub max_clients: NonZeroUsize,
+    /// Requests processed at the same time; `None` means the same as `max_clients`.
+    pub max_parallel: Option<NonZeroUsize>,
+    /// A request not answered within this time fails with a timeout.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Open client connections per listener.
+    pub max_connections: NonZeroUsize,
+    /// Connections kept to the backing Redis.
+    pub redis_pool_size: NonZeroU32,
+    /// How long one attempt to connect to the backing Redis may take.
+    #[serde(with = "humantime_serde")]
+    pub redis_connect_timeout: Duration,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The shape of log lines.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            redis_url: RedisUrl::default(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            resp_addr: SocketAddr::from(([127, 0, 0, 1], 6380)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            cache_ttl: Duration::from_secs(60),
+            cache_capacity: NonZeroUsize::new(10_000).expect("non-zero"),
+            max_clients: NonZeroUsize::new(1024).expect("non-zero"),
+            max_parallel: None,
+            request_timeout: Duration::from_secs(5),
+            max_connections: NonZeroUsize::new(10_000).expect("non-zero"),
+            redis_pool_size: NonZeroU32::new(16).expect("non-zero"),
+            redis_connect_timeout: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            log_format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file named by `--config` does not exist or cannot be read.
+    #[error("config file {}: {source}", path.display())]
+    File {
+        /// The file that was named.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// A value could not be parsed, or a key is unknown.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Merges defaults, the optional TOML file, the environment and the flags.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error naming the option when the file is missing, a key in it is
+    /// unknown, or any value does not parse or is out of range.
+    pub fn load(cli: &Cli) -> Result<Self, Error> {
+        Self::load_from(cli, std::env::vars())
+    }
+
+    /// Like [`Config::load`], reading the environment from `vars` instead of the process.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Config::load`].
+    pub fn load_from(
+        cli: &Cli,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, Error> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &cli.config {
+            // `Toml::file` silently skips a missing file; a named file that is not
+            // there is a mistake the user wants to hear about.
+            std::fs::metadata(path).map_err(|source| Error::File {
+                path: path.clone(),
+                source,
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // Only the documented keys are read: orchestrators inject variables such as
+        // `REDIS_PROXY_PORT` (Kubernetes service links) that are not ours.
+        let env = EnvSnapshot(
+            vars.into_iter()
+                .filter_map(|(key, value)| {
+                    let key = key.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+                    Self::KEYS.contains(&key.as_str()).then_some((key, value))
+                })
+                .collect(),
+        );
+        let config: Config = figment
+            .merge(env)
+            .merge(Flags(cli))
+            .extract()
+            .map_err(describe)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every option's key, as used in TOML and (upper-cased) in the environment.
+    pub const KEYS: &'static [&'static str] = &[
+        "redis_url",
+        "http_addr",
+        "resp_addr",
+        "admin_addr",
+        "cache_ttl",
+        "cache_capacity",
+        "max_clients",
+        "max_parallel",
+        "request_timeout",
+        "max_connections",
+        "redis_pool_size",
+        "redis_connect_timeout",
+        "shutdown_grace",
+        "log_format",
+    ];
+
+    /// The parallel limit in force: `max_parallel`, or `max_clients` when unset.
+    pub fn effective_max_parallel(&self) -> NonZeroUsize {
+        self.max_parallel.unwrap_or(self.max_clients)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let positive = [
+            ("cache_ttl", self.cache_ttl),
+            ("request_timeout", self.request_timeout),
+            ("redis_connect_timeout", self.redis_connect_timeout),
+        ];
+        for (key, value) in positive {
+            if value.is_zero() {
+                return Err(Error::Invalid(format!(
+                    "{}: must be greater than zero",
+                    option_names(key)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The proxy's variables from one snapshot of the environment, keys lower-cased
+/// and stripped of [`ENV_PREFIX`]. (`figment::providers::Env` reads the live process
+/// environment; a snapshot keeps loading a pure function of its inputs.)
+struct EnvSnapshot(Vec<(String, String)>);
+
+impl figment::Provider for EnvSnapshot {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let dict = self
+            .0
+            .iter()
+            // Values are typed as `figment::providers::Env` types them: `10` is an
+            // integer, `60s` a string.
+            .map(|(key, value)| (key.clone(), value.parse().expect("infallible")))
+            .collect();
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+/// The command-line flags as a figment source, under a name a user recognises.
+struct Flags<'a>(&'a Cli);
+
+impl figment::Provider for Flags<'_> {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("command-line flag")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::defaults(self.0).data()
+    }
+}
+
+/// The names one option goes by: flag, environment variable and TOML key.
+fn option_names(key: &str) -> String {
+    format!(
+        "--{} (env {ENV_PREFIX}{}, TOML `{key}`)",
+        key.replace('_', "-"),
+        key.to_ascii_uppercase()
+    )
+}
+
+/// Turns figment's error into one line per problem that names the option and
+/// the source the bad value came from.
+fn describe(error: figment::Error) -> Error {
+    let lines: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(src) => format!(" (from {} {src})", m.name),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            match e.path.last() {
+                Some(key) if Config::KEYS.contains(&key.as_str()) => {
+                    format!("{}: {}{source}", option_names(key), e.kind)
+                }
+                _ => format!("{}{source}", e.kind),
+            }
+        })
+        .collect();
+    Error::Invalid(lines.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, Error> {
+        let cli = Cli::try_parse_from(std::iter::once("redis-proxy").chain(args.iter().copied()))
+            .expect("flags parse");
+        Config::load_from(
+            &cli,
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_match_the_documented_table() {
+        let config = load(&[], &[]).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.redis_url.as_str(), "redis://127.0.0.1:6379");
+        assert_eq!(config.cache_ttl, Duration::from_secs(60));
+        assert_eq!(config.effective_max_parallel().get(), 1024);
+    }
+
+    #[test]
+    fn env_overrides_file_and_flag_overrides_env() {
+        let dir = std::env::temp_dir().join(format!("redis-proxy-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("proxy.toml");
+        std::fs::write(
+            &file,
+            "cache_ttl = \"10s\"\ncache_capacity = 7\nmax_clients = 3\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+
+        let from_file = load(&["--config", file], &[]).unwrap();
+        assert_eq!(from_file.cache_ttl, Duration::from_secs(10));
+        assert_eq!(from_file.cache_capacity.get(), 7);
+
+        let env = [
+            ("REDIS_PROXY_CACHE_TTL", "20s"),
+            ("REDIS_PROXY_MAX_CLIENTS", "4"),
+        ];
+        let from_env = load(&["--config", file], &env).unwrap();
+        assert_eq!(from_env.cache_ttl, Duration::from_secs(20));
+        assert_eq!(from_env.max_clients.get(), 4);
+        assert_eq!(from_env.cache_capacity.get(), 7);
+
+        let from_flag = load(&["--config", file, "--cache-ttl", "30s"], &env).unwrap();
+        assert_eq!(from_flag.cache_ttl, Duration::from_secs(30));
+        assert_eq!(from_flag.max_clients.get(), 4);
+    }
+
+    #[test]
+    fn unrelated_prefixed_variables_are_ignored() {
+        let config = load(&[], &[("REDIS_PROXY_PORT", "tcp://10.0.0.1:8080")]).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn zero_capacity_is_rejected_naming_the_option() {
+        let err = load(&["--cache-capacity", "0"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--cache-capacity"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_in_env_names_the_variable() {
+        let err = load(&[], &[("REDIS_PROXY_CACHE_TTL", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REDIS_PROXY_CACHE_TTL"), "{err}");
+    }
+
+    #[test]
+    fn zero_timeout_is_rejected() {
+        let err = load(&["--request-timeout", "0s"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--request-timeout"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = load(&["--config", "/nonexistent/proxy.toml"], &[]).unwrap_err();
+        assert!(matches!(err, Error::File { .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_redis_url_is_rejected() {
+        let err = load(&["--redis-url", "http://example"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--redis-url"), "{err}");
+    }
+}

@@ -1,0 +1,117 @@
+//! The backing Redis's address, validated when parsed and redacted when shown.
+
+use std::fmt;
+
+use redis::IntoConnectionInfo;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A `redis://` or `rediss://` URL that redis-rs accepts.
+///
+/// `Display` and `Debug` hide the password, so the URL can be logged as is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Parses and validates a URL.
+    ///
+    /// # Errors
+    ///
+    /// Returns redis-rs's reason when it does not accept the URL.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        url.into_connection_info().map_err(|e| e.to_string())?;
+        Ok(Self(url.to_owned()))
+    }
+
+    /// The URL as given, password included: for connecting, never for logging.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    ///
+    /// ```text
+    /// redis://user:secret@host:6379/0  ->  redis://user:***@host:6379/0
+    /// redis://secret@host              ->  redis://***@host
+    /// ```
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+            return url.clone();
+        };
+        let authority_end = url[scheme_end..]
+            .find('/')
+            .map_or(url.len(), |i| scheme_end + i);
+        let Some(at) = url[scheme_end..authority_end].rfind('@') else {
+            return url.clone();
+        };
+        let userinfo = &url[scheme_end..scheme_end + at];
+        let user = match userinfo.find(':') {
+            Some(colon) => format!("{}:***", &userinfo[..colon]),
+            None => "***".to_owned(),
+        };
+        format!("{}{user}{}", &url[..scheme_end], &url[scheme_end + at..])
+    }
+}
+
+impl Default for RedisUrl {
+    fn default() -> Self {
+        Self("redis://127.0.0.1:6379".to_owned())
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({:?})", self.redacted())
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RedisUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let url = String::deserialize(deserializer)?;
+        Self::parse(&url).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_is_redacted() {
+        let url = RedisUrl::parse("redis://user:s3cret@example.com:6379/2").unwrap();
+        assert_eq!(url.redacted(), "redis://user:***@example.com:6379/2");
+        assert!(!format!("{url} {url:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn password_without_user_is_redacted() {
+        let url = RedisUrl::parse("redis://:s3cret@example.com").unwrap();
+        assert_eq!(url.redacted(), "redis://:***@example.com");
+        let url = RedisUrl::parse("redis://s3cret@example.com/0").unwrap();
+        assert_eq!(url.redacted(), "redis://***@example.com/0");
+    }
+
+    #[test]
+    fn url_without_credentials_is_unchanged() {
+        let url = RedisUrl::parse("redis://127.0.0.1:6379/0").unwrap();
+        assert_eq!(url.redacted(), "redis://127.0.0.1:6379/0");
+    }
+
+    #[test]
+    fn non_redis_scheme_is_rejected() {
+        assert!(RedisUrl::parse("http://example.com").is_err());
+        assert!(RedisUrl::parse("not a url").is_err());
+    }
+}

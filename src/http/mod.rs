@@ -1,0 +1,149 @@
+//! The HTTP front-end: `GET /{key}` and `HEAD /{key}` on the shared stack.
+//!
+//! The key is the whole path after the first `/`, percent-decoded to bytes, so a
+//! raw `/` is part of the key and any byte can be sent as `%XX`. The path is read
+//! raw from the URI rather than through axum's `Path` extractor, which only yields
+//! UTF-8 and would reject a key such as `%FF`.
+//!
+//! ```text
+//! GET /user%3A42   ->  200  body = value bytes
+//!                           Content-Type: application/octet-stream
+//!                           X-Cache: HIT | MISS
+//!                      404  the key does not exist in Redis
+//!                      400  empty key, or a query string (send '?' as %3F)
+//!                      405  any other method (Allow: GET, HEAD)
+//!                      409  the key holds a non-string value (body: Redis's error)
+//!                      502  Redis unreachable or failing (body: short reason)
+//!                      503  more than max_clients requests in flight
+//!                      504  not answered within request_timeout
+//! ```
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use percent_encoding::percent_decode;
+use tower::{BoxError, Service, ServiceExt};
+
+use crate::layers::Failure;
+use crate::lookup::{Key, Lookup};
+
+/// The `X-Cache` response header: `HIT` or `MISS`.
+pub const X_CACHE: &str = "x-cache";
+
+/// A router answering every path with the key lookup. Mount it with `nest` under a
+/// prefix to serve keys below that prefix.
+///
+/// `service` is normally a [`crate::layers::Stack`]; it is cloned per request, so
+/// its clones must share their state (the stack's do).
+pub fn router<S>(service: S) -> Router
+where
+    S: Service<Key, Response = Lookup, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+{
+    Router::new().fallback(serve_key::<S>).with_state(service)
+}
+
+async fn serve_key<S>(State(service): State<S>, method: Method, uri: Uri) -> Response
+where
+    S: Service<Key, Response = Lookup, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+{
+    if method != Method::GET && method != Method::HEAD {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET, HEAD")],
+            "method not allowed: use GET or HEAD\n",
+        )
+            .into_response();
+    }
+    let key = match key_from_uri(&uri) {
+        Ok(key) => key,
+        Err(reason) => return (StatusCode::BAD_REQUEST, reason).into_response(),
+    };
+    match service.oneshot(key).await {
+        Ok(Lookup {
+            value: Some(value),
+            source,
+        }) => {
+            let mut response = Response::new(Body::from(value));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            headers.insert(X_CACHE, HeaderValue::from_static(source.as_str()));
+            response
+        }
+        Ok(Lookup {
+            value: None,
+            source,
+        }) => (
+            StatusCode::NOT_FOUND,
+            [(X_CACHE, source.as_str())],
+            "not found\n",
+        )
+            .into_response(),
+        Err(error) => Failure::from(error).into_response(),
+    }
+}
+
+/// The key named by a request URI.
+///
+/// # Errors
+///
+/// A message for the client when the key is empty or the URI has a query string.
+pub fn key_from_uri(uri: &Uri) -> Result<Key, &'static str> {
+    if uri.query().is_some() {
+        return Err("query strings are not supported: send '?' in a key as %3F\n");
+    }
+    let raw = uri.path().strip_prefix('/').unwrap_or(uri.path());
+    if raw.is_empty() {
+        return Err("empty key: request /{key}\n");
+    }
+    let key: Vec<u8> = percent_decode(raw.as_bytes()).collect();
+    Ok(Bytes::from(key))
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Failure::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Backend(e) if e.is_wrong_type() => StatusCode::CONFLICT,
+            Failure::Backend(_) => StatusCode::BAD_GATEWAY,
+            Failure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        }
+        (status, format!("{self}\n")).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(uri: &str) -> Result<Key, &'static str> {
+        key_from_uri(&uri.parse::<Uri>().unwrap())
+    }
+
+    #[test]
+    fn key_is_the_percent_decoded_path() {
+        assert_eq!(key("/plain").unwrap(), Bytes::from("plain"));
+        assert_eq!(key("/a/b/c").unwrap(), Bytes::from("a/b/c"));
+        assert_eq!(key("/with%20space").unwrap(), Bytes::from("with space"));
+        assert_eq!(key("/%3F%25%23").unwrap(), Bytes::from("?%#"));
+        assert_eq!(key("/%FF%00").unwrap(), Bytes::from_static(&[0xFF, 0x00]));
+        assert_eq!(key("/%C3%BC").unwrap(), Bytes::from("ü"));
+    }
+
+    #[test]
+    fn empty_key_and_query_are_rejected() {
+        assert!(key("/").is_err());
+        assert!(key("/a?b").is_err());
+    }
+}

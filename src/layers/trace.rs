@@ -1,0 +1,101 @@
+//! [`TraceLayer`]: a span per request and one event when it completes.
+//!
+//! tower-http's trace layer is for HTTP requests; this one works on the
+//! protocol-neutral key, so both front-ends are traced alike. Everything is at
+//! `debug` level: with the default `info` filter the span is disabled and the hot
+//! path pays for one level check, not for formatting the key or reading the clock.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tracing::Span;
+
+use crate::lookup::{Key, Lookup};
+
+/// Traces every request to the inner service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceLayer;
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Trace { inner }
+    }
+}
+
+/// The service made by [`TraceLayer`].
+#[derive(Debug, Clone)]
+pub struct Trace<S> {
+    inner: S,
+}
+
+impl<S> Service<Key> for Trace<S>
+where
+    S: Service<Key, Response = Lookup>,
+    S::Error: std::fmt::Display,
+{
+    type Response = Lookup;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, key: Key) -> Self::Future {
+        let span = tracing::debug_span!("request", key = %String::from_utf8_lossy(&key));
+        let start = (!span.is_disabled()).then(Instant::now);
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(key)
+        };
+        ResponseFuture {
+            future,
+            span,
+            start,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Trace`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        span: Span,
+        start: Option<Instant>,
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Lookup, E>>,
+    E: std::fmt::Display,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let output = ready!(this.future.poll(cx));
+        if let Some(start) = this.start {
+            let micros = start.elapsed().as_micros() as u64;
+            match &output {
+                Ok(lookup) => tracing::debug!(
+                    micros,
+                    cache = lookup.source.as_str(),
+                    found = lookup.value.is_some(),
+                    "answered"
+                ),
+                Err(error) => tracing::debug!(micros, %error, "failed"),
+            }
+        }
+        Poll::Ready(output)
+    }
+}
