@@ -1,6 +1,7 @@
 //! The `redis-proxy` binary: parse the configuration, start logging, serve until
 //! SIGTERM or SIGINT. Everything else lives in the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -29,13 +30,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(redis_proxy::run(config, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+    let served = runtime.block_on(async {
+        // Installed before anything is bound: a signal that arrives as soon as the
+        // proxy reports it is listening must still shut it down gracefully.
+        let shutdown = shutdown_signal().map_err(|error| {
+            eprintln!("redis-proxy: cannot install signal handlers: {error}");
+        })?;
+        redis_proxy::run(config, shutdown).await.map_err(|error| {
             tracing::error!(%error, "redis-proxy failed");
             eprintln!("redis-proxy: {error}");
-            ExitCode::FAILURE
-        }
+        })
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(()) => ExitCode::FAILURE,
     }
 }
 
@@ -43,32 +51,33 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(std::io::stdout)
+        .with_ansi(std::io::stdout().is_terminal());
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().with_current_span(true).init(),
     }
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the proxy");
-                let _ = interrupt.await;
-            }
+/// Registers for SIGTERM and SIGINT now, and returns a future that completes on
+/// the first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+    })
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

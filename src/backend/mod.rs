@@ -40,6 +40,9 @@ pub enum Error {
     /// The connection failed during the request.
     #[error("redis connection failed: {0}")]
     Connection(String),
+    /// Redis did not reply within the response timeout; the connection was retired.
+    #[error("redis did not reply in time")]
+    Timeout,
 }
 
 impl Error {
@@ -49,6 +52,9 @@ impl Error {
     }
 
     fn from_redis(error: &RedisError) -> Self {
+        if error.is_timeout() {
+            return Error::Timeout;
+        }
         match error.code() {
             Some(code) if error.kind() != redis::ErrorKind::Io => {
                 Error::Reply(match error.detail() {

@@ -110,6 +110,8 @@ impl From<BoxError> for Failure {
             return Failure::Timeout;
         }
         match error.downcast::<backend::Error>() {
+            // Redis's own response timeout and ours mean the same to a client.
+            Ok(backend) if matches!(*backend, backend::Error::Timeout) => Failure::Timeout,
             Ok(backend) => Failure::Backend(*backend),
             Err(other) => Failure::Internal(other.to_string()),
         }

@@ -1,0 +1,174 @@
+//! Configuration precedence, bad configuration, and the process lifecycle.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::{ProxyBuilder, RedisServer, free_port, is_listening};
+
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+#[test]
+fn file_is_overridden_by_env_which_is_overridden_by_flags() {
+    let redis = RedisServer::start();
+    let (file_port, env_port, flag_port) = (free_port(), free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("redis-proxy-precedence-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "redis_url = \"{}\"\nhttp_addr = \"{}\"\n",
+            redis.url(),
+            addr(file_port)
+        ),
+    )
+    .unwrap();
+    let base = ProxyBuilder::bare().arg("--config", file.display());
+
+    let proxy = base.clone().start();
+    assert_eq!(
+        proxy.http_addr(),
+        addr(file_port).parse::<SocketAddr>().unwrap()
+    );
+    drop(proxy);
+
+    let with_env = base.clone().env("REDIS_PROXY_HTTP_ADDR", addr(env_port));
+    let proxy = with_env.clone().start();
+    assert_eq!(proxy.http_addr().port(), env_port);
+    drop(proxy);
+
+    let proxy = with_env.arg("--http-addr", addr(flag_port)).start();
+    assert_eq!(proxy.http_addr().port(), flag_port);
+    assert!(is_listening(proxy.http_addr()));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn config_file_can_be_named_by_env() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let file =
+        std::env::temp_dir().join(format!("redis-proxy-envfile-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        format!(
+            "redis_url = \"{}\"\nhttp_addr = \"{}\"\n",
+            redis.url(),
+            addr(port)
+        ),
+    )
+    .unwrap();
+    let proxy = ProxyBuilder::bare()
+        .env("REDIS_PROXY_CONFIG", file.display())
+        .start();
+    assert_eq!(proxy.http_addr().port(), port);
+    let _ = std::fs::remove_file(file);
+}
+
+/// Runs the proxy with a bad option and returns its stderr; it must exit with 2.
+fn rejected(builder: ProxyBuilder) -> String {
+    let output = builder.run_to_exit(Duration::from_secs(10));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "bad configuration must exit 2"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn bad_configuration_fails_fast_naming_the_option() {
+    let port = free_port();
+    let base = ProxyBuilder::bare().arg("--http-addr", addr(port));
+
+    let err = rejected(base.clone().arg("--cache-ttl", "soon"));
+    assert!(err.contains("--cache-ttl"), "{err}");
+    let err = rejected(base.clone().arg("--cache-capacity", 0));
+    assert!(err.contains("--cache-capacity"), "{err}");
+    let err = rejected(base.clone().env("REDIS_PROXY_MAX_CLIENTS", "many"));
+    assert!(err.contains("REDIS_PROXY_MAX_CLIENTS"), "{err}");
+    let err = rejected(base.clone().arg("--resp-addr", "nowhere"));
+    assert!(err.contains("--resp-addr"), "{err}");
+    let err = rejected(base.clone().arg("--redis-url", "http://example"));
+    assert!(err.contains("--redis-url"), "{err}");
+    let err = rejected(base.clone().arg("--config", "/nonexistent/proxy.toml"));
+    assert!(err.contains("/nonexistent/proxy.toml"), "{err}");
+
+    let file =
+        std::env::temp_dir().join(format!("redis-proxy-unknown-{}.toml", std::process::id()));
+    std::fs::write(&file, "cache_ttl = \"1s\"\ncache_size = 10\n").unwrap();
+    let err = rejected(base.clone().arg("--config", file.display()));
+    assert!(err.contains("cache_size"), "{err}");
+    let _ = std::fs::remove_file(file);
+
+    // Nothing was left listening on the address it was given.
+    assert!(!is_listening(addr(port).parse().unwrap()));
+}
+
+#[test]
+fn help_lists_every_option_with_env_and_default() {
+    let output = ProxyBuilder::bare()
+        .flag("--help")
+        .run_to_exit(Duration::from_secs(10));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for key in [
+        "redis_url",
+        "http_addr",
+        "resp_addr",
+        "admin_addr",
+        "cache_ttl",
+        "cache_capacity",
+        "max_clients",
+        "max_parallel",
+        "request_timeout",
+        "max_connections",
+        "redis_pool_size",
+        "log_format",
+    ] {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let env = format!("REDIS_PROXY_{}", key.to_ascii_uppercase());
+        assert!(help.contains(&flag), "{flag} missing from --help");
+        assert!(help.contains(&env), "{env} missing from --help");
+    }
+    assert!(help.contains("[default: 60s]"));
+}
+
+#[test]
+fn sigterm_stops_the_proxy_with_exit_0() {
+    let redis = RedisServer::start();
+    let mut proxy = ProxyBuilder::new(&redis.url()).start();
+    let http = proxy.http_addr();
+    assert!(is_listening(http));
+
+    proxy.terminate();
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(!is_listening(http), "the port is closed after exit");
+}
+
+#[test]
+fn startup_log_redacts_the_redis_password() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
+    let url = format!("redis://:s3cret-pw@127.0.0.1:{}", redis.port());
+    let proxy = ProxyBuilder::new(&url).start();
+    let logs = proxy.logs().join("\n");
+    assert!(logs.contains("listening"), "{logs}");
+    assert!(logs.contains(":***@127.0.0.1"), "{logs}");
+    assert!(!logs.contains("s3cret-pw"), "{logs}");
+}
+
+#[test]
+fn example_config_file_is_valid() {
+    let redis = RedisServer::start();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/proxy.toml");
+    let proxy = ProxyBuilder::bare()
+        .arg("--config", example)
+        .arg("--redis-url", redis.url())
+        .arg("--http-addr", "127.0.0.1:0")
+        .start();
+    assert!(is_listening(proxy.http_addr()));
+}

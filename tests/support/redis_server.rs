@@ -1,0 +1,132 @@
+//! A throwaway `redis-server` on a free loopback port.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, wait_until};
+
+/// A running `redis-server`, killed (and its directory removed) on drop.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a server with persistence off.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `--option value` arguments (e.g. `--requirepass`).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir()
+                .join(format!("redis-proxy-test-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("create redis dir");
+            let child = spawn(port, &dir, &extra);
+            let mut server = Self {
+                child,
+                port,
+                dir,
+                extra: extra.clone(),
+            };
+            if server.wait_ready() {
+                return server;
+            }
+            // Lost the port race, or failed: try another port.
+        }
+        panic!("redis-server did not start (is it installed? `apt-get install redis-server`)");
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A direct connection, bypassing the proxy.
+    pub fn client(&self) -> redis::Connection {
+        let password = self
+            .extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .map(|i| self.extra[i + 1].clone());
+        let url = match password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => self.url(),
+        };
+        redis::Client::open(url)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .expect("direct connection to redis")
+    }
+
+    /// Sets `key` to `value` directly in Redis.
+    pub fn set(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        redis::cmd("SET")
+            .arg(key.as_ref())
+            .arg(value.as_ref())
+            .query::<()>(&mut self.client())
+            .expect("SET");
+    }
+
+    /// Runs any command directly in Redis.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut self.client()).expect("redis command")
+    }
+
+    /// How many times Redis has executed `command` (from `INFO commandstats`).
+    pub fn calls(&self, command: &str) -> u64 {
+        let info: String = self.cmd(&["INFO", "commandstats"]);
+        let prefix = format!("cmdstat_{}:calls=", command.to_ascii_lowercase());
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().expect("a count"))
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        wait_until(Duration::from_secs(5), || {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true; // exited: checked below
+            }
+            redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .is_ok()
+        }) && matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
+    let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    Command::new(binary)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server (is it installed? `apt-get install redis-server`)")
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
