@@ -10,7 +10,9 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build lint fmt test test-native unit run doc clean
+CLIENTS_STAMP := target/clients/.installed
+
+.PHONY: help build lint fmt test test-native unit run doc clean clients
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,8 +29,8 @@ fmt: ## Format the code
 
 test: test-native ## Lint, build, and run every test (unit + system)
 
-test-native: lint
-	@command -v redis-server >/dev/null || { echo "make test: redis-server is needed for the system tests (apt-get install redis-server)" >&2; exit 1; }
+test-native: lint clients
+	@command -v redis-server >/dev/null || { echo "make test: redis-server and redis-tools are needed for the system tests (apt-get install redis-server)" >&2; exit 1; }
 	$(CARGO) build --locked --all-targets
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "$(CARGO) nextest run --locked --all-targets"; \
@@ -38,6 +40,14 @@ test-native: lint
 		$(CARGO) test --locked --all-targets; \
 	fi
 	$(CARGO) test --locked --doc
+
+clients: $(CLIENTS_STAMP) ## Install the client libraries the tests use (redis-py, ioredis, node-redis)
+
+$(CLIENTS_STAMP): tests/clients/requirements.txt tests/clients/package.json
+	@command -v python3 >/dev/null && command -v npm >/dev/null || { echo "make clients: python3 and npm are needed for the client tests" >&2; exit 1; }
+	python3 -m pip install --quiet --disable-pip-version-check --target target/clients/python -r tests/clients/requirements.txt
+	cd tests/clients && npm install --silent --no-audit --no-fund --no-package-lock
+	@mkdir -p $(dir $@) && touch $@
 
 unit: ## Unit tests only (no Redis needed)
 	$(CARGO) test --locked --lib

@@ -1,10 +1,11 @@
 //! redis-proxy: a read-through caching proxy in front of one Redis.
 //!
-//! Clients read keys over HTTP (`GET /{key}`); every front-end turns its request
-//! into a protocol-neutral [`Key`] and calls one shared Tower stack:
+//! Clients read keys over HTTP (`GET /{key}`) and the Redis protocol (`GET key`);
+//! both front-ends turn their request into a protocol-neutral [`Key`] and call one
+//! shared Tower stack:
 //!
 //! ```text
-//! bytes ─▶ front-end (http) ─▶ Key ─▶ layers (trace, limits, timeout)
+//! bytes ─▶ front-end (http | resp) ─▶ Key ─▶ layers (trace, limits, timeout)
 //!       ─▶ cache (exact LRU + TTL) ─▶ backend (bb8 pool, Redis GET)
 //! ```
 //!
@@ -20,6 +21,7 @@ pub mod config;
 pub mod http;
 pub mod layers;
 pub mod lookup;
+pub mod resp;
 pub mod server;
 
 pub use config::Config;

@@ -3,7 +3,8 @@
 //! Each accepted stream carries a semaphore permit that is released when the
 //! stream is dropped, so "open connections" is counted exactly, whichever side
 //! closes. While every slot is taken the HTTP listener stops accepting, and new
-//! connections wait in the kernel's backlog, as most HTTP servers do.
+//! connections wait in the kernel's backlog, as most HTTP servers do; the RESP
+//! listener accepts and refuses them with an error, as Redis does.
 
 use std::io;
 use std::net::SocketAddr;
@@ -56,6 +57,16 @@ impl LimitedListener {
             .expect("the semaphore is never closed");
         let (stream, addr) = accept(&self.inner).await;
         (Limited::new(stream, permit), addr)
+    }
+}
+
+impl LimitedListener {
+    /// Accepts the next connection at once, with a slot if one is free: the caller
+    /// refuses a connection that comes without one (what Redis does at `maxclients`).
+    pub async fn accept_or_refuse(&self) -> (TcpStream, SocketAddr, Option<OwnedSemaphorePermit>) {
+        let (stream, addr) = accept(&self.inner).await;
+        let slot = self.slots.clone().try_acquire_owned().ok();
+        (stream, addr, slot)
     }
 }
 

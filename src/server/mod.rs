@@ -3,8 +3,9 @@
 
 mod listener;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +15,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::http;
 use crate::layers::{Stack, StackBuilder};
+use crate::resp;
 
 pub use listener::{Limited, LimitedListener};
 
@@ -44,7 +46,9 @@ pub struct Proxy {
     config: Config,
     stack: Stack<RedisService>,
     backend: RedisService,
+    cache: Cache,
     http: LimitedListener,
+    resp: LimitedListener,
 }
 
 impl Proxy {
@@ -63,25 +67,32 @@ impl Proxy {
                 response_timeout: config.request_timeout,
             },
         )?;
+        let cache = Cache::new(config.cache_capacity, config.cache_ttl);
         let stack = StackBuilder {
             max_clients: config.max_clients.get(),
             max_parallel: config.effective_max_parallel().get(),
             request_timeout: config.request_timeout,
-            cache: Cache::new(config.cache_capacity, config.cache_ttl),
+            cache: cache.clone(),
         }
         .build(backend.clone());
-        let http = LimitedListener::bind(config.http_addr, config.max_connections.get())
-            .await
-            .map_err(|source| Error::Bind {
-                option: "--http-addr",
-                addr: config.http_addr,
-                source,
-            })?;
+        let bind = |option, addr| async move {
+            LimitedListener::bind(addr, config.max_connections.get())
+                .await
+                .map_err(|source| Error::Bind {
+                    option,
+                    addr,
+                    source,
+                })
+        };
+        let http = bind("--http-addr", config.http_addr).await?;
+        let resp = bind("--resp-addr", config.resp_addr).await?;
         Ok(Self {
             config,
             stack,
             backend,
+            cache,
             http,
+            resp,
         })
     }
 
@@ -92,6 +103,15 @@ impl Proxy {
     /// The operating system's error.
     pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
         self.http.local_addr()
+    }
+
+    /// The address the Redis-protocol listener is bound to.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
+    pub fn resp_addr(&self) -> std::io::Result<SocketAddr> {
+        self.resp.local_addr()
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight
@@ -108,11 +128,15 @@ impl Proxy {
             config,
             stack,
             backend,
+            cache,
             http,
+            resp,
         } = self;
         let http_addr = http.local_addr().map_err(Error::Serve)?;
+        let resp_addr = resp.local_addr().map_err(Error::Serve)?;
         tracing::info!(
             http = %http_addr,
+            resp = %resp_addr,
             redis_url = %config.redis_url,
             cache_ttl = ?config.cache_ttl,
             cache_capacity = config.cache_capacity.get(),
@@ -139,11 +163,23 @@ impl Proxy {
             }
         }));
 
-        let server = axum::serve(http, http::router(stack))
+        let resp_shared = Arc::new(resp::Shared::new(
+            stack.clone(),
+            cache,
+            config.max_clients.get(),
+            config.max_connections.get(),
+            resp_addr.port(),
+        ));
+        let http_server = axum::serve(http, http::router(stack))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let resp_server = resp::serve(resp, resp_shared, stop.clone());
+        let both = async {
+            let (http_result, ()) = tokio::join!(http_server.into_future(), resp_server);
+            http_result
+        };
         let grace = config.shutdown_grace;
         tokio::select! {
-            result = server => result.map_err(Error::Serve)?,
+            result = both => result.map_err(Error::Serve)?,
             () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "grace period over; closing the remaining connections");
             }

@@ -39,3 +39,105 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 pub fn is_listening(addr: SocketAddr) -> bool {
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
+
+/// A raw TCP connection for speaking RESP byte by byte.
+pub struct RawConn {
+    stream: std::net::TcpStream,
+}
+
+impl RawConn {
+    /// Connects to `addr` with a 5 s read timeout.
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        Self { stream }
+    }
+
+    /// Writes `bytes` as they are.
+    pub fn send(&mut self, bytes: &[u8]) -> &mut Self {
+        use std::io::Write;
+        self.stream.write_all(bytes).expect("write");
+        self
+    }
+
+    /// Reads until exactly `n` bytes have arrived (or the timeout passes).
+    pub fn read_exact_len(&mut self, n: usize) -> Vec<u8> {
+        use std::io::Read;
+        let mut buf = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match self.stream.read(&mut buf[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got += k,
+            }
+        }
+        buf.truncate(got);
+        buf
+    }
+
+    /// Reads until `expected.len()` bytes arrived and returns them.
+    pub fn expect(&mut self, expected: &[u8]) {
+        let got = self.read_exact_len(expected.len());
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected),
+            "reply bytes"
+        );
+    }
+
+    /// Reads one line (through `\r\n`).
+    pub fn read_line(&mut self) -> String {
+        use std::io::Read;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            match self.stream.read(&mut byte) {
+                Ok(1) => line.push(byte[0]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&line).into_owned()
+    }
+
+    /// Reads one whole RESP2/RESP3 reply, nested ones included, as its raw text.
+    pub fn read_reply(&mut self) -> String {
+        let line = self.read_line();
+        let count = |line: &str| line[1..line.len() - 2].parse::<i64>().unwrap_or(0);
+        match line.as_bytes().first() {
+            Some(b'$' | b'=' | b'!') if count(&line) >= 0 => {
+                let body = self.read_exact_len(count(&line) as usize + 2);
+                line + &String::from_utf8_lossy(&body)
+            }
+            Some(b'*' | b'~' | b'>') => {
+                let mut all = line.clone();
+                for _ in 0..count(&line).max(0) {
+                    all.push_str(&self.read_reply());
+                }
+                all
+            }
+            Some(b'%') => {
+                let mut all = line.clone();
+                for _ in 0..2 * count(&line).max(0) {
+                    all.push_str(&self.read_reply());
+                }
+                all
+            }
+            _ => line,
+        }
+    }
+
+    /// Whether the server closed the connection (reads EOF within the timeout).
+    pub fn is_closed_by_server(&mut self) -> bool {
+        use std::io::Read;
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0))
+            || matches!(self.stream.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+
+    /// Closes the writing half.
+    pub fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+}

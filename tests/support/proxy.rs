@@ -73,6 +73,8 @@ impl ProxyBuilder {
         if self.default_http_addr {
             command.args(["--http-addr", "127.0.0.1:0"]);
         }
+        // Every proxy binds its RESP listener; port 0 keeps parallel tests apart.
+        command.args(["--resp-addr", "127.0.0.1:0"]);
         command.args(&self.args);
         command.envs(self.envs.iter().map(|(k, v)| (k, v)));
         command
@@ -127,7 +129,12 @@ impl ProxyBuilder {
             }
         });
         match ready_rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(http) => Proxy { child, http, logs },
+            Ok((http, resp)) => Proxy {
+                child,
+                http,
+                resp,
+                logs,
+            },
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -141,23 +148,38 @@ impl ProxyBuilder {
     }
 }
 
-fn listening_addr(line: &str) -> Option<SocketAddr> {
+/// The HTTP and RESP addresses from the proxy's JSON startup line.
+fn listening_addr(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     let fields = value.get("fields")?;
     if fields.get("message")?.as_str()? != "listening" {
         return None;
     }
-    fields.get("http")?.as_str()?.parse().ok()
+    let addr = |name: &str| fields.get(name)?.as_str()?.parse().ok();
+    Some((addr("http")?, addr("resp")?))
 }
 
 /// A running proxy, killed on drop.
 pub struct Proxy {
     child: Child,
     http: SocketAddr,
+    resp: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proxy {
+    /// The bound Redis-protocol address.
+    pub fn resp_addr(&self) -> SocketAddr {
+        self.resp
+    }
+
+    /// A redis-rs client connection to the proxy's RESP listener.
+    pub fn redis_client(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://{}", self.resp))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+            .expect("connect to the proxy over RESP")
+    }
+
     /// The bound HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http

@@ -1,0 +1,330 @@
+//! Turning a request's arguments into a [`Command`].
+//!
+//! Only reads reach the service stack (`GET`, `MGET`). The connection-level
+//! commands that client libraries send while connecting are answered here, as
+//! Redis would. Every other command, writes included, is refused with an error
+//! that names it; nothing is ever forwarded to the backing Redis.
+
+use bytes::Bytes;
+
+use super::reply::Reply;
+use crate::lookup::Key;
+
+/// One parsed request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// `GET key`
+    Get(Key),
+    /// `MGET key [key ...]`
+    MGet(Vec<Key>),
+    /// `PING [message]`
+    Ping(Option<Bytes>),
+    /// `ECHO message`
+    Echo(Bytes),
+    /// `QUIT`: reply `+OK`, then close.
+    Quit,
+    /// `RESET`: back to RESP2, no name.
+    Reset,
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`
+    Hello {
+        /// The protocol asked for, if any.
+        protover: Option<Bytes>,
+        /// A connection name to set.
+        setname: Option<Bytes>,
+    },
+    /// `AUTH [user] password`: accepted; the proxy does not authenticate clients.
+    Auth,
+    /// `SELECT index`
+    Select(Bytes),
+    /// `CLIENT subcommand ...`
+    Client(Vec<Bytes>),
+    /// `COMMAND [subcommand ...]`
+    Command(Vec<Bytes>),
+    /// `INFO [section ...]`
+    Info(Vec<Bytes>),
+    /// A request that is answered with this error.
+    Refused(Reply),
+}
+
+/// One supported command, described as Redis's `COMMAND INFO` describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Lower-case name.
+    pub name: &'static str,
+    /// Number of arguments including the name; negative means "at least".
+    pub arity: i64,
+    /// Command flags such as `readonly`.
+    pub flags: &'static [&'static str],
+    /// Position of the first key (0: none).
+    pub first_key: i64,
+    /// Position of the last key (-1: the last argument).
+    pub last_key: i64,
+    /// Step between keys.
+    pub step: i64,
+    /// One line for `COMMAND DOCS`.
+    pub summary: &'static str,
+}
+
+const fn spec(
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    keys: (i64, i64, i64),
+    summary: &'static str,
+) -> Spec {
+    Spec {
+        name,
+        arity,
+        flags,
+        first_key: keys.0,
+        last_key: keys.1,
+        step: keys.2,
+        summary,
+    }
+}
+
+const NO_KEYS: (i64, i64, i64) = (0, 0, 0);
+
+/// Every command the proxy answers.
+pub const SUPPORTED: &[Spec] = &[
+    spec(
+        "get",
+        2,
+        &["readonly", "fast"],
+        (1, 1, 1),
+        "Returns the string value of a key, from the proxy's cache or Redis.",
+    ),
+    spec(
+        "mget",
+        -2,
+        &["readonly", "fast"],
+        (1, -1, 1),
+        "Returns the string values of one or more keys.",
+    ),
+    spec(
+        "ping",
+        -1,
+        &["fast"],
+        NO_KEYS,
+        "Returns PONG, or the message given.",
+    ),
+    spec("echo", 2, &["fast"], NO_KEYS, "Returns the given string."),
+    spec("quit", -1, &["fast"], NO_KEYS, "Closes the connection."),
+    spec(
+        "reset",
+        1,
+        &["fast"],
+        NO_KEYS,
+        "Resets the connection to RESP2 without a name.",
+    ),
+    spec(
+        "hello",
+        -1,
+        &["fast"],
+        NO_KEYS,
+        "Handshakes and switches the protocol version.",
+    ),
+    spec(
+        "auth",
+        -2,
+        &["fast"],
+        NO_KEYS,
+        "Accepted and ignored: the proxy does not authenticate clients.",
+    ),
+    spec(
+        "select",
+        2,
+        &["fast"],
+        NO_KEYS,
+        "Selects the database; only 0 exists.",
+    ),
+    spec(
+        "client",
+        -2,
+        &[],
+        NO_KEYS,
+        "Connection name and identity (SETNAME, GETNAME, ID, SETINFO, INFO).",
+    ),
+    spec(
+        "command",
+        -1,
+        &[],
+        NO_KEYS,
+        "Describes the supported commands.",
+    ),
+    spec(
+        "info",
+        -1,
+        &[],
+        NO_KEYS,
+        "Returns information and statistics about the proxy.",
+    ),
+];
+
+/// The supported command called `name`, in any case.
+pub fn find(name: &[u8]) -> Option<&'static Spec> {
+    SUPPORTED
+        .iter()
+        .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+impl Command {
+    /// Parses a request; `args` is not empty (the decoder skips empty requests).
+    pub fn parse(mut args: Vec<Bytes>) -> Command {
+        let Some(spec) = find(&args[0]) else {
+            return Command::Refused(unsupported(&args));
+        };
+        let (name, arity) = (spec.name, spec.arity);
+        let n = args.len() as i64;
+        if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
+            return wrong_arity(name);
+        }
+        let mut rest = args.split_off(1).into_iter();
+        match name {
+            "get" => Command::Get(rest.next().expect("arity 2")),
+            "mget" => Command::MGet(rest.collect()),
+            "ping" if n > 2 => wrong_arity("ping"),
+            "ping" => Command::Ping(rest.next()),
+            "echo" => Command::Echo(rest.next().expect("arity 2")),
+            "quit" => Command::Quit,
+            "reset" => Command::Reset,
+            "hello" => parse_hello(rest.collect()),
+            "auth" if n > 3 => Command::Refused(Reply::error("ERR syntax error")),
+            "auth" => Command::Auth,
+            "select" => Command::Select(rest.next().expect("arity 2")),
+            "client" => Command::Client(rest.collect()),
+            "command" => Command::Command(rest.collect()),
+            "info" => Command::Info(rest.collect()),
+            _ => unreachable!("every supported command is matched"),
+        }
+    }
+}
+
+fn wrong_arity(name: &str) -> Command {
+    Command::Refused(Reply::error(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    )))
+}
+
+fn parse_hello(args: Vec<Bytes>) -> Command {
+    let mut args = args.into_iter();
+    let protover = args.next();
+    let mut setname = None;
+    while let Some(option) = args.next() {
+        match &option.to_ascii_lowercase()[..] {
+            b"auth" => {
+                if args.next().is_none() || args.next().is_none() {
+                    return Command::Refused(Reply::error(
+                        "ERR Syntax error in HELLO option 'auth'",
+                    ));
+                }
+            }
+            b"setname" => match args.next() {
+                Some(name) => setname = Some(name),
+                None => {
+                    return Command::Refused(Reply::error(
+                        "ERR Syntax error in HELLO option 'setname'",
+                    ));
+                }
+            },
+            _ => {
+                return Command::Refused(Reply::error(format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    printable(&option)
+                )));
+            }
+        }
+    }
+    Command::Hello { protover, setname }
+}
+
+/// The error for any command the proxy does not serve.
+fn unsupported(args: &[Bytes]) -> Reply {
+    let beginning: Vec<String> = args[1..]
+        .iter()
+        .take(3)
+        .map(|a| format!("'{}'", printable(a)))
+        .collect();
+    Reply::error(format!(
+        "ERR unknown or unsupported command '{}', with args beginning with: {}; \
+         redis-proxy serves reads only (GET, MGET)",
+        printable(&args[0]),
+        beginning.join(" ")
+    ))
+}
+
+/// At most 64 characters of `bytes`, lossily as UTF-8, for error messages.
+pub fn printable(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut short: String = text.chars().take(64).collect();
+    if text.chars().count() > 64 {
+        short.push_str("...");
+    }
+    short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(words: &[&str]) -> Command {
+        Command::parse(
+            words
+                .iter()
+                .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn reads_are_parsed_case_insensitively() {
+        assert_eq!(parse(&["get", "k"]), Command::Get(Bytes::from("k")));
+        assert_eq!(parse(&["GeT", "k"]), Command::Get(Bytes::from("k")));
+        assert_eq!(
+            parse(&["MGET", "a", "b"]),
+            Command::MGet(vec![Bytes::from("a"), Bytes::from("b")])
+        );
+    }
+
+    #[test]
+    fn wrong_arity_names_the_command() {
+        let Command::Refused(Reply::Error(e)) = parse(&["GET"]) else {
+            panic!("GET without a key must be refused");
+        };
+        assert_eq!(e, "ERR wrong number of arguments for 'get' command");
+        assert!(matches!(parse(&["GET", "a", "b"]), Command::Refused(_)));
+        assert!(matches!(parse(&["MGET"]), Command::Refused(_)));
+        assert!(matches!(parse(&["PING", "a", "b"]), Command::Refused(_)));
+    }
+
+    #[test]
+    fn writes_are_refused_naming_the_command() {
+        let Command::Refused(Reply::Error(e)) = parse(&["SET", "k", "v"]) else {
+            panic!("SET must be refused");
+        };
+        assert!(
+            e.starts_with("ERR unknown or unsupported command 'SET'"),
+            "{e}"
+        );
+        assert!(e.contains("'k' 'v'"), "{e}");
+    }
+
+    #[test]
+    fn hello_options_are_parsed() {
+        assert_eq!(
+            parse(&["HELLO", "3", "AUTH", "u", "p", "SETNAME", "n"]),
+            Command::Hello {
+                protover: Some(Bytes::from("3")),
+                setname: Some(Bytes::from("n")),
+            }
+        );
+        assert!(matches!(
+            parse(&["HELLO", "3", "AUTH", "u"]),
+            Command::Refused(_)
+        ));
+        assert!(matches!(
+            parse(&["HELLO", "3", "BOGUS"]),
+            Command::Refused(_)
+        ));
+    }
+}

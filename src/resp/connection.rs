@@ -1,0 +1,397 @@
+//! One client connection: decode a batch of pipelined requests, run their keys
+//! through the shared stack, write the replies in order, repeat.
+//!
+//! A batch is every complete request already received, up to `max_keys` keys.
+//! The keys of a batch run concurrently, at most `max_keys` at a time (an `MGET`
+//! larger than that runs in waves), so one connection can never hold more than
+//! `max_keys` of the proxy's `max_clients` slots, however deep it pipelines.
+//! Connection-level commands (`HELLO`, `CLIENT`, …) are answered in place, in
+//! order with the reads around them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tower::{BoxError, Service, ServiceExt};
+
+use super::Shared;
+use super::command::{self, Command, SUPPORTED, Spec, printable};
+use super::decode::{Decoder, ProtocolError};
+use super::reply::{Protocol, Reply};
+use crate::backend;
+use crate::layers::Failure;
+use crate::lookup::{Key, Lookup};
+
+/// The version `HELLO` and `INFO` report: the Redis command set the proxy follows.
+pub const REDIS_VERSION: &str = "7.0.0";
+
+/// What one connection knows about itself.
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    addr: SocketAddr,
+    protocol: Protocol,
+    name: Option<Bytes>,
+}
+
+/// A request of the current batch, waiting for its reply to be encoded.
+enum Planned {
+    /// Answered already.
+    Reply(Reply, Protocol),
+    /// The next lookup result answers it.
+    Get(Protocol),
+    /// The next `n` lookup results answer it.
+    MGet(usize, Protocol),
+}
+
+/// Why the connection loop ends after this batch.
+enum End {
+    Quit,
+    Protocol(ProtocolError),
+}
+
+/// Serves one connection until the client leaves, sends `QUIT`, breaks the
+/// protocol, or the proxy shuts down (in-flight replies are written first).
+pub(super) async fn serve<S, T>(
+    mut stream: T,
+    addr: SocketAddr,
+    shared: Arc<Shared<S>>,
+    stop: tokio_util::sync::CancellationToken,
+) where
+    S: Service<Key, Response = Lookup, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut session = Session {
+        id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+        addr,
+        protocol: Protocol::Resp2,
+        name: None,
+    };
+    let mut decoder = Decoder::default();
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut output = BytesMut::with_capacity(16 * 1024);
+    loop {
+        let mut planned = Vec::new();
+        let mut keys = Vec::new();
+        let mut end = None;
+        while keys.len() < shared.max_keys {
+            match decoder.decode(&mut input) {
+                Ok(Some(args)) => {
+                    let command = Command::parse(args);
+                    if command == Command::Quit {
+                        planned.push(Planned::Reply(Reply::OK, session.protocol));
+                        end = Some(End::Quit);
+                        break;
+                    }
+                    planned.push(session.plan(command, &mut keys, &shared));
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    end = Some(End::Protocol(error));
+                    break;
+                }
+            }
+        }
+        let batch_full = keys.len() >= shared.max_keys;
+
+        let results = lookups(&shared, keys).await;
+        encode_replies(planned, results, &mut output);
+        if let Some(End::Protocol(error)) = &end {
+            tracing::debug!(%error, "protocol error; closing");
+            Reply::error(format!("ERR Protocol error: {error}"))
+                .encode(session.protocol, &mut output);
+        }
+        if !output.is_empty() {
+            if stream.write_all(&output).await.is_err() {
+                return;
+            }
+            output.clear();
+        }
+        if end.is_some() {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        if batch_full {
+            continue; // more complete requests may be buffered already
+        }
+        if input.capacity() - input.len() < 4096 {
+            input.reserve(16 * 1024);
+        }
+        tokio::select! {
+            read = stream.read_buf(&mut input) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Runs `keys` through the stack, at most `max_keys` at once, results in order.
+async fn lookups<S>(shared: &Shared<S>, keys: Vec<Key>) -> Vec<Result<Lookup, Failure>>
+where
+    S: Service<Key, Response = Lookup, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+{
+    let lookup = |key: Key| {
+        let stack = shared.stack.clone();
+        async move { stack.oneshot(key).await.map_err(Failure::from) }
+    };
+    match keys.len() {
+        0 => Vec::new(),
+        1 => vec![lookup(keys.into_iter().next().expect("one key")).await],
+        _ => {
+            futures_util::stream::iter(keys)
+                .map(lookup)
+                .buffered(shared.max_keys)
+                .collect()
+                .await
+        }
+    }
+}
+
+fn encode_replies(
+    planned: Vec<Planned>,
+    results: Vec<Result<Lookup, Failure>>,
+    out: &mut BytesMut,
+) {
+    let mut results = results.into_iter();
+    for item in planned {
+        match item {
+            Planned::Reply(reply, protocol) => reply.encode(protocol, out),
+            Planned::Get(protocol) => {
+                let result = results.next().expect("a result per key");
+                get_reply(result).encode(protocol, out);
+            }
+            Planned::MGet(n, protocol) => {
+                let mut values = Vec::with_capacity(n);
+                let mut failed = None;
+                for result in results.by_ref().take(n) {
+                    match result {
+                        Ok(lookup) => values.push(value_reply(lookup)),
+                        // MGET answers nil for a key holding another type, as Redis does.
+                        Err(Failure::Backend(e)) if e.is_wrong_type() => values.push(Reply::Null),
+                        Err(failure) => {
+                            failed.get_or_insert(failure);
+                        }
+                    }
+                }
+                match failed {
+                    Some(failure) => failure_reply(failure).encode(protocol, out),
+                    None => Reply::Array(values).encode(protocol, out),
+                }
+            }
+        }
+    }
+}
+
+fn value_reply(lookup: Lookup) -> Reply {
+    match lookup.value {
+        Some(value) => Reply::Bulk(value),
+        None => Reply::Null,
+    }
+}
+
+fn get_reply(result: Result<Lookup, Failure>) -> Reply {
+    match result {
+        Ok(lookup) => value_reply(lookup),
+        Err(failure) => failure_reply(failure),
+    }
+}
+
+/// The error reply for a failed lookup: Redis's own error replies pass through.
+fn failure_reply(failure: Failure) -> Reply {
+    match failure {
+        Failure::Backend(backend::Error::Reply(reply)) => Reply::error(reply),
+        other => Reply::error(format!("ERR {other}")),
+    }
+}
+
+impl Session {
+    fn plan<S>(&mut self, command: Command, keys: &mut Vec<Key>, shared: &Shared<S>) -> Planned {
+        let reply = match command {
+            Command::Get(key) => {
+                keys.push(key);
+                return Planned::Get(self.protocol);
+            }
+            Command::MGet(more) => {
+                let n = more.len();
+                keys.extend(more);
+                return Planned::MGet(n, self.protocol);
+            }
+            Command::Ping(None) => Reply::Simple("PONG"),
+            Command::Ping(Some(message)) | Command::Echo(message) => Reply::Bulk(message),
+            Command::Quit => Reply::OK,
+            Command::Reset => {
+                self.protocol = Protocol::Resp2;
+                self.name = None;
+                Reply::Simple("RESET")
+            }
+            Command::Hello { protover, setname } => self.hello(protover, setname),
+            Command::Auth => Reply::OK,
+            Command::Select(index) => match std::str::from_utf8(&index)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
+                Some(0) => Reply::OK,
+                Some(_) => Reply::error(
+                    "ERR DB index is out of range: redis-proxy serves one database, index 0",
+                ),
+                None => Reply::error("ERR value is not an integer or out of range"),
+            },
+            Command::Client(args) => self.client(args),
+            Command::Command(args) => command_info(args),
+            Command::Info(sections) => Reply::text(shared.info(&sections)),
+            Command::Refused(reply) => reply,
+        };
+        Planned::Reply(reply, self.protocol)
+    }
+
+    fn hello(&mut self, protover: Option<Bytes>, setname: Option<Bytes>) -> Reply {
+        // Validate everything before changing anything, as Redis does.
+        let protocol = match protover {
+            None => self.protocol,
+            Some(version) => match std::str::from_utf8(&version)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
+                Some(2) => Protocol::Resp2,
+                Some(3) => Protocol::Resp3,
+                Some(_) => return Reply::error("NOPROTO unsupported protocol version"),
+                None => {
+                    return Reply::error("ERR Protocol version is not an integer or out of range");
+                }
+            },
+        };
+        if let Some(Err(reply)) = setname.map(|name| self.set_name(name)) {
+            return reply;
+        }
+        self.protocol = protocol;
+        Reply::Map(vec![
+            (Reply::text("server"), Reply::text("redis")),
+            (Reply::text("version"), Reply::text(REDIS_VERSION)),
+            (
+                Reply::text("proto"),
+                Reply::Integer(match self.protocol {
+                    Protocol::Resp2 => 2,
+                    Protocol::Resp3 => 3,
+                }),
+            ),
+            (Reply::text("id"), Reply::Integer(self.id as i64)),
+            (Reply::text("mode"), Reply::text("standalone")),
+            (Reply::text("role"), Reply::text("master")),
+            (Reply::text("modules"), Reply::Array(Vec::new())),
+        ])
+    }
+
+    fn set_name(&mut self, name: Bytes) -> Result<(), Reply> {
+        if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+            return Err(Reply::error(
+                "ERR Client names cannot contain spaces, newlines or special characters.",
+            ));
+        }
+        self.name = (!name.is_empty()).then_some(name);
+        Ok(())
+    }
+
+    fn client(&mut self, args: Vec<Bytes>) -> Reply {
+        let sub = args[0].to_ascii_lowercase();
+        match (&sub[..], args.len()) {
+            (b"setname", 2) => match self.set_name(args[1].clone()) {
+                Ok(()) => Reply::OK,
+                Err(reply) => reply,
+            },
+            (b"getname", 1) => self.name.clone().map_or(Reply::Null, Reply::Bulk),
+            (b"id", 1) => Reply::Integer(self.id as i64),
+            (b"setinfo", 3) => Reply::OK,
+            (b"info", 1) => Reply::text(format!(
+                "id={} addr={} name={} db=0 resp={}\n",
+                self.id,
+                self.addr,
+                self.name
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default(),
+                match self.protocol {
+                    Protocol::Resp2 => 2,
+                    Protocol::Resp3 => 3,
+                }
+            )),
+            (b"setname" | b"getname" | b"id" | b"setinfo" | b"info", _) => Reply::error(format!(
+                "ERR wrong number of arguments for 'client|{}' command",
+                printable(&sub)
+            )),
+            _ => Reply::error(format!(
+                "ERR unknown subcommand '{}'. redis-proxy supports CLIENT SETNAME, GETNAME, ID, SETINFO, INFO",
+                printable(&args[0])
+            )),
+        }
+    }
+}
+
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name…`, `COMMAND DOCS [name…]`.
+fn command_info(args: Vec<Bytes>) -> Reply {
+    let info = |spec: &Spec| {
+        Reply::Array(vec![
+            Reply::text(spec.name),
+            Reply::Integer(spec.arity),
+            Reply::Array(spec.flags.iter().map(|&f| Reply::Simple(f)).collect()),
+            Reply::Integer(spec.first_key),
+            Reply::Integer(spec.last_key),
+            Reply::Integer(spec.step),
+            // ACL categories, tips, key specifications, subcommands.
+            Reply::Array(Vec::new()),
+            Reply::Array(Vec::new()),
+            Reply::Array(Vec::new()),
+            Reply::Array(Vec::new()),
+        ])
+    };
+    let Some(sub) = args.first().map(|s| s.to_ascii_lowercase()) else {
+        return Reply::Array(SUPPORTED.iter().map(info).collect());
+    };
+    match &sub[..] {
+        b"count" => Reply::Integer(SUPPORTED.len() as i64),
+        b"info" => Reply::Array(
+            args[1..]
+                .iter()
+                .map(|name| command::find(name).map_or(Reply::Null, info))
+                .collect(),
+        ),
+        b"docs" => {
+            let specs: Vec<&Spec> = if args.len() == 1 {
+                SUPPORTED.iter().collect()
+            } else {
+                args[1..]
+                    .iter()
+                    .filter_map(|name| command::find(name))
+                    .collect()
+            };
+            Reply::Map(
+                specs
+                    .into_iter()
+                    .map(|spec| {
+                        let group = if spec.flags.contains(&"readonly") {
+                            "string"
+                        } else {
+                            "connection"
+                        };
+                        let doc = Reply::Map(vec![
+                            (Reply::text("summary"), Reply::text(spec.summary)),
+                            (Reply::text("since"), Reply::text("1.0.0")),
+                            (Reply::text("group"), Reply::text(group)),
+                        ]);
+                        (Reply::text(spec.name), doc)
+                    })
+                    .collect(),
+            )
+        }
+        _ => Reply::error(format!(
+            "ERR unknown subcommand '{}'. redis-proxy supports COMMAND, COMMAND COUNT, COMMAND INFO, COMMAND DOCS",
+            printable(&args[0])
+        )),
+    }
+}
