@@ -12,7 +12,7 @@ ARGS ?=
 
 CLIENTS_STAMP := target/clients/.installed
 
-.PHONY: help build lint fmt test test-native unit run doc clean clients
+.PHONY: help build lint fmt test test-native unit run doc clean clients bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ $(CLIENTS_STAMP): tests/clients/requirements.txt tests/clients/package.json
 
 unit: ## Unit tests only (no Redis needed)
 	$(CARGO) test --locked --lib
+
+bench: ## Benchmark cached GET against redis-server and twemproxy (ratios)
+	scripts/bench.sh
 
 run: build ## Run the proxy; starts a throwaway redis-server when none answers
 	@scripts/run-local.sh target/release/redis-proxy $(ARGS)

@@ -144,6 +144,11 @@ where
     match keys.len() {
         0 => Vec::new(),
         1 => vec![lookup(keys.into_iter().next().expect("one key")).await],
+        // Within the bound, every key may run at once: poll them side by side.
+        n if n <= shared.max_keys => {
+            futures_util::future::join_all(keys.into_iter().map(lookup)).await
+        }
+        // A larger MGET runs in a window of `max_keys` keys at a time.
         _ => {
             futures_util::stream::iter(keys)
                 .map(lookup)
