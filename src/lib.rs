@@ -15,12 +15,14 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod backend;
 pub mod cache;
 pub mod config;
 pub mod http;
 pub mod layers;
 pub mod lookup;
+pub mod metrics;
 pub mod resp;
 pub mod server;
 

@@ -147,7 +147,7 @@ async fn slow_backend_gets_504_and_the_connection_stays_correct() {
         StatusCode::NOT_FOUND
     );
 
-    relay.set_delay(Duration::from_millis(700));
+    relay.delay_replies_containing(b"value of a", Duration::from_millis(700));
     let (status, _) = status_and_body(&proxy, "a").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
 

@@ -114,14 +114,17 @@ impl RedisService {
         })
     }
 
-    /// Sends `PING` on a pooled connection.
+    /// A connection of its own, outside the pool (for health checks, which must
+    /// neither wait for nor take a connection from requests).
     ///
     /// # Errors
     ///
-    /// As for a `GET`: unavailable, or the connection failed.
-    pub async fn ping(&self) -> Result<(), Error> {
-        let mut conn = self.connection().await?;
-        conn.query::<String>(&redis::cmd("PING")).await.map(drop)
+    /// [`Error::Unavailable`] when Redis cannot be reached.
+    pub async fn dedicated_connection(&self) -> Result<Connection, Error> {
+        self.pool
+            .dedicated_connection()
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))
     }
 
     async fn connection(&self) -> Result<bb8::PooledConnection<'static, Manager>, Error> {
@@ -135,8 +138,20 @@ impl RedisService {
     }
 
     async fn get(self, key: Key) -> Result<Option<Bytes>, Error> {
+        let start = std::time::Instant::now();
+        let result = self.fetch(&key).await;
+        metrics::histogram!("redis_proxy_backend_request_duration_seconds")
+            .record(start.elapsed().as_secs_f64());
+        // A key holding another type is the client's problem, not the backend's.
+        if matches!(&result, Err(e) if !e.is_wrong_type()) {
+            metrics::counter!("redis_proxy_backend_errors_total").increment(1);
+        }
+        result
+    }
+
+    async fn fetch(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
         let mut conn = self.connection().await?;
-        let value: Option<Vec<u8>> = conn.query(redis::cmd("GET").arg(&key[..])).await?;
+        let value: Option<Vec<u8>> = conn.query(redis::cmd("GET").arg(key)).await?;
         // `Bytes::from(Vec)` takes the buffer over; the value is never copied.
         Ok(value.map(Bytes::from))
     }

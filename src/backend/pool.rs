@@ -60,6 +60,13 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Whether a command failed on this connection in a way that retires it.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+}
+
 impl bb8::ManageConnection for Manager {
     type Connection = Connection;
     type Error = RedisError;

@@ -11,6 +11,7 @@
 //!                           X-Cache: HIT | MISS
 //!                      404  the key does not exist in Redis
 //!                      400  empty key, or a query string (send '?' as %3F)
+//!                      414  path and query over 8 KiB
 //!                      405  any other method (Allow: GET, HEAD)
 //!                      409  the key holds a non-string value (body: Redis's error)
 //!                      502  Redis unreachable or failing (body: short reason)
@@ -29,6 +30,7 @@ use tower::{BoxError, Service, ServiceExt};
 
 use crate::layers::Failure;
 use crate::lookup::{Key, Lookup};
+use crate::metrics;
 
 /// The `X-Cache` response header: `HIT` or `MISS`.
 pub const X_CACHE: &str = "x-cache";
@@ -59,11 +61,16 @@ where
         )
             .into_response();
     }
+    if uri_len(&uri) > MAX_URI_LEN {
+        return (StatusCode::URI_TOO_LONG, "URI over 8 KiB\n").into_response();
+    }
     let key = match key_from_uri(&uri) {
         Ok(key) => key,
         Err(reason) => return (StatusCode::BAD_REQUEST, reason).into_response(),
     };
-    match service.oneshot(key).await {
+    let result = service.oneshot(key).await.map_err(Failure::from);
+    metrics::record_request(metrics::Protocol::Http, &result);
+    match result {
         Ok(Lookup {
             value: Some(value),
             source,
@@ -86,8 +93,15 @@ where
             "not found\n",
         )
             .into_response(),
-        Err(error) => Failure::from(error).into_response(),
+        Err(failure) => failure.into_response(),
     }
+}
+
+/// The longest request target accepted (path and query), as many servers do.
+pub const MAX_URI_LEN: usize = 8 * 1024;
+
+fn uri_len(uri: &Uri) -> usize {
+    uri.path().len() + uri.query().map_or(0, |q| q.len() + 1)
 }
 
 /// The key named by a request URI.

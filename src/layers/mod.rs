@@ -33,6 +33,7 @@ use tower::{BoxError, Layer, Service, ServiceBuilder};
 use crate::backend;
 use crate::cache::{Cache, CacheLayer, CacheService};
 use crate::lookup::Key;
+use crate::metrics::Slots;
 
 pub use parallel::{ParallelLimit, ParallelLimitLayer};
 pub use trace::{Trace, TraceLayer};
@@ -43,8 +44,9 @@ pub type Stack<B> = Trace<LoadShed<ConcurrencyLimit<Timeout<ParallelLimit<CacheS
 /// The limits and the cache that make up a [`Stack`].
 #[derive(Debug, Clone)]
 pub struct StackBuilder {
-    /// Requests in flight at most; more are refused at once.
-    pub max_clients: usize,
+    /// Client slots: requests in flight at most; more are refused at once. Stacks
+    /// built from clones of one `Slots` share the limit.
+    pub clients: Slots,
     /// Requests processed at once at most; more wait their turn.
     pub max_parallel: usize,
     /// Bound on a whole request, time spent queued included.
@@ -63,7 +65,7 @@ impl StackBuilder {
         ServiceBuilder::new()
             .layer(TraceLayer)
             .load_shed()
-            .layer(ClientLimitLayer(Arc::new(Semaphore::new(self.max_clients))))
+            .layer(ClientLimitLayer(self.clients.semaphore().clone()))
             .timeout(self.request_timeout)
             .layer(ParallelLimitLayer::new(self.max_parallel))
             .layer(CacheLayer::new(self.cache.clone()))
@@ -147,7 +149,7 @@ mod tests {
 
     fn builder(max_clients: usize, max_parallel: usize, timeout: Duration) -> StackBuilder {
         StackBuilder {
-            max_clients,
+            clients: Slots::new(max_clients),
             max_parallel,
             request_timeout: timeout,
             cache: Cache::new(NonZeroUsize::new(16).unwrap(), Duration::from_secs(60)),

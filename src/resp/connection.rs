@@ -24,6 +24,7 @@ use super::reply::{Protocol, Reply};
 use crate::backend;
 use crate::layers::Failure;
 use crate::lookup::{Key, Lookup};
+use crate::metrics;
 
 /// The version `HELLO` and `INFO` report: the Redis command set the proxy follows.
 pub const REDIS_VERSION: &str = "7.0.0";
@@ -99,6 +100,9 @@ pub(super) async fn serve<S, T>(
         let batch_full = keys.len() >= shared.max_keys;
 
         let results = lookups(&shared, keys).await;
+        for result in &results {
+            metrics::record_request(metrics::Protocol::Resp, result);
+        }
         encode_replies(planned, results, &mut output);
         if let Some(End::Protocol(error)) = &end {
             tracing::debug!(%error, "protocol error; closing");

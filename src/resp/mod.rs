@@ -167,7 +167,7 @@ where
         };
         let shared = shared.clone();
         let stop = stop.clone();
-        let span = tracing::debug_span!("resp", client = %addr);
+        let span = tracing::info_span!("connection", protocol = "resp", client = %addr);
         connections.spawn(
             async move {
                 let _slot = slot;

@@ -9,20 +9,21 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::metrics::Slots;
 
 /// A bound TCP listener with a limit on open connections.
 #[derive(Debug)]
 pub struct LimitedListener {
     inner: TcpListener,
-    slots: Arc<Semaphore>,
+    slots: Slots,
 }
 
 impl LimitedListener {
@@ -34,7 +35,7 @@ impl LimitedListener {
     pub async fn bind(addr: SocketAddr, max_connections: usize) -> io::Result<Self> {
         Ok(Self {
             inner: TcpListener::bind(addr).await?,
-            slots: Arc::new(Semaphore::new(max_connections)),
+            slots: Slots::new(max_connections),
         })
     }
 
@@ -47,10 +48,16 @@ impl LimitedListener {
         self.inner.local_addr()
     }
 
+    /// The connection slots, for the open-connections gauge.
+    pub fn slots(&self) -> Slots {
+        self.slots.clone()
+    }
+
     /// Accepts the next connection once a slot is free.
     pub async fn accept_limited(&mut self) -> (Limited<TcpStream>, SocketAddr) {
         let permit = self
             .slots
+            .semaphore()
             .clone()
             .acquire_owned()
             .await
@@ -65,7 +72,7 @@ impl LimitedListener {
     /// refuses a connection that comes without one (what Redis does at `maxclients`).
     pub async fn accept_or_refuse(&self) -> (TcpStream, SocketAddr, Option<OwnedSemaphorePermit>) {
         let (stream, addr) = accept(&self.inner).await;
-        let slot = self.slots.clone().try_acquire_owned().ok();
+        let slot = self.slots.semaphore().clone().try_acquire_owned().ok();
         (stream, addr, slot)
     }
 }

@@ -1,20 +1,24 @@
 //! Wiring: builds the backend, cache and stack from a [`Config`], binds the
-//! listeners, serves until the shutdown signal, then drains within the grace period.
+//! three listeners (HTTP, RESP, admin), serves until the shutdown signal, then
+//! drains within the grace period.
 
+mod http_server;
 mod listener;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, Readiness};
 use crate::backend::{self, RedisService};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::http;
 use crate::layers::{Stack, StackBuilder};
+use crate::metrics::{self, Slots, Sources};
 use crate::resp;
 
 pub use listener::{Limited, LimitedListener};
@@ -35,9 +39,9 @@ pub enum Error {
     /// The backend could not be set up.
     #[error(transparent)]
     Backend(#[from] backend::Error),
-    /// The HTTP server failed.
-    #[error("http server failed: {0}")]
-    Serve(std::io::Error),
+    /// A listener's address could not be read.
+    #[error("listener failed: {0}")]
+    Listener(std::io::Error),
 }
 
 /// A proxy with its listeners bound, ready to serve.
@@ -45,10 +49,12 @@ pub enum Error {
 pub struct Proxy {
     config: Config,
     stack: Stack<RedisService>,
+    clients: Slots,
     backend: RedisService,
     cache: Cache,
     http: LimitedListener,
     resp: LimitedListener,
+    admin: LimitedListener,
 }
 
 impl Proxy {
@@ -59,6 +65,7 @@ impl Proxy {
     /// [`Error::Bind`] when an address is taken or not allowed, and
     /// [`Error::Backend`] when the Redis URL is not usable.
     pub async fn bind(config: Config) -> Result<Self, Error> {
+        metrics::install();
         let backend = RedisService::new(
             &config.redis_url,
             &backend::Options {
@@ -68,8 +75,9 @@ impl Proxy {
             },
         )?;
         let cache = Cache::new(config.cache_capacity, config.cache_ttl);
+        let clients = Slots::new(config.max_clients.get());
         let stack = StackBuilder {
-            max_clients: config.max_clients.get(),
+            clients: clients.clone(),
             max_parallel: config.effective_max_parallel().get(),
             request_timeout: config.request_timeout,
             cache: cache.clone(),
@@ -86,57 +94,58 @@ impl Proxy {
         };
         let http = bind("--http-addr", config.http_addr).await?;
         let resp = bind("--resp-addr", config.resp_addr).await?;
+        let admin = bind("--admin-addr", config.admin_addr).await?;
         Ok(Self {
             config,
             stack,
+            clients,
             backend,
             cache,
             http,
             resp,
+            admin,
         })
     }
 
-    /// The address the HTTP listener is bound to.
+    /// The addresses the HTTP, RESP and admin listeners are bound to.
     ///
     /// # Errors
     ///
     /// The operating system's error.
-    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
-        self.http.local_addr()
+    pub fn local_addrs(&self) -> std::io::Result<[SocketAddr; 3]> {
+        Ok([
+            self.http.local_addr()?,
+            self.resp.local_addr()?,
+            self.admin.local_addr()?,
+        ])
     }
 
-    /// The address the Redis-protocol listener is bound to.
+    /// Serves until `shutdown` completes, then stops accepting on every listener,
+    /// lets in-flight requests finish within the configured grace period, and
+    /// returns.
     ///
     /// # Errors
     ///
-    /// The operating system's error.
-    pub fn resp_addr(&self) -> std::io::Result<SocketAddr> {
-        self.resp.local_addr()
-    }
-
-    /// Serves until `shutdown` completes, then stops accepting, lets in-flight
-    /// requests finish within the configured grace period, and returns.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Serve`] when the HTTP server fails.
+    /// [`Error::Listener`] when a listener's address cannot be read.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        let [http_addr, resp_addr, admin_addr] = self.local_addrs().map_err(Error::Listener)?;
         let Proxy {
             config,
             stack,
+            clients,
             backend,
             cache,
             http,
             resp,
+            admin,
         } = self;
-        let http_addr = http.local_addr().map_err(Error::Serve)?;
-        let resp_addr = resp.local_addr().map_err(Error::Serve)?;
         tracing::info!(
             http = %http_addr,
             resp = %resp_addr,
+            admin = %admin_addr,
             redis_url = %config.redis_url,
             cache_ttl = ?config.cache_ttl,
             cache_capacity = config.cache_capacity.get(),
@@ -145,14 +154,17 @@ impl Proxy {
             request_timeout = ?config.request_timeout,
             max_connections = config.max_connections.get(),
             redis_pool_size = config.redis_pool_size.get(),
+            redis_connect_timeout = ?config.redis_connect_timeout,
+            shutdown_grace = ?config.shutdown_grace,
             "listening"
         );
-        let _probe = AbortOnDrop(tokio::spawn(async move {
-            if let Err(error) = backend.ping().await {
-                tracing::warn!(%error, "redis is not reachable yet; misses will fail until it is");
-            }
-        }));
 
+        let readiness = Readiness::default();
+        let _pinger = AbortOnDrop(tokio::spawn(admin::run_pinger(
+            backend,
+            readiness.clone(),
+            config.redis_connect_timeout + config.request_timeout,
+        )));
         let stop = CancellationToken::new();
         let _signal = AbortOnDrop(tokio::spawn({
             let stop = stop.clone();
@@ -163,6 +175,15 @@ impl Proxy {
             }
         }));
 
+        let sources = Sources {
+            cache: cache.clone(),
+            clients,
+            connections: vec![
+                ("http", http.slots()),
+                ("resp", resp.slots()),
+                ("admin", admin.slots()),
+            ],
+        };
         let resp_shared = Arc::new(resp::Shared::new(
             stack.clone(),
             cache,
@@ -170,16 +191,30 @@ impl Proxy {
             config.max_connections.get(),
             resp_addr.port(),
         ));
-        let http_server = axum::serve(http, http::router(stack))
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
-        let resp_server = resp::serve(resp, resp_shared, stop.clone());
-        let both = async {
-            let (http_result, ()) = tokio::join!(http_server.into_future(), resp_server);
-            http_result
+        // A client must send its request headers within the request timeout.
+        let header_timeout = config.request_timeout;
+        let all = async {
+            tokio::join!(
+                http_server::serve(
+                    http,
+                    http::router(stack),
+                    header_timeout,
+                    "http",
+                    stop.clone()
+                ),
+                resp::serve(resp, resp_shared, stop.clone()),
+                http_server::serve(
+                    admin,
+                    admin::router(readiness, sources),
+                    header_timeout,
+                    "admin",
+                    stop.clone()
+                ),
+            )
         };
         let grace = config.shutdown_grace;
         tokio::select! {
-            result = both => result.map_err(Error::Serve)?,
+            _ = all => {}
             () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "grace period over; closing the remaining connections");
             }

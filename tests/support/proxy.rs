@@ -73,8 +73,9 @@ impl ProxyBuilder {
         if self.default_http_addr {
             command.args(["--http-addr", "127.0.0.1:0"]);
         }
-        // Every proxy binds its RESP listener; port 0 keeps parallel tests apart.
-        command.args(["--resp-addr", "127.0.0.1:0"]);
+        // Every proxy binds its RESP and admin listeners; port 0 keeps parallel
+        // tests apart.
+        command.args(["--resp-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]);
         command.args(&self.args);
         command.envs(self.envs.iter().map(|(k, v)| (k, v)));
         command
@@ -129,10 +130,11 @@ impl ProxyBuilder {
             }
         });
         match ready_rx.recv_timeout(Duration::from_secs(15)) {
-            Ok((http, resp)) => Proxy {
+            Ok((http, resp, admin)) => Proxy {
                 child,
                 http,
                 resp,
+                admin,
                 logs,
             },
             Err(_) => {
@@ -148,15 +150,15 @@ impl ProxyBuilder {
     }
 }
 
-/// The HTTP and RESP addresses from the proxy's JSON startup line.
-fn listening_addr(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+/// The HTTP, RESP and admin addresses from the proxy's JSON startup line.
+fn listening_addr(line: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     let fields = value.get("fields")?;
     if fields.get("message")?.as_str()? != "listening" {
         return None;
     }
     let addr = |name: &str| fields.get(name)?.as_str()?.parse().ok();
-    Some((addr("http")?, addr("resp")?))
+    Some((addr("http")?, addr("resp")?, addr("admin")?))
 }
 
 /// A running proxy, killed on drop.
@@ -164,10 +166,26 @@ pub struct Proxy {
     child: Child,
     http: SocketAddr,
     resp: SocketAddr,
+    admin: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proxy {
+    /// `http://ADMIN/{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.admin)
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The bound Redis-protocol address.
     pub fn resp_addr(&self) -> SocketAddr {
         self.resp
