@@ -29,10 +29,13 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// A successful ping older than this no longer counts.
 pub const READY_WINDOW: Duration = Duration::from_secs(2);
 
+/// When a check ran and what it found.
+type Check = (Instant, Result<(), String>);
+
 /// The latest readiness check, shared by the pinger and `/readyz`.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    last: Arc<Mutex<Option<(Instant, Result<(), String>)>>>,
+    last: Arc<Mutex<Option<Check>>>,
 }
 
 impl Readiness {
