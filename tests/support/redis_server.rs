@@ -43,6 +43,22 @@ impl RedisServer {
         panic!("redis-server did not start (is it installed? `apt-get install redis-server`)");
     }
 
+    /// Stops the server (SIGKILL: no goodbye to its clients, as in a crash).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port, after [`RedisServer::stop`].
+    pub fn restart(&mut self) {
+        self.child = spawn(self.port, &self.dir, &self.extra);
+        assert!(
+            self.wait_ready(),
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+
     /// The server's port.
     pub fn port(&self) -> u16 {
         self.port

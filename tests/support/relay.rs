@@ -26,6 +26,8 @@ impl Relay {
         let rule = Arc::new(Mutex::new(Rule {
             delay,
             marker: None,
+            refuse: false,
+            generation: 0,
         }));
         let (stop_tx, stop_rx) = oneshot::channel();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -68,24 +70,38 @@ impl Relay {
 
     /// Delays every reply read from now on by `delay`.
     pub fn set_delay(&self, delay: Duration) {
-        *self.rule.lock().unwrap() = Rule {
-            delay,
-            marker: None,
-        };
+        let mut rule = self.rule.lock().unwrap();
+        rule.delay = delay;
+        rule.marker = None;
     }
 
     /// Delays, from now on, only replies containing `marker`.
     pub fn delay_replies_containing(&self, marker: &[u8], delay: Duration) {
-        *self.rule.lock().unwrap() = Rule {
-            delay,
-            marker: Some(marker.to_vec()),
-        };
+        let mut rule = self.rule.lock().unwrap();
+        rule.delay = delay;
+        rule.marker = Some(marker.to_vec());
+    }
+
+    /// Closes every new connection at once (`refuse`), or relays again.
+    pub fn refuse_new(&self, refuse: bool) {
+        self.rule.lock().unwrap().refuse = refuse;
+    }
+
+    /// Resets (RST) every connection relayed so far, on both sides, and returns
+    /// once that has happened (each pipe checks every 20 ms).
+    pub fn reset_all(&self) {
+        self.rule.lock().unwrap().generation += 1;
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 struct Rule {
     delay: Duration,
     marker: Option<Vec<u8>>,
+    /// New connections are closed at once instead of relayed.
+    refuse: bool,
+    /// Bumped to reset every relayed connection.
+    generation: u64,
 }
 
 impl Rule {
@@ -100,9 +116,19 @@ impl Rule {
 }
 
 async fn pipe(client: TcpStream, target: SocketAddr, rule: Arc<Mutex<Rule>>) {
+    let (refuse, generation) = {
+        let rule = rule.lock().unwrap();
+        (rule.refuse, rule.generation)
+    };
+    if refuse {
+        let _ = client.set_zero_linger();
+        return;
+    }
     let Ok(server) = TcpStream::connect(target).await else {
         return;
     };
+    let _ = client.set_zero_linger();
+    let _ = server.set_zero_linger();
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (mut client_read, mut client_write) = client.into_split();
@@ -128,7 +154,19 @@ async fn pipe(client: TcpStream, target: SocketAddr, rule: Arc<Mutex<Rule>>) {
         }
         let _ = client_write.shutdown().await;
     };
-    tokio::join!(requests, replies);
+    let reset = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if rule.lock().unwrap().generation != generation {
+                return;
+            }
+        }
+    };
+    // On reset, both halves are dropped with SO_LINGER 0: each side gets an RST.
+    tokio::select! {
+        _ = async { tokio::join!(requests, replies) } => {}
+        () = reset => {}
+    }
 }
 
 impl Drop for Relay {
