@@ -446,6 +446,50 @@ mod tests {
         assert_eq!(split_args(b"  \t ").unwrap().len(), 0);
     }
 
+    proptest::proptest! {
+        /// Any request a client library could send decodes to exactly its
+        /// arguments, however the bytes are split across reads.
+        #[test]
+        fn encoded_requests_decode_to_their_arguments(
+            requests in proptest::collection::vec(
+                proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 1..8),
+                1..6,
+            ),
+            chunk in 1usize..64,
+        ) {
+            use redis_protocol::resp2::types::BytesFrame;
+            let mut wire = BytesMut::new();
+            for args in &requests {
+                let frame = BytesFrame::Array(
+                    args.iter().map(|a| BytesFrame::BulkString(Bytes::copy_from_slice(a))).collect(),
+                );
+                redis_protocol::resp2::encode::extend_encode(&mut wire, &frame, false).unwrap();
+            }
+            let mut decoder = Decoder::default();
+            let mut buf = BytesMut::new();
+            let mut decoded = Vec::new();
+            for piece in wire.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(args) = decoder.decode(&mut buf).unwrap() {
+                    decoded.push(args.iter().map(|a| a.to_vec()).collect::<Vec<_>>());
+                }
+            }
+            proptest::prop_assert_eq!(decoded, requests);
+            proptest::prop_assert!(buf.is_empty());
+        }
+
+        /// Inline commands of plain words decode to those words.
+        #[test]
+        fn inline_words_decode_to_themselves(
+            words in proptest::collection::vec("[a-zA-Z0-9:_.-]{1,12}", 1..8),
+        ) {
+            let mut buf = BytesMut::from(format!("{}\r\n", words.join(" ")).as_bytes());
+            let args = Decoder::default().decode(&mut buf).unwrap().unwrap();
+            let args: Vec<String> = args.iter().map(|a| String::from_utf8(a.to_vec()).unwrap()).collect();
+            proptest::prop_assert_eq!(args, words);
+        }
+    }
+
     #[test]
     fn random_bytes_never_panic() {
         // A deterministic xorshift stream: every byte value, every position.
