@@ -12,7 +12,7 @@ ARGS ?=
 
 CLIENTS_STAMP := target/clients/.installed
 
-.PHONY: help build lint fmt test test-native unit run doc clean clients bench
+.PHONY: help build lint fmt test test-native unit run doc clean clients bench soak
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ unit: ## Unit tests only (no Redis needed)
 
 bench: ## Benchmark cached GET against redis-server and twemproxy (ratios)
 	scripts/bench.sh
+
+soak: ## Mixed HTTP+RESP load with churn for SOAK_SECONDS (300), sampling RSS and fds
+	scripts/soak.sh
 
 run: build ## Run the proxy; starts a throwaway redis-server when none answers
 	@scripts/run-local.sh target/release/redis-proxy $(ARGS)

@@ -144,6 +144,22 @@ fn describe() {
     );
 }
 
+/// How often histogram samples are folded into their buckets.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds buffered histogram samples into their buckets every [`UPKEEP_INTERVAL`].
+///
+/// The exporter buffers every sample until upkeep runs; without this task, a proxy
+/// that is never scraped would hold every backend latency it ever measured.
+pub async fn run_upkeep() {
+    let Some(registry) = registry() else { return };
+    let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        ticks.tick().await;
+        registry.handle.run_upkeep();
+    }
+}
+
 /// Counts one answered request.
 pub fn record_request(protocol: Protocol, result: &Result<Lookup, Failure>) {
     let Some(registry) = registry() else { return };

@@ -165,6 +165,7 @@ impl Proxy {
             readiness.clone(),
             config.redis_connect_timeout + config.request_timeout,
         )));
+        let _upkeep = AbortOnDrop(tokio::spawn(metrics::run_upkeep()));
         let stop = CancellationToken::new();
         let _signal = AbortOnDrop(tokio::spawn({
             let stop = stop.clone();
