@@ -1,21 +1,30 @@
-# redis-proxy: build, test and run.
+# redis-proxy: build, test, run, measure.
 #
-#   make test    lint, build everything, run unit and system tests (needs cargo, redis-server)
-#   make run     a working proxy on this machine (starts a throwaway Redis if none answers)
+#   make test   the whole suite: natively when cargo and redis-server are present,
+#               else in containers when a Docker engine answers, else it says what is missing
+#   make run    a working proxy (natively, or Redis + proxy with docker compose)
+#   make help   every target
 #
-# Variables: ARGS (extra flags for `make run`), CARGO.
+# Variables: ARGS (extra flags for the native `make run`), CARGO.
 
 CARGO ?= cargo
 ARGS ?=
+COMPOSE_FILE := docker/docker-compose.yml
+CLIENTS_STAMP := target/clients/.installed
+
+HAVE_CARGO := $(shell command -v $(CARGO) >/dev/null 2>&1 && echo yes)
+HAVE_REDIS := $(shell command -v redis-server >/dev/null 2>&1 && echo yes)
+HAVE_DOCKER = $(shell docker info >/dev/null 2>&1 && echo yes)
+COMPOSE = $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
+	elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; fi)
 
 .DEFAULT_GOAL := help
 
-CLIENTS_STAMP := target/clients/.installed
-
-.PHONY: help build lint fmt test test-native unit run doc clean clients bench soak
+.PHONY: help build lint fmt test test-native test-docker unit clients examples doc compose-check \
+	run run-native run-docker bench soak clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 build: ## Build the release binary (target/release/redis-proxy)
 	$(CARGO) build --release --locked
@@ -27,10 +36,21 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-test: test-native ## Lint, build, and run every test (unit + system)
+test: ## Every test: native if cargo + redis-server, else in Docker, else fail
+ifeq ($(HAVE_CARGO)$(HAVE_REDIS),yesyes)
+	@$(MAKE) --no-print-directory test-native
+else
+	@if [ "$(HAVE_DOCKER)" = yes ]; then \
+		$(MAKE) --no-print-directory test-docker; \
+	else \
+		echo "make test needs either cargo and redis-server (apt-get install redis-server)," >&2; \
+		echo "or a running Docker engine with docker compose." >&2; \
+		exit 1; \
+	fi
+endif
 
-test-native: lint clients
-	@command -v redis-server >/dev/null || { echo "make test: redis-server and redis-tools are needed for the system tests (apt-get install redis-server)" >&2; exit 1; }
+test-native: lint clients compose-check ## Lint, build everything, run unit + system tests, docs, examples
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "make test-native: redis-server and redis-tools are needed (apt-get install redis-server)" >&2; exit 1; }
 	$(CARGO) build --locked --all-targets
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "$(CARGO) nextest run --locked --all-targets"; \
@@ -40,6 +60,16 @@ test-native: lint clients
 		$(CARGO) test --locked --all-targets; \
 	fi
 	$(CARGO) test --locked --doc
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
+
+test-docker: ## The same suite inside a container (needs a Docker engine), then tear down
+	@[ -n "$(COMPOSE)" ] || { echo "make test-docker: docker compose (or docker-compose) is needed" >&2; exit 1; }
+	$(COMPOSE) -f $(COMPOSE_FILE) --profile test build tests
+	$(COMPOSE) -f $(COMPOSE_FILE) --profile test run --rm tests; status=$$?; \
+		$(COMPOSE) -f $(COMPOSE_FILE) --profile test down --remove-orphans; exit $$status
+
+unit: ## Unit tests only (no Redis needed)
+	$(CARGO) test --locked --lib
 
 clients: $(CLIENTS_STAMP) ## Install the client libraries the tests use (redis-py, ioredis, node-redis)
 
@@ -49,20 +79,43 @@ $(CLIENTS_STAMP): tests/clients/requirements.txt tests/clients/package.json
 	cd tests/clients && npm install --silent --no-audit --no-fund --no-package-lock
 	@mkdir -p $(dir $@) && touch $@
 
-unit: ## Unit tests only (no Redis needed)
-	$(CARGO) test --locked --lib
+examples: ## Build the library examples
+	$(CARGO) build --locked --examples
+
+doc: ## Build the API docs (warnings are errors)
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
+
+compose-check: ## Validate docker/docker-compose.yml without an engine (skipped without docker-compose)
+	@if [ -n "$(COMPOSE)" ]; then \
+		echo "$(COMPOSE) -f $(COMPOSE_FILE) config -q"; \
+		$(COMPOSE) -f $(COMPOSE_FILE) --profile test config -q; \
+	else \
+		echo "compose-check: skipped (neither docker compose nor docker-compose is installed)"; \
+	fi
+
+run: ## Run the proxy: natively with cargo, else Redis + proxy with docker compose
+ifeq ($(HAVE_CARGO),yes)
+	@$(MAKE) --no-print-directory run-native
+else
+	@if [ "$(HAVE_DOCKER)" = yes ]; then \
+		$(MAKE) --no-print-directory run-docker; \
+	else \
+		echo "make run needs cargo, or a running Docker engine with docker compose." >&2; exit 1; \
+	fi
+endif
+
+run-native: build ## Run natively; starts a throwaway redis-server when none answers
+	@scripts/run-local.sh target/release/redis-proxy $(ARGS)
+
+run-docker: ## Redis and the proxy with docker compose (Ctrl-C stops and removes them)
+	@[ -n "$(COMPOSE)" ] || { echo "make run-docker: docker compose (or docker-compose) is needed" >&2; exit 1; }
+	$(COMPOSE) -f $(COMPOSE_FILE) up --build; $(COMPOSE) -f $(COMPOSE_FILE) down --remove-orphans
 
 bench: ## Benchmark cached GET against redis-server and twemproxy (ratios)
 	scripts/bench.sh
 
 soak: ## Mixed HTTP+RESP load with churn for SOAK_SECONDS (300), sampling RSS and fds
 	scripts/soak.sh
-
-run: build ## Run the proxy; starts a throwaway redis-server when none answers
-	@scripts/run-local.sh target/release/redis-proxy $(ARGS)
-
-doc: ## Build the API docs
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
 
 clean: ## Remove build output
 	$(CARGO) clean

@@ -7,7 +7,7 @@
 //! GET /metrics  200 Prometheus text exposition (see crate::metrics)
 //! ```
 //!
-//! Readiness is not checked per request: a [`Pinger`] task pings Redis every
+//! Readiness is not checked per request: a pinger task ([`run_pinger`]) pings Redis every
 //! second, so a probe storm never becomes a Redis storm, and the answer is at most
 //! about a second old.
 

@@ -6,6 +6,10 @@
 //! source is read exactly once. The `[env: …] [default: …]` notes in the help
 //! are written out because clap would otherwise read the variables itself.
 
+// The field docs are the `--help` text, where `[env: …]`, `[default: …]` and
+// `redis://[user:pass@]host` are literal brackets, not links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::path::PathBuf;
 
 use clap::Parser;
