@@ -121,3 +121,74 @@ async fn a_hit_refreshes_recency_but_not_expiry() {
     // 650 ms after it was fetched: expired, though read 350 ms ago.
     assert_eq!(read(&proxy, "k").await, ("new".into(), "MISS".into()));
 }
+
+/// A value whose replies the relay holds back.
+const SLOW: &str = "SLOW-VALUE";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_from_both_protocols_cost_one_redis_get() {
+    let redis = RedisServer::start();
+    redis.set("cold", SLOW);
+    let relay = support::Relay::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], redis.port())),
+        Duration::ZERO,
+    );
+    relay.delay_replies_containing(SLOW.as_bytes(), Duration::from_millis(500));
+    let proxy = ProxyBuilder::new(&relay.url()).start();
+
+    let over_http: Vec<_> = (0..20)
+        .map(|_| {
+            let url = proxy.url("cold");
+            tokio::spawn(async move { reqwest::get(url).await.unwrap().text().await.unwrap() })
+        })
+        .collect();
+    let resp = proxy.resp_addr();
+    let over_resp: Vec<_> = (0..20)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = support::RawConn::connect(resp);
+                conn.send(b"GET cold\r\n");
+                conn.read_reply()
+            })
+        })
+        .collect();
+    for task in over_http {
+        assert_eq!(task.await.unwrap(), SLOW);
+    }
+    for task in over_resp {
+        assert_eq!(
+            task.await.unwrap(),
+            format!("${}\r\n{SLOW}\r\n", SLOW.len())
+        );
+    }
+    assert_eq!(
+        redis.calls("get"),
+        1,
+        "40 concurrent misses, one backend GET"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_waiter_does_not_cancel_the_fetch() {
+    let redis = RedisServer::start();
+    redis.set("cold", SLOW);
+    let relay = support::Relay::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], redis.port())),
+        Duration::ZERO,
+    );
+    relay.delay_replies_containing(SLOW.as_bytes(), Duration::from_millis(600));
+    let proxy = ProxyBuilder::new(&relay.url())
+        .arg("--request-timeout", "1s")
+        .start();
+
+    // The client gives up after 200 ms; the proxy's fetch goes on.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    assert!(client.get(proxy.url("cold")).send().await.is_err());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    assert_eq!(read(&proxy, "cold").await, (SLOW.into(), "HIT".into()));
+    assert_eq!(redis.calls("get"), 1);
+}

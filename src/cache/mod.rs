@@ -5,20 +5,30 @@
 //! once and allocates nothing. A miss calls the inner service (normally
 //! [`crate::backend::RedisService`]) and stores a found value before answering.
 //! Absence is not cached: a key missing in Redis is asked for again next time.
+//!
+//! Concurrent misses for one key are coalesced: the first starts the fetch as a
+//! task of its own and registers it in the cache's in-flight table; later misses
+//! wait for that fetch instead of starting another. N concurrent misses cost one
+//! backend request, and every waiter gets the same value or the same error. A
+//! waiter that gives up (its client left, or its timeout passed) only stops
+//! waiting: the fetch goes on for the others and still fills the cache. The
+//! in-flight entry is removed when the fetch ends, however it ends.
 
 mod store;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use pin_project_lite::pin_project;
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::{BoxError, Layer, Service};
 
 use crate::lookup::{Key, Lookup, Source};
 
@@ -31,6 +41,25 @@ pub use store::{Stats, Store};
 #[derive(Debug, Clone)]
 pub struct Cache {
     store: Arc<Mutex<Store>>,
+    flights: Arc<Mutex<HashMap<Key, Flight>>>,
+}
+
+/// What one fetch ends with, as every waiter receives it: the value, or a way to
+/// make each waiter its own copy of the error.
+type Outcome = Result<Option<Bytes>, ErrorMaker>;
+
+/// The fetch of one key that later misses wait for: `None` until it ends.
+type Flight = watch::Receiver<Option<Outcome>>;
+
+/// Makes a fresh boxed copy of the inner service's error for each waiter, so that
+/// the error keeps its type (front-ends classify errors by downcasting).
+#[derive(Clone)]
+struct ErrorMaker(Arc<dyn Fn() -> BoxError + Send + Sync>);
+
+impl std::fmt::Debug for ErrorMaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ErrorMaker({})", (self.0)())
+    }
 }
 
 impl Cache {
@@ -38,7 +67,16 @@ impl Cache {
     pub fn new(capacity: NonZeroUsize, ttl: Duration) -> Self {
         Self {
             store: Arc::new(Mutex::new(Store::new(capacity, ttl))),
+            flights: Arc::default(),
         }
+    }
+
+    /// How many fetches are in flight.
+    pub fn fetches_in_flight(&self) -> usize {
+        self.flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// The live value of `key`, now the most recently used.
@@ -123,71 +161,147 @@ impl<S> CacheService<S> {
 
 impl<S> Service<Key> for CacheService<S>
 where
-    S: Service<Key, Response = Option<Bytes>>,
+    S: Service<Key, Response = Option<Bytes>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Clone + Send + Sync + 'static,
 {
     type Response = Lookup;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, key: Key) -> Self::Future {
         if let Some(value) = self.cache.get(&key) {
             return ResponseFuture::hit(value);
         }
-        ResponseFuture::miss(self.inner.call(key.clone()), self.cache.clone(), key)
+        let flight = {
+            let mut flights = self
+                .cache
+                .flights
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match flights.get(&key) {
+                Some(flight) => flight.clone(),
+                None => {
+                    let (done, flight) = watch::channel(None);
+                    flights.insert(key.clone(), flight.clone());
+                    drop(flights);
+                    // The ready service goes to the fetch; a fresh clone stays behind.
+                    let clone = self.inner.clone();
+                    let inner = std::mem::replace(&mut self.inner, clone);
+                    tokio::spawn(fetch(inner, key, self.cache.clone(), done));
+                    flight
+                }
+            }
+        };
+        ResponseFuture::miss(Box::pin(wait(flight)))
     }
 }
+
+/// Fetches `key` with the ready `inner` service, stores a found value, and tells
+/// every waiter. Runs as a task of its own, so no waiter can cancel it.
+async fn fetch<S>(mut inner: S, key: Key, cache: Cache, done: watch::Sender<Option<Outcome>>)
+where
+    S: Service<Key, Response = Option<Bytes>>,
+    S::Error: Into<BoxError> + Clone + Send + Sync + 'static,
+{
+    /// Removes the in-flight entry however the fetch ends (a panic included;
+    /// waiters then see the channel close).
+    struct Landing {
+        key: Key,
+        cache: Cache,
+    }
+    impl Drop for Landing {
+        fn drop(&mut self) {
+            let mut flights = self
+                .cache
+                .flights
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            flights.remove(&self.key);
+        }
+    }
+    let landing = Landing {
+        key: key.clone(),
+        cache: cache.clone(),
+    };
+    let outcome = match inner.call(key.clone()).await {
+        Ok(value) => {
+            if let Some(value) = &value {
+                cache.insert(key, value.clone());
+            }
+            Ok(value)
+        }
+        Err(error) => Err(ErrorMaker(Arc::new(move || error.clone().into()))),
+    };
+    // Stored first, then landed: a miss arriving now finds the value in the cache.
+    drop(landing);
+    let _ = done.send(Some(outcome));
+}
+
+/// Waits for a fetch to end and takes its outcome.
+async fn wait(mut flight: Flight) -> Result<Lookup, BoxError> {
+    let outcome = match flight.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().expect("waited for Some"),
+        Err(_) => return Err("the fetch was abandoned".into()),
+    };
+    match outcome {
+        Ok(value) => Ok(Lookup {
+            value,
+            source: Source::Backend,
+        }),
+        Err(make_error) => Err((make_error.0)()),
+    }
+}
+
+/// The boxed future of a miss: it waits for a (possibly shared) fetch.
+type Miss = Pin<Box<dyn Future<Output = Result<Lookup, BoxError>> + Send>>;
 
 pin_project! {
-    /// The future of [`CacheService`]: ready at once on a hit, the backend fetch
-    /// followed by an insert on a miss.
-    #[derive(Debug)]
-    pub struct ResponseFuture<F> {
+    /// The future of [`CacheService`]: ready at once on a hit; on a miss it waits
+    /// for the key's fetch (boxed: a miss costs a network round trip anyway).
+    pub struct ResponseFuture {
         #[pin]
-        state: State<F>,
+        state: State,
     }
 }
 
-impl<F> ResponseFuture<F> {
+impl ResponseFuture {
     fn hit(value: Bytes) -> Self {
         Self {
             state: State::Hit { value: Some(value) },
         }
     }
 
-    fn miss(fetch: F, cache: Cache, key: Key) -> Self {
+    fn miss(wait: Miss) -> Self {
         Self {
-            state: State::Miss {
-                fetch,
-                cache,
-                key: Some(key),
-            },
+            state: State::Miss { wait },
         }
+    }
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.state {
+            State::Hit { .. } => "ResponseFuture::Hit",
+            State::Miss { .. } => "ResponseFuture::Miss",
+        })
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    #[derive(Debug)]
-    enum State<F> {
+    enum State {
         Hit { value: Option<Bytes> },
-        Miss {
-            #[pin]
-            fetch: F,
-            cache: Cache,
-            key: Option<Key>,
-        },
+        Miss { wait: Miss },
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Option<Bytes>, E>>,
-{
-    type Output = Result<Lookup, E>;
+impl Future for ResponseFuture {
+    type Output = Result<Lookup, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
@@ -195,16 +309,7 @@ where
                 value: value.take(),
                 source: Source::Cache,
             })),
-            StateProj::Miss { fetch, cache, key } => {
-                let value = ready!(fetch.poll(cx))?;
-                if let (Some(value), Some(key)) = (&value, key.take()) {
-                    cache.insert(key, value.clone());
-                }
-                Poll::Ready(Ok(Lookup {
-                    value,
-                    source: Source::Backend,
-                }))
-            }
+            StateProj::Miss { wait } => wait.as_mut().poll(cx),
         }
     }
 }
@@ -212,53 +317,66 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Semaphore;
     use tower::ServiceExt;
 
-    /// An in-process stand-in for Redis that counts how often it is asked.
-    fn backend(
+    /// An in-process stand-in for Redis: counts calls, waits for `gate` (when
+    /// given) before answering, answers `v<n>` for the n-th call, `None` for
+    /// "missing", and fails for "bad".
+    #[derive(Clone)]
+    struct Fake {
         calls: Arc<AtomicUsize>,
-    ) -> impl Service<Key, Response = Option<Bytes>, Error = Infallible, Future: Send> + Clone {
-        tower::service_fn(move |key: Key| {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            async move {
-                Ok::<_, Infallible>(match &key[..] {
-                    b"missing" => None,
-                    _ => Some(Bytes::from(format!("v{n}"))),
-                })
-            }
-        })
+        gate: Option<Arc<Semaphore>>,
+    }
+
+    impl Service<Key> for Fake {
+        type Response = Option<Bytes>;
+        type Error = crate::backend::Error;
+        type Future = Pin<Box<dyn Future<Output = Result<Option<Bytes>, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, key: Key) -> Self::Future {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let gate = self.gate.clone();
+            Box::pin(async move {
+                if let Some(gate) = gate {
+                    let _pass = gate.acquire().await.unwrap();
+                }
+                match &key[..] {
+                    b"missing" => Ok(None),
+                    b"bad" => Err(crate::backend::Error::Unavailable("down".into())),
+                    _ => Ok(Some(Bytes::from(format!("v{n}")))),
+                }
+            })
+        }
     }
 
     fn service(
         ttl: Duration,
-    ) -> (
-        CacheService<impl Service<Key, Response = Option<Bytes>, Error = Infallible> + Clone>,
-        Arc<AtomicUsize>,
-    ) {
+        gate: Option<Arc<Semaphore>>,
+    ) -> (CacheService<Fake>, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
         let cache = Cache::new(NonZeroUsize::new(4).unwrap(), ttl);
-        (CacheService::new(backend(calls.clone()), cache), calls)
+        let fake = Fake {
+            calls: calls.clone(),
+            gate,
+        };
+        (CacheService::new(fake, cache), calls)
     }
 
-    async fn get<S>(svc: &mut S, key: &'static str) -> Lookup
-    where
-        S: Service<Key, Response = Lookup, Error = Infallible>,
-    {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Bytes::from(key))
-            .await
-            .unwrap()
+    async fn get(svc: &mut CacheService<Fake>, key: &'static str) -> Result<Lookup, BoxError> {
+        svc.ready().await.unwrap().call(Bytes::from(key)).await
     }
 
     #[tokio::test]
     async fn second_read_is_a_hit_that_skips_the_backend() {
-        let (mut svc, calls) = service(Duration::from_secs(60));
-        let first = get(&mut svc, "k").await;
-        let second = get(&mut svc, "k").await;
+        let (mut svc, calls) = service(Duration::from_secs(60), None);
+        let first = get(&mut svc, "k").await.unwrap();
+        let second = get(&mut svc, "k").await.unwrap();
         assert_eq!(first.source, Source::Backend);
         assert_eq!(second.source, Source::Cache);
         assert_eq!(second.value, Some(Bytes::from("v0")));
@@ -267,22 +385,94 @@ mod tests {
 
     #[tokio::test]
     async fn absence_is_not_cached() {
-        let (mut svc, calls) = service(Duration::from_secs(60));
-        assert_eq!(get(&mut svc, "missing").await.value, None);
-        assert_eq!(get(&mut svc, "missing").await.source, Source::Backend);
+        let (mut svc, calls) = service(Duration::from_secs(60), None);
+        assert_eq!(get(&mut svc, "missing").await.unwrap().value, None);
+        assert_eq!(
+            get(&mut svc, "missing").await.unwrap().source,
+            Source::Backend
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn expired_entry_is_refetched() {
-        let (mut svc, calls) = service(Duration::from_millis(500));
-        get(&mut svc, "k").await;
+        let (mut svc, calls) = service(Duration::from_millis(500), None);
+        get(&mut svc, "k").await.unwrap();
         tokio::time::advance(Duration::from_millis(499)).await;
-        assert_eq!(get(&mut svc, "k").await.source, Source::Cache);
+        assert_eq!(get(&mut svc, "k").await.unwrap().source, Source::Cache);
         tokio::time::advance(Duration::from_millis(1)).await;
-        let after = get(&mut svc, "k").await;
+        let after = get(&mut svc, "k").await.unwrap();
         assert_eq!(after.source, Source::Backend);
         assert_eq!(after.value, Some(Bytes::from("v1")));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_for_one_key_cost_one_fetch() {
+        let gate = Arc::new(Semaphore::new(0));
+        let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
+        let waiters: Vec<_> = (0..40)
+            .map(|_| tokio::spawn(svc.clone().oneshot(Bytes::from("k"))))
+            .collect();
+        while svc.cache().fetches_in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(1);
+        for waiter in waiters {
+            let lookup = waiter.await.unwrap().unwrap();
+            assert_eq!(
+                lookup.value,
+                Some(Bytes::from("v0")),
+                "every waiter gets the same value"
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            svc.cache().fetches_in_flight(),
+            0,
+            "no in-flight entry is left behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_waiter_gets_the_same_error_with_its_type() {
+        let gate = Arc::new(Semaphore::new(0));
+        let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
+        let waiters: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(svc.clone().oneshot(Bytes::from("bad"))))
+            .collect();
+        while svc.cache().fetches_in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(1);
+        for waiter in waiters {
+            let error = waiter.await.unwrap().unwrap_err();
+            assert!(error.is::<crate::backend::Error>(), "{error}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(svc.cache().fetches_in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_does_not_cancel_the_fetch() {
+        let gate = Arc::new(Semaphore::new(0));
+        let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
+        let leader = tokio::spawn(svc.clone().oneshot(Bytes::from("k")));
+        while svc.cache().fetches_in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let follower = tokio::spawn(svc.clone().oneshot(Bytes::from("k")));
+        tokio::task::yield_now().await;
+        leader.abort();
+        let _ = leader.await;
+        gate.add_permits(1);
+        assert_eq!(
+            follower.await.unwrap().unwrap().value,
+            Some(Bytes::from("v0"))
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // The fetch finished and filled the cache though its first caller left.
+        assert_eq!(svc.cache().get(b"k"), Some(Bytes::from("v0")));
+        assert_eq!(svc.cache().fetches_in_flight(), 0);
     }
 }

@@ -158,7 +158,8 @@ mod tests {
 
     async fn call<B>(stack: &Stack<B>, key: &'static str) -> Result<Lookup, Failure>
     where
-        B: Service<Key, Response = Option<Bytes>, Error = backend::Error> + Clone,
+        B: Service<Key, Response = Option<Bytes>, Error = backend::Error> + Clone + Send + 'static,
+        B::Future: Send + 'static,
     {
         stack
             .clone()
