@@ -291,7 +291,8 @@ async fn reset_and_refused_backend_connections_fail_fast_and_recover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     let redis = RedisServer::start();
-    redis.set("slow", SLOW);
+    redis.set("slow1", SLOW);
+    redis.set("slow2", SLOW);
     let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
     relay.delay_replies_containing(SLOW.as_bytes(), Duration::from_millis(1500));
     let mut proxy = ProxyBuilder::new(&relay.url())
@@ -300,10 +301,10 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
         .start();
     let (http, resp) = (proxy.http_addr(), proxy.resp_addr());
 
-    let over_http = tokio::spawn(get(proxy.url("slow")));
+    let over_http = tokio::spawn(get(proxy.url("slow1")));
     let over_resp = tokio::task::spawn_blocking(move || {
         let mut conn = RawConn::connect(resp);
-        conn.send(b"GET slow\r\n");
+        conn.send(b"GET slow2\r\n");
         conn.read_reply()
     });
     assert!(wait_until(Duration::from_secs(5), || redis.calls("get") == 2));
