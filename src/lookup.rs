@@ -4,6 +4,8 @@
 //! stack, which answers with a [`Lookup`]; neither the stack nor the cache knows
 //! which protocol asked.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 /// A Redis key: any bytes, shared without copying.
@@ -16,6 +18,11 @@ pub struct Lookup {
     pub value: Option<Bytes>,
     /// Where the answer came from.
     pub source: Source,
+    /// How much longer the cached entry stays fresh (the whole TTL for a value
+    /// fetched just now).
+    pub fresh_for: Duration,
+    /// How long ago the value was fetched from Redis.
+    pub age: Duration,
 }
 
 /// Whether a lookup was served from the local cache or fetched from Redis.

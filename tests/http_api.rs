@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use support::{ProxyBuilder, RedisServer};
 
@@ -183,4 +185,85 @@ async fn unreachable_backend_is_502_with_a_reason() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let body = response.text().await.unwrap();
     assert!(body.contains("redis unavailable"), "{body}");
+}
+
+fn header_secs(response: &reqwest::Response, name: &str, prefix: &str) -> u64 {
+    let value = response.headers()[name].to_str().unwrap();
+    value
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{name}: {value}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn responses_carry_max_age_age_and_a_strong_etag() {
+    let redis = RedisServer::start();
+    redis.set("k", "first");
+    let proxy = ProxyBuilder::new(&redis.url())
+        .arg("--cache-ttl", "3s")
+        .start();
+
+    let miss = get(&proxy.url("k")).await;
+    assert_eq!(miss.headers()["x-cache"], "MISS");
+    assert_eq!(
+        header_secs(&miss, "cache-control", "max-age="),
+        3,
+        "a miss answers with the full TTL"
+    );
+    assert_eq!(header_secs(&miss, "age", ""), 0);
+    let tag = miss.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(
+        tag.starts_with('"') && tag.ends_with('"') && !tag.starts_with("W/"),
+        "{tag}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let hit = get(&proxy.url("k")).await;
+    assert_eq!(hit.headers()["x-cache"], "HIT");
+    let (max_age, age) = (
+        header_secs(&hit, "cache-control", "max-age="),
+        header_secs(&hit, "age", ""),
+    );
+    assert!(age >= 1, "age {age}");
+    assert!(
+        (2..=3).contains(&(max_age + age)),
+        "max-age {max_age} + age {age} is the TTL, rounded down"
+    );
+    assert_eq!(hit.headers()["etag"], tag.as_str());
+
+    let client = reqwest::Client::new();
+    let not_modified = client
+        .get(proxy.url("k"))
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(not_modified.headers()["etag"], tag.as_str());
+    assert!(not_modified.bytes().await.unwrap().is_empty());
+    let other = client
+        .get(proxy.url("k"))
+        .header("if-none-match", "\"something-else\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    assert_eq!(other.text().await.unwrap(), "first");
+
+    redis.set("k", "second");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let changed = client
+        .get(proxy.url("k"))
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        changed.status(),
+        StatusCode::OK,
+        "a new value no longer matches the old tag"
+    );
+    assert_ne!(changed.headers()["etag"], tag.as_str());
+    assert_eq!(changed.text().await.unwrap(), "second");
 }

@@ -79,10 +79,17 @@ impl Cache {
             .len()
     }
 
-    /// The live value of `key`, now the most recently used.
-    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+    /// The live value of `key`, now the most recently used, and how long it
+    /// stays fresh.
+    pub fn get(&self, key: &[u8]) -> Option<(Bytes, Duration)> {
         let now = Instant::now();
-        self.lock().get(key, now)
+        let (value, expires_at) = self.lock().get(key, now)?;
+        Some((value, expires_at.saturating_duration_since(now)))
+    }
+
+    /// The one TTL of every entry.
+    pub fn ttl(&self) -> Duration {
+        self.lock().ttl()
     }
 
     /// Stores `value` under `key` for one TTL from now.
@@ -130,10 +137,7 @@ impl<S> Layer<S> for CacheLayer {
     type Service = CacheService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CacheService {
-            inner,
-            cache: self.cache.clone(),
-        }
+        CacheService::new(inner, self.cache.clone())
     }
 }
 
@@ -145,12 +149,14 @@ impl<S> Layer<S> for CacheLayer {
 pub struct CacheService<S> {
     inner: S,
     cache: Cache,
+    ttl: Duration,
 }
 
 impl<S> CacheService<S> {
     /// Wraps `inner` with `cache`.
     pub fn new(inner: S, cache: Cache) -> Self {
-        Self { inner, cache }
+        let ttl = cache.ttl();
+        Self { inner, cache, ttl }
     }
 
     /// The cache this service reads and fills.
@@ -174,8 +180,14 @@ where
     }
 
     fn call(&mut self, key: Key) -> Self::Future {
-        if let Some(value) = self.cache.get(&key) {
-            return ResponseFuture::hit(value);
+        if let Some((value, fresh_for)) = self.cache.get(&key) {
+            let age = self.ttl.saturating_sub(fresh_for);
+            return ResponseFuture::hit(Lookup {
+                value: Some(value),
+                source: Source::Cache,
+                fresh_for,
+                age,
+            });
         }
         let flight = {
             let mut flights = self
@@ -197,7 +209,7 @@ where
                 }
             }
         };
-        ResponseFuture::miss(Box::pin(wait(flight)))
+        ResponseFuture::miss(Box::pin(wait(flight, self.ttl)))
     }
 }
 
@@ -242,8 +254,9 @@ where
     let _ = done.send(Some(outcome));
 }
 
-/// Waits for a fetch to end and takes its outcome.
-async fn wait(mut flight: Flight) -> Result<Lookup, BoxError> {
+/// Waits for a fetch to end and takes its outcome: a value fetched just now,
+/// fresh for the whole `ttl`.
+async fn wait(mut flight: Flight, ttl: Duration) -> Result<Lookup, BoxError> {
     let outcome = match flight.wait_for(Option::is_some).await {
         Ok(outcome) => outcome.clone().expect("waited for Some"),
         Err(_) => return Err("the fetch was abandoned".into()),
@@ -252,6 +265,8 @@ async fn wait(mut flight: Flight) -> Result<Lookup, BoxError> {
         Ok(value) => Ok(Lookup {
             value,
             source: Source::Backend,
+            fresh_for: ttl,
+            age: Duration::ZERO,
         }),
         Err(make_error) => Err((make_error.0)()),
     }
@@ -270,9 +285,11 @@ pin_project! {
 }
 
 impl ResponseFuture {
-    fn hit(value: Bytes) -> Self {
+    fn hit(lookup: Lookup) -> Self {
         Self {
-            state: State::Hit { value: Some(value) },
+            state: State::Hit {
+                lookup: Some(lookup),
+            },
         }
     }
 
@@ -295,7 +312,7 @@ impl std::fmt::Debug for ResponseFuture {
 pin_project! {
     #[project = StateProj]
     enum State {
-        Hit { value: Option<Bytes> },
+        Hit { lookup: Option<Lookup> },
         Miss { wait: Miss },
     }
 }
@@ -305,10 +322,9 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Hit { value } => Poll::Ready(Ok(Lookup {
-                value: value.take(),
-                source: Source::Cache,
-            })),
+            StateProj::Hit { lookup } => {
+                Poll::Ready(Ok(lookup.take().expect("polled after completion")))
+            }
             StateProj::Miss { wait } => wait.as_mut().poll(cx),
         }
     }
@@ -381,6 +397,22 @@ mod tests {
         assert_eq!(second.source, Source::Cache);
         assert_eq!(second.value, Some(Bytes::from("v0")));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lookups_say_how_fresh_and_how_old_they_are() {
+        let (mut svc, _) = service(Duration::from_secs(60), None);
+        let miss = get(&mut svc, "k").await.unwrap();
+        assert_eq!(
+            (miss.fresh_for, miss.age),
+            (Duration::from_secs(60), Duration::ZERO)
+        );
+        tokio::time::advance(Duration::from_secs(25)).await;
+        let hit = get(&mut svc, "k").await.unwrap();
+        assert_eq!(
+            (hit.fresh_for, hit.age),
+            (Duration::from_secs(35), Duration::from_secs(25))
+        );
     }
 
     #[tokio::test]
@@ -472,7 +504,10 @@ mod tests {
         );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         // The fetch finished and filled the cache though its first caller left.
-        assert_eq!(svc.cache().get(b"k"), Some(Bytes::from("v0")));
+        assert_eq!(
+            svc.cache().get(b"k").map(|(value, _)| value),
+            Some(Bytes::from("v0"))
+        );
         assert_eq!(svc.cache().fetches_in_flight(), 0);
     }
 }

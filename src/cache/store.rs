@@ -66,13 +66,14 @@ impl Store {
         }
     }
 
-    /// The live value of `key`, which becomes the most recently used; `None` when
-    /// absent or expired (an expired entry is removed on the way).
-    pub fn get(&mut self, key: &[u8], now: Instant) -> Option<Bytes> {
+    /// The live value of `key` and when it expires; the entry becomes the most
+    /// recently used. `None` when absent or expired (an expired entry is removed on
+    /// the way).
+    pub fn get(&mut self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)> {
         match self.entries.get(key) {
             Some(entry) if entry.expires_at > now => {
                 self.stats.hits += 1;
-                Some(entry.value.clone())
+                Some((entry.value.clone(), entry.expires_at))
             }
             Some(_) => {
                 self.remove_expired(key);
@@ -84,6 +85,11 @@ impl Store {
                 None
             }
         }
+    }
+
+    /// The one TTL of every entry.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// Stores `value` under `key` as the most recently used entry, expiring `ttl`
@@ -171,7 +177,10 @@ mod tests {
         let now = Instant::now();
         let mut s = store(2);
         put(&mut s, "a", now);
-        assert_eq!(s.get(b"a", now), Some(Bytes::from("value of a")));
+        assert_eq!(
+            s.get(b"a", now),
+            Some((Bytes::from("value of a"), now + TTL))
+        );
         assert_eq!(s.get(b"b", now), None);
         assert_eq!(s.stats().hits, 1);
         assert_eq!(s.stats().misses, 1);

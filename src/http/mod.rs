@@ -9,6 +9,10 @@
 //! GET /user%3A42   ->  200  body = value bytes
 //!                           Content-Type: application/octet-stream
 //!                           X-Cache: HIT | MISS
+//!                           Cache-Control: max-age=<seconds until the entry expires>
+//!                           Age: <seconds since the value was fetched>
+//!                           ETag: "<hash of the value>"
+//!                      304  If-None-Match names the current ETag (no body)
 //!                      404  the key does not exist in Redis
 //!                      400  empty key, or a query string (send '?' as %3F)
 //!                      414  path and query over 8 KiB
@@ -22,7 +26,9 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use std::hash::{Hash, Hasher};
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use percent_encoding::percent_decode;
@@ -48,7 +54,12 @@ where
     Router::new().fallback(serve_key::<S>).with_state(service)
 }
 
-async fn serve_key<S>(State(service): State<S>, method: Method, uri: Uri) -> Response
+async fn serve_key<S>(
+    State(service): State<S>,
+    method: Method,
+    uri: Uri,
+    request_headers: HeaderMap,
+) -> Response
 where
     S: Service<Key, Response = Lookup, Error = BoxError> + Clone + Send + Sync + 'static,
     S::Future: Send,
@@ -74,19 +85,36 @@ where
         Ok(Lookup {
             value: Some(value),
             source,
+            fresh_for,
+            age,
         }) => {
-            let mut response = Response::new(Body::from(value));
+            let etag = etag(&value);
+            let not_modified = request_headers
+                .get(header::IF_NONE_MATCH)
+                .is_some_and(|tags| matches_etag(tags, &etag));
+            let mut response = if not_modified {
+                let mut response = Response::new(Body::empty());
+                *response.status_mut() = StatusCode::NOT_MODIFIED;
+                response
+            } else {
+                let mut response = Response::new(Body::from(value));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                response
+            };
             let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
             headers.insert(X_CACHE, HeaderValue::from_static(source.as_str()));
+            headers.insert(header::ETAG, etag);
+            headers.insert(header::CACHE_CONTROL, seconds_header("max-age=", fresh_for));
+            headers.insert(header::AGE, seconds_header("", age));
             response
         }
         Ok(Lookup {
             value: None,
             source,
+            ..
         }) => (
             StatusCode::NOT_FOUND,
             [(X_CACHE, source.as_str())],
@@ -95,6 +123,33 @@ where
             .into_response(),
         Err(failure) => failure.into_response(),
     }
+}
+
+/// A strong validator for `value`: a 64-bit hash of its bytes, in hex and quotes.
+/// Equal bytes always give the same tag; different bytes a different one, but for
+/// a 2^-64 chance.
+pub fn etag(value: &[u8]) -> HeaderValue {
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    HeaderValue::try_from(format!("\"{:016x}\"", hasher.finish())).expect("hex is a valid header")
+}
+
+/// Whether an `If-None-Match` header names `etag`: `*`, or a list of tags compared
+/// weakly (a `W/` prefix is ignored), as RFC 9110 asks for this header.
+fn matches_etag(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+    let Ok(tags) = if_none_match.to_str() else {
+        return false;
+    };
+    let ours = etag.to_str().expect("our tags are ASCII");
+    tags.split(',')
+        .map(|tag| tag.trim())
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == ours)
+}
+
+/// `<prefix><whole seconds>`, rounded down.
+fn seconds_header(prefix: &str, duration: std::time::Duration) -> HeaderValue {
+    HeaderValue::try_from(format!("{prefix}{}", duration.as_secs()))
+        .expect("digits are a valid header")
 }
 
 /// The longest request target accepted (path and query), as many servers do.
@@ -153,6 +208,25 @@ mod tests {
         assert_eq!(key("/%3F%25%23").unwrap(), Bytes::from("?%#"));
         assert_eq!(key("/%FF%00").unwrap(), Bytes::from_static(&[0xFF, 0x00]));
         assert_eq!(key("/%C3%BC").unwrap(), Bytes::from("ü"));
+    }
+
+    #[test]
+    fn etag_is_stable_and_changes_with_the_value() {
+        assert_eq!(etag(b"value"), etag(b"value"));
+        assert_ne!(etag(b"value"), etag(b"valuf"));
+        let tag = etag(b"value");
+        assert!(tag.to_str().unwrap().starts_with('"') && tag.len() == 18);
+    }
+
+    #[test]
+    fn if_none_match_lists_are_compared_weakly() {
+        let ours = etag(b"v");
+        let header = |s: &str| HeaderValue::try_from(s).unwrap();
+        assert!(matches_etag(&ours, &ours));
+        assert!(matches_etag(&header("*"), &ours));
+        let list = format!("\"other\", W/{}", ours.to_str().unwrap());
+        assert!(matches_etag(&header(&list), &ours));
+        assert!(!matches_etag(&header("\"other\""), &ours));
     }
 
     #[test]
