@@ -53,11 +53,11 @@ test-native: lint clients compose-check ## Lint, build everything, run unit + sy
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "make test-native: redis-server and redis-tools are needed (apt-get install redis-server)" >&2; exit 1; }
 	$(CARGO) build --locked --all-targets
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		echo "$(CARGO) nextest run --locked --all-targets"; \
-		$(CARGO) nextest run --locked --all-targets; \
+		echo "$(CARGO) nextest run --locked"; \
+		$(CARGO) nextest run --locked; \
 	else \
-		echo "$(CARGO) test --locked --all-targets"; \
-		$(CARGO) test --locked --all-targets; \
+		echo "$(CARGO) test --locked"; \
+		$(CARGO) test --locked; \
 	fi
 	$(CARGO) test --locked --doc
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked

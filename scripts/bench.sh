@@ -6,6 +6,9 @@
 # warms the proxy's cache, then runs redis-benchmark against each with the same
 # parameters at -P 1 and -P 16, and prints throughput, p50/p99 and the ratios.
 #
+# Then compares the hit ratio of the lru and s3fifo cache policies on a Zipf
+# stream with scans (benches/hit_ratio.rs).
+#
 # Needs Debian packages redis-server, redis-tools and nutcracker; installs the
 # missing ones when run as root. Everything else stays under target/bench.
 #
@@ -127,3 +130,6 @@ printf '  proxy / redis-server, -P 1:   %s  (target >= 1.0)\n' "$(ratio redis-pr
 printf '  proxy / redis-server, -P 16:  %s  (target >= 0.6)\n' "$(ratio redis-proxy/16 redis-server/16)"
 printf '  proxy / nutcracker,   -P 1:   %s\n' "$(ratio redis-proxy/1 nutcracker/1)"
 printf '  proxy / nutcracker,   -P 16:  %s  (target >= 1.5)\n' "$(ratio redis-proxy/16 nutcracker/16)"
+
+# Hit ratio of the two cache policies (in-process, deterministic).
+cargo bench --locked --quiet --bench hit_ratio

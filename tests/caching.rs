@@ -192,3 +192,42 @@ async fn a_timed_out_waiter_does_not_cancel_the_fetch() {
     assert_eq!(read(&proxy, "cold").await, (SLOW.into(), "HIT".into()));
     assert_eq!(redis.calls("get"), 1);
 }
+
+#[tokio::test]
+async fn s3fifo_policy_reads_through_and_keeps_its_capacity() {
+    let redis = RedisServer::start();
+    for i in 0..50 {
+        redis.set(format!("key{i}"), format!("v{i}"));
+    }
+    let proxy = ProxyBuilder::new(&redis.url())
+        .arg("--cache-policy", "s3fifo")
+        .arg("--cache-capacity", 5)
+        .start();
+
+    assert_eq!(read(&proxy, "key0").await, ("v0".into(), "MISS".into()));
+    redis.set("key0", "changed");
+    assert_eq!(read(&proxy, "key0").await, ("v0".into(), "HIT".into()));
+    for i in 1..50 {
+        read(&proxy, &format!("key{i}")).await;
+    }
+    let metrics = reqwest::get(proxy.admin_url("metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let entries: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_proxy_cache_entries "))
+        .expect("cache_entries")
+        .parse()
+        .unwrap();
+    assert!(
+        (1.0..=5.0).contains(&entries),
+        "{entries} entries at capacity 5"
+    );
+    assert!(
+        proxy.logs().iter().any(|l| l.contains("S3fifo")),
+        "the startup line names the policy"
+    );
+}

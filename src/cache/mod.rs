@@ -14,7 +14,9 @@
 //! waiting: the fetch goes on for the others and still fills the cache. The
 //! in-flight entry is removed when the fetch ends, however it ends.
 
-mod store;
+mod lru;
+mod policy;
+mod s3fifo;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,15 +34,18 @@ use tower::{BoxError, Layer, Service};
 
 use crate::lookup::{Key, Lookup, Source};
 
-pub use store::{Stats, Store};
+pub use lru::Lru;
+pub use policy::{Policy, PolicyKind, Stats};
+pub use s3fifo::S3Fifo;
 
-/// A cheap, cloneable handle to one shared LRU+TTL store.
+/// A cheap, cloneable handle to one shared store (LRU or S3-FIFO, one TTL) and
+/// to the fetches in flight for it.
 ///
 /// The lock guards only the O(1) store operations and is never held across an
 /// `.await`.
 #[derive(Debug, Clone)]
 pub struct Cache {
-    store: Arc<Mutex<Store>>,
+    store: Arc<Mutex<Box<dyn Policy>>>,
     flights: Arc<Mutex<HashMap<Key, Flight>>>,
 }
 
@@ -63,10 +68,19 @@ impl std::fmt::Debug for ErrorMaker {
 }
 
 impl Cache {
-    /// An empty cache of `capacity` keys whose entries live for `ttl`.
+    /// An empty exact-LRU cache of `capacity` keys whose entries live for `ttl`.
     pub fn new(capacity: NonZeroUsize, ttl: Duration) -> Self {
+        Self::with_policy(PolicyKind::Lru, capacity, ttl)
+    }
+
+    /// An empty cache with the given eviction policy.
+    pub fn with_policy(policy: PolicyKind, capacity: NonZeroUsize, ttl: Duration) -> Self {
+        let store: Box<dyn Policy> = match policy {
+            PolicyKind::Lru => Box::new(Lru::new(capacity, ttl)),
+            PolicyKind::S3fifo => Box::new(S3Fifo::new(capacity, ttl)),
+        };
         Self {
-            store: Arc::new(Mutex::new(Store::new(capacity, ttl))),
+            store: Arc::new(Mutex::new(store)),
             flights: Arc::default(),
         }
     }
@@ -113,7 +127,7 @@ impl Cache {
         self.lock().stats()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Store> {
+    fn lock(&self) -> MutexGuard<'_, Box<dyn Policy>> {
         // The store's invariants hold between operations, and none of them can
         // panic halfway, so a poisoned lock is still a consistent store.
         self.store.lock().unwrap_or_else(PoisonError::into_inner)

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::Serialize;
 
-use super::LogFormat;
+use super::{LogFormat, PolicyKind};
 
 /// redis-proxy: a read-through caching proxy in front of one Redis, served over
 /// HTTP (`GET /{key}`) and the Redis protocol.
@@ -59,6 +59,11 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_capacity: Option<u64>,
+
+    /// Eviction policy: exact lru, or scan-resistant s3fifo [env: REDIS_PROXY_CACHE_POLICY] [default: lru]
+    #[arg(long, value_name = "POLICY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_policy: Option<PolicyKind>,
 
     /// Requests in flight across the whole proxy; beyond it a request is refused at once [env: REDIS_PROXY_MAX_CLIENTS] [default: 1024]
     #[arg(long, value_name = "N")]

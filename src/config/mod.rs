@@ -20,6 +20,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use crate::cache::PolicyKind;
 pub use cli::Cli;
 pub use redis_url::RedisUrl;
 
@@ -43,6 +44,8 @@ pub struct Config {
     pub cache_ttl: Duration,
     /// How many keys the cache holds at most.
     pub cache_capacity: NonZeroUsize,
+    /// What the cache evicts when full: exact LRU, or scan-resistant S3-FIFO.
+    pub cache_policy: PolicyKind,
     /// Requests in flight across the whole proxy; beyond it requests are refused.
     pub max_clients: NonZeroUsize,
     /// Requests processed at the same time; `None` means the same as `max_clients`.
@@ -73,6 +76,7 @@ impl Default for Config {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             cache_ttl: Duration::from_secs(60),
             cache_capacity: NonZeroUsize::new(10_000).expect("non-zero"),
+            cache_policy: PolicyKind::Lru,
             max_clients: NonZeroUsize::new(1024).expect("non-zero"),
             max_parallel: None,
             request_timeout: Duration::from_secs(5),
@@ -168,6 +172,7 @@ impl Config {
         "admin_addr",
         "cache_ttl",
         "cache_capacity",
+        "cache_policy",
         "max_clients",
         "max_parallel",
         "request_timeout",

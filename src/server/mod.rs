@@ -74,7 +74,8 @@ impl Proxy {
                 response_timeout: config.request_timeout,
             },
         )?;
-        let cache = Cache::new(config.cache_capacity, config.cache_ttl);
+        let cache =
+            Cache::with_policy(config.cache_policy, config.cache_capacity, config.cache_ttl);
         let clients = Slots::new(config.max_clients.get());
         let stack = StackBuilder {
             clients: clients.clone(),
@@ -149,6 +150,7 @@ impl Proxy {
             redis_url = %config.redis_url,
             cache_ttl = ?config.cache_ttl,
             cache_capacity = config.cache_capacity.get(),
+            cache_policy = ?config.cache_policy,
             max_clients = config.max_clients.get(),
             max_parallel = config.effective_max_parallel().get(),
             request_timeout = ?config.request_timeout,

@@ -1,4 +1,4 @@
-//! The exact-LRU store with one global TTL.
+//! The exact-LRU policy (`--cache-policy lru`, the default) with one global TTL.
 //!
 //! Two indexes over the same keys, both from the `lru` crate (a hash map threaded
 //! with a doubly linked list, so every operation below is O(1)):
@@ -23,22 +23,11 @@ use bytes::Bytes;
 use lru::LruCache;
 use tokio::time::Instant;
 
+use super::policy::{Policy, Stats};
+
 /// How many expired entries one insert reclaims at most, beyond what it needs to
 /// make room. Bounded so an insert never stalls the lock on a long sweep.
 const RECLAIM_PER_INSERT: usize = 2;
-
-/// Counters of what the store did since it was created.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
-    /// Reads that found a live entry.
-    pub hits: u64,
-    /// Reads that found nothing, or an expired entry.
-    pub misses: u64,
-    /// Live entries removed to make room.
-    pub evictions: u64,
-    /// Entries removed because their TTL had passed.
-    pub expirations: u64,
-}
 
 #[derive(Debug)]
 struct Entry {
@@ -48,14 +37,14 @@ struct Entry {
 
 /// An LRU map from key to value with a capacity in keys and one TTL for all entries.
 #[derive(Debug)]
-pub struct Store {
+pub struct Lru {
     entries: LruCache<Bytes, Entry>,
     expiry: LruCache<Bytes, ()>,
     ttl: Duration,
     stats: Stats,
 }
 
-impl Store {
+impl Lru {
     /// An empty store holding at most `capacity` keys, each for `ttl`.
     pub fn new(capacity: NonZeroUsize, ttl: Duration) -> Self {
         Self {
@@ -64,64 +53,6 @@ impl Store {
             ttl,
             stats: Stats::default(),
         }
-    }
-
-    /// The live value of `key` and when it expires; the entry becomes the most
-    /// recently used. `None` when absent or expired (an expired entry is removed on
-    /// the way).
-    pub fn get(&mut self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)> {
-        match self.entries.get(key) {
-            Some(entry) if entry.expires_at > now => {
-                self.stats.hits += 1;
-                Some((entry.value.clone(), entry.expires_at))
-            }
-            Some(_) => {
-                self.remove_expired(key);
-                self.stats.misses += 1;
-                None
-            }
-            None => {
-                self.stats.misses += 1;
-                None
-            }
-        }
-    }
-
-    /// The one TTL of every entry.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// Stores `value` under `key` as the most recently used entry, expiring `ttl`
-    /// after `now`. When the store is full, an expired entry makes room if there is
-    /// one; otherwise the least recently used entry is evicted.
-    pub fn insert(&mut self, key: Bytes, value: Bytes, now: Instant) {
-        let full = self.entries.len() == self.entries.cap().get();
-        let budget = RECLAIM_PER_INSERT + usize::from(full);
-        self.reclaim_expired(now, budget);
-        let expires_at = now + self.ttl;
-        let displaced = self.entries.push(key.clone(), Entry { value, expires_at });
-        // `push` returns either the old entry of this same key, or the evicted one.
-        if let Some((evicted, _)) = displaced.filter(|(old_key, _)| *old_key != key) {
-            self.expiry.pop(&evicted);
-            self.stats.evictions += 1;
-        }
-        self.expiry.push(key, ());
-    }
-
-    /// How many entries are stored, counting expired ones not yet reclaimed.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether the store holds no entry at all.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// What the store has done so far.
-    pub fn stats(&self) -> Stats {
-        self.stats
     }
 
     /// Removes up to `budget` expired entries, oldest insertion first.
@@ -150,17 +81,72 @@ impl Store {
     }
 }
 
+impl Policy for Lru {
+    /// The live value of `key` and when it expires; the entry becomes the most
+    /// recently used. `None` when absent or expired (an expired entry is removed on
+    /// the way).
+    fn get(&mut self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)> {
+        match self.entries.get(key) {
+            Some(entry) if entry.expires_at > now => {
+                self.stats.hits += 1;
+                Some((entry.value.clone(), entry.expires_at))
+            }
+            Some(_) => {
+                self.remove_expired(key);
+                self.stats.misses += 1;
+                None
+            }
+            None => {
+                self.stats.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// The one TTL of every entry.
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Stores `value` under `key` as the most recently used entry, expiring `ttl`
+    /// after `now`. When the store is full, an expired entry makes room if there is
+    /// one; otherwise the least recently used entry is evicted.
+    fn insert(&mut self, key: Bytes, value: Bytes, now: Instant) {
+        let full = self.entries.len() == self.entries.cap().get();
+        let budget = RECLAIM_PER_INSERT + usize::from(full);
+        self.reclaim_expired(now, budget);
+        let expires_at = now + self.ttl;
+        let displaced = self.entries.push(key.clone(), Entry { value, expires_at });
+        // `push` returns either the old entry of this same key, or the evicted one.
+        if let Some((evicted, _)) = displaced.filter(|(old_key, _)| *old_key != key) {
+            self.expiry.pop(&evicted);
+            self.stats.evictions += 1;
+        }
+        self.expiry.push(key, ());
+    }
+
+    /// How many entries are stored, counting expired ones not yet reclaimed.
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// What the store has done so far.
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(10);
 
-    fn store(capacity: usize) -> Store {
-        Store::new(NonZeroUsize::new(capacity).unwrap(), TTL)
+    fn store(capacity: usize) -> Lru {
+        Lru::new(NonZeroUsize::new(capacity).unwrap(), TTL)
     }
 
-    fn put(store: &mut Store, key: &str, now: Instant) {
+    fn put(store: &mut Lru, key: &str, now: Instant) {
         store.insert(
             Bytes::copy_from_slice(key.as_bytes()),
             Bytes::from(format!("value of {key}")),
@@ -168,7 +154,7 @@ mod tests {
         );
     }
 
-    fn cached(store: &mut Store, key: &str, now: Instant) -> bool {
+    fn cached(store: &mut Lru, key: &str, now: Instant) -> bool {
         store.get(key.as_bytes(), now).is_some()
     }
 
