@@ -35,6 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             pool_size: 8,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(2),
+            tracking: None,
         },
     )?;
     let stack = StackBuilder {

@@ -16,6 +16,7 @@ mod pool;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -67,6 +68,28 @@ impl Error {
     }
 }
 
+/// What Redis said about keys the proxy has read (with `--invalidation tracking`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// These keys changed or went away.
+    Keys(Vec<Bytes>),
+    /// Anything may have changed: a `FLUSHALL`/`FLUSHDB`, or a tracked connection
+    /// was lost (Redis forgets what a closed connection read, so no further
+    /// invalidations would come for those keys).
+    All,
+}
+
+/// Receives invalidations, synchronously, from the connection driver that read
+/// them: before any reply that follows them on that connection is delivered.
+#[derive(Clone)]
+pub struct InvalidationSink(pub Arc<dyn Fn(Invalidation) + Send + Sync>);
+
+impl std::fmt::Debug for InvalidationSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InvalidationSink")
+    }
+}
+
 /// How the pool talks to Redis.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -76,6 +99,9 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// A reply not received by then fails the request and retires its connection.
     pub response_timeout: Duration,
+    /// With a sink, every connection speaks RESP3 and turns on `CLIENT TRACKING`
+    /// before it is used, and Redis's invalidation messages go to the sink.
+    pub tracking: Option<InvalidationSink>,
 }
 
 /// Reads one key from the backing Redis with `GET`.
@@ -150,6 +176,20 @@ impl RedisService {
     }
 
     async fn fetch(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
+        match self.fetch_once(key).await {
+            // A pooled connection can die while idle (Redis restarted, or killed
+            // the client): the pool only learns it when a request fails on it.
+            // GET is idempotent, so that request tries once more, on a connection
+            // the pool opens or holds now (the dead one was discarded).
+            Err(Error::Connection(cause)) => {
+                tracing::debug!(%cause, "pooled connection was dead; retrying once");
+                self.fetch_once(key).await
+            }
+            other => other,
+        }
+    }
+
+    async fn fetch_once(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
         let mut conn = self.connection().await?;
         let value: Option<Vec<u8>> = conn.query(redis::cmd("GET").arg(key)).await?;
         // `Bytes::from(Vec)` takes the buffer over; the value is never copied.

@@ -1,12 +1,19 @@
 //! The bb8 connection manager: redis-rs multiplexed connections that remember
-//! when they broke, so the pool never hands a dead one out again.
+//! when they broke, so the pool never hands a dead one out again, and that, with
+//! tracking on, report Redis's invalidation messages and their own loss.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, FromRedisValue, RedisError};
+use std::convert::Infallible;
 
-use super::{Error, Options};
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, Client, FromRedisValue, IntoConnectionInfo, ProtocolVersion, PushInfo,
+    PushKind, RedisError, Value,
+};
+
+use super::{Error, Invalidation, Options};
 use crate::config::RedisUrl;
 
 /// Opens connections to one Redis for bb8.
@@ -14,6 +21,7 @@ use crate::config::RedisUrl;
 pub struct Manager {
     client: Client,
     config: AsyncConnectionConfig,
+    tracking: bool,
 }
 
 impl Manager {
@@ -23,11 +31,30 @@ impl Manager {
     ///
     /// Returns redis-rs's error when the URL is not usable.
     pub fn new(url: &RedisUrl, options: &Options) -> Result<Self, RedisError> {
+        let mut info = url.as_str().into_connection_info()?;
+        let mut config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout));
+        if let Some(sink) = &options.tracking {
+            // Invalidations arrive as RESP3 push messages on the connection that
+            // read the key, in order with its replies.
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            info = info.set_redis_settings(settings);
+            let sink = sink.clone();
+            config = config.set_push_sender(move |push: PushInfo| {
+                if let Some(invalidation) = invalidation(push) {
+                    (sink.0)(invalidation);
+                }
+                Ok::<(), Infallible>(())
+            });
+        }
         Ok(Self {
-            client: Client::open(url.as_str())?,
-            config: AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(options.connect_timeout))
-                .set_response_timeout(Some(options.response_timeout)),
+            client: Client::open(info)?,
+            config,
+            tracking: options.tracking.is_some(),
         })
     }
 }
@@ -72,10 +99,19 @@ impl bb8::ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Connection, RedisError> {
-        let inner = self
+        let mut inner = self
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
+        if self.tracking {
+            // Before the connection reads its first key: every key read on it is
+            // tracked, or the connection is never used.
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .query_async::<()>(&mut inner)
+                .await?;
+        }
         Ok(Connection {
             inner,
             broken: false,
@@ -88,6 +124,34 @@ impl bb8::ManageConnection for Manager {
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
         conn.broken
+    }
+}
+
+/// What a push message means for the cache, if anything.
+fn invalidation(push: PushInfo) -> Option<Invalidation> {
+    match push.kind {
+        // Redis forgets what a closed connection had read: nothing will tell the
+        // proxy when those keys change.
+        PushKind::Disconnection => Some(Invalidation::All),
+        PushKind::Invalidate => {
+            let mut keys = Vec::new();
+            for value in push.data {
+                match value {
+                    // A null invalidation: FLUSHALL or FLUSHDB.
+                    Value::Nil => return Some(Invalidation::All),
+                    Value::Array(items) => {
+                        keys.extend(items.into_iter().filter_map(|item| match item {
+                            Value::BulkString(key) => Some(Bytes::from(key)),
+                            _ => None,
+                        }))
+                    }
+                    Value::BulkString(key) => keys.push(Bytes::from(key)),
+                    _ => {}
+                }
+            }
+            Some(Invalidation::Keys(keys))
+        }
+        _ => None,
     }
 }
 
@@ -113,5 +177,38 @@ impl bb8::ErrorSink<RedisError> for LastError {
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<RedisError>> {
         Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(kind: PushKind, data: Vec<Value>) -> PushInfo {
+        PushInfo { kind, data }
+    }
+
+    #[test]
+    fn invalidate_pushes_name_keys_or_everything() {
+        let keys = push(
+            PushKind::Invalidate,
+            vec![Value::Array(vec![
+                Value::BulkString(b"a".to_vec()),
+                Value::BulkString(b"b".to_vec()),
+            ])],
+        );
+        assert_eq!(
+            invalidation(keys),
+            Some(Invalidation::Keys(vec![Bytes::from("a"), Bytes::from("b")]))
+        );
+        assert_eq!(
+            invalidation(push(PushKind::Invalidate, vec![Value::Nil])),
+            Some(Invalidation::All)
+        );
+        assert_eq!(
+            invalidation(push(PushKind::Disconnection, vec![])),
+            Some(Invalidation::All)
+        );
+        assert_eq!(invalidation(push(PushKind::Message, vec![])), None);
     }
 }

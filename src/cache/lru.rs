@@ -82,6 +82,16 @@ impl Lru {
 }
 
 impl Policy for Lru {
+    fn remove(&mut self, key: &[u8]) {
+        self.entries.pop(key);
+        self.expiry.pop(key);
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.expiry.clear();
+    }
+
     /// The live value of `key` and when it expires; the entry becomes the most
     /// recently used. `None` when absent or expired (an expired entry is removed on
     /// the way).
@@ -258,6 +268,22 @@ mod tests {
         // Each insert reclaims up to two expired entries: all ten are gone.
         assert_eq!(s.len(), 5);
         assert_eq!(s.stats().expirations, 10);
+    }
+
+    #[test]
+    fn removed_and_cleared_entries_are_gone_from_both_indexes() {
+        let now = Instant::now();
+        let mut s = store(3);
+        for key in ["a", "b", "c"] {
+            put(&mut s, key, now);
+        }
+        s.remove(b"b");
+        assert!(!cached(&mut s, "b", now));
+        assert_eq!((s.len(), s.expiry.len()), (2, 2));
+        s.clear();
+        assert_eq!((s.len(), s.expiry.len()), (0, 0));
+        put(&mut s, "d", now);
+        assert!(cached(&mut s, "d", now));
     }
 
     #[test]

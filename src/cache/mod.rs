@@ -53,8 +53,16 @@ pub struct Cache {
 /// make each waiter its own copy of the error.
 type Outcome = Result<Option<Bytes>, ErrorMaker>;
 
-/// The fetch of one key that later misses wait for: `None` until it ends.
-type Flight = watch::Receiver<Option<Outcome>>;
+/// The fetch of one key in progress.
+#[derive(Debug)]
+struct Flight {
+    /// What later misses wait on: `None` until the fetch ends.
+    done: watch::Receiver<Option<Outcome>>,
+    /// Set when the key is invalidated (or the cache flushed) while the fetch
+    /// runs: the value it brings may predate the change, so it is handed to the
+    /// waiters but not cached.
+    invalidated: bool,
+}
 
 /// Makes a fresh boxed copy of the inner service's error for each waiter, so that
 /// the error keeps its type (front-ends classify errors by downcasting).
@@ -87,10 +95,34 @@ impl Cache {
 
     /// How many fetches are in flight.
     pub fn fetches_in_flight(&self) -> usize {
-        self.flights
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.flights().len()
+    }
+
+    /// Drops `keys` (Redis said they changed), and keeps fetches of them that are
+    /// in flight from caching what they bring.
+    pub fn invalidate(&self, keys: &[Key]) {
+        // Lock order, everywhere: flights, then the store.
+        let mut flights = self.flights();
+        let mut store = self.lock();
+        for key in keys {
+            store.remove(key);
+            if let Some(flight) = flights.get_mut(key) {
+                flight.invalidated = true;
+            }
+        }
+    }
+
+    /// Drops every entry and keeps every fetch in flight from caching.
+    pub fn flush(&self) {
+        let mut flights = self.flights();
+        self.lock().clear();
+        for flight in flights.values_mut() {
+            flight.invalidated = true;
+        }
+    }
+
+    fn flights(&self) -> MutexGuard<'_, HashMap<Key, Flight>> {
+        self.flights.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The live value of `key`, now the most recently used, and how long it
@@ -203,27 +235,27 @@ where
                 age,
             });
         }
-        let flight = {
-            let mut flights = self
-                .cache
-                .flights
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+        let done = {
+            let mut flights = self.cache.flights();
             match flights.get(&key) {
-                Some(flight) => flight.clone(),
+                Some(flight) => flight.done.clone(),
                 None => {
-                    let (done, flight) = watch::channel(None);
-                    flights.insert(key.clone(), flight.clone());
+                    let (publish, done) = watch::channel(None);
+                    let flight = Flight {
+                        done: done.clone(),
+                        invalidated: false,
+                    };
+                    flights.insert(key.clone(), flight);
                     drop(flights);
                     // The ready service goes to the fetch; a fresh clone stays behind.
                     let clone = self.inner.clone();
                     let inner = std::mem::replace(&mut self.inner, clone);
-                    tokio::spawn(fetch(inner, key, self.cache.clone(), done));
-                    flight
+                    tokio::spawn(fetch(inner, key, self.cache.clone(), publish));
+                    done
                 }
             }
         };
-        ResponseFuture::miss(Box::pin(wait(flight, self.ttl)))
+        ResponseFuture::miss(Box::pin(wait(done, self.ttl)))
     }
 }
 
@@ -242,12 +274,7 @@ where
     }
     impl Drop for Landing {
         fn drop(&mut self) {
-            let mut flights = self
-                .cache
-                .flights
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            flights.remove(&self.key);
+            self.cache.flights().remove(&self.key);
         }
     }
     let landing = Landing {
@@ -255,14 +282,17 @@ where
         cache: cache.clone(),
     };
     let outcome = match inner.call(key.clone()).await {
-        Ok(value) => {
-            if let Some(value) = &value {
-                cache.insert(key, value.clone());
-            }
-            Ok(value)
-        }
+        Ok(value) => Ok(value),
         Err(error) => Err(ErrorMaker(Arc::new(move || error.clone().into()))),
     };
+    if let Ok(Some(value)) = &outcome {
+        // Checked and stored under the flights lock: an invalidation cannot slip
+        // in between.
+        let flights = cache.flights();
+        if !flights.get(&key).is_some_and(|flight| flight.invalidated) {
+            cache.insert(key, value.clone());
+        }
+    }
     // Stored first, then landed: a miss arriving now finds the value in the cache.
     drop(landing);
     let _ = done.send(Some(outcome));
@@ -270,8 +300,11 @@ where
 
 /// Waits for a fetch to end and takes its outcome: a value fetched just now,
 /// fresh for the whole `ttl`.
-async fn wait(mut flight: Flight, ttl: Duration) -> Result<Lookup, BoxError> {
-    let outcome = match flight.wait_for(Option::is_some).await {
+async fn wait(
+    mut done: watch::Receiver<Option<Outcome>>,
+    ttl: Duration,
+) -> Result<Lookup, BoxError> {
+    let outcome = match done.wait_for(Option::is_some).await {
         Ok(outcome) => outcome.clone().expect("waited for Some"),
         Err(_) => return Err("the fetch was abandoned".into()),
     };
@@ -523,5 +556,48 @@ mod tests {
             Some(Bytes::from("v0"))
         );
         assert_eq!(svc.cache().fetches_in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_key_invalidated_while_it_is_fetched_is_not_cached() {
+        for flush in [false, true] {
+            let gate = Arc::new(Semaphore::new(0));
+            let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
+            let waiter = tokio::spawn(svc.clone().oneshot(Bytes::from("k")));
+            while svc.cache().fetches_in_flight() == 0 {
+                tokio::task::yield_now().await;
+            }
+            if flush {
+                svc.cache().flush();
+            } else {
+                svc.cache().invalidate(&[Bytes::from("k")]);
+            }
+            gate.add_permits(1);
+            let lookup = waiter.await.unwrap().unwrap();
+            assert_eq!(
+                lookup.value,
+                Some(Bytes::from("v0")),
+                "the waiter still gets its answer"
+            );
+            assert!(
+                svc.cache().get(b"k").is_none(),
+                "but it is not cached (flush: {flush})"
+            );
+            assert_eq!(calls.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn invalidated_and_flushed_entries_are_gone() {
+        let (mut svc, calls) = service(Duration::from_secs(60), None);
+        for key in ["a", "b"] {
+            get(&mut svc, key).await.unwrap();
+        }
+        svc.cache().invalidate(&[Bytes::from("a")]);
+        assert_eq!(get(&mut svc, "a").await.unwrap().source, Source::Backend);
+        assert_eq!(get(&mut svc, "b").await.unwrap().source, Source::Cache);
+        svc.cache().flush();
+        assert!(svc.cache().is_empty());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 }

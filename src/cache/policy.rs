@@ -37,6 +37,12 @@ pub trait Policy: Send + std::fmt::Debug {
     /// policy decides.
     fn insert(&mut self, key: Bytes, value: Bytes, now: Instant);
 
+    /// Drops `key` if it is stored (an invalidation).
+    fn remove(&mut self, key: &[u8]);
+
+    /// Drops every entry (a flush).
+    fn clear(&mut self);
+
     /// Entries stored, expired ones not yet reclaimed included.
     fn len(&self) -> usize;
 

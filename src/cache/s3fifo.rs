@@ -111,6 +111,14 @@ impl Policy for S3Fifo {
         self.stats.expirations += evictions.expired;
     }
 
+    fn remove(&mut self, key: &[u8]) {
+        self.entries.remove(key);
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+
     fn len(&self) -> usize {
         self.entries.len()
     }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::Serialize;
 
-use super::{LogFormat, PolicyKind};
+use super::{InvalidationMode, LogFormat, PolicyKind};
 
 /// redis-proxy: a read-through caching proxy in front of one Redis, served over
 /// HTTP (`GET /{key}`) and the Redis protocol.
@@ -64,6 +64,11 @@ pub struct Cli {
     #[arg(long, value_name = "POLICY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_policy: Option<PolicyKind>,
+
+    /// none: entries live for the TTL; tracking: Redis evicts changed keys within milliseconds [env: REDIS_PROXY_INVALIDATION] [default: none]
+    #[arg(long, value_name = "MODE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalidation: Option<InvalidationMode>,
 
     /// Requests in flight across the whole proxy; beyond it a request is refused at once [env: REDIS_PROXY_MAX_CLIENTS] [default: 1024]
     #[arg(long, value_name = "N")]

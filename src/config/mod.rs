@@ -46,6 +46,8 @@ pub struct Config {
     pub cache_capacity: NonZeroUsize,
     /// What the cache evicts when full: exact LRU, or scan-resistant S3-FIFO.
     pub cache_policy: PolicyKind,
+    /// Whether Redis tells the proxy when cached keys change.
+    pub invalidation: InvalidationMode,
     /// Requests in flight across the whole proxy; beyond it requests are refused.
     pub max_clients: NonZeroUsize,
     /// Requests processed at the same time; `None` means the same as `max_clients`.
@@ -77,6 +79,7 @@ impl Default for Config {
             cache_ttl: Duration::from_secs(60),
             cache_capacity: NonZeroUsize::new(10_000).expect("non-zero"),
             cache_policy: PolicyKind::Lru,
+            invalidation: InvalidationMode::None,
             max_clients: NonZeroUsize::new(1024).expect("non-zero"),
             max_parallel: None,
             request_timeout: Duration::from_secs(5),
@@ -87,6 +90,18 @@ impl Default for Config {
             log_format: LogFormat::Pretty,
         }
     }
+}
+
+/// How cached entries learn that Redis changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidationMode {
+    /// Entries live for the TTL whatever happens in Redis.
+    #[default]
+    None,
+    /// Redis's `CLIENT TRACKING` evicts a changed key within milliseconds; the
+    /// TTL still applies.
+    Tracking,
 }
 
 /// How log lines are written.
@@ -173,6 +188,7 @@ impl Config {
         "cache_ttl",
         "cache_capacity",
         "cache_policy",
+        "invalidation",
         "max_clients",
         "max_parallel",
         "request_timeout",

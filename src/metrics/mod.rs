@@ -160,6 +160,21 @@ pub async fn run_upkeep() {
     }
 }
 
+/// Counts one invalidation from Redis: keys evicted, or a whole-cache flush.
+pub fn record_invalidation(invalidation: &crate::backend::Invalidation) {
+    if registry().is_none() {
+        return;
+    }
+    match invalidation {
+        crate::backend::Invalidation::Keys(keys) => {
+            metrics::counter!("redis_proxy_cache_invalidations_total").increment(keys.len() as u64)
+        }
+        crate::backend::Invalidation::All => {
+            metrics::counter!("redis_proxy_cache_flushes_total").increment(1)
+        }
+    }
+}
+
 /// Counts one answered request.
 pub fn record_request(protocol: Protocol, result: &Result<Lookup, Failure>) {
     let Some(registry) = registry() else { return };

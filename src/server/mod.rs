@@ -13,9 +13,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
-use crate::backend::{self, RedisService};
+use crate::backend::{self, Invalidation, InvalidationSink, RedisService};
 use crate::cache::Cache;
-use crate::config::Config;
+use crate::config::{Config, InvalidationMode};
 use crate::http;
 use crate::layers::{Stack, StackBuilder};
 use crate::metrics::{self, Slots, Sources};
@@ -66,16 +66,27 @@ impl Proxy {
     /// [`Error::Backend`] when the Redis URL is not usable.
     pub async fn bind(config: Config) -> Result<Self, Error> {
         metrics::install();
+        let cache =
+            Cache::with_policy(config.cache_policy, config.cache_capacity, config.cache_ttl);
+        let tracking = (config.invalidation == InvalidationMode::Tracking).then(|| {
+            let cache = cache.clone();
+            InvalidationSink(Arc::new(move |invalidation| {
+                metrics::record_invalidation(&invalidation);
+                match invalidation {
+                    Invalidation::Keys(keys) => cache.invalidate(&keys),
+                    Invalidation::All => cache.flush(),
+                }
+            }))
+        });
         let backend = RedisService::new(
             &config.redis_url,
             &backend::Options {
                 pool_size: config.redis_pool_size.get(),
                 connect_timeout: config.redis_connect_timeout,
                 response_timeout: config.request_timeout,
+                tracking,
             },
         )?;
-        let cache =
-            Cache::with_policy(config.cache_policy, config.cache_capacity, config.cache_ttl);
         let clients = Slots::new(config.max_clients.get());
         let stack = StackBuilder {
             clients: clients.clone(),
@@ -151,6 +162,7 @@ impl Proxy {
             cache_ttl = ?config.cache_ttl,
             cache_capacity = config.cache_capacity.get(),
             cache_policy = ?config.cache_policy,
+            invalidation = ?config.invalidation,
             max_clients = config.max_clients.get(),
             max_parallel = config.effective_max_parallel().get(),
             request_timeout = ?config.request_timeout,
