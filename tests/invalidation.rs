@@ -204,3 +204,53 @@ async fn the_ttl_still_expires_entries_with_tracking() {
         "expired though nothing changed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_cut_tracking_connection_is_noticed_by_its_ping() {
+    let redis = RedisServer::start();
+    redis.set("k", "old");
+    let relay = Relay::start(
+        SocketAddr::from(([127, 0, 0, 1], redis.port())),
+        Duration::ZERO,
+    );
+    let proxy = ProxyBuilder::new(&relay.url())
+        .arg("--invalidation", "tracking")
+        .arg("--redis-connect-timeout", "500ms")
+        .arg("--request-timeout", "1s")
+        .start();
+    assert_eq!(read(&proxy, "k").await.1, "old");
+    assert_eq!(read(&proxy, "k").await.2, "HIT");
+
+    // The connections stay open but nothing comes back: the invalidation for the
+    // next write is lost on the way, as in a network partition.
+    relay.set_delay(Duration::from_secs(600));
+    redis.set("k", "new");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let stale = match client.get(proxy.url("k")).send().await {
+            Ok(response) => response.text().await.unwrap_or_default() == "old",
+            Err(_) => false, // a miss waiting on the cut connection
+        };
+        if !stale {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "still serving the old value"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("stopped serving the old value after {:?}", start.elapsed());
+
+    relay.reset_all();
+    relay.set_delay(Duration::ZERO);
+    let start = Instant::now();
+    while read(&proxy, "k").await.1 != "new" {
+        assert!(start.elapsed() < Duration::from_secs(5), "did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

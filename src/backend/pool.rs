@@ -5,6 +5,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
@@ -13,7 +15,7 @@ use redis::{
     PushKind, RedisError, Value,
 };
 
-use super::{Error, Invalidation, Options};
+use super::{Error, Invalidation, InvalidationSink, Options};
 use crate::config::RedisUrl;
 
 /// Opens connections to one Redis for bb8.
@@ -21,8 +23,18 @@ use crate::config::RedisUrl;
 pub struct Manager {
     client: Client,
     config: AsyncConnectionConfig,
-    tracking: bool,
+    tracking: Option<Tracking>,
 }
+
+/// What a tracked connection needs to watch itself.
+#[derive(Debug, Clone)]
+struct Tracking {
+    sink: InvalidationSink,
+    ping_timeout: Duration,
+}
+
+/// How often a tracked connection is pinged.
+pub const TRACKING_PING_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Manager {
     /// A manager for `url` with the timeouts in `options`.
@@ -54,7 +66,10 @@ impl Manager {
         Ok(Self {
             client: Client::open(info)?,
             config,
-            tracking: options.tracking.is_some(),
+            tracking: options.tracking.clone().map(|sink| Tracking {
+                sink,
+                ping_timeout: options.connect_timeout,
+            }),
         })
     }
 }
@@ -63,7 +78,19 @@ impl Manager {
 #[derive(Debug)]
 pub struct Connection {
     inner: MultiplexedConnection,
-    broken: bool,
+    broken: Arc<AtomicBool>,
+    /// With tracking: the task pinging this connection, stopped with it.
+    _pinger: Option<AbortOnDrop>,
+}
+
+/// Stops a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Connection {
@@ -80,7 +107,7 @@ impl Connection {
                 || e.is_unrecoverable_error()
                 || e.is_timeout()
             {
-                self.broken = true;
+                self.broken.store(true, Ordering::Relaxed);
             }
             Error::from_redis(&e)
         })
@@ -90,7 +117,7 @@ impl Connection {
 impl Connection {
     /// Whether a command failed on this connection in a way that retires it.
     pub fn is_broken(&self) -> bool {
-        self.broken
+        self.broken.load(Ordering::Relaxed)
     }
 }
 
@@ -103,7 +130,9 @@ impl bb8::ManageConnection for Manager {
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
-        if self.tracking {
+        let broken = Arc::new(AtomicBool::new(false));
+        let mut pinger = None;
+        if let Some(tracking) = &self.tracking {
             // Before the connection reads its first key: every key read on it is
             // tracked, or the connection is never used.
             redis::cmd("CLIENT")
@@ -111,10 +140,16 @@ impl bb8::ManageConnection for Manager {
                 .arg("ON")
                 .query_async::<()>(&mut inner)
                 .await?;
+            pinger = Some(AbortOnDrop(tokio::spawn(watch(
+                inner.clone(),
+                broken.clone(),
+                tracking.clone(),
+            ))));
         }
         Ok(Connection {
             inner,
-            broken: false,
+            broken,
+            _pinger: pinger,
         })
     }
 
@@ -123,7 +158,30 @@ impl bb8::ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
-        conn.broken
+        conn.is_broken()
+    }
+}
+
+/// Pings a tracked connection every [`TRACKING_PING_INTERVAL`]. A connection that
+/// does not answer may be cut without either side having seen it close; Redis's
+/// invalidations for what it read could be lost, so the cache is flushed and the
+/// connection retired.
+async fn watch(mut probe: MultiplexedConnection, broken: Arc<AtomicBool>, tracking: Tracking) {
+    let mut ticks = tokio::time::interval(TRACKING_PING_INTERVAL);
+    let ping_cmd = redis::cmd("PING");
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let ping = ping_cmd.query_async::<()>(&mut probe);
+        if !matches!(
+            tokio::time::timeout(tracking.ping_timeout, ping).await,
+            Ok(Ok(()))
+        ) {
+            tracing::warn!("a tracked redis connection stopped answering PING; flushing the cache");
+            broken.store(true, Ordering::Relaxed);
+            (tracking.sink.0)(Invalidation::All);
+            return;
+        }
     }
 }
 
