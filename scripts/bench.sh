@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# make bench: cached GET over the Redis protocol, side by side in one run.
+# make bench: the proxy side by side with what users would run instead, in one
+# run on one machine, reported as ratios.
 #
-# Starts a redis-server, the proxy (release build) in front of it, and twemproxy
-# (nutcracker) in front of the same Redis, loads 1,000 keys of 100-byte values,
-# warms the proxy's cache, then runs redis-benchmark against each with the same
-# parameters at -P 1 and -P 16, and prints throughput, p50/p99 and the ratios.
+# Starts a redis-server with 1,000 keys of 100-byte values, the proxy (release
+# build) in front of it, twemproxy (nutcracker) and webdis in front of the same
+# Redis, and a bare hyper server (examples/bare_hyper.rs, the HTTP ceiling). Then:
+#   - RESP cached GET: redis-benchmark -t get -r 1000 -c 50 -d 100 at -P 1 and
+#     -P 16 against the proxy (all hits), redis-server and nutcracker;
+#   - RESP miss path: a proxy with capacity 1 (every GET goes to Redis) against
+#     nutcracker, at -P 1;
+#   - HTTP cached GET: wrk -t1 -c50 -d10s against the proxy (all hits), bare
+#     hyper and webdis (GET /GET/key.txt);
+#   - memory: a fresh Redis and proxy holding 1,000,000 keys of 100 bytes; the
+#     proxy's RSS per entry against Redis's used_memory per key;
+# and prints throughput, p50/p99 latency and the ratios against their targets.
 #
 # Then compares the hit ratio of the lru and s3fifo cache policies on a Zipf
 # stream with scans (benches/hit_ratio.rs).
 #
-# Needs Debian packages redis-server, redis-tools and nutcracker; installs the
+# Needs Debian packages redis-server, redis-tools, nutcracker, webdis and wrk; installs the
 # missing ones when run as root. Everything else stays under target/bench.
 #
 # Environment: BENCH_REQUESTS (per run, default 200000), BENCH_CLIENTS (50),
@@ -26,6 +35,8 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-benchmark >/dev/null || missing+=(redis-tools)
 command -v nutcracker >/dev/null || [[ -x /usr/sbin/nutcracker ]] || missing+=(nutcracker)
+command -v webdis >/dev/null || missing+=(webdis)
+command -v wrk >/dev/null || missing+=(wrk)
 if ((${#missing[@]})); then
   if [[ $(id -u) == 0 ]]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -36,7 +47,7 @@ if ((${#missing[@]})); then
 fi
 nutcracker=$(command -v nutcracker || echo /usr/sbin/nutcracker)
 
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet --bin redis-proxy --example bare_hyper
 dir=target/bench
 rm -rf "$dir" && mkdir -p "$dir"
 
@@ -54,11 +65,34 @@ pids+=($!)
 wait_port "$redis_port"
 
 proxy_port=$(free_port)
+proxy_http=$(free_port)
 RUST_LOG=warn target/release/redis-proxy --redis-url "redis://127.0.0.1:$redis_port" \
-  --http-addr 127.0.0.1:0 --resp-addr "127.0.0.1:$proxy_port" --cache-ttl 1h \
-  --cache-capacity 100000 > "$dir/proxy.log" 2>&1 &
+  --http-addr "127.0.0.1:$proxy_http" --resp-addr "127.0.0.1:$proxy_port" --admin-addr 127.0.0.1:0 \
+  --cache-ttl 1h --cache-capacity 100000 > "$dir/proxy.log" 2>&1 &
 pids+=($!)
 wait_port "$proxy_port"
+
+miss_port=$(free_port)
+RUST_LOG=warn target/release/redis-proxy --redis-url "redis://127.0.0.1:$redis_port" \
+  --http-addr 127.0.0.1:0 --resp-addr "127.0.0.1:$miss_port" --admin-addr 127.0.0.1:0 \
+  --cache-capacity 1 > "$dir/proxy-miss.log" 2>&1 &
+pids+=($!)
+wait_port "$miss_port"
+
+hyper_port=$(free_port)
+target/release/examples/bare_hyper "127.0.0.1:$hyper_port" > /dev/null &
+pids+=($!)
+wait_port "$hyper_port"
+
+webdis_port=$(free_port)
+cat > "$dir/webdis.json" <<JSON
+{ "redis_host": "127.0.0.1", "redis_port": $redis_port, "http_host": "127.0.0.1",
+  "http_port": $webdis_port, "threads": 2, "pool_size": 20, "daemonize": false,
+  "database": 0, "verbosity": 0, "logfile": "$dir/webdis.log" }
+JSON
+webdis "$dir/webdis.json" &
+pids+=($!)
+wait_port "$webdis_port"
 
 nut_port=$(free_port)
 cat > "$dir/nutcracker.yml" <<YML
@@ -96,6 +130,7 @@ port_of() {
     redis-proxy) echo "$proxy_port" ;;
     redis-server) echo "$redis_port" ;;
     nutcracker) echo "$nut_port" ;;
+    proxy-misses) echo "$miss_port" ;;
   esac
 }
 
@@ -108,6 +143,7 @@ for ((round = 1; round <= rounds; round++)); do
       samples[$target/$pipeline]+="$(bench "$target" "$(port_of "$target")" "$pipeline")"$'\n'
     done
   done
+  samples[proxy-misses/1]+="$(bench proxy-misses "$miss_port" 1)"$'\n'
 done
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 column() { printf '%s' "${samples[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
@@ -116,20 +152,102 @@ printf '\nCached GET over RESP: redis-benchmark -t get -c %s -r %s -d %s -n %s, 
   "$clients" "$keys" "$size" "$requests" "$rounds"
 printf '%-6s %-16s %12s %9s %9s\n' "-P" "target" "requests/s" "p50 ms" "p99 ms"
 declare -A rps
-for pipeline in 1 16; do
-  for target in "${targets[@]}"; do
-    rps[$target/$pipeline]=$(column "$target/$pipeline" 1)
-    printf '%-6s %-16s %12s %9s %9s\n' "$pipeline" "$target" "${rps[$target/$pipeline]}" \
-      "$(column "$target/$pipeline" 2)" "$(column "$target/$pipeline" 3)"
-  done
+for row in redis-proxy/1 redis-server/1 nutcracker/1 proxy-misses/1 redis-proxy/16 redis-server/16 nutcracker/16; do
+  rps[$row]=$(column "$row" 1)
+  printf '%-6s %-16s %12s %9s %9s\n' "${row#*/}" "${row%/*}" "${rps[$row]}" \
+    "$(column "$row" 2)" "$(column "$row" 3)"
 done
 
-ratio() { awk -v a="${rps[$1]}" -v b="${rps[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
+# --- HTTP cached GET ------------------------------------------------------------
+cat > "$dir/proxy.lua" <<'LUA'
+request = function()
+  return wrk.format("GET", string.format("/key:%012d", math.random(0, 999)))
+end
+LUA
+cat > "$dir/webdis.lua" <<'LUA'
+request = function()
+  return wrk.format("GET", string.format("/GET/key:%012d.txt", math.random(0, 999)))
+end
+LUA
+# wrk_run URL [SCRIPT] -> "rps p50_ms p99_ms"
+wrk_run() {
+  local args=(-t1 -c50 -d"${BENCH_HTTP_SECONDS:-10}s" --latency)
+  [[ -n ${2:-} ]] && args+=(-s "$2")
+  wrk "${args[@]}" "$1" | awk '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    /Requests\/sec/ { rps = $2 }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    / Non-2xx/ { bad = $NF }
+    END { if (bad > 0) { print "bench: wrk saw non-2xx answers" > "/dev/stderr" }; printf "%s %.3f %.3f\n", rps, p50, p99 }'
+}
+wrk_run "http://127.0.0.1:$proxy_http" "$dir/proxy.lua" > /dev/null # warm-up
+read -r http_proxy http_proxy_p50 http_proxy_p99 < <(wrk_run "http://127.0.0.1:$proxy_http" "$dir/proxy.lua")
+read -r http_hyper http_hyper_p50 http_hyper_p99 < <(wrk_run "http://127.0.0.1:$hyper_port/")
+read -r http_webdis http_webdis_p50 http_webdis_p99 < <(wrk_run "http://127.0.0.1:$webdis_port" "$dir/webdis.lua")
+printf '\nCached GET over HTTP: wrk -t1 -c50 -d%ss\n\n' "${BENCH_HTTP_SECONDS:-10}"
+printf '%-22s %12s %9s %9s\n' "target" "requests/s" "p50 ms" "p99 ms"
+printf '%-22s %12s %9s %9s\n' "redis-proxy (hits)" "$http_proxy" "$http_proxy_p50" "$http_proxy_p99"
+printf '%-22s %12s %9s %9s\n' "bare hyper (ceiling)" "$http_hyper" "$http_hyper_p50" "$http_hyper_p99"
+printf '%-22s %12s %9s %9s\n' "webdis" "$http_webdis" "$http_webdis_p50" "$http_webdis_p99"
+
+# --- memory: 1,000,000 entries ---------------------------------------------------
+entries=${BENCH_MEMORY_KEYS:-1000000}
+mem_redis=$(free_port)
+redis-server --port "$mem_redis" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+  --logfile redis-mem.log &
+pids+=($!)
+wait_port "$mem_redis"
+mem_proxy=$(free_port)
+mem_admin=$(free_port)
+RUST_LOG=warn target/release/redis-proxy --redis-url "redis://127.0.0.1:$mem_redis" \
+  --http-addr 127.0.0.1:0 --resp-addr "127.0.0.1:$mem_proxy" --admin-addr "127.0.0.1:$mem_admin" \
+  --cache-ttl 1h --cache-capacity "$entries" > "$dir/proxy-mem.log" 2>&1 &
+mem_pid=$!
+pids+=("$mem_pid")
+wait_port "$mem_proxy"
+python3 - "$entries" "$dir" <<'PY'
+import sys
+n, out = int(sys.argv[1]), sys.argv[2]
+value = b"v" * 100
+with open(f"{out}/set.resp", "wb") as f:
+    for i in range(n):
+        f.write(b"*3\r\n$3\r\nSET\r\n$16\r\nkey:%012d\r\n$100\r\n%s\r\n" % (i, value))
+with open(f"{out}/mget.resp", "wb") as f:
+    for start in range(0, n, 100):
+        keys = range(start, min(n, start + 100))
+        f.write(b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1))
+        f.write(b"".join(b"$16\r\nkey:%012d\r\n" % i for i in keys))
+PY
+used() { redis-cli -p "$mem_redis" info memory | awk -F: '/^used_memory:/ { print $2 + 0 }'; }
+rss_bytes() { awk '/^VmRSS/ { print $2 * 1024 }' "/proc/$mem_pid/status"; }
+redis_before=$(used)
+redis-cli -p "$mem_redis" --pipe < "$dir/set.resp" > /dev/null
+redis_after=$(used)
+proxy_before=$(rss_bytes)
+redis-cli -p "$mem_proxy" --pipe < "$dir/mget.resp" > /dev/null
+sleep 1
+proxy_after=$(rss_bytes)
+held=$(curl -s "http://127.0.0.1:$mem_admin/metrics" | awk '/^redis_proxy_cache_entries / { print $2 + 0 }')
+[[ $held == "$entries" ]] || echo "bench: the proxy holds $held entries, not $entries" >&2
+per_key_redis=$(awk -v a="$redis_after" -v b="$redis_before" -v n="$entries" 'BEGIN { printf "%.0f", (a - b) / n }')
+per_entry_proxy=$(awk -v a="$proxy_after" -v b="$proxy_before" -v n="$entries" 'BEGIN { printf "%.0f", (a - b) / n }')
+printf '\nMemory for %s keys of 100 bytes:\n' "$entries"
+printf '  redis-server used_memory: %s bytes per key\n' "$per_key_redis"
+printf '  redis-proxy RSS:          %s bytes per cached entry (%s entries held)\n' "$per_entry_proxy" "$held"
+
+# --- the targets ------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+verdict() { awk -v r="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=") ? r >= t : r <= t; print ok ? "met" : "MISSED" }'; }
+row() { printf '  %-38s %6s   %s %-5s %s\n' "$1" "$2" "$3" "$4" "$(verdict "$2" "$3" "$4")"; }
 printf '\nRatios (same run):\n'
-printf '  proxy / redis-server, -P 1:   %s  (target >= 1.0)\n' "$(ratio redis-proxy/1 redis-server/1)"
-printf '  proxy / redis-server, -P 16:  %s  (target >= 0.6)\n' "$(ratio redis-proxy/16 redis-server/16)"
-printf '  proxy / nutcracker,   -P 1:   %s\n' "$(ratio redis-proxy/1 nutcracker/1)"
-printf '  proxy / nutcracker,   -P 16:  %s  (target >= 1.5)\n' "$(ratio redis-proxy/16 nutcracker/16)"
+row "HTTP hits / bare hyper" "$(ratio "$http_proxy" "$http_hyper")" ">=" 0.85
+row "HTTP hits / webdis" "$(ratio "$http_proxy" "$http_webdis")" ">=" 2.0
+row "RESP hits / redis-server, -P 1" "$(ratio "${rps[redis-proxy/1]}" "${rps[redis-server/1]}")" ">=" 1.0
+row "RESP hits / redis-server, -P 16" "$(ratio "${rps[redis-proxy/16]}" "${rps[redis-server/16]}")" ">=" 0.6
+row "RESP hits / nutcracker, -P 16" "$(ratio "${rps[redis-proxy/16]}" "${rps[nutcracker/16]}")" ">=" 1.5
+row "RESP misses / nutcracker, -P 1" "$(ratio "${rps[proxy-misses/1]}" "${rps[nutcracker/1]}")" ">=" 0.9
+row "proxy RSS per entry / Redis per key" "$(ratio "$per_entry_proxy" "$per_key_redis")" "<=" 1.2
 
 # Hit ratio of the two cache policies (in-process, deterministic).
 cargo bench --locked --quiet --bench hit_ratio

@@ -27,7 +27,7 @@ use tower::Service;
 use crate::config::RedisUrl;
 use crate::lookup::Key;
 
-pub use pool::{Connection, Manager};
+pub use pool::{Connection, Handle, Manager};
 
 /// Why a key could not be read from Redis.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -128,9 +128,14 @@ impl RedisService {
         let pool = bb8::Pool::builder()
             .max_size(options.pool_size)
             .connection_timeout(options.connect_timeout)
-            // A PING on every checkout would double the round trips of a miss;
-            // broken connections are caught by `Manager::has_broken` instead.
-            .test_on_check_out(false)
+            // Checkout checks only the connection's broken flag (no PING): see
+            // `Manager::is_valid`.
+            .test_on_check_out(true)
+            // Requests hold a connection only to take a handle, so LIFO hands the
+            // same few connections out again and again: concurrent misses share
+            // them, and redis-rs writes their GETs in one go (as twemproxy does
+            // with one server connection) instead of one system call each.
+            .queue_strategy(bb8::QueueStrategy::Lifo)
             .error_sink(Box::new(last_connect_error.clone()))
             .build_unchecked(manager);
         Ok(Self {
@@ -190,8 +195,9 @@ impl RedisService {
     }
 
     async fn fetch_once(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
-        let mut conn = self.connection().await?;
-        let value: Option<Vec<u8>> = conn.query(redis::cmd("GET").arg(key)).await?;
+        // The pooled connection goes back at once; the request runs on a handle.
+        let mut handle = self.connection().await?.handle();
+        let value: Option<Vec<u8>> = handle.query(redis::cmd("GET").arg(key)).await?;
         // `Bytes::from(Vec)` takes the buffer over; the value is never copied.
         Ok(value.map(Bytes::from))
     }

@@ -77,10 +77,19 @@ impl Manager {
 /// A pooled connection to Redis.
 #[derive(Debug)]
 pub struct Connection {
-    inner: MultiplexedConnection,
-    broken: Arc<AtomicBool>,
+    handle: Handle,
     /// With tracking: the task pinging this connection, stopped with it.
     _pinger: Option<AbortOnDrop>,
+}
+
+/// A handle to a pooled connection that can be used after the connection went
+/// back to the pool. A multiplexed connection carries any number of requests at
+/// once, so a request takes a handle and returns the connection to the pool at
+/// once: the pool's size bounds connections, not requests in flight.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    inner: MultiplexedConnection,
+    broken: Arc<AtomicBool>,
 }
 
 /// Stops a task when dropped.
@@ -94,6 +103,27 @@ impl Drop for AbortOnDrop {
 }
 
 impl Connection {
+    /// A handle for requests; the connection itself can go back to the pool.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Runs one command on this connection; see [`Handle::query`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Reply`] for an error reply, [`Error::Connection`] otherwise.
+    pub async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, Error> {
+        self.handle.query(cmd).await
+    }
+
+    /// Whether a command failed on this connection in a way that retires it.
+    pub fn is_broken(&self) -> bool {
+        self.handle.broken.load(Ordering::Relaxed)
+    }
+}
+
+impl Handle {
     /// Runs one command; a failure of the connection itself (not an error reply)
     /// marks it broken so the pool drops it.
     ///
@@ -111,13 +141,6 @@ impl Connection {
             }
             Error::from_redis(&e)
         })
-    }
-}
-
-impl Connection {
-    /// Whether a command failed on this connection in a way that retires it.
-    pub fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::Relaxed)
     }
 }
 
@@ -147,14 +170,22 @@ impl bb8::ManageConnection for Manager {
             ))));
         }
         Ok(Connection {
-            inner,
-            broken,
+            handle: Handle { inner, broken },
             _pinger: pinger,
         })
     }
 
+    /// Checked on every checkout, so it costs no round trip: a connection that a
+    /// request (holding a handle) found broken after it went back to the pool is
+    /// discarded here instead of being handed out again.
     async fn is_valid(&self, conn: &mut Connection) -> Result<(), RedisError> {
-        redis::cmd("PING").query_async::<()>(&mut conn.inner).await
+        if conn.is_broken() {
+            return Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "connection is broken",
+            )));
+        }
+        Ok(())
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
