@@ -114,7 +114,7 @@ wait_port "$nut_port"
 redis-benchmark -p "$redis_port" -t set -r "$keys" -d "$size" -n 50000 -c 20 -q > /dev/null
 [[ $(redis-cli -p "$redis_port" dbsize) == "$keys" ]] || { echo "bench: seeding failed" >&2; exit 1; }
 # Warm the proxy's cache so every measured GET is a hit.
-redis-benchmark -p "$proxy_port" -t get -r "$keys" -n 20000 -c 20 -q > /dev/null
+redis-benchmark -p "$proxy_port" -t get -r "$keys" -n 20000 -c 20 -q > /dev/null 2>&1
 
 # bench NAME PORT PIPELINE -> "rps p50 p99"
 bench() {
