@@ -180,11 +180,18 @@ async fn a_write_during_an_in_flight_miss_never_leaves_the_old_value_cached() {
         "SLOW-OLD",
         "it read before the write"
     );
-    assert_eq!(
-        read(&proxy, "k").await.1,
-        "new",
-        "the old value was not cached"
-    );
+    // On one connection Redis sends the GET's reply before the write's
+    // invalidation, and the relay delivers them in that order: the push may land
+    // just after the fetch ends. Within its delivery time the old value is gone
+    // for good. (Whether the push lands before or after the fetch ends depends on
+    // scheduling; the in-flight flag for the first case is pinned down
+    // deterministically by the unit test
+    // `cache::tests::a_key_invalidated_while_it_is_fetched_is_not_cached`.)
+    let took = seen_within(&proxy, "k", "new", Duration::from_millis(100)).await;
+    assert!(took.is_some(), "the old value stayed cached");
+    for _ in 0..5 {
+        assert_eq!(read(&proxy, "k").await.1, "new");
+    }
 }
 
 #[tokio::test]
