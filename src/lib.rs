@@ -25,6 +25,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod resp;
 pub mod server;
+mod task;
 
 pub use config::Config;
 pub use lookup::{Key, Lookup, Source};

@@ -17,6 +17,7 @@ use redis::{
 
 use super::{Error, Invalidation, InvalidationSink, Options};
 use crate::config::RedisUrl;
+use crate::task::AbortOnDrop;
 
 /// Opens connections to one Redis for bb8.
 #[derive(Debug, Clone)]
@@ -90,16 +91,6 @@ pub struct Connection {
 pub struct Handle {
     inner: MultiplexedConnection,
     broken: Arc<AtomicBool>,
-}
-
-/// Stops a task when dropped.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl Connection {

@@ -9,7 +9,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
@@ -20,6 +19,7 @@ use crate::http;
 use crate::layers::{Stack, StackBuilder};
 use crate::metrics::{self, Slots, Sources};
 use crate::resp;
+use crate::task::AbortOnDrop;
 
 pub use listener::{Limited, LimitedListener};
 
@@ -249,14 +249,4 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     Proxy::bind(config).await?.serve(shutdown).await
-}
-
-/// Owns a background task and stops it when dropped.
-#[derive(Debug)]
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
