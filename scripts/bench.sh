@@ -31,32 +31,16 @@ clients=${BENCH_CLIENTS:-50}
 keys=1000
 size=100
 
-missing=()
-command -v redis-server >/dev/null || missing+=(redis-server)
-command -v redis-benchmark >/dev/null || missing+=(redis-tools)
-command -v nutcracker >/dev/null || [[ -x /usr/sbin/nutcracker ]] || missing+=(nutcracker)
-command -v webdis >/dev/null || missing+=(webdis)
-command -v wrk >/dev/null || missing+=(wrk)
-if ((${#missing[@]})); then
-  if [[ $(id -u) == 0 ]]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-  else
-    echo "bench: needs Debian packages: ${missing[*]} (sudo apt-get install ${missing[*]})" >&2
-    exit 1
-  fi
-fi
+script=bench
+source scripts/lib.sh
+need_packages redis-server=redis-server redis-benchmark=redis-tools nutcracker=nutcracker \
+  webdis=webdis wrk=wrk
 nutcracker=$(command -v nutcracker || echo /usr/sbin/nutcracker)
 
 cargo build --release --locked --quiet --bin redis-proxy --example bare_hyper
 dir=target/bench
 rm -rf "$dir" && mkdir -p "$dir"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "bench: nothing listens on $1" >&2; exit 1; }
-
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \

@@ -19,29 +19,14 @@ cd "$(dirname "$0")/.."
 seconds=${SOAK_SECONDS:-300}
 interval=${SOAK_INTERVAL:-5}
 
-missing=()
-command -v redis-server >/dev/null || missing+=(redis-server)
-command -v redis-benchmark >/dev/null || missing+=(redis-tools)
-command -v wrk >/dev/null || missing+=(wrk)
-if ((${#missing[@]})); then
-  if [[ $(id -u) == 0 ]]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-  else
-    echo "soak: needs Debian packages: ${missing[*]}" >&2
-    exit 1
-  fi
-fi
+script=soak
+source scripts/lib.sh
+need_packages redis-server=redis-server redis-benchmark=redis-tools wrk=wrk
 
 cargo build --release --locked --quiet
 dir=target/soak
 rm -rf "$dir" && mkdir -p "$dir"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "soak: nothing listens on $1" >&2; exit 1; }
-
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --logfile redis.log &
