@@ -81,14 +81,18 @@ impl ProxyBuilder {
         command
     }
 
-    /// Runs the binary to completion (for options that should make it exit).
-    pub fn run_to_exit(&self, timeout: Duration) -> Output {
-        let mut child = self
-            .command()
+    /// Starts the binary with its output captured.
+    fn spawn(&self) -> Child {
+        self.command()
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn redis-proxy");
+            .expect("spawn redis-proxy")
+    }
+
+    /// Runs the binary to completion (for options that should make it exit).
+    pub fn run_to_exit(&self, timeout: Duration) -> Output {
+        let mut child = self.spawn();
         let deadline = Instant::now() + timeout;
         while child.try_wait().expect("wait").is_none() {
             if Instant::now() > deadline {
@@ -102,12 +106,7 @@ impl ProxyBuilder {
 
     /// Starts the proxy and waits until it listens.
     pub fn start(&self) -> Proxy {
-        let mut child = self
-            .command()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn redis-proxy");
+        let mut child = self.spawn();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
