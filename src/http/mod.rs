@@ -25,10 +25,10 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use std::hash::{Hash, Hasher};
 
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use percent_encoding::percent_decode;
@@ -54,16 +54,14 @@ where
     Router::new().fallback(serve_key::<S>).with_state(service)
 }
 
-async fn serve_key<S>(
-    State(service): State<S>,
-    method: Method,
-    uri: Uri,
-    request_headers: HeaderMap,
-) -> Response
+async fn serve_key<S>(State(service): State<S>, request: Request) -> Response
 where
     S: Service<Key, Response = Lookup, Error = BoxError> + Clone + Send + Sync + 'static,
     S::Future: Send,
 {
+    // Read in place: the extractors for method, URI and headers would each clone
+    // theirs, on every request.
+    let (method, uri) = (request.method(), request.uri());
     if method != Method::GET && method != Method::HEAD {
         return (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -72,10 +70,10 @@ where
         )
             .into_response();
     }
-    if uri_len(&uri) > MAX_URI_LEN {
+    if uri_len(uri) > MAX_URI_LEN {
         return (StatusCode::URI_TOO_LONG, "URI over 8 KiB\n").into_response();
     }
-    let key = match key_from_uri(&uri) {
+    let key = match key_from_uri(uri) {
         Ok(key) => key,
         Err(reason) => return (StatusCode::BAD_REQUEST, reason).into_response(),
     };
@@ -89,7 +87,8 @@ where
             age,
         }) => {
             let etag = etag(&value);
-            let not_modified = request_headers
+            let not_modified = request
+                .headers()
                 .get(header::IF_NONE_MATCH)
                 .is_some_and(|tags| matches_etag(tags, &etag));
             let mut response = if not_modified {
