@@ -83,12 +83,13 @@ pub(super) async fn serve<S, T>(
             match decoder.decode(&mut input) {
                 Ok(Some(args)) => {
                     let command = Command::parse(args);
-                    if command == Command::Quit {
-                        planned.push(Planned::Reply(Reply::OK, session.protocol));
+                    let quit = command == Command::Quit;
+                    planned.push(session.plan(command, &mut keys, &shared));
+                    if quit {
+                        // Its +OK is the last reply; anything after it is ignored.
                         end = Some(End::Quit);
                         break;
                     }
-                    planned.push(session.plan(command, &mut keys, &shared));
                 }
                 Ok(None) => break,
                 Err(error) => {
