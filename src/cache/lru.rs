@@ -113,11 +113,6 @@ impl Policy for Lru {
         }
     }
 
-    /// The one TTL of every entry.
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Stores `value` under `key` as the most recently used entry, expiring `ttl`
     /// after `now`. When the store is full, an expired entry makes room if there is
     /// one; otherwise the least recently used entry is evicted.

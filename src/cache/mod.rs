@@ -46,6 +46,7 @@ pub use s3fifo::S3Fifo;
 #[derive(Debug, Clone)]
 pub struct Cache {
     store: Arc<Mutex<Box<dyn Policy>>>,
+    ttl: Duration,
     flights: Arc<Mutex<HashMap<Key, Flight>>>,
 }
 
@@ -89,6 +90,7 @@ impl Cache {
         };
         Self {
             store: Arc::new(Mutex::new(store)),
+            ttl,
             flights: Arc::default(),
         }
     }
@@ -135,7 +137,7 @@ impl Cache {
 
     /// The one TTL of every entry.
     pub fn ttl(&self) -> Duration {
-        self.lock().ttl()
+        self.ttl
     }
 
     /// Stores `value` under `key` for one TTL from now.
@@ -195,14 +197,12 @@ impl<S> Layer<S> for CacheLayer {
 pub struct CacheService<S> {
     inner: S,
     cache: Cache,
-    ttl: Duration,
 }
 
 impl<S> CacheService<S> {
     /// Wraps `inner` with `cache`.
     pub fn new(inner: S, cache: Cache) -> Self {
-        let ttl = cache.ttl();
-        Self { inner, cache, ttl }
+        Self { inner, cache }
     }
 
     /// The cache this service reads and fills.
@@ -227,7 +227,7 @@ where
 
     fn call(&mut self, key: Key) -> Self::Future {
         if let Some((value, fresh_for)) = self.cache.get(&key) {
-            let age = self.ttl.saturating_sub(fresh_for);
+            let age = self.cache.ttl.saturating_sub(fresh_for);
             return ResponseFuture::hit(Lookup {
                 value: Some(value),
                 source: Source::Cache,
@@ -255,7 +255,7 @@ where
                 }
             }
         };
-        ResponseFuture::miss(Box::pin(wait(done, self.ttl)))
+        ResponseFuture::miss(Box::pin(wait(done, self.cache.ttl)))
     }
 }
 

@@ -7,8 +7,6 @@
 //! - [`S3Fifo`](super::s3fifo::S3Fifo): quick_cache's S3-FIFO, which keeps a
 //!   one-time scan from flushing the keys that are read again and again.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -53,9 +51,6 @@ pub trait Policy: Send + std::fmt::Debug {
 
     /// What the store has done so far.
     fn stats(&self) -> Stats;
-
-    /// The one TTL of every entry.
-    fn ttl(&self) -> Duration;
 }
 
 /// Which policy a cache uses (`--cache-policy`).

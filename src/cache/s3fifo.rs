@@ -126,10 +126,6 @@ impl Policy for S3Fifo {
     fn stats(&self) -> Stats {
         self.stats
     }
-
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
 }
 
 #[cfg(test)]
