@@ -105,6 +105,9 @@ impl Policy for S3Fifo {
             value,
             expires_at: now + self.ttl,
         };
+        // A key parsed from a client's request is a slice of that connection's read
+        // buffer; a copy of its own keeps the cache from pinning the buffer.
+        let key = Bytes::copy_from_slice(&key);
         self.entries
             .insert_with_lifecycle(key, entry, &mut evictions);
         self.stats.evictions += evictions.live;
