@@ -23,14 +23,16 @@
 //!                      504  not answered within request_timeout
 //! ```
 
+use std::hash::BuildHasher;
+use std::time::Duration;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use std::hash::{Hash, Hasher};
-
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use bytes::Bytes;
+use http_body_util::Full;
 use percent_encoding::percent_decode;
 use tower::{BoxError, Service, ServiceExt};
 
@@ -40,6 +42,10 @@ use crate::metrics;
 
 /// The `X-Cache` response header: `HIT` or `MISS`.
 pub const X_CACHE: &str = "x-cache";
+
+/// A response as [`respond`] builds it: the body is the value itself, or a short
+/// message.
+pub type Response = axum::http::Response<Full<Bytes>>;
 
 /// A router answering every path with the key lookup. Mount it with `nest` under a
 /// prefix to serve keys below that prefix.
@@ -54,28 +60,40 @@ where
     Router::new().fallback(serve_key::<S>).with_state(service)
 }
 
-async fn serve_key<S>(State(service): State<S>, request: Request) -> Response
+async fn serve_key<S>(State(service): State<S>, request: Request) -> axum::response::Response
 where
     S: Service<Key, Response = Lookup, Error = BoxError> + Clone + Send + Sync + 'static,
     S::Future: Send,
+{
+    respond(service, request).await.map(Body::new)
+}
+
+/// Answers one HTTP request for a key with `service`: what [`router`] does for each
+/// request, without a router. The proxy's own HTTP listener calls it directly, so a
+/// hit costs no routing and no boxing.
+pub async fn respond<S, B>(service: S, request: axum::http::Request<B>) -> Response
+where
+    S: Service<Key, Response = Lookup, Error = BoxError>,
 {
     // Read in place: the extractors for method, URI and headers would each clone
     // theirs, on every request.
     let (method, uri) = (request.method(), request.uri());
     if method != Method::GET && method != Method::HEAD {
-        return (
+        let mut response = plain(
             StatusCode::METHOD_NOT_ALLOWED,
-            [(header::ALLOW, "GET, HEAD")],
             "method not allowed: use GET or HEAD\n",
-        )
-            .into_response();
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
     }
     if uri_len(uri) > MAX_URI_LEN {
-        return (StatusCode::URI_TOO_LONG, "URI over 8 KiB\n").into_response();
+        return plain(StatusCode::URI_TOO_LONG, "URI over 8 KiB\n");
     }
     let key = match key_from_uri(uri) {
         Ok(key) => key,
-        Err(reason) => return (StatusCode::BAD_REQUEST, reason).into_response(),
+        Err(reason) => return plain(StatusCode::BAD_REQUEST, reason),
     };
     let result = service.oneshot(key).await.map_err(Failure::from);
     metrics::record_request(metrics::Protocol::Http, &result);
@@ -92,11 +110,11 @@ where
                 .get(header::IF_NONE_MATCH)
                 .is_some_and(|tags| matches_etag(tags, &etag));
             let mut response = if not_modified {
-                let mut response = Response::new(Body::empty());
+                let mut response = Response::default();
                 *response.status_mut() = StatusCode::NOT_MODIFIED;
                 response
             } else {
-                let mut response = Response::new(Body::from(value));
+                let mut response = Response::new(Full::new(value));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/octet-stream"),
@@ -106,31 +124,48 @@ where
             let headers = response.headers_mut();
             headers.insert(X_CACHE, HeaderValue::from_static(source.as_str()));
             headers.insert(header::ETAG, etag);
-            headers.insert(header::CACHE_CONTROL, seconds_header("max-age=", fresh_for));
-            headers.insert(header::AGE, seconds_header("", age));
+            headers.insert(header::CACHE_CONTROL, max_age(fresh_for));
+            headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
             response
         }
         Ok(Lookup {
             value: None,
             source,
             ..
-        }) => (
-            StatusCode::NOT_FOUND,
-            [(X_CACHE, source.as_str())],
-            "not found\n",
-        )
-            .into_response(),
-        Err(failure) => failure.into_response(),
+        }) => {
+            let mut response = plain(StatusCode::NOT_FOUND, "not found\n");
+            response
+                .headers_mut()
+                .insert(X_CACHE, HeaderValue::from_static(source.as_str()));
+            response
+        }
+        Err(failure) => failure_response(&failure),
     }
+}
+
+/// A `text/plain` response with `status` and `message`.
+fn plain(status: StatusCode, message: impl Into<Bytes>) -> Response {
+    let mut response = Response::new(Full::new(message.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// A strong validator for `value`: a 64-bit hash of its bytes, in hex and quotes.
 /// Equal bytes always give the same tag; different bytes a different one, but for
-/// a 2^-64 chance.
+/// a 2^-64 chance. (The hash has a fixed seed, so tags survive a restart of a
+/// given build.)
 pub fn etag(value: &[u8]) -> HeaderValue {
-    let mut hasher = std::hash::DefaultHasher::new();
-    value.hash(&mut hasher);
-    HeaderValue::try_from(format!("\"{:016x}\"", hasher.finish())).expect("hex is a valid header")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hash = foldhash::quality::FixedState::with_seed(0).hash_one(value);
+    let mut tag = [b'"'; 18];
+    for (i, digit) in tag[1..17].iter_mut().enumerate() {
+        *digit = HEX[((hash >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&tag).expect("hex is a valid header")
 }
 
 /// Whether an `If-None-Match` header names `etag`: `*`, or a list of tags compared
@@ -145,10 +180,14 @@ fn matches_etag(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == ours)
 }
 
-/// `<prefix><whole seconds>`, rounded down.
-fn seconds_header(prefix: &str, duration: std::time::Duration) -> HeaderValue {
-    HeaderValue::try_from(format!("{prefix}{}", duration.as_secs()))
-        .expect("digits are a valid header")
+/// `max-age=<whole seconds>`, rounded down.
+fn max_age(fresh_for: Duration) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    let seconds = digits.format(fresh_for.as_secs());
+    let mut value = [0; 8 + 20];
+    value[..8].copy_from_slice(b"max-age=");
+    value[8..8 + seconds.len()].copy_from_slice(seconds.as_bytes());
+    HeaderValue::from_bytes(&value[..8 + seconds.len()]).expect("digits are a valid header")
 }
 
 /// The longest request target accepted (path and query), as many servers do.
@@ -175,19 +214,25 @@ pub fn key_from_uri(uri: &Uri) -> Result<Key, &'static str> {
     Ok(Bytes::from(key))
 }
 
+/// The reply to a request that failed: the status for the failure, and its short
+/// message as the body.
+pub fn failure_response(failure: &Failure) -> Response {
+    let status = match failure {
+        Failure::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Failure::Backend(e) if e.is_wrong_type() => StatusCode::CONFLICT,
+        Failure::Backend(_) => StatusCode::BAD_GATEWAY,
+        Failure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status.is_server_error() {
+        tracing::warn!(status = status.as_u16(), error = %failure, "request failed");
+    }
+    plain(status, format!("{failure}\n"))
+}
+
 impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            Failure::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Failure::Backend(e) if e.is_wrong_type() => StatusCode::CONFLICT,
-            Failure::Backend(_) => StatusCode::BAD_GATEWAY,
-            Failure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
-        }
-        (status, format!("{self}\n")).into_response()
+    fn into_response(self) -> axum::response::Response {
+        failure_response(&self).map(Body::new)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Serving an axum router on a [`LimitedListener`] with hyper directly.
+//! Serving HTTP on a [`LimitedListener`] with hyper directly.
 //!
 //! `axum::serve` offers neither a span per connection nor a bound on how long a
 //! client may take to send its request headers, and without the latter a client
@@ -9,25 +9,34 @@
 
 use std::time::Duration;
 
-use axum::Router;
+use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
+use hyper::service::Service;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
+use tower::BoxError;
 use tracing::Instrument;
 
 use super::LimitedListener;
 
-/// Serves `router` on `listener` until `stop` is cancelled, then waits for the
+/// Serves `service` on `listener` until `stop` is cancelled, then waits for the
 /// requests in flight. `name` labels the connection spans (`http`, `admin`).
-pub async fn serve(
+pub async fn serve<S, B>(
     listener: LimitedListener,
-    router: Router,
+    service: S,
     header_timeout: Duration,
     name: &'static str,
     stop: CancellationToken,
-) {
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -40,8 +49,8 @@ pub async fn serve(
             accepted = listener.accept_limited() => accepted,
             () = stop.cancelled() => break,
         };
-        let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connection =
+            graceful.watch(builder.serve_connection(TokioIo::new(stream), service.clone()));
         let span = tracing::info_span!("connection", protocol = name, client = %addr);
         tokio::spawn(
             async move {

@@ -5,9 +5,14 @@
 mod http_server;
 mod listener;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use futures_util::FutureExt;
+use hyper::service::service_fn;
+use hyper_util::service::TowerToHyperService;
 
 use tokio_util::sync::CancellationToken;
 
@@ -212,7 +217,10 @@ impl Proxy {
             tokio::join!(
                 http_server::serve(
                     http,
-                    http::router(stack),
+                    // The key path without a router: every request is a key lookup.
+                    service_fn(move |request| {
+                        http::respond(stack.clone(), request).map(Ok::<_, Infallible>)
+                    }),
                     header_timeout,
                     "http",
                     stop.clone()
@@ -220,7 +228,7 @@ impl Proxy {
                 resp::serve(resp, resp_shared, stop.clone()),
                 http_server::serve(
                     admin,
-                    admin::router(readiness, sources),
+                    TowerToHyperService::new(admin::router(readiness, sources)),
                     header_timeout,
                     "admin",
                     stop.clone()
