@@ -9,8 +9,8 @@
 #     -P 16 against the proxy (all hits), redis-server and nutcracker;
 #   - RESP miss path: a proxy with capacity 1 (every GET goes to Redis) against
 #     nutcracker, at -P 1;
-#   - HTTP cached GET: wrk -t1 -c50 -d10s against the proxy (all hits), bare
-#     hyper and webdis (GET /GET/key.txt);
+#   - HTTP cached GET: wrk -t1 -c50 -d5s against the proxy (all hits), bare
+#     hyper and webdis (GET /GET/key.txt), in interleaved rounds like RESP;
 #   - memory: a fresh Redis and proxy holding 1,000,000 keys of 100 bytes; the
 #     proxy's RSS per entry against Redis's used_memory per key;
 # and prints throughput, p50/p99 latency and the ratios against their targets.
@@ -22,7 +22,7 @@
 # missing ones when run as root. Everything else stays under target/bench.
 #
 # Environment: BENCH_REQUESTS (per run, default 200000), BENCH_CLIENTS (50),
-# BENCH_ROUNDS (3).
+# BENCH_ROUNDS (3), BENCH_HTTP_SECONDS (per wrk run, 5), BENCH_MEMORY_KEYS (1000000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,7 +74,7 @@ cat > "$dir/webdis.json" <<JSON
   "http_port": $webdis_port, "threads": 2, "pool_size": 20, "daemonize": false,
   "database": 0, "verbosity": 0, "logfile": "$dir/webdis.log" }
 JSON
-webdis "$dir/webdis.json" &
+webdis "$dir/webdis.json" 2> "$dir/webdis.stderr" &
 pids+=($!)
 wait_port "$webdis_port"
 
@@ -155,7 +155,7 @@ end
 LUA
 # wrk_run URL [SCRIPT] -> "rps p50_ms p99_ms"
 wrk_run() {
-  local args=(-t1 -c50 -d"${BENCH_HTTP_SECONDS:-10}s" --latency)
+  local args=(-t1 -c50 -d"${BENCH_HTTP_SECONDS:-5}s" --latency)
   [[ -n ${2:-} ]] && args+=(-s "$2")
   wrk "${args[@]}" "$1" | awk '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
@@ -166,10 +166,22 @@ wrk_run() {
     END { if (bad > 0) { print "bench: wrk saw non-2xx answers" > "/dev/stderr" }; printf "%s %.3f %.3f\n", rps, p50, p99 }'
 }
 wrk_run "http://127.0.0.1:$proxy_http" "$dir/proxy.lua" > /dev/null # warm-up
-read -r http_proxy http_proxy_p50 http_proxy_p99 < <(wrk_run "http://127.0.0.1:$proxy_http" "$dir/proxy.lua")
-read -r http_hyper http_hyper_p50 http_hyper_p99 < <(wrk_run "http://127.0.0.1:$hyper_port/")
-read -r http_webdis http_webdis_p50 http_webdis_p99 < <(wrk_run "http://127.0.0.1:$webdis_port" "$dir/webdis.lua")
-printf '\nCached GET over HTTP: wrk -t1 -c50 -d%ss\n\n' "${BENCH_HTTP_SECONDS:-10}"
+# The same interleaved rounds and medians as above. Every target gets the same
+# kind of request script, so the load generator does the same work for each; the
+# bare hyper server answers any path with its static body.
+declare -A http_samples
+for ((round = 1; round <= rounds; round++)); do
+  http_samples[proxy]+="$(wrk_run "http://127.0.0.1:$proxy_http" "$dir/proxy.lua")"$'\n'
+  http_samples[hyper]+="$(wrk_run "http://127.0.0.1:$hyper_port" "$dir/proxy.lua")"$'\n'
+  http_samples[webdis]+="$(wrk_run "http://127.0.0.1:$webdis_port" "$dir/webdis.lua")"$'\n'
+done
+http_column() { printf '%s' "${http_samples[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
+for target in proxy hyper webdis; do
+  declare "http_$target=$(http_column "$target" 1)"
+  declare "http_${target}_p50=$(http_column "$target" 2)"
+  declare "http_${target}_p99=$(http_column "$target" 3)"
+done
+printf '\nCached GET over HTTP: wrk -t1 -c50 -d%ss, median of %s rounds\n\n' "${BENCH_HTTP_SECONDS:-5}" "$rounds"
 printf '%-22s %12s %9s %9s\n' "target" "requests/s" "p50 ms" "p99 ms"
 printf '%-22s %12s %9s %9s\n' "redis-proxy (hits)" "$http_proxy" "$http_proxy_p50" "$http_proxy_p99"
 printf '%-22s %12s %9s %9s\n' "bare hyper (ceiling)" "$http_hyper" "$http_hyper_p50" "$http_hyper_p99"
