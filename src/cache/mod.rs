@@ -6,9 +6,9 @@
 //! [`crate::backend::RedisService`]) and stores a found value before answering.
 //! Absence is not cached: a key missing in Redis is asked for again next time.
 //!
-//! Concurrent misses for one key are coalesced: the first starts the fetch as a
-//! task of its own and registers it in the cache's in-flight table; later misses
-//! wait for that fetch instead of starting another. N concurrent misses cost one
+//! Concurrent misses for one key are coalesced: the first starts the fetch,
+//! registers it in the cache's in-flight table and drives it; later misses wait
+//! for that fetch instead of starting another. N concurrent misses cost one
 //! backend request, and every waiter gets the same value or the same error. A
 //! waiter that gives up (its client left, or its timeout passed) only stops
 //! waiting: the fetch goes on for the others and still fills the cache. The
@@ -250,8 +250,11 @@ where
                     // The ready service goes to the fetch; a fresh clone stays behind.
                     let clone = self.inner.clone();
                     let inner = std::mem::replace(&mut self.inner, clone);
-                    tokio::spawn(fetch(inner, key, self.cache.clone(), publish));
-                    done
+                    let fetch = Box::pin(fetch(inner, key, self.cache.clone(), publish));
+                    return ResponseFuture::miss(Box::pin(Lead {
+                        fetch: Some(fetch),
+                        ttl: self.cache.ttl,
+                    }));
                 }
             }
         };
@@ -259,9 +262,50 @@ where
     }
 }
 
-/// Fetches `key` with the ready `inner` service, stores a found value, and tells
-/// every waiter. Runs as a task of its own, so no waiter can cancel it.
-async fn fetch<S>(mut inner: S, key: Key, cache: Cache, done: watch::Sender<Option<Outcome>>)
+/// A fetch in progress, as the leader drives it.
+type Fetch = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// The miss that started a fetch. It drives the fetch itself (no task to spawn,
+/// no wake-up from another task); dropped before the fetch ends (its client left,
+/// or its timeout passed), it hands the fetch to a task of its own, so the other
+/// waiters still get their answer and the cache is still filled.
+struct Lead {
+    fetch: Option<Fetch>,
+    ttl: Duration,
+}
+
+impl Future for Lead {
+    type Output = Result<Lookup, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fetch = self.fetch.as_mut().expect("polled after completion");
+        let outcome = std::task::ready!(fetch.as_mut().poll(cx));
+        self.fetch = None;
+        Poll::Ready(lookup(outcome, self.ttl))
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        if let Some(fetch) = self.fetch.take() {
+            // Outside a runtime (it is shutting down) the fetch is dropped; its
+            // landing guard then removes the in-flight entry and the waiters see
+            // the fetch abandoned.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(fetch);
+            }
+        }
+    }
+}
+
+/// Fetches `key` with the ready `inner` service, stores a found value, tells
+/// every waiter, and returns the outcome to the leader driving it (see [`Lead`]).
+async fn fetch<S>(
+    mut inner: S,
+    key: Key,
+    cache: Cache,
+    done: watch::Sender<Option<Outcome>>,
+) -> Outcome
 where
     S: Service<Key, Response = Option<Bytes>>,
     S::Error: Into<BoxError> + Clone + Send + Sync + 'static,
@@ -295,7 +339,8 @@ where
     }
     // Stored first, then landed: a miss arriving now finds the value in the cache.
     drop(landing);
-    let _ = done.send(Some(outcome));
+    done.send_replace(Some(outcome.clone()));
+    outcome
 }
 
 /// Waits for a fetch to end and takes its outcome: a value fetched just now,
@@ -308,6 +353,12 @@ async fn wait(
         Ok(outcome) => outcome.clone().expect("waited for Some"),
         Err(_) => return Err("the fetch was abandoned".into()),
     };
+    lookup(outcome, ttl)
+}
+
+/// What a waiter answers for a fetch's outcome: a value fetched just now, fresh
+/// for the whole `ttl`, or its own copy of the error.
+fn lookup(outcome: Outcome, ttl: Duration) -> Result<Lookup, BoxError> {
     match outcome {
         Ok(value) => Ok(Lookup {
             value,
