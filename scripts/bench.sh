@@ -22,11 +22,16 @@
 # missing ones when run as root. Everything else stays under target/bench.
 #
 # Environment: BENCH_REQUESTS (per run, default 200000), BENCH_CLIENTS (50),
-# BENCH_ROUNDS (3), BENCH_HTTP_SECONDS (per wrk run, 5), BENCH_MEMORY_KEYS (1000000).
+# BENCH_ROUNDS (3), BENCH_HTTP_SECONDS (per wrk run, 5), BENCH_MEMORY_KEYS (1000000),
+# BENCH_WORKERS (threads for the proxy, bare hyper and webdis: 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 requests=${BENCH_REQUESTS:-200000}
+# Threads per multi-threaded server (the proxy, bare hyper, webdis). redis-server
+# and nutcracker are single event loops, and the load generator needs a core of
+# its own, so one each is the equal budget on a small machine.
+workers=${BENCH_WORKERS:-1}
 clients=${BENCH_CLIENTS:-50}
 keys=1000
 size=100
@@ -50,28 +55,28 @@ wait_port "$redis_port"
 
 proxy_port=$(free_port)
 proxy_http=$(free_port)
-RUST_LOG=warn target/release/redis-proxy --redis-url "redis://127.0.0.1:$redis_port" \
+RUST_LOG=warn target/release/redis-proxy --worker-threads "$workers" --redis-url "redis://127.0.0.1:$redis_port" \
   --http-addr "127.0.0.1:$proxy_http" --resp-addr "127.0.0.1:$proxy_port" --admin-addr 127.0.0.1:0 \
   --cache-ttl 1h --cache-capacity 100000 > "$dir/proxy.log" 2>&1 &
 pids+=($!)
 wait_port "$proxy_port"
 
 miss_port=$(free_port)
-RUST_LOG=warn target/release/redis-proxy --redis-url "redis://127.0.0.1:$redis_port" \
+RUST_LOG=warn target/release/redis-proxy --worker-threads "$workers" --redis-url "redis://127.0.0.1:$redis_port" \
   --http-addr 127.0.0.1:0 --resp-addr "127.0.0.1:$miss_port" --admin-addr 127.0.0.1:0 \
   --cache-capacity 1 > "$dir/proxy-miss.log" 2>&1 &
 pids+=($!)
 wait_port "$miss_port"
 
 hyper_port=$(free_port)
-target/release/examples/bare_hyper "127.0.0.1:$hyper_port" > /dev/null &
+TOKIO_WORKER_THREADS=$workers target/release/examples/bare_hyper "127.0.0.1:$hyper_port" > /dev/null &
 pids+=($!)
 wait_port "$hyper_port"
 
 webdis_port=$(free_port)
 cat > "$dir/webdis.json" <<JSON
 { "redis_host": "127.0.0.1", "redis_port": $redis_port, "http_host": "127.0.0.1",
-  "http_port": $webdis_port, "threads": 2, "pool_size": 20, "daemonize": false,
+  "http_port": $webdis_port, "threads": $workers, "pool_size": 20, "daemonize": false,
   "database": 0, "verbosity": 0, "logfile": "$dir/webdis.log" }
 JSON
 webdis "$dir/webdis.json" 2> "$dir/webdis.stderr" &
@@ -132,6 +137,7 @@ done
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 column() { printf '%s' "${samples[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
 
+printf '\nThreads: %s for redis-proxy, bare hyper and webdis; redis-server and nutcracker are single-threaded.\n' "$workers"
 printf '\nCached GET over RESP: redis-benchmark -t get -c %s -r %s -d %s -n %s, median of %s rounds\n\n' \
   "$clients" "$keys" "$size" "$requests" "$rounds"
 printf '%-6s %-16s %12s %9s %9s\n' "-P" "target" "requests/s" "p50 ms" "p99 ms"
@@ -196,7 +202,7 @@ pids+=($!)
 wait_port "$mem_redis"
 mem_proxy=$(free_port)
 mem_admin=$(free_port)
-RUST_LOG=warn target/release/redis-proxy --redis-url "redis://127.0.0.1:$mem_redis" \
+RUST_LOG=warn target/release/redis-proxy --worker-threads "$workers" --redis-url "redis://127.0.0.1:$mem_redis" \
   --http-addr 127.0.0.1:0 --resp-addr "127.0.0.1:$mem_proxy" --admin-addr "127.0.0.1:$mem_admin" \
   --cache-ttl 1h --cache-capacity "$entries" > "$dir/proxy-mem.log" 2>&1 &
 mem_pid=$!

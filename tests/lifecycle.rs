@@ -5,6 +5,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use redis_proxy::config::Config;
 use support::{ProxyBuilder, RedisServer, free_port, is_listening};
 
 fn addr(port: u16) -> String {
@@ -89,6 +90,8 @@ fn bad_configuration_fails_fast_naming_the_option() {
     assert!(err.contains("--cache-ttl"), "{err}");
     let err = rejected(base.clone().arg("--cache-capacity", 0));
     assert!(err.contains("--cache-capacity"), "{err}");
+    let err = rejected(base.clone().arg("--worker-threads", 0));
+    assert!(err.contains("--worker-threads"), "{err}");
     let err = rejected(base.clone().env("REDIS_PROXY_MAX_CLIENTS", "many"));
     assert!(err.contains("REDIS_PROXY_MAX_CLIENTS"), "{err}");
     let err = rejected(base.clone().arg("--resp-addr", "nowhere"));
@@ -115,20 +118,7 @@ fn help_lists_every_option_with_env_and_default() {
         .flag("--help")
         .run_to_exit(Duration::from_secs(10));
     let help = String::from_utf8_lossy(&output.stdout);
-    for key in [
-        "redis_url",
-        "http_addr",
-        "resp_addr",
-        "admin_addr",
-        "cache_ttl",
-        "cache_capacity",
-        "max_clients",
-        "max_parallel",
-        "request_timeout",
-        "max_connections",
-        "redis_pool_size",
-        "log_format",
-    ] {
+    for key in Config::KEYS {
         let flag = format!("--{}", key.replace('_', "-"));
         let env = format!("REDIS_PROXY_{}", key.to_ascii_uppercase());
         assert!(help.contains(&flag), "{flag} missing from --help");
@@ -171,4 +161,34 @@ fn example_config_file_is_valid() {
         .arg("--http-addr", "127.0.0.1:0")
         .start();
     assert!(is_listening(proxy.http_addr()));
+}
+
+/// The names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap())
+        .map(|name| name.trim_end().to_owned())
+        .collect()
+}
+
+#[test]
+fn worker_threads_sets_how_many_threads_serve() {
+    let redis = RedisServer::start();
+    redis.set("k", "v");
+    for threads in [1, 3] {
+        let proxy = ProxyBuilder::new(&redis.url())
+            .arg("--worker-threads", threads)
+            .start();
+        let value: String = redis::cmd("GET")
+            .arg("k")
+            .query(&mut proxy.redis_client())
+            .unwrap();
+        assert_eq!(value, "v");
+        let workers = thread_names(proxy.pid())
+            .into_iter()
+            .filter(|name| name == "tokio-rt-worker")
+            .count();
+        assert_eq!(workers, threads, "{:?}", thread_names(proxy.pid()));
+    }
 }

@@ -109,4 +109,9 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+
+    /// Threads that run the proxy (event loops); 1 makes it a single event loop like Redis [env: REDIS_PROXY_WORKER_THREADS] [default: one per CPU core]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<u64>,
 }

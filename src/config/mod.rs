@@ -67,6 +67,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The shape of log lines.
     pub log_format: LogFormat,
+    /// Threads that run the proxy's tasks; `None` means one per CPU core.
+    pub worker_threads: Option<NonZeroUsize>,
 }
 
 impl Default for Config {
@@ -88,6 +90,7 @@ impl Default for Config {
             redis_connect_timeout: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Pretty,
+            worker_threads: None,
         }
     }
 }
@@ -197,6 +200,7 @@ impl Config {
         "redis_connect_timeout",
         "shutdown_grace",
         "log_format",
+        "worker_threads",
     ];
 
     /// The parallel limit in force: `max_parallel`, or `max_clients` when unset.
