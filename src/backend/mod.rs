@@ -11,7 +11,10 @@
 //! A request abandoned halfway (its caller timed out) cannot corrupt the next
 //! reply on the same connection: redis-rs's multiplexed connection matches
 //! replies to requests in order and discards the reply of a dropped request.
+//!
+//! Concurrent GETs are sent together as one pipeline (see `batch`).
 
+mod batch;
 mod pool;
 
 use std::future::Future;
@@ -30,7 +33,7 @@ use crate::lookup::Key;
 pub use pool::{Connection, Handle, Manager};
 
 /// Why a key could not be read from Redis.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// No connection to Redis could be had in time.
     #[error("redis unavailable: {0}")]
@@ -113,6 +116,9 @@ pub struct RedisService {
     pool: bb8::Pool<Manager>,
     connect_timeout: Duration,
     last_connect_error: pool::LastError,
+    queue: Arc<batch::Queue>,
+    latency: metrics::Histogram,
+    errors: metrics::Counter,
 }
 
 impl RedisService {
@@ -142,6 +148,9 @@ impl RedisService {
             pool,
             connect_timeout: options.connect_timeout,
             last_connect_error,
+            queue: Arc::default(),
+            latency: metrics::histogram!("redis_proxy_backend_request_duration_seconds"),
+            errors: metrics::counter!("redis_proxy_backend_errors_total"),
         })
     }
 
@@ -170,36 +179,84 @@ impl RedisService {
 
     async fn get(self, key: Key) -> Result<Option<Bytes>, Error> {
         let start = std::time::Instant::now();
-        let result = self.fetch(&key).await;
-        metrics::histogram!("redis_proxy_backend_request_duration_seconds")
-            .record(start.elapsed().as_secs_f64());
+        let (reply, first) = self.queue.join(key);
+        if first {
+            tokio::spawn(self.clone().flush());
+        }
+        let result = reply
+            .await
+            .unwrap_or_else(|_| Err(Error::Connection("the batch was abandoned".into())));
+        self.latency.record(start.elapsed().as_secs_f64());
         // A key holding another type is the client's problem, not the backend's.
         if matches!(&result, Err(e) if !e.is_wrong_type()) {
-            metrics::counter!("redis_proxy_backend_errors_total").increment(1);
+            self.errors.increment(1);
         }
         result
     }
 
-    async fn fetch(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
-        match self.fetch_once(key).await {
+    /// Sends the GETs queued by now as one pipeline and answers each.
+    async fn flush(self) {
+        // Every miss handled in this turn of the runtime joins the batch first.
+        tokio::task::yield_now().await;
+        let batch = self.queue.take();
+        if batch.is_empty() {
+            return;
+        }
+        let keys: Vec<&[u8]> = batch.iter().map(|waiter| &waiter.key[..]).collect();
+        match self.fetch(&keys).await {
+            Ok(replies) => {
+                for (waiter, reply) in batch.into_iter().zip(replies) {
+                    waiter.answer(reply);
+                }
+            }
+            Err(error) => {
+                for waiter in batch {
+                    waiter.answer(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    async fn fetch(&self, keys: &[&[u8]]) -> Result<Vec<batch::Reply>, Error> {
+        match self.fetch_once(keys).await {
             // A pooled connection can die while idle (Redis restarted, or killed
             // the client): the pool only learns it when a request fails on it.
-            // GET is idempotent, so that request tries once more, on a connection
+            // GET is idempotent, so the batch is tried once more, on a connection
             // the pool opens or holds now (the dead one was discarded).
             Err(Error::Connection(cause)) => {
                 tracing::debug!(%cause, "pooled connection was dead; retrying once");
-                self.fetch_once(key).await
+                self.fetch_once(keys).await
             }
             other => other,
         }
     }
 
-    async fn fetch_once(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
-        // The pooled connection goes back at once; the request runs on a handle.
+    async fn fetch_once(&self, keys: &[&[u8]]) -> Result<Vec<batch::Reply>, Error> {
+        // The pooled connection goes back at once; the batch runs on a handle.
         let mut handle = self.connection().await?.handle();
-        let value: Option<Vec<u8>> = handle.query(redis::cmd("GET").arg(key)).await?;
-        // `Bytes::from(Vec)` takes the buffer over; the value is never copied.
-        Ok(value.map(Bytes::from))
+        let mut pipeline = redis::pipe();
+        for key in keys {
+            pipeline.cmd("GET").arg(*key);
+        }
+        // Error replies come back per key instead of failing the whole pipeline.
+        pipeline.ignore_errors();
+        let replies: Vec<redis::RedisResult<Option<Vec<u8>>>> =
+            handle.query_pipeline(&pipeline).await?;
+        if replies.len() != keys.len() {
+            return Err(Error::Connection(format!(
+                "{} replies to {} commands",
+                replies.len(),
+                keys.len()
+            )));
+        }
+        Ok(replies
+            .into_iter()
+            .map(|reply| match reply {
+                // `Bytes::from(Vec)` takes the buffer over; the value is not copied.
+                Ok(value) => Ok(value.map(Bytes::from)),
+                Err(error) => Err(Error::from_redis(&error)),
+            })
+            .collect())
     }
 }
 

@@ -122,16 +122,35 @@ impl Handle {
     ///
     /// [`Error::Reply`] for an error reply, [`Error::Connection`] otherwise.
     pub async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, Error> {
-        cmd.query_async(&mut self.inner).await.map_err(|e| {
-            if e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_unrecoverable_error()
-                || e.is_timeout()
-            {
-                self.broken.store(true, Ordering::Relaxed);
-            }
-            Error::from_redis(&e)
-        })
+        let result = cmd.query_async(&mut self.inner).await;
+        result.map_err(|e| self.failed(&e))
+    }
+
+    /// Runs a pipeline, like [`Handle::query`] runs one command.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Reply`] for an error reply the pipeline does not ignore,
+    /// [`Error::Connection`] otherwise.
+    pub async fn query_pipeline<T: FromRedisValue>(
+        &mut self,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, Error> {
+        let result = pipeline.query_async(&mut self.inner).await;
+        result.map_err(|e| self.failed(&e))
+    }
+
+    /// Marks the connection broken when `error` says it failed (rather than
+    /// Redis replying with an error), and says what went wrong.
+    fn failed(&self, error: &RedisError) -> Error {
+        if error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_unrecoverable_error()
+            || error.is_timeout()
+        {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        Error::from_redis(error)
     }
 }
 
