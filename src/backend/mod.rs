@@ -113,10 +113,16 @@ pub struct Options {
 /// for a free connection happens inside the call, bounded by the connect timeout.
 #[derive(Debug, Clone)]
 pub struct RedisService {
+    // One reference count to bump: the service is cloned for every request.
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     pool: bb8::Pool<Manager>,
     connect_timeout: Duration,
     last_connect_error: pool::LastError,
-    queue: Arc<batch::Queue>,
+    queue: batch::Queue,
     latency: metrics::Histogram,
     errors: metrics::Counter,
 }
@@ -145,12 +151,14 @@ impl RedisService {
             .error_sink(Box::new(last_connect_error.clone()))
             .build_unchecked(manager);
         Ok(Self {
-            pool,
-            connect_timeout: options.connect_timeout,
-            last_connect_error,
-            queue: Arc::default(),
-            latency: metrics::histogram!("redis_proxy_backend_request_duration_seconds"),
-            errors: metrics::counter!("redis_proxy_backend_errors_total"),
+            shared: Arc::new(Shared {
+                pool,
+                connect_timeout: options.connect_timeout,
+                last_connect_error,
+                queue: batch::Queue::default(),
+                latency: metrics::histogram!("redis_proxy_backend_request_duration_seconds"),
+                errors: metrics::counter!("redis_proxy_backend_errors_total"),
+            }),
         })
     }
 
@@ -161,35 +169,38 @@ impl RedisService {
     ///
     /// [`Error::Unavailable`] when Redis cannot be reached.
     pub async fn dedicated_connection(&self) -> Result<Connection, Error> {
-        self.pool
+        self.shared
+            .pool
             .dedicated_connection()
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))
     }
 
     async fn connection(&self) -> Result<bb8::PooledConnection<'static, Manager>, Error> {
-        self.pool.get_owned().await.map_err(|e| match e {
+        self.shared.pool.get_owned().await.map_err(|e| match e {
             bb8::RunError::User(e) => Error::Unavailable(e.to_string()),
-            bb8::RunError::TimedOut => Error::Unavailable(match self.last_connect_error.get() {
-                Some(cause) if self.pool.state().connections == 0 => cause,
-                _ => format!("no connection within {:?}", self.connect_timeout),
-            }),
+            bb8::RunError::TimedOut => {
+                Error::Unavailable(match self.shared.last_connect_error.get() {
+                    Some(cause) if self.shared.pool.state().connections == 0 => cause,
+                    _ => format!("no connection within {:?}", self.shared.connect_timeout),
+                })
+            }
         })
     }
 
     async fn get(self, key: Key) -> Result<Option<Bytes>, Error> {
         let start = std::time::Instant::now();
-        let (reply, first) = self.queue.join(key);
+        let (reply, first) = self.shared.queue.join(key);
         if first {
             tokio::spawn(self.clone().flush());
         }
         let result = reply
             .await
             .unwrap_or_else(|_| Err(Error::Connection("the batch was abandoned".into())));
-        self.latency.record(start.elapsed().as_secs_f64());
+        self.shared.latency.record(start.elapsed().as_secs_f64());
         // A key holding another type is the client's problem, not the backend's.
         if matches!(&result, Err(e) if !e.is_wrong_type()) {
-            self.errors.increment(1);
+            self.shared.errors.increment(1);
         }
         result
     }
@@ -198,7 +209,7 @@ impl RedisService {
     async fn flush(self) {
         // Every miss handled in this turn of the runtime joins the batch first.
         tokio::task::yield_now().await;
-        let batch = self.queue.take();
+        let batch = self.shared.queue.take();
         if batch.is_empty() {
             return;
         }

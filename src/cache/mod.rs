@@ -45,9 +45,15 @@ pub use s3fifo::S3Fifo;
 /// `.await`.
 #[derive(Debug, Clone)]
 pub struct Cache {
-    store: Arc<Mutex<Box<dyn Policy>>>,
+    // One reference count to bump: the handle is cloned for every request.
+    shared: Arc<Shared>,
     ttl: Duration,
-    flights: Arc<Mutex<HashMap<Key, Flight>>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Mutex<Box<dyn Policy>>,
+    flights: Mutex<HashMap<Key, Flight>>,
 }
 
 /// What one fetch ends with, as every waiter receives it: the value, or a way to
@@ -89,9 +95,11 @@ impl Cache {
             PolicyKind::S3fifo => Box::new(S3Fifo::new(capacity, ttl)),
         };
         Self {
-            store: Arc::new(Mutex::new(store)),
+            shared: Arc::new(Shared {
+                store: Mutex::new(store),
+                flights: Mutex::default(),
+            }),
             ttl,
-            flights: Arc::default(),
         }
     }
 
@@ -124,7 +132,10 @@ impl Cache {
     }
 
     fn flights(&self) -> MutexGuard<'_, HashMap<Key, Flight>> {
-        self.flights.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The live value of `key`, now the most recently used, and how long it
@@ -164,7 +175,10 @@ impl Cache {
     fn lock(&self) -> MutexGuard<'_, Box<dyn Policy>> {
         // The store's invariants hold between operations, and none of them can
         // panic halfway, so a poisoned lock is still a consistent store.
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

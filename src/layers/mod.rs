@@ -67,7 +67,11 @@ impl StackBuilder {
             .load_shed()
             .layer(ClientLimitLayer(self.clients.semaphore().clone()))
             .timeout(self.request_timeout)
-            .layer(ParallelLimitLayer::new(self.max_parallel))
+            .layer(if self.max_parallel >= self.clients.size() {
+                ParallelLimitLayer::unlimited()
+            } else {
+                ParallelLimitLayer::new(self.max_parallel)
+            })
             .layer(CacheLayer::new(self.cache.clone()))
             .service(backend)
     }

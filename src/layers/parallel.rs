@@ -6,6 +6,10 @@
 //! but one instead of running them in turn. This layer is therefore always ready
 //! (as ready as its inner service) and waits for its permit inside the response
 //! future, in FIFO order (tokio's semaphore is fair).
+//!
+//! A limit at least as high as the client limit above it can never bind, so the
+//! stack builds it [`unlimited`](ParallelLimitLayer::unlimited): no semaphore to
+//! take and release on every request.
 
 use std::fmt;
 use std::future::Future;
@@ -23,15 +27,21 @@ use tower::{Layer, Service};
 /// many routes, connections or protocols use them.
 #[derive(Debug, Clone)]
 pub struct ParallelLimitLayer {
-    semaphore: Arc<Semaphore>,
+    semaphore: Option<Arc<Semaphore>>,
 }
 
 impl ParallelLimitLayer {
     /// A limit of `limit` requests at once; `1` processes requests one at a time.
     pub fn new(limit: usize) -> Self {
         Self {
-            semaphore: Arc::new(Semaphore::new(limit)),
+            semaphore: Some(Arc::new(Semaphore::new(limit))),
         }
+    }
+
+    /// No limit: every request runs at once (for when a limit above already
+    /// bounds the requests in flight).
+    pub fn unlimited() -> Self {
+        Self { semaphore: None }
     }
 }
 
@@ -50,7 +60,7 @@ impl<S> Layer<S> for ParallelLimitLayer {
 #[derive(Debug, Clone)]
 pub struct ParallelLimit<S> {
     inner: S,
-    semaphore: Arc<Semaphore>,
+    semaphore: Option<Arc<Semaphore>>,
 }
 
 impl<S, R> Service<R> for ParallelLimit<S>
@@ -66,12 +76,23 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
+        let Some(semaphore) = &self.semaphore else {
+            return ResponseFuture {
+                state: State::Running {
+                    future: self.inner.call(request),
+                    permit: None,
+                },
+            };
+        };
         // Fast path: a free permit (none can be free while others queue, since the
         // semaphore hands released permits to waiters first).
-        if let Ok(permit) = self.semaphore.clone().try_acquire_owned() {
+        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             let future = self.inner.call(request);
             return ResponseFuture {
-                state: State::Running { future, permit },
+                state: State::Running {
+                    future,
+                    permit: Some(permit),
+                },
             };
         }
         // The ready service goes into the future; a fresh clone stays behind.
@@ -79,7 +100,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture {
             state: State::Queued {
-                acquire: Box::pin(self.semaphore.clone().acquire_owned()),
+                acquire: Box::pin(semaphore.clone().acquire_owned()),
                 call: Some((inner, request)),
             },
         }
@@ -106,11 +127,11 @@ pin_project! {
             acquire: Acquire,
             call: Option<(S, R)>,
         },
-        // Running, holding the permit until the inner future completes.
+        // Running, holding the permit (if limited) until the inner future completes.
         Running {
             #[pin]
             future: S::Future,
-            permit: OwnedSemaphorePermit,
+            permit: Option<OwnedSemaphorePermit>,
         },
     }
 }
@@ -127,7 +148,10 @@ impl<S: Service<R>, R> Future for ResponseFuture<S, R> {
                         ready!(acquire.as_mut().poll(cx)).expect("the semaphore is never closed");
                     let (mut inner, request) = call.take().expect("polled after start");
                     let future = inner.call(request);
-                    state.set(State::Running { future, permit });
+                    state.set(State::Running {
+                        future,
+                        permit: Some(permit),
+                    });
                 }
                 StateProj::Running { future, .. } => return future.poll(cx),
             }

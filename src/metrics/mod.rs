@@ -226,6 +226,11 @@ impl Slots {
         &self.semaphore
     }
 
+    /// How many slots there are.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// How many slots are taken now.
     pub fn taken(&self) -> usize {
         self.size.saturating_sub(self.semaphore.available_permits())
