@@ -18,7 +18,7 @@
 //! and its cost in bytes per key. A general-purpose LRU map (the `lru` crate) costs
 //! a boxed node per entry and per index, and keeps the caller's key buffer alive;
 //! a key parsed out of a client's read buffer would pin that whole buffer. Here an
-//! entry is a 64-byte slot plus one allocation holding its key followed by its
+//! entry is a 56-byte slot plus one allocation holding its key followed by its
 //! value, and a 4-byte index in the hash table. Readers get the value as a
 //! [`Bytes`] slice of that allocation: shared, never copied.
 //!
@@ -73,22 +73,42 @@ const EMPTY: Ends = Ends {
 /// One entry, or a free slot (empty `data`, `recency.next` threading the free list).
 #[derive(Debug)]
 struct Slot {
-    /// The key immediately followed by the value, in one allocation.
+    /// The key's length (4 bytes, little-endian), the key, then the value, in one
+    /// allocation. Empty in a free slot.
     data: Bytes,
-    key_len: u32,
     /// Nanoseconds from the store's epoch (negative before it).
     expires_at: i64,
     recency: Links,
     insertion: Links,
 }
 
+/// Bytes before the key in [`Slot::data`]: its length.
+const KEY_LEN: usize = 4;
+
 impl Slot {
+    /// Lays out `key` and `value` as [`Slot::data`] holds them.
+    fn data(key: &[u8], value: &[u8]) -> Option<Bytes> {
+        let key_len = u32::try_from(key.len()).ok()?;
+        let mut data = Vec::with_capacity(KEY_LEN + key.len() + value.len());
+        data.extend_from_slice(&key_len.to_le_bytes());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value);
+        Some(Bytes::from(data))
+    }
+
+    fn key_end(&self) -> usize {
+        match self.data.first_chunk::<KEY_LEN>() {
+            Some(len) => KEY_LEN + u32::from_le_bytes(*len) as usize,
+            None => 0,
+        }
+    }
+
     fn key(&self) -> &[u8] {
-        &self.data[..self.key_len as usize]
+        self.data.get(KEY_LEN..self.key_end()).unwrap_or_default()
     }
 
     fn value(&self) -> Bytes {
-        self.data.slice(self.key_len as usize..)
+        self.data.slice(self.key_end()..)
     }
 }
 
@@ -215,17 +235,15 @@ impl Lru {
         self.unlink(List::Insertion, i);
         let slot = &mut self.slots[i as usize];
         slot.data = Bytes::new();
-        slot.key_len = 0;
         slot.recency.next = self.free;
         self.free = i;
         self.len -= 1;
     }
 
     /// A free slot holding `data`, taken from the free list or the end of the slab.
-    fn allocate(&mut self, data: Bytes, key_len: u32, expires_at: i64) -> u32 {
+    fn allocate(&mut self, data: Bytes, expires_at: i64) -> u32 {
         let slot = Slot {
             data,
-            key_len,
             expires_at,
             recency: UNLINKED,
             insertion: UNLINKED,
@@ -301,19 +319,14 @@ impl Policy for Lru {
     /// after `now`. When the store is full, an expired entry makes room if there is
     /// one; otherwise the least recently used entry is evicted.
     fn insert(&mut self, key: Bytes, value: Bytes, now: Instant) {
-        let Ok(key_len) = u32::try_from(key.len()) else {
-            return; // Longer than any key a front-end accepts.
+        let Some(data) = Slot::data(&key, &value) else {
+            return; // A key longer than any front-end accepts.
         };
         let now = self.offset(now);
         let ttl = i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX);
         let expires_at = now.saturating_add(ttl);
         let budget = RECLAIM_PER_INSERT + usize::from(self.len == self.capacity);
         self.reclaim_expired(now, budget);
-
-        let mut data = Vec::with_capacity(key.len() + value.len());
-        data.extend_from_slice(&key);
-        data.extend_from_slice(&value);
-        let data = Bytes::from(data);
 
         if let Some(i) = self.find(&key) {
             let slot = &mut self.slots[i as usize];
@@ -327,7 +340,7 @@ impl Policy for Lru {
             self.remove_slot(self.recency.tail);
             self.stats.evictions += 1;
         }
-        let i = self.allocate(data, key_len, expires_at);
+        let i = self.allocate(data, expires_at);
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index
             .insert_unique(self.hasher.hash_one(&key[..]), i, |&j| {
@@ -490,6 +503,21 @@ mod tests {
         assert!(s.list(List::Recency).is_empty());
         put(&mut s, "d", now);
         assert!(cached(&mut s, "d", now));
+    }
+
+    #[test]
+    fn a_slot_is_56_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 56);
+    }
+
+    #[test]
+    fn empty_keys_and_values_are_stored() {
+        let now = Instant::now();
+        let mut s = store(2);
+        s.insert(Bytes::new(), Bytes::from("v"), now);
+        s.insert(Bytes::from("k"), Bytes::new(), now);
+        assert_eq!(s.get(b"", now).unwrap().0, Bytes::from("v"));
+        assert_eq!(s.get(b"k", now).unwrap().0, Bytes::new());
     }
 
     #[test]
