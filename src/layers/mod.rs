@@ -14,10 +14,12 @@
 //! limit refuses; everything beneath `LoadShed` is always ready, so the parallel
 //! limit queues instead of shedding (see [`parallel`]).
 //!
-//! Errors leave the stack as `tower::BoxError` (tower's `Timeout` and `LoadShed`
-//! box them); [`Failure`] sorts them back into the few cases a front-end answers.
+//! Errors leave the stack as `tower::BoxError` (the [`Timeout`] layer and tower's
+//! `LoadShed` box them); [`Failure`] sorts them back into the few cases a
+//! front-end answers.
 
 pub mod parallel;
+pub mod timeout;
 pub mod trace;
 
 use std::sync::Arc;
@@ -27,7 +29,6 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tower::limit::ConcurrencyLimit;
 use tower::load_shed::LoadShed;
-use tower::timeout::Timeout;
 use tower::{BoxError, Layer, Service, ServiceBuilder};
 
 use crate::backend;
@@ -36,6 +37,7 @@ use crate::lookup::Key;
 use crate::metrics::Slots;
 
 pub use parallel::{ParallelLimit, ParallelLimitLayer};
+pub use timeout::{Timeout, TimeoutLayer};
 pub use trace::{Trace, TraceLayer};
 
 /// The full request stack over a backend service `B`.
@@ -66,7 +68,7 @@ impl StackBuilder {
             .layer(TraceLayer)
             .load_shed()
             .layer(ClientLimitLayer(self.clients.semaphore().clone()))
-            .timeout(self.request_timeout)
+            .layer(TimeoutLayer::new(self.request_timeout))
             .layer(if self.max_parallel >= self.clients.size() {
                 ParallelLimitLayer::unlimited()
             } else {

@@ -1,0 +1,164 @@
+//! [`TimeoutLayer`]: a request not answered within the timeout fails with tower's
+//! [`Elapsed`] error.
+//!
+//! tower's `Timeout` starts a timer for every request when it is called: a clock
+//! read, a handle to the runtime's timer, and a timer entry to drop. This one
+//! arms its timer only when the inner future turns out not to be ready on its
+//! first poll. A cache hit is ready at once and so costs no timer at all; any
+//! other request is polled right after it is called, so its deadline starts, as
+//! with tower's, when it enters the layer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower::timeout::error::Elapsed;
+use tower::{BoxError, Layer, Service};
+
+/// Fails requests not answered within `timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutLayer {
+    timeout: Duration,
+}
+
+impl TimeoutLayer {
+    /// A bound of `timeout` on every request.
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout }
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Timeout {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service made by [`TimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S, R> Service<R> for Timeout<S>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        ResponseFuture {
+            inner: self.inner.call(request),
+            sleep: None,
+            timeout: self.timeout,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Timeout`]: the inner future, and a timer armed the first
+    /// time the inner future is pending.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        timeout: Duration,
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            return Poll::Ready(result.map_err(Into::into));
+        }
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep(*this.timeout)));
+        }
+        let sleep = this.sleep.as_pin_mut().expect("armed above");
+        ready!(sleep.poll(cx));
+        Poll::Ready(Err(Elapsed::new().into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+    use tower::service_fn;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_answer_passes_and_arms_no_timer() {
+        let mut svc = TimeoutLayer::new(TIMEOUT)
+            .layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n + 1) }));
+        let mut future = std::pin::pin!(svc.call(1));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let Poll::Ready(answer) = future.as_mut().poll(&mut cx) else {
+            panic!("a ready answer is ready at once");
+        };
+        assert_eq!(answer.unwrap(), 2);
+        assert!(
+            future.sleep.is_none(),
+            "a timer was armed for a ready answer"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_answer_fails_with_elapsed_at_the_timeout() {
+        let svc = TimeoutLayer::new(TIMEOUT).layer(service_fn(|()| async {
+            tokio::time::sleep(TIMEOUT * 2).await;
+            Ok::<_, BoxError>(())
+        }));
+        let start = tokio::time::Instant::now();
+        let error = svc.oneshot(()).await.unwrap_err();
+        assert!(error.is::<Elapsed>(), "{error}");
+        assert_eq!(start.elapsed(), TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_within_the_timeout_passes() {
+        let svc = TimeoutLayer::new(TIMEOUT).layer(service_fn(|()| async {
+            tokio::time::sleep(TIMEOUT / 2).await;
+            Ok::<_, BoxError>("late but in time")
+        }));
+        assert_eq!(svc.oneshot(()).await.unwrap(), "late but in time");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inner_errors_pass_through() {
+        let svc = TimeoutLayer::new(TIMEOUT).layer(service_fn(|()| async {
+            Err::<(), BoxError>("backend down".into())
+        }));
+        assert_eq!(
+            svc.oneshot(()).await.unwrap_err().to_string(),
+            "backend down"
+        );
+    }
+}
