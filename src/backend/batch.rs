@@ -12,6 +12,7 @@
 //! Replies are matched to keys by position; each waiter gets its own reply (a
 //! `WRONGTYPE` for one key fails only that key), or the pipeline's failure.
 
+use std::future::Future;
 use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -60,9 +61,93 @@ impl Queue {
     }
 }
 
+/// Waits for the rest of this turn of the runtime, takes the queued GETs, sends
+/// them with `send` (which answers with one reply per key, in order), and answers
+/// each waiter. A failure of the whole batch reaches every waiter.
+pub async fn flush<F, Fut>(queue: &Queue, send: F)
+where
+    F: FnOnce(Vec<Key>) -> Fut,
+    Fut: Future<Output = Result<Vec<Reply>, Error>>,
+{
+    // Every miss handled in this turn joins the batch first.
+    tokio::task::yield_now().await;
+    let batch = queue.take();
+    if batch.is_empty() {
+        return;
+    }
+    let keys = batch.iter().map(|waiter| waiter.key.clone()).collect();
+    match send(keys).await {
+        Ok(replies) => {
+            for (waiter, reply) in batch.into_iter().zip(replies) {
+                waiter.answer(reply);
+            }
+        }
+        Err(error) => {
+            for waiter in batch {
+                waiter.answer(Err(error.clone()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn misses_of_one_turn_go_out_in_one_batch() {
+        // One worker: a task spawned from a task runs next unless something
+        // defers it, so a flush that did not wait for the turn would send the
+        // first key alone.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let recorded = batches.clone();
+        runtime.block_on(async move {
+            tokio::spawn(async move {
+                let queue = Arc::new(Queue::default());
+                let misses: Vec<_> = (0..20)
+                    .map(|i| {
+                        let (queue, batches) = (queue.clone(), batches.clone());
+                        tokio::spawn(async move {
+                            let key = Bytes::from(format!("k{i}"));
+                            let (reply, first) = queue.join(key.clone());
+                            if first {
+                                tokio::spawn(async move {
+                                    flush(&queue, |keys: Vec<Key>| async move {
+                                        batches.lock().unwrap().push(keys.len());
+                                        Ok(keys.into_iter().map(|key| Ok(Some(key))).collect())
+                                    })
+                                    .await;
+                                });
+                            }
+                            assert_eq!(reply.await.unwrap(), Ok(Some(key)));
+                        })
+                    })
+                    .collect();
+                for miss in misses {
+                    miss.await.unwrap();
+                }
+            })
+            .await
+            .unwrap();
+        });
+        assert_eq!(*recorded.lock().unwrap(), [20]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_every_waiter() {
+        let queue = Queue::default();
+        let (a, _) = queue.join(Bytes::from("a"));
+        let (b, _) = queue.join(Bytes::from("b"));
+        flush(&queue, |_| async { Err(Error::Timeout) }).await;
+        assert_eq!(a.await.unwrap(), Err(Error::Timeout));
+        assert_eq!(b.await.unwrap(), Err(Error::Timeout));
+    }
 
     #[test]
     fn the_first_to_join_an_empty_queue_schedules_the_flush() {

@@ -207,28 +207,15 @@ impl RedisService {
 
     /// Sends the GETs queued by now as one pipeline and answers each.
     async fn flush(self) {
-        // Every miss handled in this turn of the runtime joins the batch first.
-        tokio::task::yield_now().await;
-        let batch = self.shared.queue.take();
-        if batch.is_empty() {
-            return;
-        }
-        let keys: Vec<&[u8]> = batch.iter().map(|waiter| &waiter.key[..]).collect();
-        match self.fetch(&keys).await {
-            Ok(replies) => {
-                for (waiter, reply) in batch.into_iter().zip(replies) {
-                    waiter.answer(reply);
-                }
-            }
-            Err(error) => {
-                for waiter in batch {
-                    waiter.answer(Err(error.clone()));
-                }
-            }
-        }
+        let this = &self;
+        batch::flush(
+            &self.shared.queue,
+            |keys| async move { this.fetch(&keys).await },
+        )
+        .await;
     }
 
-    async fn fetch(&self, keys: &[&[u8]]) -> Result<Vec<batch::Reply>, Error> {
+    async fn fetch(&self, keys: &[Key]) -> Result<Vec<batch::Reply>, Error> {
         match self.fetch_once(keys).await {
             // A pooled connection can die while idle (Redis restarted, or killed
             // the client): the pool only learns it when a request fails on it.
@@ -242,12 +229,12 @@ impl RedisService {
         }
     }
 
-    async fn fetch_once(&self, keys: &[&[u8]]) -> Result<Vec<batch::Reply>, Error> {
+    async fn fetch_once(&self, keys: &[Key]) -> Result<Vec<batch::Reply>, Error> {
         // The pooled connection goes back at once; the batch runs on a handle.
         let mut handle = self.connection().await?.handle();
         let mut pipeline = redis::pipe();
         for key in keys {
-            pipeline.cmd("GET").arg(*key);
+            pipeline.cmd("GET").arg(&key[..]);
         }
         // Error replies come back per key instead of failing the whole pipeline.
         pipeline.ignore_errors();
