@@ -63,8 +63,9 @@ type Outcome = Result<Option<Bytes>, ErrorMaker>;
 /// The fetch of one key in progress.
 #[derive(Debug)]
 struct Flight {
-    /// What later misses wait on: `None` until the fetch ends.
-    done: watch::Receiver<Option<Outcome>>,
+    /// Where the fetch publishes its outcome to later misses for the key. Made by
+    /// the first of them: a miss nobody else waits for costs no channel.
+    done: Option<watch::Sender<Option<Outcome>>>,
     /// Set when the key is invalidated (or the cache flushed) while the fetch
     /// runs: the value it brings may predate the change, so it is handed to the
     /// waiters but not cached.
@@ -251,12 +252,14 @@ where
         }
         let done = {
             let mut flights = self.cache.flights();
-            match flights.get(&key) {
-                Some(flight) => flight.done.clone(),
+            match flights.get_mut(&key) {
+                Some(flight) => flight
+                    .done
+                    .get_or_insert_with(|| watch::channel(None).0)
+                    .subscribe(),
                 None => {
-                    let (publish, done) = watch::channel(None);
                     let flight = Flight {
-                        done: done.clone(),
+                        done: None,
                         invalidated: false,
                     };
                     flights.insert(key.clone(), flight);
@@ -264,7 +267,7 @@ where
                     // The ready service goes to the fetch; a fresh clone stays behind.
                     let clone = self.inner.clone();
                     let inner = std::mem::replace(&mut self.inner, clone);
-                    let fetch = Box::pin(fetch(inner, key, self.cache.clone(), publish));
+                    let fetch = Box::pin(fetch(inner, key, self.cache.clone()));
                     return ResponseFuture::miss(Box::pin(Lead {
                         fetch: Some(fetch),
                         ttl: self.cache.ttl,
@@ -314,46 +317,51 @@ impl Drop for Lead {
 
 /// Fetches `key` with the ready `inner` service, stores a found value, tells
 /// every waiter, and returns the outcome to the leader driving it (see [`Lead`]).
-async fn fetch<S>(
-    mut inner: S,
-    key: Key,
-    cache: Cache,
-    done: watch::Sender<Option<Outcome>>,
-) -> Outcome
+async fn fetch<S>(mut inner: S, key: Key, cache: Cache) -> Outcome
 where
     S: Service<Key, Response = Option<Bytes>>,
     S::Error: Into<BoxError> + Clone + Send + Sync + 'static,
 {
-    /// Removes the in-flight entry however the fetch ends (a panic included;
-    /// waiters then see the channel close).
+    /// Removes the in-flight entry if the fetch ends without landing (a panic,
+    /// or the runtime shutting down): waiters then see their channel close.
     struct Landing {
         key: Key,
         cache: Cache,
+        landed: bool,
     }
     impl Drop for Landing {
         fn drop(&mut self) {
-            self.cache.flights().remove(&self.key);
+            if !self.landed {
+                self.cache.flights().remove(&self.key);
+            }
         }
     }
-    let landing = Landing {
+    let mut landing = Landing {
         key: key.clone(),
         cache: cache.clone(),
+        landed: false,
     };
     let outcome = match inner.call(key.clone()).await {
         Ok(value) => Ok(value),
         Err(error) => Err(ErrorMaker(Arc::new(move || error.clone().into()))),
     };
-    if let Ok(Some(value)) = &outcome {
-        // Checked and stored under the flights lock: an invalidation cannot slip
-        // in between.
-        let flights = cache.flights();
-        if !flights.get(&key).is_some_and(|flight| flight.invalidated) {
+    landing.landed = true;
+    // Checked, stored and landed under the flights lock: an invalidation cannot
+    // slip in between, and a miss arriving after it finds the value in the cache.
+    let flight = {
+        let mut flights = cache.flights();
+        let flight = flights.remove(&key);
+        let invalidated = flight.as_ref().is_some_and(|flight| flight.invalidated);
+        if let Ok(Some(value)) = &outcome
+            && !invalidated
+        {
             cache.insert(key, value.clone());
         }
+        flight
+    };
+    if let Some(done) = flight.and_then(|flight| flight.done) {
+        done.send_replace(Some(outcome.clone()));
     }
-    // Stored first, then landed: a miss arriving now finds the value in the cache.
-    drop(landing);
-    done.send_replace(Some(outcome.clone()));
     outcome
 }
 
