@@ -111,7 +111,7 @@ run-docker: ## Redis and the proxy with docker compose (Ctrl-C stops and removes
 	@[ -n "$(COMPOSE)" ] || { echo "make run-docker: docker compose (or docker-compose) is needed" >&2; exit 1; }
 	$(COMPOSE) -f $(COMPOSE_FILE) up --build; $(COMPOSE) -f $(COMPOSE_FILE) down --remove-orphans
 
-bench: ## Benchmark cached GET against redis-server and twemproxy (ratios)
+bench: ## Benchmark hits, misses and memory against redis-server, twemproxy, webdis and bare hyper (ratios)
 	scripts/bench.sh
 
 soak: ## Mixed HTTP+RESP load with churn for SOAK_SECONDS (300), sampling RSS and fds
