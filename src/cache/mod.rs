@@ -268,10 +268,10 @@ where
                     let clone = self.inner.clone();
                     let inner = std::mem::replace(&mut self.inner, clone);
                     let fetch = Box::pin(fetch(inner, key, self.cache.clone()));
-                    return ResponseFuture::miss(Box::pin(Lead {
+                    return ResponseFuture::lead(Lead {
                         fetch: Some(fetch),
                         ttl: self.cache.ttl,
-                    }));
+                    });
                 }
             }
         };
@@ -392,12 +392,13 @@ fn lookup(outcome: Outcome, ttl: Duration) -> Result<Lookup, BoxError> {
     }
 }
 
-/// The boxed future of a miss: it waits for a (possibly shared) fetch.
+/// The boxed future of a miss that waits for another miss's fetch.
 type Miss = Pin<Box<dyn Future<Output = Result<Lookup, BoxError>> + Send>>;
 
 pin_project! {
-    /// The future of [`CacheService`]: ready at once on a hit; on a miss it waits
-    /// for the key's fetch (boxed: a miss costs a network round trip anyway).
+    /// The future of [`CacheService`]: ready at once on a hit; the first miss for a
+    /// key drives the fetch ([`Lead`]); later misses wait for it (boxed: a miss
+    /// costs a network round trip anyway).
     pub struct ResponseFuture {
         #[pin]
         state: State,
@@ -413,6 +414,12 @@ impl ResponseFuture {
         }
     }
 
+    fn lead(lead: Lead) -> Self {
+        Self {
+            state: State::Lead { lead },
+        }
+    }
+
     fn miss(wait: Miss) -> Self {
         Self {
             state: State::Miss { wait },
@@ -424,6 +431,7 @@ impl std::fmt::Debug for ResponseFuture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.state {
             State::Hit { .. } => "ResponseFuture::Hit",
+            State::Lead { .. } => "ResponseFuture::Lead",
             State::Miss { .. } => "ResponseFuture::Miss",
         })
     }
@@ -433,6 +441,7 @@ pin_project! {
     #[project = StateProj]
     enum State {
         Hit { lookup: Option<Lookup> },
+        Lead { lead: Lead },
         Miss { wait: Miss },
     }
 }
@@ -445,6 +454,7 @@ impl Future for ResponseFuture {
             StateProj::Hit { lookup } => {
                 Poll::Ready(Ok(lookup.take().expect("polled after completion")))
             }
+            StateProj::Lead { lead } => Pin::new(lead).poll(cx),
             StateProj::Miss { wait } => wait.as_mut().poll(cx),
         }
     }
