@@ -487,15 +487,6 @@ fn timeout_and_dead_backend_get_error_replies() {
     conn.send(b"PING\r\n").expect(b"+PONG\r\n");
 }
 
-/// How many read events Redis has processed (`INFO stats`).
-fn reads_processed(redis: &RedisServer) -> u64 {
-    let info: String = redis.cmd(&["INFO", "stats"]);
-    info.lines()
-        .find_map(|line| line.strip_prefix("total_reads_processed:"))
-        .map(|n| n.trim().parse().expect("a count"))
-        .expect("INFO stats has total_reads_processed")
-}
-
 #[test]
 fn an_mget_of_cold_keys_reaches_redis_as_one_pipeline() {
     let redis = RedisServer::start();
@@ -508,10 +499,10 @@ fn an_mget_of_cold_keys_reaches_redis_as_one_pipeline() {
     // Opens the proxy's pooled connection, so that connecting is not counted.
     conn.send(b"GET warm\r\n").expect(b"$-1\r\n");
 
-    let before = reads_processed(&redis);
+    let before = redis.stat("total_reads_processed");
     conn.send(format!("MGET {}\r\n", keys.join(" ")).as_bytes())
         .expect(format!("*60\r\n{}", "$1\r\nv\r\n".repeat(60)).as_bytes());
-    let reads = reads_processed(&redis) - before;
+    let reads = redis.stat("total_reads_processed") - before;
 
     assert_eq!(redis.calls("get"), 61);
     // Sixty GETs in one write are one read for Redis. The margin covers this

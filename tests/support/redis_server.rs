@@ -113,6 +113,16 @@ impl RedisServer {
             .map_or(0, |n| n.parse().expect("a count"))
     }
 
+    /// A counter from `INFO stats`, such as `total_reads_processed`.
+    pub fn stat(&self, name: &str) -> u64 {
+        let info: String = self.cmd(&["INFO", "stats"]);
+        let prefix = format!("{name}:");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map(|n| n.trim().parse().expect("a count"))
+            .unwrap_or_else(|| panic!("INFO stats has no {name}"))
+    }
+
     fn wait_ready(&mut self) -> bool {
         wait_until(Duration::from_secs(5), || {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
