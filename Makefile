@@ -9,14 +9,22 @@
 
 CARGO ?= cargo
 ARGS ?=
-COMPOSE_FILE := docker/docker-compose.yml
 CLIENTS_STAMP := target/clients/.installed
+
+# Docker: every Compose call runs under one project name, so that its containers
+# and images never mix with another project's. KEEP=1 keeps the test image and
+# containers after `make test-docker`.
+COMPOSE_FILE := docker/docker-compose.yml
+COMPOSE_PROJECT := redis-proxy
+KEEP ?=
 
 HAVE_CARGO := $(shell command -v $(CARGO) >/dev/null 2>&1 && echo yes)
 HAVE_REDIS := $(shell command -v redis-server >/dev/null 2>&1 && echo yes)
 HAVE_DOCKER = $(shell docker info >/dev/null 2>&1 && echo yes)
-COMPOSE = $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
+# `docker compose` (v2) when present, else `docker-compose` (v1); COMPOSE=... picks one.
+COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
 	elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; fi)
+DC = $(COMPOSE) -p $(COMPOSE_PROJECT) -f $(COMPOSE_FILE)
 
 .DEFAULT_GOAL := help
 
@@ -62,11 +70,19 @@ test-native: lint clients compose-check ## Lint, build everything, run unit + sy
 	$(CARGO) test --locked --doc
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
 
-test-docker: ## The same suite inside a container (needs a Docker engine), then tear down
+test-docker: ## The same suite inside a container (needs a Docker engine); removes its image after (KEEP=1 keeps it)
 	@[ -n "$(COMPOSE)" ] || { echo "make test-docker: docker compose (or docker-compose) is needed" >&2; exit 1; }
-	$(COMPOSE) -f $(COMPOSE_FILE) --profile test build tests
-	$(COMPOSE) -f $(COMPOSE_FILE) --profile test run --rm tests; status=$$?; \
-		$(COMPOSE) -f $(COMPOSE_FILE) --profile test down --remove-orphans; exit $$status
+	@status=0; \
+	echo "$(DC) --profile test build tests"; \
+	$(DC) --profile test build tests || status=$$?; \
+	if [ $$status = 0 ]; then \
+		echo "$(DC) --profile test run --rm tests"; \
+		$(DC) --profile test run --rm tests || status=$$?; \
+	fi; \
+	if [ -z "$(KEEP)" ]; then \
+		$(DC) --profile test down --rmi local --remove-orphans >/dev/null 2>&1 || true; \
+	fi; \
+	exit $$status
 
 unit: ## Unit tests only (no Redis needed)
 	$(CARGO) test --locked --lib
@@ -87,8 +103,8 @@ doc: ## Build the API docs (warnings are errors)
 
 compose-check: ## Validate docker/docker-compose.yml without an engine (skipped without docker-compose)
 	@if [ -n "$(COMPOSE)" ]; then \
-		echo "$(COMPOSE) -f $(COMPOSE_FILE) config -q"; \
-		$(COMPOSE) -f $(COMPOSE_FILE) --profile test config -q; \
+		echo "$(DC) --profile test config -q"; \
+		$(DC) --profile test config -q; \
 	else \
 		echo "compose-check: skipped (neither docker compose nor docker-compose is installed)"; \
 	fi
@@ -107,9 +123,17 @@ endif
 run-native: build ## Run natively; starts a throwaway redis-server when none answers
 	@scripts/run-local.sh target/release/redis-proxy $(ARGS)
 
-run-docker: ## Redis and the proxy with docker compose (Ctrl-C stops and removes them)
+run-docker: ## Redis and the proxy with docker compose on 127.0.0.1 (Ctrl-C stops and removes them)
 	@[ -n "$(COMPOSE)" ] || { echo "make run-docker: docker compose (or docker-compose) is needed" >&2; exit 1; }
-	$(COMPOSE) -f $(COMPOSE_FILE) up --build; $(COMPOSE) -f $(COMPOSE_FILE) down --remove-orphans
+	@# The shell outlives Ctrl-C (Compose stops the containers on it), so that the
+	@# containers are removed and the exit status is Compose's: non-zero when a
+	@# build or a start fails, or when the proxy exits with an error.
+	@stopped=; trap 'stopped=yes' INT TERM; status=0; \
+	echo "$(DC) up --build --exit-code-from proxy"; \
+	$(DC) up --build --exit-code-from proxy || status=$$?; \
+	if [ -n "$$stopped" ]; then status=0; fi; \
+	$(DC) down --remove-orphans >/dev/null 2>&1 || true; \
+	exit $$status
 
 bench: ## Benchmark hits, misses and memory against redis-server, twemproxy, webdis and bare hyper (ratios)
 	scripts/bench.sh
