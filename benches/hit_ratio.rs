@@ -9,11 +9,10 @@
 //!
 //! Run: `cargo bench --bench hit_ratio` (part of `make bench`).
 
-use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis_proxy::cache::{Cache, PolicyKind};
+use redis_proxy::{Cache, CachePolicy};
 
 const KEYS: usize = 100_000;
 const CAPACITY: usize = 5_000;
@@ -50,12 +49,12 @@ fn zipf_cdf() -> Vec<f64> {
 }
 
 /// The hit ratio of `policy` over the stream, with scans or without.
-fn hit_ratio(policy: PolicyKind, cdf: &[f64], scans: bool) -> f64 {
-    let cache = Cache::with_policy(
-        policy,
-        NonZeroUsize::new(CAPACITY).expect("non-zero"),
-        Duration::from_secs(3600),
-    );
+fn hit_ratio(policy: CachePolicy, cdf: &[f64], scans: bool) -> f64 {
+    let cache = Cache::builder()
+        .policy(policy)
+        .capacity(CAPACITY)
+        .ttl(Duration::from_secs(3600))
+        .build();
     let value = Bytes::from_static(&[b'v'; 100]);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut scan_key = 0usize;
@@ -90,7 +89,7 @@ fn main() {
     );
     println!("{:<8} {:>10} {:>12}", "policy", "no scans", "with scans");
     let mut ratios = Vec::new();
-    for (name, policy) in [("lru", PolicyKind::Lru), ("s3fifo", PolicyKind::S3fifo)] {
+    for (name, policy) in [("lru", CachePolicy::Lru), ("s3fifo", CachePolicy::S3Fifo)] {
         let plain = hit_ratio(policy, &cdf, false);
         let scanned = hit_ratio(policy, &cdf, true);
         println!(

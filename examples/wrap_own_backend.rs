@@ -10,7 +10,6 @@
 //! ```
 
 use std::convert::Infallible;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,10 +17,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
-use redis_proxy::Key;
-use redis_proxy::cache::Cache;
-use redis_proxy::layers::StackBuilder;
-use redis_proxy::metrics::Slots;
+use redis_proxy::{Cache, Key, StackBuilder, http};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,19 +40,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    let stack = StackBuilder {
-        clients: Slots::new(128),
-        max_parallel: 4,
-        request_timeout: Duration::from_secs(1),
-        cache: Cache::new(
-            NonZeroUsize::new(100).expect("non-zero"),
-            Duration::from_secs(60),
-        ),
-    }
-    .build(backend);
+    let stack = StackBuilder::new(backend)
+        .client_limit(128)
+        .parallel_limit(4)
+        .timeout(Duration::from_secs(1))
+        .cache(Cache::new(100, Duration::from_secs(60)))
+        .build();
 
     let app = Router::new()
-        .nest_service("/cache", redis_proxy::http::router(stack))
+        .nest_service("/cache", http::router(stack))
         .route(
             "/calls",
             get(move || async move { format!("{}\n", calls.load(Ordering::SeqCst)) }),

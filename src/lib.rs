@@ -1,32 +1,59 @@
-//! redis-proxy: a read-through caching proxy in front of one Redis.
+//! redis-proxy: a read-through caching proxy in front of Redis.
 //!
 //! Clients read keys over HTTP (`GET /{key}`) and the Redis protocol (`GET key`);
 //! both front-ends turn their request into a protocol-neutral [`Key`] and call one
 //! shared Tower stack:
 //!
 //! ```text
-//! bytes ─▶ front-end (http | resp) ─▶ Key ─▶ layers (trace, limits, timeout)
-//!       ─▶ cache (exact LRU + TTL) ─▶ backend (bb8 pool, Redis GET)
+//! listener ─▶ connection ─▶ front-end (http | resp) ─▶ Key ─▶ Stack (trace, limits, timeout)
+//!          ─▶ cache (exact LRU or S3-FIFO, one TTL) ─▶ backend (RedisService: bb8 pool, GET)
 //! ```
 //!
-//! The pieces are public so that another axum application can reuse them: build a
-//! [`layers::Stack`] with [`layers::StackBuilder`] over a [`backend::RedisService`]
-//! (or any `Service<Key, Response = Option<Bytes>>`), and mount [`http::router`].
+//! The pieces are public so that another axum application can reuse them: build
+//! a [`Stack`] with [`StackBuilder`] over a [`RedisService`] (or any
+//! `Service<Key, Response = Option<Bytes>>` whose errors map into [`Error`]), and
+//! mount [`http::router`]:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redis_proxy::{Cache, RedisService, StackBuilder, http};
+//!
+//! # fn main() -> Result<(), redis_proxy::Error> {
+//! let backend = RedisService::builder("redis://127.0.0.1:6379").build()?;
+//! let stack = StackBuilder::new(backend)
+//!     .client_limit(256)
+//!     .timeout(Duration::from_secs(2))
+//!     .cache(Cache::new(1000, Duration::from_secs(30)))
+//!     .build();
+//! let app: axum::Router = axum::Router::new().nest_service("/cache", http::router(stack));
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The layers themselves are in [`layers`]; [`Proxy`] and [`run`] are the whole
+//! proxy, as the `redis-proxy` binary runs it.
 
 #![warn(missing_docs)]
 
-pub mod admin;
-pub mod backend;
-pub mod cache;
+mod admin;
+mod backend;
+mod cache;
 pub mod config;
 pub mod http;
 pub mod layers;
-pub mod lookup;
-pub mod metrics;
+mod limit;
+mod lookup;
+mod metrics;
+mod net;
 pub mod resp;
-pub mod server;
+mod server;
 mod task;
 
+pub use backend::{Invalidation, InvalidationSink, RedisService, RedisServiceBuilder};
+pub use cache::{Cache, CacheBuilder, CachePolicy, Stats as CacheStats};
 pub use config::Config;
-pub use lookup::{Key, Lookup, Source};
-pub use server::{Proxy, run};
+pub use layers::{Stack, StackBuilder};
+pub use lookup::{Cause, Error, Key, Lookup, Source};
+pub use metrics::{BACKEND_DURATION, BACKEND_DURATION_BUCKETS};
+pub use server::{Error as ServeError, Proxy, run};

@@ -1,9 +1,14 @@
-//! The protocol-neutral request and response that every front-end speaks.
+//! The protocol-neutral request, response and error that every front-end and
+//! every backend speaks.
 //!
 //! HTTP and RESP both turn their bytes into a [`Key`] and call the same service
-//! stack, which answers with a [`Lookup`]; neither the stack nor the cache knows
-//! which protocol asked.
+//! stack, which answers with a [`Lookup`] or an [`Error`]; neither the stack nor
+//! the cache knows which protocol asked, nor which backend answers. A backend
+//! maps its own errors into [`Error`] at its boundary (`From<its error> for
+//! Error`), and each front-end maps [`Error`] to a status code or an error reply in
+//! one place, so a new backend needs no change in the layers or the front-ends.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,23 +19,23 @@ pub type Key = Bytes;
 /// The answer to one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lookup {
-    /// The value, or `None` when the key does not exist in Redis.
+    /// The value, or `None` when the key does not exist in the backend.
     pub value: Option<Bytes>,
     /// Where the answer came from.
     pub source: Source,
     /// How much longer the cached entry stays fresh (the whole TTL for a value
     /// fetched just now).
     pub fresh_for: Duration,
-    /// How long ago the value was fetched from Redis.
+    /// How long ago the value was fetched from the backend.
     pub age: Duration,
 }
 
-/// Whether a lookup was served from the local cache or fetched from Redis.
+/// Whether a lookup was served from the local cache or fetched from the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// A live entry of the local cache (a hit).
     Cache,
-    /// The backing Redis (a miss).
+    /// The backend (a miss).
     Backend,
 }
 
@@ -41,5 +46,96 @@ impl Source {
             Source::Cache => "HIT",
             Source::Backend => "MISS",
         }
+    }
+}
+
+/// The cause of an error, shared by every copy of it (concurrent misses for one
+/// key all receive the error of its one fetch).
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why the stack did not answer a key with a value.
+///
+/// Clients see the `Display` text (short and stable); logs get the cause chain
+/// through [`std::error::Error::source`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// More requests are in flight than the client limit allows; this one was
+    /// refused without running.
+    #[error("overloaded: too many requests in flight")]
+    Overloaded,
+    /// The request was not answered within the request timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The backend answered this key with an error of its own, such as Redis's
+    /// `WRONGTYPE Operation against a key holding the wrong kind of value`: the
+    /// request, not the backend, is at fault. The text is the backend's, code
+    /// first, and is passed to RESP clients as it is.
+    #[error("{0}")]
+    Reply(Arc<str>),
+    /// The backend could not answer: unreachable, refusing connections, or
+    /// failing mid-request.
+    #[error("{message}")]
+    Unavailable {
+        /// What a client is told, e.g. `redis unavailable: connection refused`.
+        message: Arc<str>,
+        /// What went wrong underneath, for the logs.
+        #[source]
+        cause: Option<Cause>,
+    },
+    /// Something that should not happen: a bug, or a backend that panicked.
+    #[error("internal error: {0}")]
+    Internal(#[source] Cause),
+}
+
+impl Error {
+    /// An [`Error::Unavailable`] with `message` and no further cause.
+    pub fn unavailable(message: impl Into<Arc<str>>) -> Self {
+        Error::Unavailable {
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// An [`Error::Internal`] caused by `error`.
+    pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Internal(Arc::from(error.into()))
+    }
+
+    /// Whether the backend refused because the key holds a value that is not a
+    /// string (Redis's `WRONGTYPE`).
+    pub fn is_wrong_type(&self) -> bool {
+        matches!(self, Error::Reply(reply) if reply.starts_with("WRONGTYPE"))
+    }
+}
+
+/// A backend that cannot fail.
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_see_the_message_and_logs_the_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = Error::Unavailable {
+            message: "redis unavailable: connection refused".into(),
+            cause: Some(Arc::new(io)),
+        };
+        assert_eq!(error.to_string(), "redis unavailable: connection refused");
+        let cause = std::error::Error::source(&error).expect("a cause");
+        assert_eq!(cause.to_string(), "refused");
+    }
+
+    #[test]
+    fn wrong_type_is_recognised_by_its_code() {
+        assert!(Error::Reply("WRONGTYPE Operation against a key".into()).is_wrong_type());
+        assert!(!Error::Reply("ERR something".into()).is_wrong_type());
+        assert!(!Error::Timeout.is_wrong_type());
     }
 }

@@ -1,10 +1,12 @@
-//! The `redis-proxy` binary: parse the configuration, start logging, serve until
-//! SIGTERM or SIGINT. Everything else lives in the library.
+//! The `redis-proxy` binary: parse the configuration, start logging and the
+//! Prometheus recorder, serve until SIGTERM or SIGINT. Everything else lives in
+//! the library, which installs nothing process-wide itself.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use redis_proxy::config::{Cli, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
@@ -37,7 +39,20 @@ fn main() -> ExitCode {
         let shutdown = shutdown_signal().map_err(|error| {
             eprintln!("redis-proxy: cannot install signal handlers: {error}");
         })?;
-        redis_proxy::run(config, shutdown).await.map_err(|error| {
+        let metrics = install_metrics_recorder();
+        let proxy = redis_proxy::Proxy::bind(config).await;
+        let proxy = match (proxy, metrics) {
+            (Ok(proxy), Some(handle)) => {
+                tokio::spawn(upkeep(handle.clone()));
+                Ok(proxy.metrics_exporter(move || handle.render()))
+            }
+            (proxy, _) => proxy,
+        };
+        let served = match proxy {
+            Ok(proxy) => proxy.serve(shutdown).await,
+            Err(error) => Err(error),
+        };
+        served.map_err(|error| {
             tracing::error!(%error, "redis-proxy failed");
             eprintln!("redis-proxy: {error}");
         })
@@ -45,6 +60,31 @@ fn main() -> ExitCode {
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(()) => ExitCode::FAILURE,
+    }
+}
+
+/// Installs the Prometheus recorder every metric of the proxy goes to.
+fn install_metrics_recorder() -> Option<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(redis_proxy::BACKEND_DURATION.into()),
+            redis_proxy::BACKEND_DURATION_BUCKETS,
+        )
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(
+            |error| tracing::warn!(%error, "metrics recorder not installed; /metrics is empty"),
+        )
+        .ok()
+}
+
+/// Folds buffered histogram samples into their buckets every 5 s. The exporter
+/// buffers every sample until upkeep runs: without this task, a proxy that is
+/// never scraped would hold every backend latency it ever measured.
+async fn upkeep(handle: PrometheusHandle) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        ticks.tick().await;
+        handle.run_upkeep();
     }
 }
 

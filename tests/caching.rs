@@ -227,7 +227,10 @@ async fn s3fifo_policy_reads_through_and_keeps_its_capacity() {
         "{entries} entries at capacity 5"
     );
     assert!(
-        proxy.logs().iter().any(|l| l.contains("S3fifo")),
+        proxy
+            .logs()
+            .iter()
+            .any(|l| l.contains("\"cache_policy\":\"s3fifo\"")),
         "the startup line names the policy"
     );
 }

@@ -2,117 +2,48 @@
 //!
 //! ```text
 //! GET /healthz  200 "ok"            while the process serves
-//! GET /readyz   200 "ready"         the backing Redis answered PING within the last 2 s
-//!               503 "not ready: …"  otherwise (with the last error)
-//! GET /metrics  200 Prometheus text exposition (see crate::metrics)
+//! GET /readyz   200 "ready"         the backend can serve now
+//!               503 "not ready: …"  otherwise, with the reason
+//! GET /metrics  200 Prometheus text exposition
 //! ```
 //!
-//! Readiness is not checked per request: a pinger task ([`run_pinger`]) pings Redis every
-//! second, so a probe storm never becomes a Redis storm, and the answer is at most
-//! about a second old.
+//! The router knows neither the backend nor the metrics recorder: it is given a
+//! readiness check and a renderer, so that it can be tested, and reused, alone.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::time::Instant;
 
-use crate::backend::RedisService;
-use crate::metrics::{self, Sources};
+use crate::cache::Cache;
+use crate::limit::Slots;
 
-/// How often Redis is pinged for readiness.
-pub const PING_INTERVAL: Duration = Duration::from_secs(1);
-/// A successful ping older than this no longer counts.
-pub const READY_WINDOW: Duration = Duration::from_secs(2);
+/// Says whether the proxy can serve requests now, and if not, why.
+pub(crate) type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// When a check ran and what it found.
-type Check = (Instant, Result<(), String>);
+/// Renders the metrics text.
+pub(crate) type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// The latest readiness check, shared by the pinger and `/readyz`.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness {
-    last: Arc<Mutex<Option<Check>>>,
-}
-
-impl Readiness {
-    /// Whether Redis answered within [`READY_WINDOW`]; otherwise why not.
-    ///
-    /// # Errors
-    ///
-    /// The reason the proxy is not ready.
-    pub fn check(&self) -> Result<(), String> {
-        match &*self.last.lock().unwrap_or_else(PoisonError::into_inner) {
-            None => Err("redis not checked yet".into()),
-            Some((at, _)) if at.elapsed() > READY_WINDOW => {
-                Err("no recent answer from redis".into())
-            }
-            Some((_, result)) => result.clone(),
-        }
-    }
-
-    fn record(&self, result: Result<(), String>) {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        let was_ready = matches!(&*last, Some((_, Ok(()))));
-        match (&result, was_ready) {
-            (Ok(()), false) => tracing::info!("redis answers; ready"),
-            (Err(error), true) => tracing::warn!(%error, "redis stopped answering; not ready"),
-            (Err(error), false) if last.is_none() => {
-                tracing::warn!(%error, "redis is not reachable; misses fail until it is")
-            }
-            _ => {}
-        }
-        *last = Some((Instant::now(), result));
-    }
-}
-
-/// Pings Redis every [`PING_INTERVAL`] on a connection of its own (outside the
-/// request pool), reconnecting after a failure, and records the result.
-pub async fn run_pinger(backend: RedisService, readiness: Readiness, timeout: Duration) {
-    let mut ticks = tokio::time::interval(PING_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut connection = None;
-    loop {
-        ticks.tick().await;
-        let ping = async {
-            let conn = match &mut connection {
-                Some(conn) => conn,
-                None => connection.insert(backend.dedicated_connection().await?),
-            };
-            conn.query::<String>(&redis::cmd("PING")).await.map(drop)
-        };
-        let result = match tokio::time::timeout(timeout, ping).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("redis did not answer PING within {timeout:?}")),
-        };
-        if result.is_err() {
-            connection = None;
-        }
-        readiness.record(result);
-    }
-}
-
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct AdminState {
-    readiness: Readiness,
-    sources: Sources,
+    ready: ReadinessCheck,
+    render: Render,
 }
 
 /// The admin router.
-pub fn router(readiness: Readiness, sources: Sources) -> Router {
+pub(crate) fn router(ready: ReadinessCheck, render: Render) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AdminState { readiness, sources })
+        .with_state(AdminState { ready, render })
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    match state.readiness.check() {
+    match (state.ready)() {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -124,6 +55,35 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(&state.sources),
+        (state.render)(),
     )
+}
+
+/// Figures that live elsewhere as state, read and handed to the metrics
+/// recorder when `/metrics` is scraped rather than counted a second time.
+#[derive(Debug, Clone)]
+pub(crate) struct Gauges {
+    /// The shared cache.
+    pub(crate) cache: Cache,
+    /// Client slots of the stack: requests in flight.
+    pub(crate) in_flight: Slots,
+    /// Connection slots per listener name.
+    pub(crate) connections: Vec<(&'static str, Slots)>,
+}
+
+impl Gauges {
+    /// Hands the current figures to the recorder.
+    pub(crate) fn publish(&self) {
+        let stats = self.cache.stats();
+        metrics::counter!("redis_proxy_cache_hits_total").absolute(stats.hits);
+        metrics::counter!("redis_proxy_cache_misses_total").absolute(stats.misses);
+        metrics::counter!("redis_proxy_cache_evictions_total").absolute(stats.evictions);
+        metrics::counter!("redis_proxy_cache_expirations_total").absolute(stats.expirations);
+        metrics::gauge!("redis_proxy_cache_entries").set(self.cache.len() as f64);
+        metrics::gauge!("redis_proxy_requests_in_flight").set(self.in_flight.taken() as f64);
+        for (protocol, slots) in &self.connections {
+            metrics::gauge!("redis_proxy_connections", "protocol" => *protocol)
+                .set(slots.taken() as f64);
+        }
+    }
 }

@@ -12,10 +12,16 @@
 //! reply on the same connection: redis-rs's multiplexed connection matches
 //! replies to requests in order and discards the reply of a dropped request.
 //!
-//! Concurrent GETs are sent together as one pipeline (see `batch`).
+//! Concurrent GETs are sent together as one pipeline (see `batch`). Errors are
+//! the crate's protocol-neutral [`crate::Error`] from this module's boundary on:
+//! Redis's error replies become [`crate::Error::Reply`], everything that keeps
+//! Redis from answering [`crate::Error::Unavailable`], its response timeout
+//! [`crate::Error::Timeout`].
 
 mod batch;
+mod health;
 mod pool;
+mod url;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,14 +33,16 @@ use bytes::Bytes;
 use redis::RedisError;
 use tower::Service;
 
-use crate::config::RedisUrl;
 use crate::lookup::Key;
 
-pub use pool::{Connection, Handle, Manager};
+pub use health::{Health, run_pinger};
+pub use url::RedisUrl;
 
-/// Why a key could not be read from Redis.
+use pool::Manager;
+
+/// Why a key could not be read from Redis, inside this module.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// No connection to Redis could be had in time.
     #[error("redis unavailable: {0}")]
     Unavailable(String),
@@ -51,7 +59,7 @@ pub enum Error {
 
 impl Error {
     /// Whether Redis refused because the key holds a value that is not a string.
-    pub fn is_wrong_type(&self) -> bool {
+    pub(crate) fn is_wrong_type(&self) -> bool {
         matches!(self, Error::Reply(reply) if reply.starts_with("WRONGTYPE"))
     }
 
@@ -71,6 +79,20 @@ impl Error {
     }
 }
 
+impl From<Error> for crate::Error {
+    fn from(error: Error) -> Self {
+        match error {
+            // Redis's own response timeout and the stack's mean the same to a client.
+            Error::Timeout => crate::Error::Timeout,
+            Error::Reply(reply) => crate::Error::Reply(reply.into()),
+            Error::Unavailable(_) | Error::Connection(_) => crate::Error::Unavailable {
+                message: error.to_string().into(),
+                cause: None,
+            },
+        }
+    }
+}
+
 /// What Redis said about keys the proxy has read (with `--invalidation tracking`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalidation {
@@ -84,27 +106,75 @@ pub enum Invalidation {
 
 /// Receives invalidations, synchronously, from the connection driver that read
 /// them: before any reply that follows them on that connection is delivered.
-#[derive(Clone)]
-pub struct InvalidationSink(pub Arc<dyn Fn(Invalidation) + Send + Sync>);
+pub type InvalidationSink = Arc<dyn Fn(Invalidation) + Send + Sync>;
 
-impl std::fmt::Debug for InvalidationSink {
+/// How the pool talks to Redis: what [`RedisServiceBuilder`] collects.
+#[derive(Clone)]
+struct Options {
+    pool_size: u32,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    tracking: Option<InvalidationSink>,
+}
+
+/// How a [`RedisService`] is made: [`RedisService::builder`].
+#[derive(Clone)]
+#[must_use]
+pub struct RedisServiceBuilder {
+    url: String,
+    options: Options,
+}
+
+impl std::fmt::Debug for RedisServiceBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InvalidationSink")
+        f.debug_struct("RedisServiceBuilder")
+            .field("pool_size", &self.options.pool_size)
+            .field("connect_timeout", &self.options.connect_timeout)
+            .field("response_timeout", &self.options.response_timeout)
+            .field("tracking", &self.options.tracking.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-/// How the pool talks to Redis.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Connections kept open at most.
-    pub pool_size: u32,
-    /// Bound on one connection attempt, and on waiting for a pooled connection.
-    pub connect_timeout: Duration,
-    /// A reply not received by then fails the request and retires its connection.
-    pub response_timeout: Duration,
-    /// With a sink, every connection speaks RESP3 and turns on `CLIENT TRACKING`
-    /// before it is used, and Redis's invalidation messages go to the sink.
-    pub tracking: Option<InvalidationSink>,
+impl RedisServiceBuilder {
+    /// Connections kept open to Redis at most (default 16).
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.options.pool_size = size.max(1);
+        self
+    }
+
+    /// Bound on opening one connection, and on waiting for a pooled one
+    /// (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.options.connect_timeout = timeout;
+        self
+    }
+
+    /// A reply not received by then fails its request and retires its
+    /// connection (default 5 s).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.options.response_timeout = timeout;
+        self
+    }
+
+    /// Turns on server-assisted invalidation: every connection speaks RESP3 and
+    /// runs `CLIENT TRACKING ON` before it is used, and what Redis says about
+    /// changed keys goes to `sink`.
+    pub fn tracking(mut self, sink: InvalidationSink) -> Self {
+        self.options.tracking = Some(sink);
+        self
+    }
+
+    /// A service over a new pool. No connection is opened until the first
+    /// request, so the proxy starts (and serves what it can) while Redis is down.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Unavailable`] when redis-rs rejects the URL.
+    pub fn build(self) -> Result<RedisService, crate::Error> {
+        let url = RedisUrl::parse(&self.url).map_err(crate::Error::unavailable)?;
+        RedisService::new(&url, self.options).map_err(Into::into)
+    }
 }
 
 /// Reads one key from the backing Redis with `GET`.
@@ -113,7 +183,7 @@ pub struct Options {
 /// for a free connection happens inside the call, bounded by the connect timeout.
 #[derive(Debug, Clone)]
 pub struct RedisService {
-    // One reference count to bump: the service is cloned for every request.
+    // One reference count to bump: the service is cloned for every miss.
     shared: Arc<Shared>,
 }
 
@@ -128,15 +198,23 @@ struct Shared {
 }
 
 impl RedisService {
-    /// A service over a new pool. No connection is opened until the first request,
-    /// so the proxy starts (and serves what it can) while Redis is down.
-    ///
-    /// # Errors
-    ///
-    /// Returns [`Error::Unavailable`] when redis-rs rejects the URL.
-    pub fn new(url: &RedisUrl, options: &Options) -> Result<Self, Error> {
+    /// A service for the Redis at `url` (`redis://[user:pass@]host:port[/db]`),
+    /// every other setting at its default until set.
+    pub fn builder(url: impl Into<String>) -> RedisServiceBuilder {
+        RedisServiceBuilder {
+            url: url.into(),
+            options: Options {
+                pool_size: 16,
+                connect_timeout: Duration::from_secs(1),
+                response_timeout: Duration::from_secs(5),
+                tracking: None,
+            },
+        }
+    }
+
+    fn new(url: &RedisUrl, options: Options) -> Result<Self, Error> {
         let last_connect_error = pool::LastError::default();
-        let manager = Manager::new(url, options).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let manager = Manager::new(url, &options).map_err(|e| Error::Unavailable(e.to_string()))?;
         let pool = bb8::Pool::builder()
             .max_size(options.pool_size)
             .connection_timeout(options.connect_timeout)
@@ -164,11 +242,7 @@ impl RedisService {
 
     /// A connection of its own, outside the pool (for health checks, which must
     /// neither wait for nor take a connection from requests).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Unavailable`] when Redis cannot be reached.
-    pub async fn dedicated_connection(&self) -> Result<Connection, Error> {
+    async fn dedicated_connection(&self) -> Result<pool::Connection, Error> {
         self.shared
             .pool
             .dedicated_connection()
@@ -188,7 +262,7 @@ impl RedisService {
         })
     }
 
-    async fn get(self, key: Key) -> Result<Option<Bytes>, Error> {
+    async fn get(self, key: Key) -> Result<Option<Bytes>, crate::Error> {
         let start = std::time::Instant::now();
         let (reply, first) = self.shared.queue.join(key);
         if first {
@@ -202,7 +276,7 @@ impl RedisService {
         if matches!(&result, Err(e) if !e.is_wrong_type()) {
             self.shared.errors.increment(1);
         }
-        result
+        result.map_err(Into::into)
     }
 
     /// Sends the GETs queued by now as one pipeline and answers each.
@@ -260,10 +334,10 @@ impl RedisService {
 
 impl Service<Key> for RedisService {
     type Response = Option<Bytes>;
-    type Error = Error;
+    type Error = crate::Error;
     // Boxed: a miss costs a network round trip, next to which one allocation is
     // noise, and naming the pool's future types is not possible.
-    type Future = Pin<Box<dyn Future<Output = Result<Option<Bytes>, Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Option<Bytes>, crate::Error>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))

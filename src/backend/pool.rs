@@ -15,27 +15,36 @@ use redis::{
     PushKind, RedisError, Value,
 };
 
+use super::RedisUrl;
 use super::{Error, Invalidation, InvalidationSink, Options};
-use crate::config::RedisUrl;
 use crate::task::AbortOnDrop;
 
 /// Opens connections to one Redis for bb8.
-#[derive(Debug, Clone)]
-pub struct Manager {
+#[derive(Clone)]
+pub(crate) struct Manager {
     client: Client,
     config: AsyncConnectionConfig,
     tracking: Option<Tracking>,
 }
 
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("client", &self.client)
+            .field("tracking", &self.tracking.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a tracked connection needs to watch itself.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Tracking {
     sink: InvalidationSink,
     ping_timeout: Duration,
 }
 
 /// How often a tracked connection is pinged.
-pub const TRACKING_PING_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const TRACKING_PING_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Manager {
     /// A manager for `url` with the timeouts in `options`.
@@ -43,7 +52,7 @@ impl Manager {
     /// # Errors
     ///
     /// Returns redis-rs's error when the URL is not usable.
-    pub fn new(url: &RedisUrl, options: &Options) -> Result<Self, RedisError> {
+    pub(crate) fn new(url: &RedisUrl, options: &Options) -> Result<Self, RedisError> {
         let mut info = url.as_str().into_connection_info()?;
         let mut config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
@@ -59,7 +68,7 @@ impl Manager {
             let sink = sink.clone();
             config = config.set_push_sender(move |push: PushInfo| {
                 if let Some(invalidation) = invalidation(push) {
-                    (sink.0)(invalidation);
+                    sink(invalidation);
                 }
                 Ok::<(), Infallible>(())
             });
@@ -77,7 +86,7 @@ impl Manager {
 
 /// A pooled connection to Redis.
 #[derive(Debug)]
-pub struct Connection {
+pub(crate) struct Connection {
     handle: Handle,
     /// With tracking: the task pinging this connection, stopped with it.
     _pinger: Option<AbortOnDrop>,
@@ -88,14 +97,14 @@ pub struct Connection {
 /// once, so a request takes a handle and returns the connection to the pool at
 /// once: the pool's size bounds connections, not requests in flight.
 #[derive(Debug, Clone)]
-pub struct Handle {
+pub(crate) struct Handle {
     inner: MultiplexedConnection,
     broken: Arc<AtomicBool>,
 }
 
 impl Connection {
     /// A handle for requests; the connection itself can go back to the pool.
-    pub fn handle(&self) -> Handle {
+    pub(crate) fn handle(&self) -> Handle {
         self.handle.clone()
     }
 
@@ -104,12 +113,12 @@ impl Connection {
     /// # Errors
     ///
     /// [`Error::Reply`] for an error reply, [`Error::Connection`] otherwise.
-    pub async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, Error> {
+    pub(crate) async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, Error> {
         self.handle.query(cmd).await
     }
 
     /// Whether a command failed on this connection in a way that retires it.
-    pub fn is_broken(&self) -> bool {
+    pub(crate) fn is_broken(&self) -> bool {
         self.handle.broken.load(Ordering::Relaxed)
     }
 }
@@ -121,7 +130,7 @@ impl Handle {
     /// # Errors
     ///
     /// [`Error::Reply`] for an error reply, [`Error::Connection`] otherwise.
-    pub async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, Error> {
+    pub(crate) async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, Error> {
         let result = cmd.query_async(&mut self.inner).await;
         result.map_err(|e| self.failed(&e))
     }
@@ -132,7 +141,7 @@ impl Handle {
     ///
     /// [`Error::Reply`] for an error reply the pipeline does not ignore,
     /// [`Error::Connection`] otherwise.
-    pub async fn query_pipeline<T: FromRedisValue>(
+    pub(crate) async fn query_pipeline<T: FromRedisValue>(
         &mut self,
         pipeline: &redis::Pipeline,
     ) -> Result<T, Error> {
@@ -220,7 +229,7 @@ async fn watch(mut probe: MultiplexedConnection, broken: Arc<AtomicBool>, tracki
         ) {
             tracing::warn!("a tracked redis connection stopped answering PING; flushing the cache");
             broken.store(true, Ordering::Relaxed);
-            (tracking.sink.0)(Invalidation::All);
+            (tracking.sink)(Invalidation::All);
             return;
         }
     }

@@ -24,7 +24,6 @@
 //!
 //! Times are passed in rather than read, so the store is a pure data structure.
 
-use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -121,7 +120,7 @@ enum List {
 
 /// An LRU map from key to value with a capacity in keys and one TTL for all entries.
 #[derive(Debug)]
-pub struct Lru {
+pub(crate) struct Lru {
     /// Slot indexes, hashed by the key their slot holds.
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
@@ -140,7 +139,7 @@ pub struct Lru {
 impl Lru {
     /// An empty store holding at most `capacity` keys (and never more than
     /// 4,294,967,295), each for `ttl`.
-    pub fn new(capacity: NonZeroUsize, ttl: Duration) -> Self {
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
             index: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
@@ -148,7 +147,7 @@ impl Lru {
             free: NIL,
             recency: EMPTY,
             insertion: EMPTY,
-            capacity: capacity.get().min(MAX_SLOTS),
+            capacity: capacity.clamp(1, MAX_SLOTS),
             epoch: Instant::now(),
             ttl,
             stats: Stats::default(),
@@ -364,7 +363,7 @@ mod tests {
     const TTL: Duration = Duration::from_secs(10);
 
     fn store(capacity: usize) -> Lru {
-        Lru::new(NonZeroUsize::new(capacity).unwrap(), TTL)
+        Lru::new(capacity, TTL)
     }
 
     fn put(store: &mut Lru, key: &str, now: Instant) {

@@ -1,42 +1,32 @@
-//! The read-through cache: a shared [`Cache`] handle and the Tower
-//! [`CacheLayer`]/[`CacheService`] that serves hits from it and sends misses on.
+//! The read-through cache: a shared [`Cache`] handle, and the Tower
+//! [`CacheLayer`]/[`CacheService`] that serves hits from it and sends misses on
+//! (see [`service`] for coalescing).
 //!
-//! A hit is answered without touching the inner service; its future is ready at
-//! once and allocates nothing. A miss calls the inner service (normally
-//! [`crate::backend::RedisService`]) and stores a found value before answering.
-//! Absence is not cached: a key missing in Redis is asked for again next time.
-//!
-//! Concurrent misses for one key are coalesced: the first starts the fetch,
-//! registers it in the cache's in-flight table and drives it; later misses wait
-//! for that fetch instead of starting another. N concurrent misses cost one
-//! backend request, and every waiter gets the same value or the same error. A
-//! waiter that gives up (its client left, or its timeout passed) only stops
-//! waiting: the fetch goes on for the others and still fills the cache. The
-//! in-flight entry is removed when the fetch ends, however it ends.
+//! The store behind the handle is one of two policies ([`CachePolicy`]): exact
+//! LRU (the default, [`lru`]) or quick_cache's S3-FIFO ([`s3fifo`]). Both hold
+//! at most a number of keys, and every entry lives for one TTL.
 
 mod lru;
 mod policy;
 mod s3fifo;
+mod service;
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::num::NonZeroUsize;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pin_project_lite::pin_project;
-use tokio::sync::watch;
 use tokio::time::Instant;
-use tower::{BoxError, Layer, Service};
 
-use crate::lookup::{Key, Lookup, Source};
+use crate::lookup::Key;
 
-pub use lru::Lru;
-pub use policy::{Policy, PolicyKind, Stats};
-pub use s3fifo::S3Fifo;
+pub use policy::{CachePolicy, Stats};
+pub use service::{CacheLayer, CacheService, ResponseFuture};
+
+use lru::Lru;
+use policy::Policy;
+use s3fifo::S3Fifo;
+use service::Flight;
 
 /// A cheap, cloneable handle to one shared store (LRU or S3-FIFO, one TTL) and
 /// to the fetches in flight for it.
@@ -45,62 +35,80 @@ pub use s3fifo::S3Fifo;
 /// `.await`.
 #[derive(Debug, Clone)]
 pub struct Cache {
-    // One reference count to bump: the handle is cloned for every request.
+    // One reference count to bump: the handle is cloned for every miss.
     shared: Arc<Shared>,
-    ttl: Duration,
 }
 
 #[derive(Debug)]
 struct Shared {
     store: Mutex<Box<dyn Policy>>,
     flights: Mutex<HashMap<Key, Flight>>,
+    ttl: Duration,
 }
 
-/// What one fetch ends with, as every waiter receives it: the value, or a way to
-/// make each waiter its own copy of the error.
-type Outcome = Result<Option<Bytes>, ErrorMaker>;
-
-/// The fetch of one key in progress.
-#[derive(Debug)]
-struct Flight {
-    /// Where the fetch publishes its outcome to later misses for the key. Made by
-    /// the first of them: a miss nobody else waits for costs no channel.
-    done: Option<watch::Sender<Option<Outcome>>>,
-    /// Set when the key is invalidated (or the cache flushed) while the fetch
-    /// runs: the value it brings may predate the change, so it is handed to the
-    /// waiters but not cached.
-    invalidated: bool,
+/// How a [`Cache`] is made: [`Cache::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct CacheBuilder {
+    capacity: usize,
+    ttl: Duration,
+    policy: CachePolicy,
 }
 
-/// Makes a fresh boxed copy of the inner service's error for each waiter, so that
-/// the error keeps its type (front-ends classify errors by downcasting).
-#[derive(Clone)]
-struct ErrorMaker(Arc<dyn Fn() -> BoxError + Send + Sync>);
+impl CacheBuilder {
+    /// Keys held at most (at least 1).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
 
-impl std::fmt::Debug for ErrorMaker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ErrorMaker({})", (self.0)())
+    /// How long an entry lives after it was fetched.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// What goes when the cache is full.
+    pub fn policy(mut self, policy: CachePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// An empty cache.
+    pub fn build(self) -> Cache {
+        let capacity = self.capacity.max(1);
+        let store: Box<dyn Policy> = match self.policy {
+            CachePolicy::Lru => Box::new(Lru::new(capacity, self.ttl)),
+            CachePolicy::S3Fifo => Box::new(S3Fifo::new(capacity, self.ttl)),
+        };
+        Cache {
+            shared: Arc::new(Shared {
+                store: Mutex::new(store),
+                flights: Mutex::default(),
+                ttl: self.ttl,
+            }),
+        }
     }
 }
 
 impl Cache {
-    /// An empty exact-LRU cache of `capacity` keys whose entries live for `ttl`.
-    pub fn new(capacity: NonZeroUsize, ttl: Duration) -> Self {
-        Self::with_policy(PolicyKind::Lru, capacity, ttl)
+    /// Keys held unless set: 10,000.
+    pub const DEFAULT_CAPACITY: usize = 10_000;
+    /// The TTL unless set: 60 s.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+
+    /// An empty exact-LRU cache of `capacity` keys (at least 1) whose entries
+    /// live for `ttl`.
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        Self::builder().capacity(capacity).ttl(ttl).build()
     }
 
-    /// An empty cache with the given eviction policy.
-    pub fn with_policy(policy: PolicyKind, capacity: NonZeroUsize, ttl: Duration) -> Self {
-        let store: Box<dyn Policy> = match policy {
-            PolicyKind::Lru => Box::new(Lru::new(capacity, ttl)),
-            PolicyKind::S3fifo => Box::new(S3Fifo::new(capacity, ttl)),
-        };
-        Self {
-            shared: Arc::new(Shared {
-                store: Mutex::new(store),
-                flights: Mutex::default(),
-            }),
-            ttl,
+    /// A cache with every setting at its default until set.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder {
+            capacity: Self::DEFAULT_CAPACITY,
+            ttl: Self::DEFAULT_TTL,
+            policy: CachePolicy::default(),
         }
     }
 
@@ -109,8 +117,8 @@ impl Cache {
         self.flights().len()
     }
 
-    /// Drops `keys` (Redis said they changed), and keeps fetches of them that are
-    /// in flight from caching what they bring.
+    /// Drops `keys` (the backend said they changed), and keeps fetches of them
+    /// that are in flight from caching what they bring.
     pub fn invalidate(&self, keys: &[Key]) {
         // Lock order, everywhere: flights, then the store.
         let mut flights = self.flights();
@@ -118,7 +126,7 @@ impl Cache {
         for key in keys {
             store.remove(key);
             if let Some(flight) = flights.get_mut(key) {
-                flight.invalidated = true;
+                flight.invalidate();
             }
         }
     }
@@ -128,15 +136,8 @@ impl Cache {
         let mut flights = self.flights();
         self.lock().clear();
         for flight in flights.values_mut() {
-            flight.invalidated = true;
+            flight.invalidate();
         }
-    }
-
-    fn flights(&self) -> MutexGuard<'_, HashMap<Key, Flight>> {
-        self.shared
-            .flights
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The live value of `key`, now the most recently used, and how long it
@@ -145,11 +146,6 @@ impl Cache {
         let now = Instant::now();
         let (value, expires_at) = self.lock().get(key, now)?;
         Some((value, expires_at.saturating_duration_since(now)))
-    }
-
-    /// The one TTL of every entry.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
     }
 
     /// Stores `value` under `key` for one TTL from now.
@@ -173,6 +169,17 @@ impl Cache {
         self.lock().stats()
     }
 
+    fn ttl(&self) -> Duration {
+        self.shared.ttl
+    }
+
+    fn flights(&self) -> MutexGuard<'_, HashMap<Key, Flight>> {
+        self.shared
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Box<dyn Policy>> {
         // The store's invariants hold between operations, and none of them can
         // panic halfway, so a poisoned lock is still a consistent store.
@@ -183,504 +190,10 @@ impl Cache {
     }
 }
 
-/// Wraps a backend service with a read-through [`Cache`].
-#[derive(Debug, Clone)]
-pub struct CacheLayer {
-    cache: Cache,
-}
-
-impl CacheLayer {
-    /// A layer whose services all share `cache`.
-    pub fn new(cache: Cache) -> Self {
-        Self { cache }
-    }
-}
-
-impl<S> Layer<S> for CacheLayer {
-    type Service = CacheService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CacheService::new(inner, self.cache.clone())
-    }
-}
-
-/// Serves a key from the cache, or from the inner service on a miss.
-///
-/// The inner service answers `Option<Bytes>`: the value, or `None` when the key
-/// does not exist.
-#[derive(Debug, Clone)]
-pub struct CacheService<S> {
-    inner: S,
-    cache: Cache,
-}
-
-impl<S> CacheService<S> {
-    /// Wraps `inner` with `cache`.
-    pub fn new(inner: S, cache: Cache) -> Self {
-        Self { inner, cache }
-    }
-
-    /// The cache this service reads and fills.
-    pub fn cache(&self) -> &Cache {
-        &self.cache
-    }
-}
-
-impl<S> Service<Key> for CacheService<S>
-where
-    S: Service<Key, Response = Option<Bytes>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Clone + Send + Sync + 'static,
-{
-    type Response = Lookup;
-    type Error = BoxError;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, key: Key) -> Self::Future {
-        if let Some((value, fresh_for)) = self.cache.get(&key) {
-            let age = self.cache.ttl.saturating_sub(fresh_for);
-            return ResponseFuture::hit(Lookup {
-                value: Some(value),
-                source: Source::Cache,
-                fresh_for,
-                age,
-            });
-        }
-        let done = {
-            let mut flights = self.cache.flights();
-            match flights.get_mut(&key) {
-                Some(flight) => flight
-                    .done
-                    .get_or_insert_with(|| watch::channel(None).0)
-                    .subscribe(),
-                None => {
-                    let flight = Flight {
-                        done: None,
-                        invalidated: false,
-                    };
-                    flights.insert(key.clone(), flight);
-                    drop(flights);
-                    // The ready service goes to the fetch; a fresh clone stays behind.
-                    let clone = self.inner.clone();
-                    let inner = std::mem::replace(&mut self.inner, clone);
-                    let fetch = Box::pin(fetch(inner, key, self.cache.clone()));
-                    return ResponseFuture::lead(Lead {
-                        fetch: Some(fetch),
-                        ttl: self.cache.ttl,
-                    });
-                }
-            }
-        };
-        ResponseFuture::miss(Box::pin(wait(done, self.cache.ttl)))
-    }
-}
-
-/// A fetch in progress, as the leader drives it.
-type Fetch = Pin<Box<dyn Future<Output = Outcome> + Send>>;
-
-/// The miss that started a fetch. It drives the fetch itself (no task to spawn,
-/// no wake-up from another task); dropped before the fetch ends (its client left,
-/// or its timeout passed), it hands the fetch to a task of its own, so the other
-/// waiters still get their answer and the cache is still filled.
-struct Lead {
-    fetch: Option<Fetch>,
-    ttl: Duration,
-}
-
-impl Future for Lead {
-    type Output = Result<Lookup, BoxError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let fetch = self.fetch.as_mut().expect("polled after completion");
-        let outcome = std::task::ready!(fetch.as_mut().poll(cx));
-        self.fetch = None;
-        Poll::Ready(lookup(outcome, self.ttl))
-    }
-}
-
-impl Drop for Lead {
-    fn drop(&mut self) {
-        if let Some(fetch) = self.fetch.take() {
-            // Outside a runtime (it is shutting down) the fetch is dropped; its
-            // landing guard then removes the in-flight entry and the waiters see
-            // the fetch abandoned.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(fetch);
-            }
-        }
-    }
-}
-
-/// Fetches `key` with the ready `inner` service, stores a found value, tells
-/// every waiter, and returns the outcome to the leader driving it (see [`Lead`]).
-async fn fetch<S>(mut inner: S, key: Key, cache: Cache) -> Outcome
-where
-    S: Service<Key, Response = Option<Bytes>>,
-    S::Error: Into<BoxError> + Clone + Send + Sync + 'static,
-{
-    /// Removes the in-flight entry if the fetch ends without landing (a panic,
-    /// or the runtime shutting down): waiters then see their channel close.
-    struct Landing {
-        key: Key,
-        cache: Cache,
-        landed: bool,
-    }
-    impl Drop for Landing {
-        fn drop(&mut self) {
-            if !self.landed {
-                self.cache.flights().remove(&self.key);
-            }
-        }
-    }
-    let mut landing = Landing {
-        key: key.clone(),
-        cache: cache.clone(),
-        landed: false,
-    };
-    let outcome = match inner.call(key.clone()).await {
-        Ok(value) => Ok(value),
-        Err(error) => Err(ErrorMaker(Arc::new(move || error.clone().into()))),
-    };
-    landing.landed = true;
-    // Checked, stored and landed under the flights lock: an invalidation cannot
-    // slip in between, and a miss arriving after it finds the value in the cache.
-    let flight = {
-        let mut flights = cache.flights();
-        let flight = flights.remove(&key);
-        let invalidated = flight.as_ref().is_some_and(|flight| flight.invalidated);
-        if let Ok(Some(value)) = &outcome
-            && !invalidated
-        {
-            cache.insert(key, value.clone());
-        }
-        flight
-    };
-    if let Some(done) = flight.and_then(|flight| flight.done) {
-        done.send_replace(Some(outcome.clone()));
-    }
-    outcome
-}
-
-/// Waits for a fetch to end and takes its outcome: a value fetched just now,
-/// fresh for the whole `ttl`.
-async fn wait(
-    mut done: watch::Receiver<Option<Outcome>>,
-    ttl: Duration,
-) -> Result<Lookup, BoxError> {
-    let outcome = match done.wait_for(Option::is_some).await {
-        Ok(outcome) => outcome.clone().expect("waited for Some"),
-        Err(_) => return Err("the fetch was abandoned".into()),
-    };
-    lookup(outcome, ttl)
-}
-
-/// What a waiter answers for a fetch's outcome: a value fetched just now, fresh
-/// for the whole `ttl`, or its own copy of the error.
-fn lookup(outcome: Outcome, ttl: Duration) -> Result<Lookup, BoxError> {
-    match outcome {
-        Ok(value) => Ok(Lookup {
-            value,
-            source: Source::Backend,
-            fresh_for: ttl,
-            age: Duration::ZERO,
-        }),
-        Err(make_error) => Err((make_error.0)()),
-    }
-}
-
-/// The boxed future of a miss that waits for another miss's fetch.
-type Miss = Pin<Box<dyn Future<Output = Result<Lookup, BoxError>> + Send>>;
-
-pin_project! {
-    /// The future of [`CacheService`]: ready at once on a hit; the first miss for a
-    /// key drives the fetch ([`Lead`]); later misses wait for it (boxed: a miss
-    /// costs a network round trip anyway).
-    pub struct ResponseFuture {
-        #[pin]
-        state: State,
-    }
-}
-
-impl ResponseFuture {
-    fn hit(lookup: Lookup) -> Self {
-        Self {
-            state: State::Hit {
-                lookup: Some(lookup),
-            },
-        }
-    }
-
-    fn lead(lead: Lead) -> Self {
-        Self {
-            state: State::Lead { lead },
-        }
-    }
-
-    fn miss(wait: Miss) -> Self {
-        Self {
-            state: State::Miss { wait },
-        }
-    }
-}
-
-impl std::fmt::Debug for ResponseFuture {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.state {
-            State::Hit { .. } => "ResponseFuture::Hit",
-            State::Lead { .. } => "ResponseFuture::Lead",
-            State::Miss { .. } => "ResponseFuture::Miss",
-        })
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State {
-        Hit { lookup: Option<Lookup> },
-        Lead { lead: Lead },
-        Miss { wait: Miss },
-    }
-}
-
-impl Future for ResponseFuture {
-    type Output = Result<Lookup, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Hit { lookup } => {
-                Poll::Ready(Ok(lookup.take().expect("polled after completion")))
-            }
-            StateProj::Lead { lead } => Pin::new(lead).poll(cx),
-            StateProj::Miss { wait } => wait.as_mut().poll(cx),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::sync::Semaphore;
-    use tower::ServiceExt;
-
-    /// An in-process stand-in for Redis: counts calls, waits for `gate` (when
-    /// given) before answering, answers `v<n>` for the n-th call, `None` for
-    /// "missing", and fails for "bad".
-    #[derive(Clone)]
-    struct Fake {
-        calls: Arc<AtomicUsize>,
-        gate: Option<Arc<Semaphore>>,
-    }
-
-    impl Service<Key> for Fake {
-        type Response = Option<Bytes>;
-        type Error = crate::backend::Error;
-        type Future = Pin<Box<dyn Future<Output = Result<Option<Bytes>, Self::Error>> + Send>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, key: Key) -> Self::Future {
-            let n = self.calls.fetch_add(1, Ordering::SeqCst);
-            let gate = self.gate.clone();
-            Box::pin(async move {
-                if let Some(gate) = gate {
-                    let _pass = gate.acquire().await.unwrap();
-                }
-                match &key[..] {
-                    b"missing" => Ok(None),
-                    b"bad" => Err(crate::backend::Error::Unavailable("down".into())),
-                    _ => Ok(Some(Bytes::from(format!("v{n}")))),
-                }
-            })
-        }
-    }
-
-    fn service(
-        ttl: Duration,
-        gate: Option<Arc<Semaphore>>,
-    ) -> (CacheService<Fake>, Arc<AtomicUsize>) {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let cache = Cache::new(NonZeroUsize::new(4).unwrap(), ttl);
-        let fake = Fake {
-            calls: calls.clone(),
-            gate,
-        };
-        (CacheService::new(fake, cache), calls)
-    }
-
-    async fn get(svc: &mut CacheService<Fake>, key: &'static str) -> Result<Lookup, BoxError> {
-        svc.ready().await.unwrap().call(Bytes::from(key)).await
-    }
-
-    #[tokio::test]
-    async fn second_read_is_a_hit_that_skips_the_backend() {
-        let (mut svc, calls) = service(Duration::from_secs(60), None);
-        let first = get(&mut svc, "k").await.unwrap();
-        let second = get(&mut svc, "k").await.unwrap();
-        assert_eq!(first.source, Source::Backend);
-        assert_eq!(second.source, Source::Cache);
-        assert_eq!(second.value, Some(Bytes::from("v0")));
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn lookups_say_how_fresh_and_how_old_they_are() {
-        let (mut svc, _) = service(Duration::from_secs(60), None);
-        let miss = get(&mut svc, "k").await.unwrap();
-        assert_eq!(
-            (miss.fresh_for, miss.age),
-            (Duration::from_secs(60), Duration::ZERO)
-        );
-        tokio::time::advance(Duration::from_secs(25)).await;
-        let hit = get(&mut svc, "k").await.unwrap();
-        assert_eq!(
-            (hit.fresh_for, hit.age),
-            (Duration::from_secs(35), Duration::from_secs(25))
-        );
-    }
-
-    #[tokio::test]
-    async fn absence_is_not_cached() {
-        let (mut svc, calls) = service(Duration::from_secs(60), None);
-        assert_eq!(get(&mut svc, "missing").await.unwrap().value, None);
-        assert_eq!(
-            get(&mut svc, "missing").await.unwrap().source,
-            Source::Backend
-        );
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn expired_entry_is_refetched() {
-        let (mut svc, calls) = service(Duration::from_millis(500), None);
-        get(&mut svc, "k").await.unwrap();
-        tokio::time::advance(Duration::from_millis(499)).await;
-        assert_eq!(get(&mut svc, "k").await.unwrap().source, Source::Cache);
-        tokio::time::advance(Duration::from_millis(1)).await;
-        let after = get(&mut svc, "k").await.unwrap();
-        assert_eq!(after.source, Source::Backend);
-        assert_eq!(after.value, Some(Bytes::from("v1")));
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn concurrent_misses_for_one_key_cost_one_fetch() {
-        let gate = Arc::new(Semaphore::new(0));
-        let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
-        let waiters: Vec<_> = (0..40)
-            .map(|_| tokio::spawn(svc.clone().oneshot(Bytes::from("k"))))
-            .collect();
-        while svc.cache().fetches_in_flight() == 0 {
-            tokio::task::yield_now().await;
-        }
-        gate.add_permits(1);
-        for waiter in waiters {
-            let lookup = waiter.await.unwrap().unwrap();
-            assert_eq!(
-                lookup.value,
-                Some(Bytes::from("v0")),
-                "every waiter gets the same value"
-            );
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert_eq!(
-            svc.cache().fetches_in_flight(),
-            0,
-            "no in-flight entry is left behind"
-        );
-    }
-
-    #[tokio::test]
-    async fn every_waiter_gets_the_same_error_with_its_type() {
-        let gate = Arc::new(Semaphore::new(0));
-        let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
-        let waiters: Vec<_> = (0..5)
-            .map(|_| tokio::spawn(svc.clone().oneshot(Bytes::from("bad"))))
-            .collect();
-        while svc.cache().fetches_in_flight() == 0 {
-            tokio::task::yield_now().await;
-        }
-        gate.add_permits(1);
-        for waiter in waiters {
-            let error = waiter.await.unwrap().unwrap_err();
-            assert!(error.is::<crate::backend::Error>(), "{error}");
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert_eq!(svc.cache().fetches_in_flight(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_cancelled_waiter_does_not_cancel_the_fetch() {
-        let gate = Arc::new(Semaphore::new(0));
-        let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
-        let leader = tokio::spawn(svc.clone().oneshot(Bytes::from("k")));
-        while svc.cache().fetches_in_flight() == 0 {
-            tokio::task::yield_now().await;
-        }
-        let follower = tokio::spawn(svc.clone().oneshot(Bytes::from("k")));
-        tokio::task::yield_now().await;
-        leader.abort();
-        let _ = leader.await;
-        gate.add_permits(1);
-        assert_eq!(
-            follower.await.unwrap().unwrap().value,
-            Some(Bytes::from("v0"))
-        );
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        // The fetch finished and filled the cache though its first caller left.
-        assert_eq!(
-            svc.cache().get(b"k").map(|(value, _)| value),
-            Some(Bytes::from("v0"))
-        );
-        assert_eq!(svc.cache().fetches_in_flight(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_key_invalidated_while_it_is_fetched_is_not_cached() {
-        for flush in [false, true] {
-            let gate = Arc::new(Semaphore::new(0));
-            let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
-            let waiter = tokio::spawn(svc.clone().oneshot(Bytes::from("k")));
-            while svc.cache().fetches_in_flight() == 0 {
-                tokio::task::yield_now().await;
-            }
-            if flush {
-                svc.cache().flush();
-            } else {
-                svc.cache().invalidate(&[Bytes::from("k")]);
-            }
-            gate.add_permits(1);
-            let lookup = waiter.await.unwrap().unwrap();
-            assert_eq!(
-                lookup.value,
-                Some(Bytes::from("v0")),
-                "the waiter still gets its answer"
-            );
-            assert!(
-                svc.cache().get(b"k").is_none(),
-                "but it is not cached (flush: {flush})"
-            );
-            assert_eq!(calls.load(Ordering::SeqCst), 1);
-        }
-    }
-
-    #[tokio::test]
-    async fn invalidated_and_flushed_entries_are_gone() {
-        let (mut svc, calls) = service(Duration::from_secs(60), None);
-        for key in ["a", "b"] {
-            get(&mut svc, key).await.unwrap();
-        }
-        svc.cache().invalidate(&[Bytes::from("a")]);
-        assert_eq!(get(&mut svc, "a").await.unwrap().source, Source::Backend);
-        assert_eq!(get(&mut svc, "b").await.unwrap().source, Source::Cache);
-        svc.cache().flush();
-        assert!(svc.cache().is_empty());
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
+impl Default for Cache {
+    /// An exact-LRU cache of [`Cache::DEFAULT_CAPACITY`] keys for
+    /// [`Cache::DEFAULT_TTL`].
+    fn default() -> Self {
+        Self::builder().build()
     }
 }

@@ -8,7 +8,6 @@
 //!   one-time scan from flushing the keys that are read again and again.
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 /// Counters of what a store did since it was created.
@@ -26,7 +25,7 @@ pub struct Stats {
 
 /// A bounded key-value store with one TTL. Times are passed in, so stores are pure
 /// data structures; the [`Cache`](super::Cache) handle reads the clock.
-pub trait Policy: Send + std::fmt::Debug {
+pub(crate) trait Policy: Send + std::fmt::Debug {
     /// The live value of `key` and when it expires; `None` when absent or expired
     /// (an expired entry is removed on the way and counted as an expiration).
     fn get(&mut self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)>;
@@ -53,13 +52,47 @@ pub trait Policy: Send + std::fmt::Debug {
     fn stats(&self) -> Stats;
 }
 
-/// Which policy a cache uses (`--cache-policy`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyKind {
-    /// Exact LRU.
+/// What a cache evicts when it is full (`--cache-policy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CachePolicy {
+    /// Exact least-recently-used (`lru`).
     #[default]
     Lru,
-    /// S3-FIFO (quick_cache): scan-resistant.
-    S3fifo,
+    /// quick_cache's S3-FIFO (`s3fifo`): scan-resistant.
+    S3Fifo,
+}
+
+impl CachePolicy {
+    /// Every policy, as named in configuration.
+    pub const NAMES: &'static [&'static str] = &["lru", "s3fifo"];
+
+    /// The policy's name in configuration: `lru` or `s3fifo`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CachePolicy::Lru => "lru",
+            CachePolicy::S3Fifo => "s3fifo",
+        }
+    }
+}
+
+impl std::fmt::Display for CachePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CachePolicy {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "lru" => Ok(CachePolicy::Lru),
+            "s3fifo" => Ok(CachePolicy::S3Fifo),
+            other => Err(format!(
+                "unknown cache policy `{other}`, expected one of: {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
 }

@@ -9,7 +9,6 @@
 //! make a one-time scan pass through a small probationary queue instead of
 //! pushing out the entries that are read again and again.
 
-use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,7 +51,7 @@ type Inner =
 
 /// An S3-FIFO map from key to value with a capacity in keys and one TTL.
 #[derive(Debug)]
-pub struct S3Fifo {
+pub(crate) struct S3Fifo {
     entries: Inner,
     ttl: Duration,
     stats: Stats,
@@ -60,8 +59,7 @@ pub struct S3Fifo {
 
 impl S3Fifo {
     /// An empty store holding at most `capacity` keys, each for `ttl`.
-    pub fn new(capacity: NonZeroUsize, ttl: Duration) -> Self {
-        let capacity = capacity.get();
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
             entries: Inner::with(
                 capacity,
@@ -144,7 +142,7 @@ mod tests {
     #[test]
     fn capacity_is_a_number_of_keys() {
         let now = Instant::now();
-        let mut s = S3Fifo::new(NonZeroUsize::new(10).unwrap(), TTL);
+        let mut s = S3Fifo::new(10, TTL);
         for i in 0..100 {
             s.insert(key(i), Bytes::from("v"), now);
         }
@@ -155,7 +153,7 @@ mod tests {
     #[test]
     fn entry_expires_exactly_at_its_ttl() {
         let now = Instant::now();
-        let mut s = S3Fifo::new(NonZeroUsize::new(10).unwrap(), TTL);
+        let mut s = S3Fifo::new(10, TTL);
         s.insert(key(1), Bytes::from("v"), now);
         assert!(
             s.get(b"key1", now + TTL - Duration::from_nanos(1))
@@ -171,7 +169,7 @@ mod tests {
     #[test]
     fn a_scan_does_not_flush_the_keys_in_use() {
         let now = Instant::now();
-        let mut s = S3Fifo::new(NonZeroUsize::new(100).unwrap(), TTL);
+        let mut s = S3Fifo::new(100, TTL);
         for round in 0..3 {
             for i in 0..50 {
                 if s.get(format!("key{i}").as_bytes(), now).is_none() {

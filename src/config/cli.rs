@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::Serialize;
 
-use super::{InvalidationMode, LogFormat, PolicyKind};
+use super::{InvalidationMode, LogFormat};
 
 /// redis-proxy: a read-through caching proxy in front of one Redis, served over
 /// HTTP (`GET /{key}`) and the Redis protocol.
@@ -63,7 +63,7 @@ pub struct Cli {
     /// Eviction policy: exact lru, or scan-resistant s3fifo [env: REDIS_PROXY_CACHE_POLICY] [default: lru]
     #[arg(long, value_name = "POLICY")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache_policy: Option<PolicyKind>,
+    pub cache_policy: Option<String>,
 
     /// none: entries live for the TTL; tracking: Redis evicts changed keys within milliseconds [env: REDIS_PROXY_INVALIDATION] [default: none]
     #[arg(long, value_name = "MODE")]

@@ -9,7 +9,6 @@
 //! anything is bound, with a message that names the option and where it came from.
 
 mod cli;
-mod redis_url;
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -20,9 +19,9 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-pub use crate::cache::PolicyKind;
+pub use crate::backend::RedisUrl;
+pub use crate::cache::CachePolicy;
 pub use cli::Cli;
-pub use redis_url::RedisUrl;
 
 /// The prefix of every environment variable the proxy reads.
 pub const ENV_PREFIX: &str = "REDIS_PROXY_";
@@ -45,7 +44,8 @@ pub struct Config {
     /// How many keys the cache holds at most.
     pub cache_capacity: NonZeroUsize,
     /// What the cache evicts when full: exact LRU, or scan-resistant S3-FIFO.
-    pub cache_policy: PolicyKind,
+    #[serde(with = "text")]
+    pub cache_policy: CachePolicy,
     /// Whether Redis tells the proxy when cached keys change.
     pub invalidation: InvalidationMode,
     /// Requests in flight across the whole proxy; beyond it requests are refused.
@@ -80,7 +80,7 @@ impl Default for Config {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             cache_ttl: Duration::from_secs(60),
             cache_capacity: NonZeroUsize::new(10_000).expect("non-zero"),
-            cache_policy: PolicyKind::Lru,
+            cache_policy: CachePolicy::Lru,
             invalidation: InvalidationMode::None,
             max_clients: NonZeroUsize::new(1024).expect("non-zero"),
             max_parallel: None,
@@ -115,6 +115,38 @@ pub enum LogFormat {
     Pretty,
     /// One JSON object per line.
     Json,
+}
+
+impl InvalidationMode {
+    /// The mode's name in configuration: `none` or `tracking`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidationMode::None => "none",
+            InvalidationMode::Tracking => "tracking",
+        }
+    }
+}
+
+impl std::fmt::Display for InvalidationMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl LogFormat {
+    /// The format's name in configuration: `pretty` or `json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Pretty => "pretty",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A configuration that cannot be used.
@@ -223,6 +255,32 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// (De)serializes a value through its `Display` and `FromStr`: for library types
+/// that should not depend on serde's derive for their configuration names.
+mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<T: Display, S: Serializer>(
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+
+    pub(super) fn deserialize<'de, T, D>(deserializer: D) -> Result<T, D::Error>
+    where
+        T: FromStr<Err: Display>,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -1,5 +1,10 @@
 //! The HTTP front-end: `GET /{key}` and `HEAD /{key}` on the shared stack.
 //!
+//! [`respond`] turns one request into a key, calls the stack and turns the
+//! [`Lookup`] or [`Error`] into a response, in this one place; [`router`] mounts
+//! it in an axum application, and the proxy's own listener (`server`) calls it
+//! for each request of each connection.
+//!
 //! The key is the whole path after the first `/`, percent-decoded to bytes, so a
 //! raw `/` is part of the key and any byte can be sent as `%XX`. The path is read
 //! raw from the URI rather than through axum's `Path` extractor, which only yields
@@ -23,6 +28,8 @@
 //!                      504  not answered within request_timeout
 //! ```
 
+mod server;
+
 use std::hash::BuildHasher;
 use std::time::Duration;
 
@@ -30,15 +37,15 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body_util::Full;
 use percent_encoding::percent_decode;
-use tower::{BoxError, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
-use crate::layers::Failure;
-use crate::lookup::{Key, Lookup};
-use crate::metrics;
+use crate::lookup::{Error, Key, Lookup};
+use crate::metrics::{self, Requests};
+
+pub(crate) use server::Hyper;
 
 /// The `X-Cache` response header: `HIT` or `MISS`.
 pub const X_CACHE: &str = "x-cache";
@@ -50,30 +57,62 @@ pub type Response = axum::http::Response<Full<Bytes>>;
 /// A router answering every path with the key lookup. Mount it with `nest` under a
 /// prefix to serve keys below that prefix.
 ///
-/// `service` is normally a [`crate::layers::Stack`]; it is cloned per request, so
-/// its clones must share their state (the stack's do).
+/// `service` is normally a [`crate::Stack`]; it is cloned per request, so its
+/// clones must share their state (the stack's do). Requests are counted in
+/// `redis_proxy_requests_total{protocol="http"}` through the metrics recorder
+/// installed when the router is made, if any.
 pub fn router<S>(service: S) -> Router
 where
-    S: Service<Key, Response = Lookup, Error = BoxError> + Clone + Send + Sync + 'static,
+    S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
 {
-    Router::new().fallback(serve_key::<S>).with_state(service)
+    Router::new()
+        .fallback(serve_key::<S>)
+        .with_state((service, Requests::new(metrics::Protocol::Http)))
 }
 
-async fn serve_key<S>(State(service): State<S>, request: Request) -> axum::response::Response
+async fn serve_key<S>(
+    State((service, requests)): State<(S, Requests)>,
+    request: Request,
+) -> axum::response::Response
 where
-    S: Service<Key, Response = Lookup, Error = BoxError> + Clone + Send + Sync + 'static,
+    S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
 {
-    respond(service, request).await.map(Body::new)
+    respond_counted(service, request, &requests)
+        .await
+        .map(Body::new)
 }
 
 /// Answers one HTTP request for a key with `service`: what [`router`] does for each
-/// request, without a router. The proxy's own HTTP listener calls it directly, so a
-/// hit costs no routing and no boxing.
+/// request, without a router (and without counting it).
 pub async fn respond<S, B>(service: S, request: axum::http::Request<B>) -> Response
 where
-    S: Service<Key, Response = Lookup, Error = BoxError>,
+    S: Service<Key, Response = Lookup, Error = Error>,
+{
+    answer(service, request, |_| {}).await
+}
+
+/// [`respond`], counting the request in `requests`.
+pub(crate) async fn respond_counted<S, B>(
+    service: S,
+    request: axum::http::Request<B>,
+    requests: &Requests,
+) -> Response
+where
+    S: Service<Key, Response = Lookup, Error = Error>,
+{
+    answer(service, request, |result| requests.record(result)).await
+}
+
+/// Answers `request`; `seen` is shown the stack's result for a key request.
+async fn answer<S, B>(
+    service: S,
+    request: axum::http::Request<B>,
+    seen: impl FnOnce(&Result<Lookup, Error>),
+) -> Response
+where
+    S: Service<Key, Response = Lookup, Error = Error>,
 {
     // Read in place: the extractors for method, URI and headers would each clone
     // theirs, on every request.
@@ -95,8 +134,8 @@ where
         Ok(key) => key,
         Err(reason) => return plain(StatusCode::BAD_REQUEST, reason),
     };
-    let result = service.oneshot(key).await.map_err(Failure::from);
-    metrics::record_request(metrics::Protocol::Http, &result);
+    let result = service.oneshot(key).await;
+    seen(&result);
     match result {
         Ok(Lookup {
             value: Some(value),
@@ -139,7 +178,7 @@ where
                 .insert(X_CACHE, HeaderValue::from_static(source.as_str()));
             response
         }
-        Err(failure) => failure_response(&failure),
+        Err(error) => error_response(&error),
     }
 }
 
@@ -214,26 +253,21 @@ pub fn key_from_uri(uri: &Uri) -> Result<Key, &'static str> {
     Ok(Bytes::from(key))
 }
 
-/// The reply to a request that failed: the status for the failure, and its short
-/// message as the body.
-pub fn failure_response(failure: &Failure) -> Response {
-    let status = match failure {
-        Failure::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-        Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        Failure::Backend(e) if e.is_wrong_type() => StatusCode::CONFLICT,
-        Failure::Backend(_) => StatusCode::BAD_GATEWAY,
-        Failure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+/// The response to a request that failed: the status for the error, and its
+/// short message as the body. Server-side failures are logged with their cause.
+fn error_response(error: &Error) -> Response {
+    let status = match error {
+        Error::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        error if error.is_wrong_type() => StatusCode::CONFLICT,
+        Error::Reply(_) | Error::Unavailable { .. } => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status.is_server_error() {
-        tracing::warn!(status = status.as_u16(), error = %failure, "request failed");
+        let cause = std::error::Error::source(error).map(ToString::to_string);
+        tracing::warn!(status = status.as_u16(), %error, ?cause, "request failed");
     }
-    plain(status, format!("{failure}\n"))
-}
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> axum::response::Response {
-        failure_response(&self).map(Body::new)
-    }
+    plain(status, format!("{error}\n"))
 }
 
 #[cfg(test)]

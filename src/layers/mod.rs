@@ -2,136 +2,253 @@
 //!
 //! ```text
 //!  HTTP / RESP front-end ──key──▶ Trace
-//!                                  └▶ LoadShed + ConcurrencyLimit(max_clients)   refuse beyond the client limit
-//!                                      └▶ Timeout(request_timeout)                 bound the whole request, queue included
-//!                                          └▶ ParallelLimit(max_parallel)         run N at once, queue the rest
-//!                                              └▶ CacheService                     hit: answer; miss: ↓
-//!                                                  └▶ RedisService              GET on a pooled connection
+//!                                  └▶ ClientLimit(client_limit)         refuse beyond the limit (503)
+//!                                      └▶ Timeout(timeout)               bound the whole request, queue included (504)
+//!                                          └▶ ParallelLimit(parallel)   run N at once, queue the rest
+//!                                              └▶ CacheService           hit: answer; miss: ↓
+//!                                                  └▶ backend            e.g. RedisService: GET on a pooled connection
 //! ```
 //!
 //! Every limit is global: the stack is built once, and its clones share their
-//! semaphores, whatever route, connection or protocol calls them. Only the client
-//! limit refuses; everything beneath `LoadShed` is always ready, so the parallel
-//! limit queues instead of shedding (see [`parallel`]).
+//! slots and semaphores, whatever route, connection or protocol calls them. Only
+//! the client limit refuses; everything beneath it is always ready, so the
+//! parallel limit queues instead of shedding (see [`parallel`]).
 //!
-//! Errors leave the stack as `tower::BoxError` (the [`Timeout`] layer and tower's
-//! `LoadShed` box them); [`Failure`] sorts them back into the few cases a
-//! front-end answers.
+//! Every layer speaks the protocol-neutral [`Error`]: the backend's errors are
+//! mapped into it once, by the cache, through the backend's `Into<Error>`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use redis_proxy::{Cache, Key, StackBuilder};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // Any backend: a service from a key to its value, if any.
+//! let backend = tower::service_fn(|key: Key| async move {
+//!     Ok::<_, std::convert::Infallible>(Some(Bytes::from(format!("value of {key:?}"))))
+//! });
+//! let stack = StackBuilder::new(backend)
+//!     .client_limit(256)
+//!     .parallel_limit(16)
+//!     .timeout(Duration::from_secs(2))
+//!     .cache(Cache::new(1000, Duration::from_secs(30)))
+//!     .build();
+//! let lookup = stack.clone().oneshot(Bytes::from("user:1")).await.unwrap();
+//! assert_eq!(lookup.value, Some(Bytes::from("value of b\"user:1\"")));
+//! # }
+//! ```
 
+mod client_limit;
 pub mod parallel;
-pub mod timeout;
-pub mod trace;
+mod timeout;
+mod trace;
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
-use tower::limit::ConcurrencyLimit;
-use tower::load_shed::LoadShed;
-use tower::{BoxError, Layer, Service, ServiceBuilder};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 
-use crate::backend;
-use crate::cache::{Cache, CacheLayer, CacheService};
-use crate::lookup::Key;
-use crate::metrics::Slots;
+use crate::cache::Cache;
+use crate::lookup::{Error, Key, Lookup};
 
+pub use crate::cache::{CacheLayer, CacheService, ResponseFuture as CacheResponseFuture};
+pub use client_limit::{ClientLimit, ClientLimitLayer};
 pub use parallel::{ParallelLimit, ParallelLimitLayer};
 pub use timeout::{Timeout, TimeoutLayer};
 pub use trace::{Trace, TraceLayer};
 
-/// The full request stack over a backend service `B`.
-pub type Stack<B> = Trace<LoadShed<ConcurrencyLimit<Timeout<ParallelLimit<CacheService<B>>>>>>;
-
-/// The limits and the cache that make up a [`Stack`].
+/// Builds a [`Stack`] over a backend: the limits, the timeout and the cache.
+///
+/// Every setting has a default, so a new setting never breaks a caller.
 #[derive(Debug, Clone)]
-pub struct StackBuilder {
-    /// Client slots: requests in flight at most; more are refused at once. Stacks
-    /// built from clones of one `Slots` share the limit.
-    pub clients: Slots,
-    /// Requests processed at once at most; more wait their turn.
-    pub max_parallel: usize,
-    /// Bound on a whole request, time spent queued included.
-    pub request_timeout: Duration,
-    /// The cache shared by every clone of the stack.
-    pub cache: Cache,
+pub struct StackBuilder<B> {
+    backend: B,
+    cache: Option<Cache>,
+    client_limit: usize,
+    parallel_limit: Option<usize>,
+    timeout: Duration,
 }
 
-impl StackBuilder {
-    /// Builds the stack over `backend`. Build once and clone the result: clones
-    /// share every limit and the cache.
-    pub fn build<B>(&self, backend: B) -> Stack<B>
+impl<B> StackBuilder<B> {
+    /// Requests in flight at most, unless set: 1024.
+    pub const DEFAULT_CLIENT_LIMIT: usize = 1024;
+    /// The request timeout, unless set: 5 s.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// A stack over `backend`, a service from a key to its value (`None` when the
+    /// key does not exist) whose errors map into [`Error`].
+    pub fn new(backend: B) -> Self {
+        Self {
+            backend,
+            cache: None,
+            client_limit: Self::DEFAULT_CLIENT_LIMIT,
+            parallel_limit: None,
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Requests in flight at most, across every clone of the stack; the next one
+    /// is refused at once with [`Error::Overloaded`].
+    pub fn client_limit(mut self, limit: usize) -> Self {
+        self.client_limit = limit;
+        self
+    }
+
+    /// Requests processed at once at most; the rest wait their turn (FIFO), the
+    /// time they wait counting toward the timeout. `1` processes requests one at
+    /// a time. Unset, it is the client limit (so it never binds).
+    pub fn parallel_limit(mut self, limit: usize) -> Self {
+        self.parallel_limit = Some(limit);
+        self
+    }
+
+    /// The bound on a whole request, time spent queued included; beyond it the
+    /// request fails with [`Error::Timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The cache the stack reads through (unset: [`Cache::default`]).
+    pub fn cache(mut self, cache: Cache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Builds the stack. Build once and clone the result: clones share every
+    /// limit and the cache.
+    pub fn build(self) -> Stack<B>
     where
         B: Service<Key, Response = Option<Bytes>> + Clone,
+        B::Error: Into<Error>,
     {
-        ServiceBuilder::new()
-            .layer(TraceLayer)
-            .load_shed()
-            .layer(ClientLimitLayer(self.clients.semaphore().clone()))
-            .layer(TimeoutLayer::new(self.request_timeout))
-            .layer(if self.max_parallel >= self.clients.size() {
-                ParallelLimitLayer::unlimited()
-            } else {
-                ParallelLimitLayer::new(self.max_parallel)
-            })
-            .layer(CacheLayer::new(self.cache.clone()))
-            .service(backend)
+        let parallel = match self.parallel_limit {
+            // A limit at least as high as the client limit can never bind: no
+            // semaphore to take and release on every request.
+            Some(limit) if limit < self.client_limit => ParallelLimitLayer::new(limit),
+            _ => ParallelLimitLayer::unlimited(),
+        };
+        let cache = CacheLayer::new(self.cache.unwrap_or_default()).layer(self.backend);
+        let inner = TraceLayer.layer(
+            ClientLimitLayer::new(self.client_limit)
+                .layer(TimeoutLayer::new(self.timeout).layer(parallel.layer(cache))),
+        );
+        Stack { inner }
     }
 }
 
-/// tower's `ConcurrencyLimitLayer` makes a new semaphore per `layer` call; this one
-/// hands every service the same semaphore, which is what makes the limit global.
-struct ClientLimitLayer(Arc<Semaphore>);
+/// The request stack over a backend `B`: what both front-ends call, one key at a
+/// time. Cheap to clone; clones share every limit and the cache.
+///
+/// The layers inside are an implementation detail; [`StackBuilder`] sets them up.
+#[derive(Debug, Clone)]
+pub struct Stack<B> {
+    inner: Inner<B>,
+}
 
-impl<S> Layer<S> for ClientLimitLayer {
-    type Service = ConcurrencyLimit<S>;
+type Inner<B> = Trace<ClientLimit<Timeout<ParallelLimit<CacheService<B>>>>>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        ConcurrencyLimit::with_semaphore(inner, self.0.clone())
+impl<B> Stack<B> {
+    /// The cache this stack reads through.
+    pub fn cache(&self) -> &Cache {
+        self.cache_service().cache()
+    }
+
+    /// Requests in flight now (holding a client slot).
+    pub fn in_flight(&self) -> usize {
+        self.client_slots().taken()
+    }
+
+    /// The client slots, for the in-flight gauge read at scrape time.
+    pub(crate) fn client_slots(&self) -> &crate::limit::Slots {
+        self.inner.get_ref().slots()
+    }
+
+    /// The backend service.
+    pub fn backend(&self) -> &B {
+        self.cache_service().get_ref()
+    }
+
+    fn cache_service(&self) -> &CacheService<B> {
+        self.inner.get_ref().get_ref().get_ref().get_ref()
     }
 }
 
-/// Why the stack did not answer with a value: what each front-end turns into a
-/// status code or an error reply.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum Failure {
-    /// The client limit was reached; the request was refused without running.
-    #[error("overloaded: too many requests in flight")]
-    Overloaded,
-    /// The request timeout passed.
-    #[error("timed out")]
-    Timeout,
-    /// The backing Redis failed or refused.
-    #[error(transparent)]
-    Backend(#[from] backend::Error),
-    /// Anything else (a bug, not an expected outcome).
-    #[error("internal error: {0}")]
-    Internal(String),
+impl<B> Service<Key> for Stack<B>
+where
+    B: Service<Key, Response = Option<Bytes>> + Clone + Send + 'static,
+    B::Error: Into<Error>,
+    B::Future: Send + 'static,
+{
+    type Response = Lookup;
+    type Error = Error;
+    type Future = ResponseFuture<B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, key: Key) -> Self::Future {
+        ResponseFuture {
+            inner: self.inner.call(key),
+        }
+    }
 }
 
-impl From<BoxError> for Failure {
-    fn from(error: BoxError) -> Self {
-        if error.is::<tower::load_shed::error::Overloaded>() {
-            return Failure::Overloaded;
-        }
-        if error.is::<tower::timeout::error::Elapsed>() {
-            return Failure::Timeout;
-        }
-        match error.downcast::<backend::Error>() {
-            // Redis's own response timeout and ours mean the same to a client.
-            Ok(backend) if matches!(*backend, backend::Error::Timeout) => Failure::Timeout,
-            Ok(backend) => Failure::Backend(*backend),
-            Err(other) => Failure::Internal(other.to_string()),
-        }
+pin_project! {
+    /// The future of [`Stack`]: ready at once for a cache hit.
+    pub struct ResponseFuture<B>
+    where
+        B: Service<Key, Response = Option<Bytes>>,
+        B: Clone,
+        B: Send,
+        B: 'static,
+        B::Error: Into<Error>,
+        B::Future: Send,
+        B::Future: 'static,
+    {
+        #[pin]
+        inner: <Inner<B> as Service<Key>>::Future,
+    }
+}
+
+impl<B> Future for ResponseFuture<B>
+where
+    B: Service<Key, Response = Option<Bytes>> + Clone + Send + 'static,
+    B::Error: Into<Error>,
+    B::Future: Send + 'static,
+{
+    type Output = Result<Lookup, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+impl<B> std::fmt::Debug for ResponseFuture<B>
+where
+    B: Service<Key, Response = Option<Bytes>> + Clone + Send + 'static,
+    B::Error: Into<Error>,
+    B::Future: Send + 'static,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stack::ResponseFuture")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lookup::{Lookup, Source};
-    use std::num::NonZeroUsize;
+    use crate::lookup::Source;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Semaphore;
     use tower::ServiceExt;
 
     /// An in-process stand-in for Redis: counts the requests that reached it and
@@ -139,46 +256,45 @@ mod tests {
     fn stalled_backend(
         gate: Arc<Semaphore>,
         arrived: Arc<AtomicUsize>,
-    ) -> impl Service<Key, Response = Option<Bytes>, Error = backend::Error, Future: Send>
-    + Clone
-    + Send
-    + 'static {
+    ) -> impl Service<Key, Response = Option<Bytes>, Error = Error, Future: Send> + Clone + Send + 'static
+    {
         tower::service_fn(move |key: Key| {
             let gate = gate.clone();
             arrived.fetch_add(1, Ordering::SeqCst);
             async move {
                 let _pass = gate.acquire().await.unwrap();
-                Ok::<_, backend::Error>(Some(key))
+                Ok::<_, Error>(Some(key))
             }
         })
     }
 
-    fn builder(max_clients: usize, max_parallel: usize, timeout: Duration) -> StackBuilder {
-        StackBuilder {
-            clients: Slots::new(max_clients),
-            max_parallel,
-            request_timeout: timeout,
-            cache: Cache::new(NonZeroUsize::new(16).unwrap(), Duration::from_secs(60)),
-        }
+    fn build<B>(backend: B, max_clients: usize, max_parallel: usize, timeout: Duration) -> Stack<B>
+    where
+        B: Service<Key, Response = Option<Bytes>> + Clone,
+        B::Error: Into<Error>,
+    {
+        StackBuilder::new(backend)
+            .client_limit(max_clients)
+            .parallel_limit(max_parallel)
+            .timeout(timeout)
+            .cache(Cache::new(16, Duration::from_secs(60)))
+            .build()
     }
 
-    async fn call<B>(stack: &Stack<B>, key: &'static str) -> Result<Lookup, Failure>
+    async fn call<B>(stack: &Stack<B>, key: &'static str) -> Result<Lookup, Error>
     where
-        B: Service<Key, Response = Option<Bytes>, Error = backend::Error> + Clone + Send + 'static,
+        B: Service<Key, Response = Option<Bytes>> + Clone + Send + 'static,
+        B::Error: Into<Error>,
         B::Future: Send + 'static,
     {
-        stack
-            .clone()
-            .oneshot(Bytes::from(key))
-            .await
-            .map_err(Failure::from)
+        stack.clone().oneshot(Bytes::from(key)).await
     }
 
     #[tokio::test]
     async fn request_beyond_the_client_limit_is_refused_at_once() {
         let (gate, arrived) = (Arc::new(Semaphore::new(0)), Arc::new(AtomicUsize::new(0)));
         let backend = stalled_backend(gate.clone(), arrived.clone());
-        let stack = builder(2, 2, Duration::from_secs(60)).build(backend);
+        let stack = build(backend, 2, 2, Duration::from_secs(60));
         let pending: Vec<_> = ["a", "b"]
             .into_iter()
             .map(|key| {
@@ -189,7 +305,8 @@ mod tests {
         while arrived.load(Ordering::SeqCst) < 2 {
             tokio::task::yield_now().await;
         }
-        assert!(matches!(call(&stack, "c").await, Err(Failure::Overloaded)));
+        assert_eq!(stack.in_flight(), 2);
+        assert!(matches!(call(&stack, "c").await, Err(Error::Overloaded)));
         gate.add_permits(2);
         for (handle, key) in pending.into_iter().zip(["a", "b"]) {
             assert_eq!(handle.await.unwrap().unwrap().value, Some(Bytes::from(key)));
@@ -203,7 +320,7 @@ mod tests {
     async fn parallel_limit_queues_instead_of_shedding() {
         let (gate, arrived) = (Arc::new(Semaphore::new(0)), Arc::new(AtomicUsize::new(0)));
         let backend = stalled_backend(gate.clone(), arrived.clone());
-        let stack = builder(8, 1, Duration::from_secs(60)).build(backend);
+        let stack = build(backend, 8, 1, Duration::from_secs(60));
         let handles: Vec<_> = ["a", "b", "c"]
             .into_iter()
             .map(|key| {
@@ -237,26 +354,50 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn time_spent_queued_counts_toward_the_timeout() {
         let gate = Arc::new(Semaphore::new(0));
-        let stack =
-            builder(8, 1, Duration::from_secs(1)).build(stalled_backend(gate, Arc::default()));
+        let stack = build(
+            stalled_backend(gate, Arc::default()),
+            8,
+            1,
+            Duration::from_secs(1),
+        );
         let first = tokio::spawn({
             let stack = stack.clone();
             async move { call(&stack, "a").await }
         });
         let queued = call(&stack, "b").await;
-        assert!(matches!(queued, Err(Failure::Timeout)), "{queued:?}");
-        assert!(matches!(first.await.unwrap(), Err(Failure::Timeout)));
+        assert!(matches!(queued, Err(Error::Timeout)), "{queued:?}");
+        assert!(matches!(first.await.unwrap(), Err(Error::Timeout)));
     }
 
     #[tokio::test]
     async fn backend_errors_keep_their_kind() {
         let failing = tower::service_fn(|_key: Key| async {
-            Err::<Option<Bytes>, _>(backend::Error::Reply("WRONGTYPE nope".into()))
+            Err::<Option<Bytes>, _>(Error::Reply("WRONGTYPE nope".into()))
         });
-        let stack = builder(8, 8, Duration::from_secs(1)).build(failing);
+        let stack = build(failing, 8, 8, Duration::from_secs(1));
         match call(&stack, "k").await {
-            Err(Failure::Backend(e)) => assert!(e.is_wrong_type()),
+            Err(e) => assert!(e.is_wrong_type(), "{e:?}"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_backend_of_any_error_type_maps_into_the_stack_error() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("my backend is down")]
+        struct Mine;
+        impl From<Mine> for Error {
+            fn from(mine: Mine) -> Self {
+                Error::Unavailable {
+                    message: mine.to_string().into(),
+                    cause: Some(Arc::new(mine)),
+                }
+            }
+        }
+        let failing = tower::service_fn(|_key: Key| async { Err::<Option<Bytes>, _>(Mine) });
+        let stack = build(failing, 8, 8, Duration::from_secs(1));
+        let error = call(&stack, "k").await.unwrap_err();
+        assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+        assert_eq!(error.to_string(), "my backend is down");
     }
 }

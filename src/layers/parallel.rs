@@ -63,6 +63,13 @@ pub struct ParallelLimit<S> {
     semaphore: Option<Arc<Semaphore>>,
 }
 
+impl<S> ParallelLimit<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
 impl<S, R> Service<R> for ParallelLimit<S>
 where
     S: Service<R> + Clone,

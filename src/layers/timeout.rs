@@ -1,5 +1,5 @@
-//! [`TimeoutLayer`]: a request not answered within the timeout fails with tower's
-//! [`Elapsed`] error.
+//! [`TimeoutLayer`]: a request not answered within the timeout fails with
+//! [`Error::Timeout`].
 //!
 //! tower's `Timeout` starts a timer for every request when it is called: a clock
 //! read, a handle to the runtime's timer, and a timer entry to drop. This one
@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
-use tower::timeout::error::Elapsed;
-use tower::{BoxError, Layer, Service};
+use tower::{Layer, Service};
+
+use crate::lookup::Error;
 
 /// Fails requests not answered within `timeout`.
 #[derive(Debug, Clone, Copy)]
@@ -49,13 +50,20 @@ pub struct Timeout<S> {
     timeout: Duration,
 }
 
+impl<S> Timeout<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
 impl<S, R> Service<R> for Timeout<S>
 where
     S: Service<R>,
-    S::Error: Into<BoxError>,
+    S::Error: Into<Error>,
 {
     type Response = S::Response;
-    type Error = BoxError;
+    type Error = Error;
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -87,9 +95,9 @@ pin_project! {
 impl<F, T, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
+    E: Into<Error>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<T, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -101,7 +109,7 @@ where
         }
         let sleep = this.sleep.as_pin_mut().expect("armed above");
         ready!(sleep.poll(cx));
-        Poll::Ready(Err(Elapsed::new().into()))
+        Poll::Ready(Err(Error::Timeout))
     }
 }
 
@@ -116,7 +124,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_ready_answer_passes_and_arms_no_timer() {
         let mut svc = TimeoutLayer::new(TIMEOUT)
-            .layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n + 1) }));
+            .layer(service_fn(|n: u32| async move { Ok::<_, Error>(n + 1) }));
         let mut future = std::pin::pin!(svc.call(1));
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
@@ -131,14 +139,14 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_slow_answer_fails_with_elapsed_at_the_timeout() {
+    async fn a_slow_answer_fails_with_a_timeout_at_the_timeout() {
         let svc = TimeoutLayer::new(TIMEOUT).layer(service_fn(|()| async {
             tokio::time::sleep(TIMEOUT * 2).await;
-            Ok::<_, BoxError>(())
+            Ok::<_, Error>(())
         }));
         let start = tokio::time::Instant::now();
         let error = svc.oneshot(()).await.unwrap_err();
-        assert!(error.is::<Elapsed>(), "{error}");
+        assert!(matches!(error, Error::Timeout), "{error}");
         assert_eq!(start.elapsed(), TIMEOUT);
     }
 
@@ -146,7 +154,7 @@ mod tests {
     async fn an_answer_within_the_timeout_passes() {
         let svc = TimeoutLayer::new(TIMEOUT).layer(service_fn(|()| async {
             tokio::time::sleep(TIMEOUT / 2).await;
-            Ok::<_, BoxError>("late but in time")
+            Ok::<_, Error>("late but in time")
         }));
         assert_eq!(svc.oneshot(()).await.unwrap(), "late but in time");
     }
@@ -154,7 +162,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn inner_errors_pass_through() {
         let svc = TimeoutLayer::new(TIMEOUT).layer(service_fn(|()| async {
-            Err::<(), BoxError>("backend down".into())
+            Err::<(), Error>(Error::unavailable("backend down"))
         }));
         assert_eq!(
             svc.oneshot(()).await.unwrap_err().to_string(),

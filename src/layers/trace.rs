@@ -34,6 +34,13 @@ pub struct Trace<S> {
     inner: S,
 }
 
+impl<S> Trace<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
 impl<S> Service<Key> for Trace<S>
 where
     S: Service<Key, Response = Lookup>,

@@ -39,7 +39,7 @@ pub enum Command {
     /// `CLIENT subcommand ...`
     Client(Vec<Bytes>),
     /// `COMMAND [subcommand ...]`
-    Command(Vec<Bytes>),
+    Describe(Vec<Bytes>),
     /// `INFO [section ...]`
     Info(Vec<Bytes>),
     /// A request that is answered with this error.
@@ -193,7 +193,7 @@ impl Command {
             "auth" => Command::Auth,
             "select" => Command::Select(rest.next().expect("arity 2")),
             "client" => Command::Client(rest.collect()),
-            "command" => Command::Command(rest.collect()),
+            "command" => Command::Describe(rest.collect()),
             "info" => Command::Info(rest.collect()),
             _ => unreachable!("every supported command is matched"),
         }

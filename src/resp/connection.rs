@@ -9,22 +9,18 @@
 //! order with the reads around them.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tower::{BoxError, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
-use super::Shared;
+use super::Resp;
 use super::command::{self, Command, SUPPORTED, Spec, printable};
 use super::decode::{Decoder, ProtocolError};
 use super::reply::{Protocol, Reply};
-use crate::backend;
-use crate::layers::Failure;
-use crate::lookup::{Key, Lookup};
-use crate::metrics;
+use crate::lookup::{Error, Key, Lookup};
 
 /// The version `HELLO` and `INFO` report: the Redis command set the proxy follows.
 pub const REDIS_VERSION: &str = "7.0.0";
@@ -59,10 +55,10 @@ enum End {
 pub(super) async fn serve<S, T>(
     mut stream: T,
     addr: SocketAddr,
-    shared: Arc<Shared<S>>,
+    shared: &Resp<S>,
     stop: tokio_util::sync::CancellationToken,
 ) where
-    S: Service<Key, Response = Lookup, Error = BoxError> + Clone + Send + Sync + 'static,
+    S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -84,7 +80,7 @@ pub(super) async fn serve<S, T>(
                 Ok(Some(args)) => {
                     let command = Command::parse(args);
                     let quit = command == Command::Quit;
-                    planned.push(session.plan(command, &mut keys, &shared));
+                    planned.push(session.plan(command, &mut keys, shared));
                     if quit {
                         // Its +OK is the last reply; anything after it is ignored.
                         end = Some(End::Quit);
@@ -100,9 +96,9 @@ pub(super) async fn serve<S, T>(
         }
         let batch_full = keys.len() >= shared.max_keys;
 
-        let results = lookups(&shared, keys).await;
+        let results = lookups(shared, keys).await;
         for result in &results {
-            metrics::record_request(metrics::Protocol::Resp, result);
+            shared.requests.record(result);
         }
         encode_replies(planned, results, &mut output);
         if let Some(End::Protocol(error)) = &end {
@@ -137,15 +133,12 @@ pub(super) async fn serve<S, T>(
 }
 
 /// Runs `keys` through the stack, at most `max_keys` at once, results in order.
-async fn lookups<S>(shared: &Shared<S>, keys: Vec<Key>) -> Vec<Result<Lookup, Failure>>
+async fn lookups<S>(shared: &Resp<S>, keys: Vec<Key>) -> Vec<Result<Lookup, Error>>
 where
-    S: Service<Key, Response = Lookup, Error = BoxError> + Clone + Send + Sync + 'static,
+    S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
 {
-    let lookup = |key: Key| {
-        let stack = shared.stack.clone();
-        async move { stack.oneshot(key).await.map_err(Failure::from) }
-    };
+    let lookup = |key: Key| shared.stack.clone().oneshot(key);
     match keys.len() {
         0 => Vec::new(),
         1 => vec![lookup(keys.into_iter().next().expect("one key")).await],
@@ -164,11 +157,7 @@ where
     }
 }
 
-fn encode_replies(
-    planned: Vec<Planned>,
-    results: Vec<Result<Lookup, Failure>>,
-    out: &mut BytesMut,
-) {
+fn encode_replies(planned: Vec<Planned>, results: Vec<Result<Lookup, Error>>, out: &mut BytesMut) {
     let mut results = results.into_iter();
     for item in planned {
         match item {
@@ -184,14 +173,14 @@ fn encode_replies(
                     match result {
                         Ok(lookup) => values.push(value_reply(lookup)),
                         // MGET answers nil for a key holding another type, as Redis does.
-                        Err(Failure::Backend(e)) if e.is_wrong_type() => values.push(Reply::Null),
-                        Err(failure) => {
-                            failed.get_or_insert(failure);
+                        Err(error) if error.is_wrong_type() => values.push(Reply::Null),
+                        Err(error) => {
+                            failed.get_or_insert(error);
                         }
                     }
                 }
                 match failed {
-                    Some(failure) => failure_reply(failure).encode(protocol, out),
+                    Some(error) => error_reply(&error).encode(protocol, out),
                     None => Reply::Array(values).encode(protocol, out),
                 }
             }
@@ -206,23 +195,30 @@ fn value_reply(lookup: Lookup) -> Reply {
     }
 }
 
-fn get_reply(result: Result<Lookup, Failure>) -> Reply {
+fn get_reply(result: Result<Lookup, Error>) -> Reply {
     match result {
         Ok(lookup) => value_reply(lookup),
-        Err(failure) => failure_reply(failure),
+        Err(error) => error_reply(&error),
     }
 }
 
-/// The error reply for a failed lookup: Redis's own error replies pass through.
-fn failure_reply(failure: Failure) -> Reply {
-    match failure {
-        Failure::Backend(backend::Error::Reply(reply)) => Reply::error(reply),
-        other => Reply::error(format!("ERR {other}")),
+/// The error reply for a failed lookup, in this one place: the backend's own
+/// error replies pass through as they are; anything else is `ERR` and the
+/// error's short text. Server-side failures are logged with their cause.
+fn error_reply(error: &Error) -> Reply {
+    match error {
+        Error::Reply(reply) => Reply::error(&**reply),
+        Error::Overloaded | Error::Timeout => Reply::error(format!("ERR {error}")),
+        _ => {
+            let cause = std::error::Error::source(error).map(ToString::to_string);
+            tracing::warn!(%error, ?cause, "request failed");
+            Reply::error(format!("ERR {error}"))
+        }
     }
 }
 
 impl Session {
-    fn plan<S>(&mut self, command: Command, keys: &mut Vec<Key>, shared: &Shared<S>) -> Planned {
+    fn plan<S>(&mut self, command: Command, keys: &mut Vec<Key>, shared: &Resp<S>) -> Planned {
         let reply = match command {
             Command::Get(key) => {
                 keys.push(key);
@@ -254,8 +250,8 @@ impl Session {
                 None => Reply::error("ERR value is not an integer or out of range"),
             },
             Command::Client(args) => self.client(args),
-            Command::Command(args) => command_info(args),
-            Command::Info(sections) => Reply::text(shared.info(&sections)),
+            Command::Describe(args) => command_info(args),
+            Command::Info(sections) => Reply::text(shared.info.text(&sections)),
             Command::Refused(reply) => reply,
         };
         Planned::Reply(reply, self.protocol)
@@ -403,5 +399,223 @@ fn command_info(args: Vec<Bytes>) -> Reply {
             "ERR unknown subcommand '{}'. redis-proxy supports COMMAND, COMMAND COUNT, COMMAND INFO, COMMAND DOCS",
             printable(&args[0])
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Cache;
+    use crate::limit::Slots;
+    use crate::lookup::Source;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+    use tokio::io::DuplexStream;
+    use tokio::sync::Semaphore;
+    use tokio_util::sync::CancellationToken;
+
+    /// A stand-in stack: `value:<x>` is found with the value `x`, `wrongtype`
+    /// holds another type, `down` fails, `slow:<x>` waits for the gate; anything
+    /// else is missing. Counts how many lookups run at once.
+    #[derive(Clone)]
+    struct FakeStack {
+        gate: Arc<Semaphore>,
+        running: Arc<AtomicUsize>,
+        peak: Arc<AtomicUsize>,
+    }
+
+    impl FakeStack {
+        fn new() -> Self {
+            Self {
+                gate: Arc::new(Semaphore::new(0)),
+                running: Arc::default(),
+                peak: Arc::default(),
+            }
+        }
+    }
+
+    impl Service<Key> for FakeStack {
+        type Response = Lookup;
+        type Error = Error;
+        type Future = std::pin::Pin<Box<dyn Future<Output = Result<Lookup, Error>> + Send>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, key: Key) -> Self::Future {
+            let this = self.clone();
+            Box::pin(async move {
+                let now = this.running.fetch_add(1, Ordering::SeqCst) + 1;
+                this.peak.fetch_max(now, Ordering::SeqCst);
+                let found = |value: &[u8]| Lookup {
+                    value: Some(Bytes::copy_from_slice(value)),
+                    source: Source::Cache,
+                    fresh_for: Duration::from_secs(1),
+                    age: Duration::ZERO,
+                };
+                let result = match &key[..] {
+                    b"wrongtype" => Err(Error::Reply("WRONGTYPE wrong kind".into())),
+                    b"down" => Err(Error::unavailable("redis unavailable: down")),
+                    k if k.starts_with(b"value:") => Ok(found(&k[6..])),
+                    k if k.starts_with(b"slow:") => {
+                        let _pass = this.gate.acquire().await.unwrap();
+                        Ok(found(&k[5..]))
+                    }
+                    _ => Ok(Lookup {
+                        value: None,
+                        source: Source::Backend,
+                        fresh_for: Duration::ZERO,
+                        age: Duration::ZERO,
+                    }),
+                };
+                this.running.fetch_sub(1, Ordering::SeqCst);
+                result
+            })
+        }
+    }
+
+    fn protocol(stack: FakeStack, max_clients: usize) -> Arc<Resp<FakeStack>> {
+        Arc::new(Resp::new(
+            stack,
+            Cache::new(4, Duration::from_secs(1)),
+            crate::resp::Settings {
+                max_clients,
+                connections: (Slots::new(4), Arc::default()),
+                port: 6380,
+            },
+        ))
+    }
+
+    /// A connection served in a task; the test is its client.
+    fn connect(
+        resp: Arc<Resp<FakeStack>>,
+        stop: CancellationToken,
+    ) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let task = tokio::spawn(async move { serve(server, addr, &resp, stop).await });
+        (client, task)
+    }
+
+    async fn read_exactly(client: &mut DuplexStream, n: usize) -> String {
+        let mut buf = vec![0u8; n];
+        client.read_exact(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order() {
+        let (mut client, _task) =
+            connect(protocol(FakeStack::new(), 1024), CancellationToken::new());
+        client
+            .write_all(b"GET value:a\r\nPING\r\nGET nothing\r\n*3\r\n$4\r\nMGET\r\n$7\r\nvalue:b\r\n$1\r\nx\r\n")
+            .await
+            .unwrap();
+        let expected = "$1\r\na\r\n+PONG\r\n$-1\r\n*2\r\n$1\r\nb\r\n$-1\r\n";
+        assert_eq!(read_exactly(&mut client, expected.len()).await, expected);
+    }
+
+    #[tokio::test]
+    async fn errors_become_error_replies_and_mget_hides_wrong_types() {
+        let (mut client, _task) =
+            connect(protocol(FakeStack::new(), 1024), CancellationToken::new());
+        client
+            .write_all(
+                b"GET wrongtype\r\nGET down\r\nMGET value:a wrongtype\r\nMGET value:a down\r\n",
+            )
+            .await
+            .unwrap();
+        let expected = "-WRONGTYPE wrong kind\r\n\
+                        -ERR redis unavailable: down\r\n\
+                        *2\r\n$1\r\na\r\n$-1\r\n\
+                        -ERR redis unavailable: down\r\n";
+        assert_eq!(read_exactly(&mut client, expected.len()).await, expected);
+    }
+
+    #[tokio::test]
+    async fn one_connection_never_has_more_than_max_keys_in_flight() {
+        let stack = FakeStack::new();
+        // max_clients 16: two keys in flight per connection.
+        let (mut client, _task) = connect(protocol(stack.clone(), 16), CancellationToken::new());
+        let request: String = (0..10).map(|i| format!("GET slow:{i}\r\n")).collect();
+        client.write_all(request.as_bytes()).await.unwrap();
+        while stack.running.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        stack.gate.add_permits(100);
+        let expected: String = (0..10).map(|i| format!("$1\r\n{i}\r\n")).collect();
+        assert_eq!(read_exactly(&mut client, expected.len()).await, expected);
+        assert_eq!(stack.peak.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn quit_is_answered_and_closes_what_follows_unread() {
+        let (mut client, task) =
+            connect(protocol(FakeStack::new(), 1024), CancellationToken::new());
+        client
+            .write_all(b"PING\r\nQUIT\r\nGET value:a\r\n")
+            .await
+            .unwrap();
+        let mut all = String::new();
+        client.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "+PONG\r\n+OK\r\n");
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_protocol_error_follows_the_replies_before_it_and_closes() {
+        let (mut client, task) =
+            connect(protocol(FakeStack::new(), 1024), CancellationToken::new());
+        client
+            .write_all(b"GET value:a\r\n*1\r\n$-7\r\n")
+            .await
+            .unwrap();
+        let mut all = String::new();
+        client.read_to_string(&mut all).await.unwrap();
+        assert_eq!(
+            all,
+            "$1\r\na\r\n-ERR Protocol error: invalid bulk length\r\n"
+        );
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn hello_3_changes_how_nil_is_written() {
+        let (mut client, _task) =
+            connect(protocol(FakeStack::new(), 1024), CancellationToken::new());
+        client.write_all(b"HELLO 3\r\n").await.unwrap();
+        let mut first = [0u8; 4];
+        client.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"%7\r\n");
+        // Drain the rest of the map, then ask for a missing key.
+        client.write_all(b"PING\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let mut byte = [0u8; 1];
+        while !rest.ends_with(b"+PONG\r\n") {
+            client.read_exact(&mut byte).await.unwrap();
+            rest.push(byte[0]);
+        }
+        client.write_all(b"GET nothing\r\n").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 3).await, "_\r\n");
+    }
+
+    #[tokio::test]
+    async fn on_stop_the_replies_in_flight_are_written_before_the_connection_ends() {
+        let stack = FakeStack::new();
+        let stop = CancellationToken::new();
+        let (mut client, task) = connect(protocol(stack.clone(), 1024), stop.clone());
+        client.write_all(b"GET slow:z\r\n").await.unwrap();
+        while stack.running.load(Ordering::SeqCst) < 1 {
+            tokio::task::yield_now().await;
+        }
+        stop.cancel();
+        stack.gate.add_permits(1);
+        assert_eq!(read_exactly(&mut client, 7).await, "$1\r\nz\r\n");
+        task.await.unwrap();
     }
 }

@@ -6,191 +6,97 @@
 //!       ─▶ shared stack (one key per lookup) ─▶ reply (RESP2 / RESP3) ─▶ bytes
 //! ```
 //!
-//! Beyond `--max-connections` a new connection gets
-//! `-ERR max number of clients reached` and is closed, as Redis does.
+//! The decoder is written for this proxy (see [`decode`]) because requests must
+//! be bounded before they are buffered; replies are encoded with
+//! `redis-protocol`. A connection decodes every complete request it has received
+//! as one batch and runs the batch's keys through the stack side by side, so a
+//! pipelining client costs one read and one write per batch, as with Redis.
+//! Connection-level commands (`HELLO`, `CLIENT`, `INFO`, …) never reach the
+//! stack: they are answered from the connection's own state, in order with the
+//! reads around them. Accepting, limiting and draining connections is the
+//! lifecycle every listener shares (the `net` module); this module is only the
+//! protocol.
 
 mod command;
 mod connection;
 pub mod decode;
-pub mod reply;
+mod info;
+mod reply;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
-use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tower::{BoxError, Service};
-use tracing::Instrument;
+use tower::Service;
 
 use crate::cache::Cache;
-use crate::lookup::{Key, Lookup};
-use crate::server::LimitedListener;
+use crate::limit::Slots;
+use crate::lookup::{Error, Key, Lookup};
+use crate::metrics::{self, Requests};
+use crate::net::{Protocol, Stats};
 
-pub use command::Command;
 pub use decode::{Decoder, ProtocolError};
-pub use reply::{Protocol, Reply};
 
-/// State every connection of one listener shares.
-#[derive(Debug)]
-pub struct Shared<S> {
+/// The Redis protocol over a stack `S`, with what every connection of one
+/// listener shares.
+pub(crate) struct Resp<S> {
     stack: S,
-    cache: Cache,
+    requests: Requests,
     /// Keys one connection may have in flight at once.
     max_keys: usize,
-    max_connections: usize,
-    port: u16,
-    started: Instant,
+    info: info::Sources,
     next_id: AtomicU64,
-    connected: AtomicUsize,
-    received: AtomicU64,
-    rejected: AtomicU64,
 }
 
-impl<S> Shared<S> {
-    /// State for a listener on `port` serving `stack`, whose cache is `cache`.
-    ///
-    /// Each connection may have `max(1, min(64, max_clients / 8))` keys in flight,
-    /// so that no single connection can fill the proxy's client limit.
-    pub fn new(
-        stack: S,
-        cache: Cache,
-        max_clients: usize,
-        max_connections: usize,
-        port: u16,
-    ) -> Self {
+/// What one RESP listener is made of.
+pub(crate) struct Settings {
+    /// Requests in flight across the proxy: each connection may have
+    /// `max(1, min(64, max_clients / 8))` keys in flight, so that no single
+    /// connection can fill the client limit.
+    pub(crate) max_clients: usize,
+    /// The listener's connection slots and counters, for `INFO clients`/`stats`.
+    pub(crate) connections: (Slots, Arc<Stats>),
+    /// The listener's port, for `INFO server`.
+    pub(crate) port: u16,
+}
+
+impl<S> Resp<S> {
+    /// The protocol over `stack`, whose cache is `cache`.
+    pub(crate) fn new(stack: S, cache: Cache, settings: Settings) -> Self {
+        let (slots, stats) = settings.connections;
         Self {
             stack,
-            cache,
-            max_keys: (max_clients / 8).clamp(1, 64),
-            max_connections,
-            port,
-            started: Instant::now(),
+            requests: Requests::new(metrics::Protocol::Resp),
+            max_keys: (settings.max_clients / 8).clamp(1, 64),
+            info: info::Sources {
+                cache,
+                slots,
+                stats,
+                port: settings.port,
+                started: Instant::now(),
+            },
             next_id: AtomicU64::new(1),
-            connected: AtomicUsize::new(0),
-            received: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
         }
     }
-
-    /// The `INFO` text for `sections` (none: the default sections).
-    fn info(&self, sections: &[Bytes]) -> String {
-        let wanted = |name: &str| {
-            sections.is_empty()
-                || sections.iter().any(|s| {
-                    let s = s.to_ascii_lowercase();
-                    s == name.as_bytes() || s == b"all" || s == b"everything" || s == b"default"
-                })
-        };
-        let stats = self.cache.stats();
-        let uptime = self.started.elapsed().as_secs();
-        let mut out = String::new();
-        let mut section = |name: &str, lines: &[(&str, String)]| {
-            if wanted(&name.to_ascii_lowercase()) {
-                if !out.is_empty() {
-                    out.push_str("\r\n");
-                }
-                out.push_str(&format!("# {name}\r\n"));
-                for (key, value) in lines {
-                    out.push_str(&format!("{key}:{value}\r\n"));
-                }
-            }
-        };
-        section(
-            "Server",
-            &[
-                ("redis_version", connection::REDIS_VERSION.to_owned()),
-                ("redis_mode", "standalone".to_owned()),
-                (
-                    "proxy",
-                    format!("redis-proxy {}", env!("CARGO_PKG_VERSION")),
-                ),
-                ("process_id", std::process::id().to_string()),
-                ("tcp_port", self.port.to_string()),
-                ("uptime_in_seconds", uptime.to_string()),
-                ("uptime_in_days", (uptime / 86_400).to_string()),
-            ],
-        );
-        section(
-            "Clients",
-            &[
-                (
-                    "connected_clients",
-                    self.connected.load(Ordering::Relaxed).to_string(),
-                ),
-                ("maxclients", self.max_connections.to_string()),
-            ],
-        );
-        section("Persistence", &[("loading", "0".to_owned())]);
-        section(
-            "Stats",
-            &[
-                (
-                    "total_connections_received",
-                    self.received.load(Ordering::Relaxed).to_string(),
-                ),
-                (
-                    "rejected_connections",
-                    self.rejected.load(Ordering::Relaxed).to_string(),
-                ),
-                ("keyspace_hits", stats.hits.to_string()),
-                ("keyspace_misses", stats.misses.to_string()),
-                ("evicted_keys", stats.evictions.to_string()),
-                ("expired_keys", stats.expirations.to_string()),
-            ],
-        );
-        section("Replication", &[("role", "master".to_owned())]);
-        out
-    }
 }
 
-/// Accepts connections on `listener` until `stop` is cancelled, then waits for
-/// every connection to finish its in-flight requests.
-pub async fn serve<S>(listener: LimitedListener, shared: Arc<Shared<S>>, stop: CancellationToken)
+impl<S> Protocol for Resp<S>
 where
-    S: Service<Key, Response = Lookup, Error = BoxError> + Clone + Send + Sync + 'static,
+    S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
 {
-    let connections = TaskTracker::new();
-    loop {
-        let (stream, addr, slot) = tokio::select! {
-            accepted = listener.accept_or_refuse() => accepted,
-            () = stop.cancelled() => break,
-        };
-        shared.received.fetch_add(1, Ordering::Relaxed);
-        let Some(slot) = slot else {
-            shared.rejected.fetch_add(1, Ordering::Relaxed);
-            connections.spawn(refuse(stream));
-            continue;
-        };
-        let shared = shared.clone();
-        let stop = stop.clone();
-        let span = tracing::info_span!("connection", protocol = "resp", client = %addr);
-        connections.spawn(
-            async move {
-                let _slot = slot;
-                shared.connected.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("connected");
-                connection::serve(stream, addr, shared.clone(), stop).await;
-                shared.connected.fetch_sub(1, Ordering::Relaxed);
-                tracing::debug!("disconnected");
-            }
-            .instrument(span),
-        );
+    fn name(&self) -> &'static str {
+        "resp"
     }
-    drop(listener);
-    connections.close();
-    connections.wait().await;
-}
 
-/// Tells a client over the connection limit so, as Redis does, and closes.
-async fn refuse(mut stream: tokio::net::TcpStream) {
-    let reply = b"-ERR max number of clients reached\r\n";
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(reply).await?;
-        stream.shutdown().await
-    })
-    .await;
+    fn refusal(&self) -> &'static [u8] {
+        b"-ERR max number of clients reached\r\n"
+    }
+
+    async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
+        connection::serve(stream, peer, &self, stop).await;
+    }
 }

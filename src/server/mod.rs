@@ -1,11 +1,11 @@
-//! Wiring: builds the backend, cache and stack from a [`Config`], binds the
-//! three listeners (HTTP, RESP, admin), serves until the shutdown signal, then
-//! drains within the grace period.
+//! Wiring: builds the backend, cache and stack from a [`Config`], binds the three
+//! listeners (HTTP, RESP, admin), serves until the shutdown signal, then drains
+//! within the grace period.
+//!
+//! This is the one place that knows every part; each part knows only its
+//! neighbours on the request path (listener → connection → front-end → stack →
+//! cache → backend).
 
-mod http_server;
-mod listener;
-
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,23 +13,22 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::service::TowerToHyperService;
-
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Readiness};
-use crate::backend::{self, Invalidation, InvalidationSink, RedisService};
+use crate::admin::{self, Gauges, Render};
+use crate::backend::{self, Health, Invalidation, InvalidationSink, RedisService};
 use crate::cache::Cache;
 use crate::config::{Config, InvalidationMode};
-use crate::http;
+use crate::http::{self, Hyper};
 use crate::layers::{Stack, StackBuilder};
-use crate::metrics::{self, Slots, Sources};
-use crate::resp;
+use crate::metrics::{self, Requests};
+use crate::net::{self, Listener};
+use crate::resp::{self, Resp};
 use crate::task::AbortOnDrop;
-
-pub use listener::{Limited, LimitedListener};
 
 /// Why the proxy could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({option}): {source}")]
@@ -42,24 +41,32 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The backend could not be set up.
-    #[error(transparent)]
-    Backend(#[from] backend::Error),
+    #[error("backend: {0}")]
+    Backend(#[source] crate::Error),
     /// A listener's address could not be read.
     #[error("listener failed: {0}")]
-    Listener(std::io::Error),
+    Listener(#[source] std::io::Error),
 }
 
 /// A proxy with its listeners bound, ready to serve.
-#[derive(Debug)]
 pub struct Proxy {
     config: Config,
     stack: Stack<RedisService>,
-    clients: Slots,
-    backend: RedisService,
-    cache: Cache,
-    http: LimitedListener,
-    resp: LimitedListener,
-    admin: LimitedListener,
+    http: Listener,
+    resp: Listener,
+    admin: Listener,
+    render: Render,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("config", &self.config)
+            .field("http", &self.http)
+            .field("resp", &self.resp)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Proxy {
@@ -70,38 +77,30 @@ impl Proxy {
     /// [`Error::Bind`] when an address is taken or not allowed, and
     /// [`Error::Backend`] when the Redis URL is not usable.
     pub async fn bind(config: Config) -> Result<Self, Error> {
-        metrics::install();
-        let cache =
-            Cache::with_policy(config.cache_policy, config.cache_capacity, config.cache_ttl);
-        let tracking = (config.invalidation == InvalidationMode::Tracking).then(|| {
-            let cache = cache.clone();
-            InvalidationSink(Arc::new(move |invalidation| {
-                metrics::record_invalidation(&invalidation);
-                match invalidation {
-                    Invalidation::Keys(keys) => cache.invalidate(&keys),
-                    Invalidation::All => cache.flush(),
-                }
-            }))
-        });
-        let backend = RedisService::new(
-            &config.redis_url,
-            &backend::Options {
-                pool_size: config.redis_pool_size.get(),
-                connect_timeout: config.redis_connect_timeout,
-                response_timeout: config.request_timeout,
-                tracking,
-            },
-        )?;
-        let clients = Slots::new(config.max_clients.get());
-        let stack = StackBuilder {
-            clients: clients.clone(),
-            max_parallel: config.effective_max_parallel().get(),
-            request_timeout: config.request_timeout,
-            cache: cache.clone(),
+        metrics::describe();
+        let cache = Cache::builder()
+            .capacity(config.cache_capacity.get())
+            .ttl(config.cache_ttl)
+            .policy(config.cache_policy)
+            .build();
+        let mut backend = RedisService::builder(config.redis_url.as_str())
+            .pool_size(config.redis_pool_size.get())
+            .connect_timeout(config.redis_connect_timeout)
+            .response_timeout(config.request_timeout);
+        if config.invalidation == InvalidationMode::Tracking {
+            backend = backend.tracking(invalidation_sink(cache.clone()));
         }
-        .build(backend.clone());
+        let backend = backend.build().map_err(Error::Backend)?;
+        let mut stack = StackBuilder::new(backend)
+            .client_limit(config.max_clients.get())
+            .timeout(config.request_timeout)
+            .cache(cache);
+        if let Some(parallel) = config.max_parallel {
+            stack = stack.parallel_limit(parallel.get());
+        }
+        let stack = stack.build();
         let bind = |option, addr| async move {
-            LimitedListener::bind(addr, config.max_connections.get())
+            Listener::bind(addr, config.max_connections.get())
                 .await
                 .map_err(|source| Error::Bind {
                     option,
@@ -115,13 +114,21 @@ impl Proxy {
         Ok(Self {
             config,
             stack,
-            clients,
-            backend,
-            cache,
             http,
             resp,
             admin,
+            render: Arc::new(String::new),
         })
+    }
+
+    /// Serves `/metrics` with `render`, which returns the text exposition of the
+    /// metrics recorder the caller installed (the proxy records through the
+    /// `metrics` facade and installs no recorder of its own). Without it,
+    /// `/metrics` is empty.
+    #[must_use]
+    pub fn metrics_exporter(mut self, render: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.render = Arc::new(render);
+        self
     }
 
     /// The addresses the HTTP, RESP and admin listeners are bound to.
@@ -152,39 +159,19 @@ impl Proxy {
         let Proxy {
             config,
             stack,
-            clients,
-            backend,
-            cache,
             http,
             resp,
             admin,
+            render,
         } = self;
-        tracing::info!(
-            http = %http_addr,
-            resp = %resp_addr,
-            admin = %admin_addr,
-            redis_url = %config.redis_url,
-            cache_ttl = ?config.cache_ttl,
-            cache_capacity = config.cache_capacity.get(),
-            cache_policy = ?config.cache_policy,
-            invalidation = ?config.invalidation,
-            max_clients = config.max_clients.get(),
-            max_parallel = config.effective_max_parallel().get(),
-            request_timeout = ?config.request_timeout,
-            max_connections = config.max_connections.get(),
-            redis_pool_size = config.redis_pool_size.get(),
-            redis_connect_timeout = ?config.redis_connect_timeout,
-            shutdown_grace = ?config.shutdown_grace,
-            "listening"
-        );
+        log_startup(&config, [http_addr, resp_addr, admin_addr]);
 
-        let readiness = Readiness::default();
-        let _pinger = AbortOnDrop(tokio::spawn(admin::run_pinger(
-            backend,
-            readiness.clone(),
+        let health = Health::default();
+        let _pinger = AbortOnDrop(tokio::spawn(backend::run_pinger(
+            stack.backend().clone(),
+            health.clone(),
             config.redis_connect_timeout + config.request_timeout,
         )));
-        let _upkeep = AbortOnDrop(tokio::spawn(metrics::run_upkeep()));
         let stop = CancellationToken::new();
         let _signal = AbortOnDrop(tokio::spawn({
             let stop = stop.clone();
@@ -195,42 +182,55 @@ impl Proxy {
             }
         }));
 
-        let sources = Sources {
-            cache: cache.clone(),
-            clients,
+        let gauges = Gauges {
+            cache: stack.cache().clone(),
+            in_flight: stack.client_slots().clone(),
             connections: vec![
-                ("http", http.slots()),
-                ("resp", resp.slots()),
-                ("admin", admin.slots()),
+                ("http", http.slots().clone()),
+                ("resp", resp.slots().clone()),
+                ("admin", admin.slots().clone()),
             ],
         };
-        let resp_shared = Arc::new(resp::Shared::new(
+        let resp_protocol = Resp::new(
             stack.clone(),
-            cache,
-            config.max_clients.get(),
-            config.max_connections.get(),
-            resp_addr.port(),
-        ));
+            stack.cache().clone(),
+            resp::Settings {
+                max_clients: config.max_clients.get(),
+                connections: (resp.slots().clone(), resp.stats().clone()),
+                port: resp_addr.port(),
+            },
+        );
         // A client must send its request headers within the request timeout.
         let header_timeout = config.request_timeout;
+        let requests = Requests::new(metrics::Protocol::Http);
+        // The key path without a router: every request is a key lookup.
+        let key_service = service_fn(move |request| {
+            let (stack, requests) = (stack.clone(), requests.clone());
+            async move { http::respond_counted(stack, request, &requests).await }
+                .map(Ok::<_, std::convert::Infallible>)
+        });
+        let admin_router = admin::router(
+            Arc::new(move || health.check()),
+            Arc::new(move || {
+                gauges.publish();
+                render()
+            }),
+        );
         let all = async {
             tokio::join!(
-                http_server::serve(
+                net::serve(
                     http,
-                    // The key path without a router: every request is a key lookup.
-                    service_fn(move |request| {
-                        http::respond(stack.clone(), request).map(Ok::<_, Infallible>)
-                    }),
-                    header_timeout,
-                    "http",
+                    Arc::new(Hyper::new("http", key_service, header_timeout)),
                     stop.clone()
                 ),
-                resp::serve(resp, resp_shared, stop.clone()),
-                http_server::serve(
+                net::serve(resp, Arc::new(resp_protocol), stop.clone()),
+                net::serve(
                     admin,
-                    TowerToHyperService::new(admin::router(readiness, sources)),
-                    header_timeout,
-                    "admin",
+                    Arc::new(Hyper::new(
+                        "admin",
+                        TowerToHyperService::new(admin_router),
+                        header_timeout
+                    )),
                     stop.clone()
                 ),
             )
@@ -247,7 +247,51 @@ impl Proxy {
     }
 }
 
-/// Binds and serves `config` until `shutdown` completes; see [`Proxy`].
+/// Evicts what Redis says changed, and counts it.
+fn invalidation_sink(cache: Cache) -> InvalidationSink {
+    Arc::new(move |invalidation| match invalidation {
+        Invalidation::Keys(keys) => {
+            metrics::record_invalidation(Some(keys.len()));
+            cache.invalidate(&keys);
+        }
+        Invalidation::All => {
+            metrics::record_invalidation(None);
+            cache.flush();
+        }
+    })
+}
+
+/// The startup line: the bound addresses and the effective configuration, any
+/// password redacted, every value in the form the configuration takes it.
+fn log_startup(config: &Config, [http, resp, admin]: [SocketAddr; 3]) {
+    let worker_threads = config.worker_threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n.get(),
+    );
+    tracing::info!(
+        http = %http,
+        resp = %resp,
+        admin = %admin,
+        redis_url = %config.redis_url,
+        cache_ttl = %humantime::format_duration(config.cache_ttl),
+        cache_capacity = config.cache_capacity.get(),
+        cache_policy = %config.cache_policy,
+        invalidation = %config.invalidation,
+        max_clients = config.max_clients.get(),
+        max_parallel = config.effective_max_parallel().get(),
+        request_timeout = %humantime::format_duration(config.request_timeout),
+        max_connections = config.max_connections.get(),
+        redis_pool_size = config.redis_pool_size.get(),
+        redis_connect_timeout = %humantime::format_duration(config.redis_connect_timeout),
+        shutdown_grace = %humantime::format_duration(config.shutdown_grace),
+        log_format = %config.log_format,
+        worker_threads,
+        "listening"
+    );
+}
+
+/// Binds and serves `config` until `shutdown` completes; see [`Proxy`]. `/metrics`
+/// is empty: use [`Proxy::metrics_exporter`] to serve a recorder's text.
 ///
 /// # Errors
 ///

@@ -1,0 +1,85 @@
+//! Whether the backing Redis can serve: a pinger task ([`run_pinger`]) pings it
+//! every second and records the answer in a [`Health`] that readiness probes read.
+//!
+//! Readiness is not checked per probe: a probe storm never becomes a Redis storm,
+//! and the answer is at most about a second old.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::RedisService;
+
+/// How often Redis is pinged.
+pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// A successful ping older than this no longer counts.
+pub const READY_WINDOW: Duration = Duration::from_secs(2);
+
+/// When a check ran and what it found.
+type Check = (Instant, Result<(), String>);
+
+/// The latest health check, shared by the pinger and whoever asks.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    last: Arc<Mutex<Option<Check>>>,
+}
+
+impl Health {
+    /// Whether Redis answered within [`READY_WINDOW`]; otherwise why not.
+    ///
+    /// # Errors
+    ///
+    /// The reason Redis cannot serve now.
+    pub fn check(&self) -> Result<(), String> {
+        match &*self.last.lock().unwrap_or_else(PoisonError::into_inner) {
+            None => Err("redis not checked yet".into()),
+            Some((at, _)) if at.elapsed() > READY_WINDOW => {
+                Err("no recent answer from redis".into())
+            }
+            Some((_, result)) => result.clone(),
+        }
+    }
+
+    fn record(&self, result: Result<(), String>) {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let was_ready = matches!(&*last, Some((_, Ok(()))));
+        match (&result, was_ready) {
+            (Ok(()), false) => tracing::info!("redis answers; ready"),
+            (Err(error), true) => tracing::warn!(%error, "redis stopped answering; not ready"),
+            (Err(error), false) if last.is_none() => {
+                tracing::warn!(%error, "redis is not reachable; misses fail until it is")
+            }
+            _ => {}
+        }
+        *last = Some((Instant::now(), result));
+    }
+}
+
+/// Pings Redis every [`PING_INTERVAL`] on a connection of its own (outside the
+/// request pool), reconnecting after a failure, and records the result in
+/// `health`. Each ping is bounded by `timeout`.
+pub async fn run_pinger(backend: RedisService, health: Health, timeout: Duration) {
+    let mut ticks = tokio::time::interval(PING_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connection = None;
+    loop {
+        ticks.tick().await;
+        let ping = async {
+            let conn = match &mut connection {
+                Some(conn) => conn,
+                None => connection.insert(backend.dedicated_connection().await?),
+            };
+            conn.query::<String>(&redis::cmd("PING")).await.map(drop)
+        };
+        let result = match tokio::time::timeout(timeout, ping).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("redis did not answer PING within {timeout:?}")),
+        };
+        if result.is_err() {
+            connection = None;
+        }
+        health.record(result);
+    }
+}

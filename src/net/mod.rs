@@ -1,0 +1,143 @@
+//! The one connection lifecycle every front-end shares: accept, connection
+//! limit, span, serve, drain.
+//!
+//! ```text
+//! Listener ─accept─▶ slot free? ──no──▶ Protocol::refusal written, closed
+//!                       │ yes
+//!                       ▼
+//!             span "connection" {protocol, client}
+//!                       ▼
+//!             Protocol::serve(stream, peer, stop)   until the client leaves, or
+//!                                                   `stop` and in-flight replies written
+//! ```
+//!
+//! What differs between HTTP, RESP and the admin listener is only the
+//! [`Protocol`]: how one connection is served, and what a client beyond the
+//! connection limit is told. Everything a connection goes through before its
+//! protocol sees it is written here, once, so that a new step of that path (a
+//! TLS handshake, say) is added in one place for every listener.
+//!
+//! Beyond `max_connections`, a new connection is accepted, told so in its
+//! protocol (`-ERR max number of clients reached`, a 503) and closed, as Redis
+//! does: a client is never left waiting in the kernel's backlog without an
+//! answer. The refusal is written without waiting, so refused connections hold
+//! no descriptor and no task.
+
+mod listener;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+pub(crate) use listener::Listener;
+
+/// What one kind of listener does with its connections.
+pub(crate) trait Protocol: Send + Sync + 'static {
+    /// The `protocol` field of each connection's span: `http`, `resp`, `admin`.
+    fn name(&self) -> &'static str;
+
+    /// What a client beyond the connection limit is sent before the connection
+    /// is closed.
+    fn refusal(&self) -> &'static [u8];
+
+    /// Serves one connection until the client leaves or breaks the protocol.
+    /// When `stop` is cancelled, it reads no new request, answers the ones in
+    /// flight and returns.
+    fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Counts of what one listener accepted, for `INFO`.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Connections accepted, refused ones included.
+    pub(crate) received: AtomicU64,
+    /// Connections refused beyond the limit.
+    pub(crate) rejected: AtomicU64,
+}
+
+/// Accepts connections on `listener` until `stop` is cancelled, serving each with
+/// `protocol`; then waits until every connection has answered its requests in
+/// flight (the caller bounds that wait by the grace period).
+pub(crate) async fn serve<P: Protocol>(
+    listener: Listener,
+    protocol: Arc<P>,
+    stop: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => break,
+        };
+        let stats = listener.stats();
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = listener.slots().try_take() else {
+            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            refuse(stream, protocol.refusal());
+            continue;
+        };
+        let span = tracing::info_span!("connection", protocol = protocol.name(), client = %peer);
+        let protocol = protocol.clone();
+        let stop = stop.clone();
+        connections.spawn(
+            async move {
+                let _slot = slot;
+                tracing::debug!("connected");
+                protocol.serve(stream, peer, stop).await;
+                tracing::debug!("disconnected");
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Tells a client beyond the connection limit so and closes its connection.
+///
+/// The message is small enough for any socket buffer, so it is written without
+/// waiting, and the write half is shut down so the client reads it before the
+/// end of the stream. Closing a socket that holds unread input would reset the
+/// connection and could destroy the refusal before the client reads it, so what
+/// the client sends is read and dropped for up to a second by a task, at most
+/// [`MAX_LINGERING`] of them at once; beyond that the connection is closed at
+/// once. A flood of refused connections never holds more than that many
+/// descriptors.
+fn refuse(mut stream: TcpStream, refusal: &'static [u8]) {
+    static LINGERING: Semaphore = Semaphore::const_new(MAX_LINGERING);
+    let written = stream.try_write(refusal);
+    if !matches!(written, Ok(n) if n == refusal.len()) {
+        tracing::debug!(?written, "refusal not written whole");
+    }
+    let Ok(permit) = LINGERING.try_acquire() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    });
+}
+
+/// Refused connections whose input is read and dropped before they close.
+const MAX_LINGERING: usize = 64;

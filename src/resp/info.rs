@@ -1,0 +1,140 @@
+//! The text of `INFO`: the sections Redis clients read, filled from the proxy's
+//! own state.
+//!
+//! ```text
+//! # Server        redis_version, redis_mode, proxy, process_id, tcp_port, uptime_*
+//! # Clients       connected_clients, maxclients
+//! # Persistence   loading:0 (clients wait while a server loads; the proxy never does)
+//! # Stats         total_connections_received, rejected_connections, keyspace_*, evicted_keys, expired_keys
+//! # Replication   role:master
+//! ```
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::connection::REDIS_VERSION;
+use crate::cache::Cache;
+use crate::limit::Slots;
+use crate::net::Stats;
+
+/// Where the figures come from.
+pub(super) struct Sources {
+    pub(super) cache: Cache,
+    /// The listener's connection slots: connected clients and the limit.
+    pub(super) slots: Slots,
+    pub(super) stats: Arc<Stats>,
+    pub(super) port: u16,
+    pub(super) started: Instant,
+}
+
+impl Sources {
+    /// The `INFO` text for `sections` (none: the default sections).
+    pub(super) fn text(&self, sections: &[Bytes]) -> String {
+        let wanted = |name: &str| {
+            sections.is_empty()
+                || sections.iter().any(|s| {
+                    let s = s.to_ascii_lowercase();
+                    s == name.as_bytes() || s == b"all" || s == b"everything" || s == b"default"
+                })
+        };
+        let stats = self.cache.stats();
+        let uptime = self.started.elapsed().as_secs();
+        let mut out = String::new();
+        let mut section = |name: &str, lines: &[(&str, &dyn std::fmt::Display)]| {
+            if wanted(&name.to_ascii_lowercase()) {
+                if !out.is_empty() {
+                    out.push_str("\r\n");
+                }
+                let _ = write!(out, "# {name}\r\n");
+                for (key, value) in lines {
+                    let _ = write!(out, "{key}:{value}\r\n");
+                }
+            }
+        };
+        section(
+            "Server",
+            &[
+                ("redis_version", &REDIS_VERSION),
+                ("redis_mode", &"standalone"),
+                (
+                    "proxy",
+                    &format_args!("redis-proxy {}", env!("CARGO_PKG_VERSION")),
+                ),
+                ("process_id", &std::process::id()),
+                ("tcp_port", &self.port),
+                ("uptime_in_seconds", &uptime),
+                ("uptime_in_days", &(uptime / 86_400)),
+            ],
+        );
+        section(
+            "Clients",
+            &[
+                ("connected_clients", &self.slots.taken()),
+                ("maxclients", &self.slots.size()),
+            ],
+        );
+        section("Persistence", &[("loading", &0)]);
+        section(
+            "Stats",
+            &[
+                (
+                    "total_connections_received",
+                    &self.stats.received.load(Ordering::Relaxed),
+                ),
+                (
+                    "rejected_connections",
+                    &self.stats.rejected.load(Ordering::Relaxed),
+                ),
+                ("keyspace_hits", &stats.hits),
+                ("keyspace_misses", &stats.misses),
+                ("evicted_keys", &stats.evictions),
+                ("expired_keys", &stats.expirations),
+            ],
+        );
+        section("Replication", &[("role", &"master")]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn sources() -> Sources {
+        Sources {
+            cache: Cache::new(4, Duration::from_secs(60)),
+            slots: Slots::new(10),
+            stats: Arc::default(),
+            port: 6380,
+            started: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn default_sections_are_all_there() {
+        let text = sources().text(&[]);
+        for line in [
+            "# Server\r\n",
+            "redis_version:7.0.0\r\n",
+            "tcp_port:6380\r\n",
+            "maxclients:10\r\n",
+            "loading:0\r\n",
+            "keyspace_hits:0\r\n",
+            "role:master\r\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn one_section_is_that_section_only() {
+        let text = sources().text(&[Bytes::from("STATS")]);
+        assert!(text.starts_with("# Stats\r\n"), "{text}");
+        assert!(!text.contains("# Server"), "{text}");
+    }
+}
