@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis_proxy::{Cache, CachePolicy};
+use redis_proxy::{Cache, CachePolicy, Key};
 
 const KEYS: usize = 100_000;
 const CAPACITY: usize = 5_000;
@@ -61,19 +61,19 @@ fn hit_ratio(policy: CachePolicy, cdf: &[f64], scans: bool) -> f64 {
     let (mut hits, mut counted) = (0u64, 0u64);
     for request in 1..=REQUESTS {
         let rank = cdf.partition_point(|&p| p < rng.next_f64()).min(KEYS - 1);
-        let key = Bytes::from(format!("key:{rank}"));
+        let key = Key::new(format!("key:{rank}"));
         counted += 1;
         if cache.get(&key).is_some() {
             hits += 1;
         } else {
-            cache.insert(key, value.clone());
+            cache.insert(&key, &value);
         }
         if scans && request % SCAN_EVERY == 0 {
             for _ in 0..SCAN_LEN {
-                let key = Bytes::from(format!("scan:{scan_key}"));
+                let key = Key::new(format!("scan:{scan_key}"));
                 scan_key += 1;
                 if cache.get(&key).is_none() {
-                    cache.insert(key, value.clone());
+                    cache.insert(&key, &value);
                 }
             }
         }

@@ -13,8 +13,75 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-/// A Redis key: any bytes, shared without copying.
-pub type Key = Bytes;
+/// A Redis key: its name (any bytes, shared without copying) and the database it
+/// lives in.
+///
+/// The database is `None` for the backend's own (the one its URL names), which is
+/// what HTTP reads and what a RESP connection reads until it `SELECT`s another;
+/// the cache keeps the same name in two databases apart. A key dereferences to its
+/// name's bytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    name: Bytes,
+    db: Option<u16>,
+}
+
+impl Key {
+    /// The key `name` in the backend's own database.
+    pub fn new(name: impl Into<Bytes>) -> Self {
+        Self {
+            name: name.into(),
+            db: None,
+        }
+    }
+
+    /// The key `name` in database `db` (`None`: the backend's own).
+    pub fn in_db(db: Option<u16>, name: impl Into<Bytes>) -> Self {
+        Self {
+            name: name.into(),
+            db,
+        }
+    }
+
+    /// The key's name.
+    pub fn name(&self) -> &Bytes {
+        &self.name
+    }
+
+    /// The database, when not the backend's own.
+    pub fn db(&self) -> Option<u16> {
+        self.db
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.name
+    }
+}
+
+impl From<Bytes> for Key {
+    fn from(name: Bytes) -> Self {
+        Self::new(name)
+    }
+}
+
+impl From<&'static str> for Key {
+    fn from(name: &'static str) -> Self {
+        Self::new(Bytes::from_static(name.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.db {
+            Some(db) => write!(f, "Key({db}, {:?})", self.name),
+            None => write!(f, "Key({:?})", self.name),
+        }
+    }
+}
 
 /// The answer to one key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use redis_proxy::config::{Cli, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    return_large_allocations_at_once();
     let cli = Cli::parse();
     // Before anything is bound: a bad option stops the process here.
     let config = match Config::load(&cli) {
@@ -21,6 +22,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.worker_threads {
@@ -60,6 +64,21 @@ fn main() -> ExitCode {
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(()) => ExitCode::FAILURE,
+    }
+}
+
+/// Makes the allocator give large blocks back to the system as soon as they are
+/// freed. glibc serves blocks of 128 KiB and more with their own mappings, but
+/// after such a block is freed it raises that threshold (up to 32 MiB) and serves
+/// later ones from its heaps, which it does not shrink: a cache of 1 MB values
+/// that expire would keep its memory resident. A fixed threshold keeps large
+/// values (cached or in flight) in mappings that are unmapped when freed.
+fn return_large_allocations_at_once() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets a parameter of the allocator; it is called
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

@@ -194,11 +194,14 @@ fn connection_commands_answer_like_redis() {
     let mut conn = RawConn::connect(proxy.resp_addr());
 
     conn.send(b"SELECT 0\r\n").expect(b"+OK\r\n");
-    conn.send(b"SELECT 1\r\n");
+    // Any database the backing Redis has (16 by default), and no other.
+    conn.send(b"SELECT 1\r\n").expect(b"+OK\r\n");
+    conn.send(b"SELECT 16\r\n");
     assert!(
         conn.read_line()
             .starts_with("-ERR DB index is out of range")
     );
+    conn.send(b"SELECT 0\r\n").expect(b"+OK\r\n");
     conn.send(b"CLIENT SETNAME worker-1\r\n").expect(b"+OK\r\n");
     conn.send(b"CLIENT GETNAME\r\n")
         .expect(b"$8\r\nworker-1\r\n");

@@ -115,12 +115,15 @@ mod tests {
                         let (queue, batches) = (queue.clone(), batches.clone());
                         tokio::spawn(async move {
                             let key = Bytes::from(format!("k{i}"));
-                            let (reply, first) = queue.join(key.clone());
+                            let (reply, first) = queue.join(Key::new(key.clone()));
                             if first {
                                 tokio::spawn(async move {
                                     flush(&queue, |keys: Vec<Key>| async move {
                                         batches.lock().unwrap().push(keys.len());
-                                        Ok(keys.into_iter().map(|key| Ok(Some(key))).collect())
+                                        Ok(keys
+                                            .into_iter()
+                                            .map(|key| Ok(Some(key.name().clone())))
+                                            .collect())
                                     })
                                     .await;
                                 });
@@ -142,8 +145,8 @@ mod tests {
     #[tokio::test]
     async fn a_failed_batch_fails_every_waiter() {
         let queue = Queue::default();
-        let (a, _) = queue.join(Bytes::from("a"));
-        let (b, _) = queue.join(Bytes::from("b"));
+        let (a, _) = queue.join(Key::from("a"));
+        let (b, _) = queue.join(Key::from("b"));
         flush(&queue, |_| async { Err(Error::Timeout) }).await;
         assert_eq!(a.await.unwrap(), Err(Error::Timeout));
         assert_eq!(b.await.unwrap(), Err(Error::Timeout));
@@ -152,22 +155,22 @@ mod tests {
     #[test]
     fn the_first_to_join_an_empty_queue_schedules_the_flush() {
         let queue = Queue::default();
-        let (_a, first) = queue.join(Bytes::from("a"));
-        let (_b, second) = queue.join(Bytes::from("b"));
+        let (_a, first) = queue.join(Key::from("a"));
+        let (_b, second) = queue.join(Key::from("b"));
         assert!(first);
         assert!(!second);
         let batch = queue.take();
         let keys: Vec<_> = batch.iter().map(|waiter| waiter.key.clone()).collect();
-        assert_eq!(keys, [Bytes::from("a"), Bytes::from("b")]);
-        let (_c, after_take) = queue.join(Bytes::from("c"));
+        assert_eq!(keys, [Key::from("a"), Key::from("b")]);
+        let (_c, after_take) = queue.join(Key::from("c"));
         assert!(after_take, "a new batch starts once the queue is taken");
     }
 
     #[tokio::test]
     async fn each_waiter_gets_its_own_reply() {
         let queue = Queue::default();
-        let (a, _) = queue.join(Bytes::from("a"));
-        let (b, _) = queue.join(Bytes::from("b"));
+        let (a, _) = queue.join(Key::from("a"));
+        let (b, _) = queue.join(Key::from("b"));
         let mut batch = queue.take().into_iter();
         batch.next().unwrap().answer(Ok(Some(Bytes::from("1"))));
         batch

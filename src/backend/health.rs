@@ -1,5 +1,6 @@
-//! Whether the backing Redis can serve: a pinger task ([`run_pinger`]) pings it
-//! every second and records the answer in a [`Health`] that readiness probes read.
+//! Whether the backing Redis can serve requests now: a pinger task
+//! ([`run_pinger`]) pings it every second through the request pool and records
+//! the answer in a [`Health`] that readiness probes read.
 //!
 //! Readiness is not checked per probe: a probe storm never becomes a Redis storm,
 //! and the answer is at most about a second old.
@@ -56,30 +57,23 @@ impl Health {
     }
 }
 
-/// Pings Redis every [`PING_INTERVAL`] on a connection of its own (outside the
-/// request pool), reconnecting after a failure, and records the result in
-/// `health`. Each ping is bounded by `timeout`.
+/// Checks every [`PING_INTERVAL`] that a request could be served now: a
+/// connection from the request pool answers `PING` (so a pool that cannot
+/// connect, say to a Redis at its `maxclients`, is not ready, with Redis's
+/// reason). Each check is bounded by `timeout`; the result goes to `health`.
 pub async fn run_pinger(backend: RedisService, health: Health, timeout: Duration) {
     let mut ticks = tokio::time::interval(PING_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut connection = None;
     loop {
         ticks.tick().await;
-        let ping = async {
-            let conn = match &mut connection {
-                Some(conn) => conn,
-                None => connection.insert(backend.dedicated_connection().await?),
-            };
-            conn.query::<String>(&redis::cmd("PING")).await.map(drop)
-        };
-        let result = match tokio::time::timeout(timeout, ping).await {
+        let result = match tokio::time::timeout(timeout, backend.check()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("redis did not answer PING within {timeout:?}")),
+            Err(_) => Err(format!(
+                "redis did not answer PING within {}",
+                humantime::format_duration(timeout)
+            )),
         };
-        if result.is_err() {
-            connection = None;
-        }
         health.record(result);
     }
 }

@@ -143,15 +143,16 @@ impl RedisServiceBuilder {
         self
     }
 
-    /// Bound on opening one connection, and on waiting for a pooled one
-    /// (default 1 s).
+    /// Bound on opening one connection's TCP connection (default 1 s); the
+    /// handshake after it is bounded by the response timeout.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.options.connect_timeout = timeout;
         self
     }
 
     /// A reply not received by then fails its request and retires its
-    /// connection (default 5 s).
+    /// connection; also the bound on a connection's handshake and on waiting for
+    /// a pooled connection (default 5 s).
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.options.response_timeout = timeout;
         self
@@ -190,7 +191,10 @@ pub struct RedisService {
 #[derive(Debug)]
 struct Shared {
     pool: bb8::Pool<Manager>,
-    connect_timeout: Duration,
+    /// The database the URL names: the one every pooled connection has selected.
+    default_db: i64,
+    /// How long a request waits for a pooled connection.
+    wait_timeout: Duration,
     last_connect_error: pool::LastError,
     queue: batch::Queue,
     latency: metrics::Histogram,
@@ -217,7 +221,10 @@ impl RedisService {
         let manager = Manager::new(url, &options).map_err(|e| Error::Unavailable(e.to_string()))?;
         let pool = bb8::Pool::builder()
             .max_size(options.pool_size)
-            .connection_timeout(options.connect_timeout)
+            // A request waits for a connection as long as it may wait at all; a
+            // failed attempt to connect ends the wait at once (see `connection`).
+            .connection_timeout(options.response_timeout)
+            .retry_connection(false)
             // Checkout checks only the connection's broken flag (no PING): see
             // `Manager::is_valid`.
             .test_on_check_out(true)
@@ -231,7 +238,8 @@ impl RedisService {
         Ok(Self {
             shared: Arc::new(Shared {
                 pool,
-                connect_timeout: options.connect_timeout,
+                default_db: url.db(),
+                wait_timeout: options.response_timeout,
                 last_connect_error,
                 queue: batch::Queue::default(),
                 latency: metrics::histogram!("redis_proxy_backend_request_duration_seconds"),
@@ -240,26 +248,41 @@ impl RedisService {
         })
     }
 
-    /// A connection of its own, outside the pool (for health checks, which must
-    /// neither wait for nor take a connection from requests).
-    async fn dedicated_connection(&self) -> Result<pool::Connection, Error> {
-        self.shared
-            .pool
-            .dedicated_connection()
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))
+    /// A pooled connection. While the pool has none, a failed attempt to open
+    /// one fails the wait at once with Redis's reason, rather than at the end of
+    /// the wait with no reason.
+    async fn connection(&self) -> Result<bb8::PooledConnection<'static, Manager>, Error> {
+        let shared = &self.shared;
+        let unavailable = |cause: Option<String>| {
+            Error::Unavailable(cause.unwrap_or_else(|| "no connection could be opened".into()))
+        };
+        loop {
+            let failed = shared.last_connect_error.failed();
+            tokio::select! {
+                got = shared.pool.get_owned() => return got.map_err(|e| match e {
+                    bb8::RunError::User(e) => e,
+                    bb8::RunError::TimedOut if shared.pool.state().connections == 0 => {
+                        unavailable(shared.last_connect_error.get())
+                    }
+                    bb8::RunError::TimedOut => Error::Unavailable(format!(
+                        "every pooled connection stayed busy for {}",
+                        humantime::format_duration(shared.wait_timeout)
+                    )),
+                }),
+                () = failed => {
+                    if shared.pool.state().connections == 0 {
+                        return Err(unavailable(shared.last_connect_error.get()));
+                    }
+                }
+            }
+        }
     }
 
-    async fn connection(&self) -> Result<bb8::PooledConnection<'static, Manager>, Error> {
-        self.shared.pool.get_owned().await.map_err(|e| match e {
-            bb8::RunError::User(e) => Error::Unavailable(e.to_string()),
-            bb8::RunError::TimedOut => {
-                Error::Unavailable(match self.shared.last_connect_error.get() {
-                    Some(cause) if self.shared.pool.state().connections == 0 => cause,
-                    _ => format!("no connection within {:?}", self.shared.connect_timeout),
-                })
-            }
-        })
+    /// Whether a request could be served now: a pooled connection answers
+    /// `PING`. What readiness reports.
+    async fn check(&self) -> Result<(), Error> {
+        let mut handle = self.connection().await?.handle();
+        handle.query::<String>(&redis::cmd("PING")).await.map(drop)
     }
 
     async fn get(self, key: Key) -> Result<Option<Bytes>, crate::Error> {
@@ -290,45 +313,127 @@ impl RedisService {
     }
 
     async fn fetch(&self, keys: &[Key]) -> Result<Vec<batch::Reply>, Error> {
-        match self.fetch_once(keys).await {
+        let handle = self.connection().await?.handle();
+        match self.fetch_on(handle, keys).await {
             // A pooled connection can die while idle (Redis restarted, or killed
-            // the client): the pool only learns it when a request fails on it.
-            // GET is idempotent, so the batch is tried once more, on a connection
-            // the pool opens or holds now (the dead one was discarded).
+            // the client): the pool only learns it when a request fails on it,
+            // and other pooled connections may have died with it. GET is
+            // idempotent, so the batch is tried once more, on a connection opened
+            // for it (which then joins the pool).
             Err(Error::Connection(cause)) => {
-                tracing::debug!(%cause, "pooled connection was dead; retrying once");
-                self.fetch_once(keys).await
+                tracing::debug!(%cause, "pooled connection was dead; retrying on a new one");
+                let fresh = self.shared.pool.dedicated_connection().await?;
+                let fetched = self.fetch_on(fresh.handle(), keys).await;
+                let _ = self.shared.pool.add(fresh);
+                fetched
             }
             other => other,
         }
     }
 
-    async fn fetch_once(&self, keys: &[Key]) -> Result<Vec<batch::Reply>, Error> {
-        // The pooled connection goes back at once; the batch runs on a handle.
-        let mut handle = self.connection().await?.handle();
+    /// Sends one `GET` per key as a pipeline on `handle` (a pooled connection
+    /// goes back to the pool at once; the batch runs on a handle to it). Keys in
+    /// another database than the
+    /// connection's are grouped behind a `SELECT` of theirs, and the pipeline
+    /// ends by selecting the connection's own again, so every pipeline leaves
+    /// its connection as it found it (Redis runs one connection's commands in
+    /// order, and a pipeline is written whole).
+    async fn fetch_on(
+        &self,
+        mut handle: pool::Handle,
+        keys: &[Key],
+    ) -> Result<Vec<batch::Reply>, Error> {
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by_key(|&i| keys[i].db());
+        // What each reply of the pipeline answers: a key (its index) or a SELECT.
+        let mut answers = Vec::with_capacity(keys.len() + 2);
         let mut pipeline = redis::pipe();
-        for key in keys {
-            pipeline.cmd("GET").arg(&key[..]);
+        let mut selected = None;
+        for &i in &order {
+            let db = keys[i].db();
+            if db != selected {
+                let target = db.map_or(self.shared.default_db, i64::from);
+                pipeline.cmd("SELECT").arg(target);
+                answers.push(None);
+                selected = db;
+            }
+            pipeline.cmd("GET").arg(&keys[i][..]);
+            answers.push(Some(i));
         }
-        // Error replies come back per key instead of failing the whole pipeline.
+        if selected.is_some() {
+            pipeline.cmd("SELECT").arg(self.shared.default_db);
+            answers.push(None);
+        }
+        // Error replies come back per command instead of failing the pipeline.
         pipeline.ignore_errors();
-        let replies: Vec<redis::RedisResult<Option<Vec<u8>>>> =
+        let replies: Vec<redis::RedisResult<redis::Value>> =
             handle.query_pipeline(&pipeline).await?;
-        if replies.len() != keys.len() {
+        if replies.len() != answers.len() {
             return Err(Error::Connection(format!(
                 "{} replies to {} commands",
                 replies.len(),
-                keys.len()
+                answers.len()
             )));
         }
-        Ok(replies
-            .into_iter()
-            .map(|reply| match reply {
-                // `Bytes::from(Vec)` takes the buffer over; the value is not copied.
-                Ok(value) => Ok(value.map(Bytes::from)),
-                Err(error) => Err(Error::from_redis(&error)),
-            })
-            .collect())
+        let mut out: Vec<batch::Reply> = vec![Ok(None); keys.len()];
+        // A failed SELECT fails its group's keys: their GETs ran elsewhere.
+        let mut failed_select = None;
+        for (answer, reply) in answers.into_iter().zip(replies) {
+            match answer {
+                None => failed_select = reply.err().map(|e| Error::from_redis(&e)),
+                Some(i) => {
+                    out[i] = match (&failed_select, reply) {
+                        (Some(error), _) => Err(error.clone()),
+                        (None, Ok(value)) => value_of(value),
+                        (None, Err(error)) => Err(Error::from_redis(&error)),
+                    };
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether database `db` exists in the backing Redis: `SELECT db` answered
+    /// `OK`. The connection selects its own database again in the same
+    /// pipeline.
+    ///
+    /// # Errors
+    ///
+    /// Redis's error reply (`ERR DB index is out of range`) as
+    /// [`crate::Error::Reply`], or why Redis could not be asked.
+    pub async fn check_database(&self, db: u16) -> Result<(), crate::Error> {
+        let mut handle = self.connection().await?.handle();
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("SELECT")
+            .arg(db)
+            .cmd("SELECT")
+            .arg(self.shared.default_db)
+            .ignore_errors();
+        let replies: Vec<redis::RedisResult<redis::Value>> =
+            handle.query_pipeline(&pipeline).await?;
+        match replies.into_iter().next() {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(error)) => Err(Error::from_redis(&error).into()),
+            None => Err(Error::Connection("no reply to SELECT".into()).into()),
+        }
+    }
+
+    /// The database the URL names, which keys without one are read in.
+    pub fn default_db(&self) -> i64 {
+        self.shared.default_db
+    }
+}
+
+/// What a `GET` reply means: a value, absence, or (for anything else) an error.
+fn value_of(value: redis::Value) -> batch::Reply {
+    match value {
+        // `Bytes::from(Vec)` takes the buffer over; the value is not copied.
+        redis::Value::BulkString(bytes) => Ok(Some(Bytes::from(bytes))),
+        redis::Value::Nil => Ok(None),
+        other => Err(Error::Reply(format!(
+            "ERR unexpected reply to GET: {other:?}"
+        ))),
     }
 }
 

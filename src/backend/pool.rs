@@ -1,6 +1,14 @@
 //! The bb8 connection manager: redis-rs multiplexed connections that remember
 //! when they broke, so the pool never hands a dead one out again, and that, with
 //! tracking on, report Redis's invalidation messages and their own loss.
+//!
+//! The manager opens the socket itself and hands it to redis-rs for the
+//! handshake, so each step has its own bound and its own message: the TCP
+//! connect is bounded by `--redis-connect-timeout`, the handshake (`HELLO`,
+//! `AUTH`, `SELECT`, `CLIENT TRACKING`) by `--request-timeout`. And when Redis
+//! accepts a connection only to refuse it (`-ERR max number of clients
+//! reached`, then a close), the reason is read and reported rather than lost
+//! behind the reset that follows.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -11,9 +19,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{
-    AsyncConnectionConfig, Client, FromRedisValue, IntoConnectionInfo, ProtocolVersion, PushInfo,
-    PushKind, RedisError, Value,
+    AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
+    ProtocolVersion, PushInfo, PushKind, RedisError, Value,
 };
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 use super::RedisUrl;
 use super::{Error, Invalidation, InvalidationSink, Options};
@@ -22,15 +32,17 @@ use crate::task::AbortOnDrop;
 /// Opens connections to one Redis for bb8.
 #[derive(Clone)]
 pub(crate) struct Manager {
-    client: Client,
+    info: ConnectionInfo,
     config: AsyncConnectionConfig,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
     tracking: Option<Tracking>,
 }
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Manager")
-            .field("client", &self.client)
+            .field("addr", &self.info.addr().to_string())
             .field("tracking", &self.tracking.is_some())
             .finish_non_exhaustive()
     }
@@ -46,6 +58,9 @@ struct Tracking {
 /// How often a tracked connection is pinged.
 pub(crate) const TRACKING_PING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a refused connection is given to say why.
+const REFUSAL_WAIT: Duration = Duration::from_millis(200);
+
 impl Manager {
     /// A manager for `url` with the timeouts in `options`.
     ///
@@ -54,9 +69,8 @@ impl Manager {
     /// Returns redis-rs's error when the URL is not usable.
     pub(crate) fn new(url: &RedisUrl, options: &Options) -> Result<Self, RedisError> {
         let mut info = url.as_str().into_connection_info()?;
-        let mut config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.response_timeout));
+        let mut config =
+            AsyncConnectionConfig::new().set_response_timeout(Some(options.response_timeout));
         if let Some(sink) = &options.tracking {
             // Invalidations arrive as RESP3 push messages on the connection that
             // read the key, in order with its replies.
@@ -74,13 +88,108 @@ impl Manager {
             });
         }
         Ok(Self {
-            client: Client::open(info)?,
+            info,
             config,
+            connect_timeout: options.connect_timeout,
+            handshake_timeout: options.response_timeout,
             tracking: options.tracking.clone().map(|sink| Tracking {
                 sink,
                 ping_timeout: options.connect_timeout,
             }),
         })
+    }
+
+    /// A TCP connection to Redis, within the connect timeout.
+    async fn connect_tcp(&self, host: &str, port: u16) -> Result<TcpStream, Error> {
+        let connect = TcpStream::connect((host, port));
+        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                return Err(Error::Unavailable(format!(
+                    "cannot connect to {host}:{port}: {error}"
+                )));
+            }
+            Err(_) => {
+                return Err(Error::Unavailable(format!(
+                    "no TCP connection to {host}:{port} within {} (--redis-connect-timeout)",
+                    humantime::format_duration(self.connect_timeout)
+                )));
+            }
+        };
+        // Requests are small and pipelined already: send them without delay.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Why Redis closed a new connection during the handshake: what it sends a
+    /// fresh connection before closing it (`-ERR max number of clients
+    /// reached`), if anything, within a moment.
+    async fn refusal_reason(&self, host: &str, port: u16) -> Option<String> {
+        let mut probe = self.connect_tcp(host, port).await.ok()?;
+        let mut line = [0u8; 256];
+        let n = tokio::time::timeout(REFUSAL_WAIT, probe.read(&mut line))
+            .await
+            .ok()?
+            .ok()?;
+        let text = std::str::from_utf8(line.get(..n)?).ok()?;
+        let reason = text.strip_prefix('-')?.lines().next()?.trim();
+        (!reason.is_empty()).then(|| reason.to_owned())
+    }
+
+    async fn open(&self) -> Result<MultiplexedConnection, Error> {
+        let (host, port) = match self.info.addr() {
+            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+            other => {
+                return Err(Error::Unavailable(format!(
+                    "cannot connect to {other}: only redis:// addresses are supported"
+                )));
+            }
+        };
+        let stream = self.connect_tcp(&host, port).await?;
+        let handshake = MultiplexedConnection::new_with_config(
+            self.info.redis_settings(),
+            stream,
+            self.config.clone(),
+        );
+        let (mut connection, driver) = match tokio::time::timeout(self.handshake_timeout, handshake)
+            .await
+        {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(error)) if error.is_io_error() || error.is_connection_dropped() => {
+                // Redis may have accepted the connection only to refuse it.
+                return Err(Error::Unavailable(
+                    match self.refusal_reason(&host, port).await {
+                        Some(reason) => reason,
+                        None => format!("connection to {host}:{port} failed: {error}"),
+                    },
+                ));
+            }
+            Ok(Err(error)) => return Err(Error::Unavailable(error.to_string())),
+            Err(_) => {
+                return Err(Error::Unavailable(format!(
+                    "no answer to the connection handshake from {host}:{port} within {} (--request-timeout)",
+                    humantime::format_duration(self.handshake_timeout)
+                )));
+            }
+        };
+        tokio::spawn(driver);
+        if self.tracking.is_some() {
+            // Before the connection reads its first key: every key read on it is
+            // tracked, or the connection is never used.
+            let mut tracking = redis::cmd("CLIENT");
+            tracking.arg("TRACKING").arg("ON");
+            let tracking = tracking.query_async::<()>(&mut connection);
+            match tokio::time::timeout(self.handshake_timeout, tracking).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(Error::from_redis(&error)),
+                Err(_) => {
+                    return Err(Error::Unavailable(
+                        "no answer to CLIENT TRACKING ON within --request-timeout".into(),
+                    ));
+                }
+            }
+        }
+        Ok(connection)
     }
 }
 
@@ -106,15 +215,6 @@ impl Connection {
     /// A handle for requests; the connection itself can go back to the pool.
     pub(crate) fn handle(&self) -> Handle {
         self.handle.clone()
-    }
-
-    /// Runs one command on this connection; see [`Handle::query`].
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Reply`] for an error reply, [`Error::Connection`] otherwise.
-    pub(crate) async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, Error> {
-        self.handle.query(cmd).await
     }
 
     /// Whether a command failed on this connection in a way that retires it.
@@ -165,29 +265,18 @@ impl Handle {
 
 impl bb8::ManageConnection for Manager {
     type Connection = Connection;
-    type Error = RedisError;
+    type Error = Error;
 
-    async fn connect(&self) -> Result<Connection, RedisError> {
-        let mut inner = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
+    async fn connect(&self) -> Result<Connection, Error> {
+        let inner = self.open().await?;
         let broken = Arc::new(AtomicBool::new(false));
-        let mut pinger = None;
-        if let Some(tracking) = &self.tracking {
-            // Before the connection reads its first key: every key read on it is
-            // tracked, or the connection is never used.
-            redis::cmd("CLIENT")
-                .arg("TRACKING")
-                .arg("ON")
-                .query_async::<()>(&mut inner)
-                .await?;
-            pinger = Some(AbortOnDrop(tokio::spawn(watch(
+        let pinger = self.tracking.as_ref().map(|tracking| {
+            AbortOnDrop(tokio::spawn(watch(
                 inner.clone(),
                 broken.clone(),
                 tracking.clone(),
-            ))));
-        }
+            )))
+        });
         Ok(Connection {
             handle: Handle { inner, broken },
             _pinger: pinger,
@@ -197,12 +286,9 @@ impl bb8::ManageConnection for Manager {
     /// Checked on every checkout, so it costs no round trip: a connection that a
     /// request (holding a handle) found broken after it went back to the pool is
     /// discarded here instead of being handed out again.
-    async fn is_valid(&self, conn: &mut Connection) -> Result<(), RedisError> {
+    async fn is_valid(&self, conn: &mut Connection) -> Result<(), Error> {
         if conn.is_broken() {
-            return Err(RedisError::from((
-                redis::ErrorKind::Io,
-                "connection is broken",
-            )));
+            return Err(Error::Connection("connection is broken".into()));
         }
         Ok(())
     }
@@ -263,27 +349,39 @@ fn invalidation(push: PushInfo) -> Option<Invalidation> {
     }
 }
 
-/// Keeps the latest connection error bb8 reported, so that a request that timed
-/// out waiting for a connection can say why (bb8 itself only says "timed out").
+/// Keeps the latest connection error bb8 reported, so that a request that
+/// waits for a connection can say why none comes (bb8 itself only says "timed
+/// out"), and tells the waiting requests at once.
 #[derive(Debug, Clone, Default)]
-pub(super) struct LastError(Arc<Mutex<Option<String>>>);
+pub(super) struct LastError(Arc<(Mutex<Option<String>>, tokio::sync::Notify)>);
 
 impl LastError {
     pub(super) fn get(&self) -> Option<String> {
         self.0
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+
+    /// Completes when the next connection attempt fails.
+    pub(super) fn failed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.1.notified()
+    }
 }
 
-impl bb8::ErrorSink<RedisError> for LastError {
-    fn sink(&self, error: RedisError) {
+impl bb8::ErrorSink<Error> for LastError {
+    fn sink(&self, error: Error) {
         tracing::warn!(%error, "connecting to redis failed");
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+        let reason = match error {
+            Error::Unavailable(reason) => reason,
+            other => other.to_string(),
+        };
+        *self.0.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        self.0.1.notify_waiters();
     }
 
-    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<RedisError>> {
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<Error>> {
         Box::new(self.clone())
     }
 }

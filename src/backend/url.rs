@@ -22,6 +22,14 @@ impl RedisUrl {
         Ok(Self(url.to_owned()))
     }
 
+    /// The database the URL names (`/2`), or 0.
+    pub fn db(&self) -> i64 {
+        self.0
+            .as_str()
+            .into_connection_info()
+            .map_or(0, |info| info.redis_settings().db())
+    }
+
     /// The URL as given, password included: for connecting, never for logging.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -107,6 +115,12 @@ mod tests {
     fn url_without_credentials_is_unchanged() {
         let url = RedisUrl::parse("redis://127.0.0.1:6379/0").unwrap();
         assert_eq!(url.redacted(), "redis://127.0.0.1:6379/0");
+    }
+
+    #[test]
+    fn the_database_is_read_from_the_path() {
+        assert_eq!(RedisUrl::parse("redis://h:1/3").unwrap().db(), 3);
+        assert_eq!(RedisUrl::parse("redis://h:1").unwrap().db(), 0);
     }
 
     #[test]

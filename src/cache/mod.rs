@@ -1,10 +1,13 @@
 //! The read-through cache: a shared [`Cache`] handle, and the Tower
 //! [`CacheLayer`]/[`CacheService`] that serves hits from it and sends misses on
-//! (see [`service`] for coalescing).
+//! (see `service` for coalescing).
 //!
 //! The store behind the handle is one of two policies ([`CachePolicy`]): exact
-//! LRU (the default, [`lru`]) or quick_cache's S3-FIFO ([`s3fifo`]). Both hold
-//! at most a number of keys, and every entry lives for one TTL.
+//! LRU (the default, see `lru`) or quick_cache's S3-FIFO (see `s3fifo`). Both
+//! hold at most a number of keys and of bytes (names plus values), and every
+//! entry lives for one TTL. Each store synchronizes itself; the exact-LRU store
+//! lets hits on different threads proceed without writing to any memory they
+//! share.
 
 mod lru;
 mod policy;
@@ -23,16 +26,14 @@ use crate::lookup::Key;
 pub use policy::{CachePolicy, Stats};
 pub use service::{CacheLayer, CacheService, ResponseFuture};
 
-use lru::Lru;
-use policy::Policy;
-use s3fifo::S3Fifo;
+use policy::Store;
 use service::Flight;
 
 /// A cheap, cloneable handle to one shared store (LRU or S3-FIFO, one TTL) and
 /// to the fetches in flight for it.
 ///
-/// The lock guards only the O(1) store operations and is never held across an
-/// `.await`.
+/// No lock is held across an `.await`; the store's own locks guard O(1)
+/// operations.
 #[derive(Debug, Clone)]
 pub struct Cache {
     // One reference count to bump: the handle is cloned for every miss.
@@ -41,9 +42,10 @@ pub struct Cache {
 
 #[derive(Debug)]
 struct Shared {
-    store: Mutex<Box<dyn Policy>>,
+    store: Store,
     flights: Mutex<HashMap<Key, Flight>>,
     ttl: Duration,
+    max_value_bytes: usize,
 }
 
 /// How a [`Cache`] is made: [`Cache::builder`].
@@ -53,6 +55,8 @@ pub struct CacheBuilder {
     capacity: usize,
     ttl: Duration,
     policy: CachePolicy,
+    max_bytes: usize,
+    max_value_bytes: usize,
 }
 
 impl CacheBuilder {
@@ -74,18 +78,28 @@ impl CacheBuilder {
         self
     }
 
+    /// Bytes of names and values held at most (unset: no bound beyond the keys).
+    /// Beyond it entries go in the same order as beyond the key capacity.
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Values larger than this are served but not cached (unset: no bound beyond
+    /// [`CacheBuilder::max_bytes`]).
+    pub fn max_value_bytes(mut self, max_value_bytes: usize) -> Self {
+        self.max_value_bytes = max_value_bytes;
+        self
+    }
+
     /// An empty cache.
     pub fn build(self) -> Cache {
-        let capacity = self.capacity.max(1);
-        let store: Box<dyn Policy> = match self.policy {
-            CachePolicy::Lru => Box::new(Lru::new(capacity, self.ttl)),
-            CachePolicy::S3Fifo => Box::new(S3Fifo::new(capacity, self.ttl)),
-        };
         Cache {
             shared: Arc::new(Shared {
-                store: Mutex::new(store),
+                store: Store::new(self.policy, self.capacity.max(1), self.max_bytes, self.ttl),
                 flights: Mutex::default(),
                 ttl: self.ttl,
+                max_value_bytes: self.max_value_bytes,
             }),
         }
     }
@@ -109,6 +123,8 @@ impl Cache {
             capacity: Self::DEFAULT_CAPACITY,
             ttl: Self::DEFAULT_TTL,
             policy: CachePolicy::default(),
+            max_bytes: usize::MAX,
+            max_value_bytes: usize::MAX,
         }
     }
 
@@ -122,10 +138,24 @@ impl Cache {
     pub fn invalidate(&self, keys: &[Key]) {
         // Lock order, everywhere: flights, then the store.
         let mut flights = self.flights();
-        let mut store = self.lock();
         for key in keys {
-            store.remove(key);
+            self.shared.store.remove(key);
             if let Some(flight) = flights.get_mut(key) {
+                flight.invalidate();
+            }
+        }
+    }
+
+    /// Drops `names` in every database, and keeps fetches of them in flight from
+    /// caching: what Redis's invalidation messages ask, since they name keys but
+    /// not their databases.
+    pub fn invalidate_everywhere(&self, names: &[Bytes]) {
+        let mut flights = self.flights();
+        for name in names {
+            self.shared.store.remove_everywhere(name);
+        }
+        for (key, flight) in flights.iter_mut() {
+            if names.iter().any(|name| name == key.name()) {
                 flight.invalidate();
             }
         }
@@ -134,7 +164,7 @@ impl Cache {
     /// Drops every entry and keeps every fetch in flight from caching.
     pub fn flush(&self) {
         let mut flights = self.flights();
-        self.lock().clear();
+        self.shared.store.clear();
         for flight in flights.values_mut() {
             flight.invalidate();
         }
@@ -142,31 +172,63 @@ impl Cache {
 
     /// The live value of `key`, now the most recently used, and how long it
     /// stays fresh.
-    pub fn get(&self, key: &[u8]) -> Option<(Bytes, Duration)> {
+    pub fn get(&self, key: &Key) -> Option<(Bytes, Duration)> {
         let now = Instant::now();
-        let (value, expires_at) = self.lock().get(key, now)?;
+        let (value, expires_at) = self.shared.store.get(key, now)?;
         Some((value, expires_at.saturating_duration_since(now)))
     }
 
-    /// Stores `value` under `key` for one TTL from now.
-    pub fn insert(&self, key: Key, value: Bytes) {
-        let now = Instant::now();
-        self.lock().insert(key, value, now);
+    /// Stores `value` under `key` for one TTL from now. A value over the value or
+    /// byte limit is not stored (and any older value of `key` goes): returns
+    /// whether it was stored.
+    pub fn insert(&self, key: &Key, value: &Bytes) -> bool {
+        if value.len() > self.shared.max_value_bytes {
+            self.shared.store.remove(key);
+            return false;
+        }
+        self.shared.store.insert(key, value, Instant::now())
+    }
+
+    /// Removes every expired entry now; returns how many went. Expired entries
+    /// are never served, but they hold memory until they are read, pushed out,
+    /// or swept by this.
+    pub fn reclaim_expired(&self) -> usize {
+        self.shared.store.reclaim_expired(Instant::now())
+    }
+
+    /// Sweeps expired entries every `interval`, for ever: spawn it beside the
+    /// cache, so memory and the entry count fall once entries expire even when no
+    /// traffic touches them.
+    pub async fn run_reclaimer(self, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let reclaimed = self.reclaim_expired();
+            if reclaimed > 0 {
+                tracing::debug!(reclaimed, "expired entries reclaimed");
+            }
+        }
     }
 
     /// Entries stored, counting expired ones not yet reclaimed.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.shared.store.len()
+    }
+
+    /// Names plus values of every entry, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.shared.store.bytes()
     }
 
     /// Whether no entry is stored.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.len() == 0
     }
 
     /// Hits, misses, evictions and expirations so far.
     pub fn stats(&self) -> Stats {
-        self.lock().stats()
+        self.shared.store.stats()
     }
 
     fn ttl(&self) -> Duration {
@@ -179,15 +241,6 @@ impl Cache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
-
-    fn lock(&self) -> MutexGuard<'_, Box<dyn Policy>> {
-        // The store's invariants hold between operations, and none of them can
-        // panic halfway, so a poisoned lock is still a consistent store.
-        self.shared
-            .store
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 impl Default for Cache {
@@ -195,5 +248,55 @@ impl Default for Cache {
     /// [`Cache::DEFAULT_TTL`].
     fn default() -> Self {
         Self::builder().build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_over_the_value_limit_are_not_cached_and_drop_the_old_one() {
+        let cache = Cache::builder().max_value_bytes(4).build();
+        let key = Key::from("k");
+        assert!(cache.insert(&key, &Bytes::from("four")));
+        assert!(!cache.insert(&key, &Bytes::from("fives")));
+        assert!(cache.get(&key).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reclaimer_sweeps_expired_entries_without_reads() {
+        for policy in [CachePolicy::Lru, CachePolicy::S3Fifo] {
+            let cache = Cache::builder()
+                .policy(policy)
+                .ttl(Duration::from_secs(2))
+                .build();
+            for i in 0..100 {
+                cache.insert(&Key::new(format!("k{i}")), &Bytes::from("v"));
+            }
+            let reclaimer = tokio::spawn(cache.clone().run_reclaimer(Duration::from_secs(1)));
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(cache.len(), 100, "{policy}: nothing expired yet");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(cache.len(), 0, "{policy}: swept after the TTL");
+            assert_eq!(cache.bytes(), 0);
+            assert_eq!(cache.stats().expirations, 100);
+            reclaimer.abort();
+        }
+    }
+
+    #[test]
+    fn invalidating_a_name_drops_it_in_every_database() {
+        let cache = Cache::default();
+        let (plain, in_two) = (Key::from("k"), Key::in_db(Some(2), "k"));
+        cache.insert(&plain, &Bytes::from("0"));
+        cache.insert(&in_two, &Bytes::from("2"));
+        cache.invalidate(std::slice::from_ref(&in_two));
+        assert!(cache.get(&in_two).is_none());
+        assert!(cache.get(&plain).is_some());
+        cache.insert(&in_two, &Bytes::from("2"));
+        cache.invalidate_everywhere(&[Bytes::from("k")]);
+        assert!(cache.get(&plain).is_none());
+        assert!(cache.get(&in_two).is_none());
     }
 }

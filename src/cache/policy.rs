@@ -1,14 +1,20 @@
-//! The one small trait both cache policies implement, and the counters they keep.
+//! The cache policies, and the counters they keep.
 //!
-//! Capacity is counted in keys and every entry lives for the same TTL under either
-//! policy; they differ only in what goes when room is needed:
+//! Capacity is counted in keys (and optionally bytes) and every entry lives for
+//! the same TTL under either policy; they differ only in what goes when room is needed:
 //!
 //! - [`Lru`](super::lru::Lru): exact least-recently-used, the specified behaviour;
 //! - [`S3Fifo`](super::s3fifo::S3Fifo): quick_cache's S3-FIFO, which keeps a
 //!   one-time scan from flushing the keys that are read again and again.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use tokio::time::Instant;
+
+use super::lru::SharedLru;
+use super::s3fifo::S3Fifo;
+use crate::lookup::Key;
 
 /// Counters of what a store did since it was created.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -21,35 +27,6 @@ pub struct Stats {
     pub evictions: u64,
     /// Entries removed because their TTL had passed.
     pub expirations: u64,
-}
-
-/// A bounded key-value store with one TTL. Times are passed in, so stores are pure
-/// data structures; the [`Cache`](super::Cache) handle reads the clock.
-pub(crate) trait Policy: Send + std::fmt::Debug {
-    /// The live value of `key` and when it expires; `None` when absent or expired
-    /// (an expired entry is removed on the way and counted as an expiration).
-    fn get(&mut self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)>;
-
-    /// Stores `value` under `key`, expiring one TTL after `now`, making room as the
-    /// policy decides.
-    fn insert(&mut self, key: Bytes, value: Bytes, now: Instant);
-
-    /// Drops `key` if it is stored (an invalidation).
-    fn remove(&mut self, key: &[u8]);
-
-    /// Drops every entry (a flush).
-    fn clear(&mut self);
-
-    /// Entries stored, expired ones not yet reclaimed included.
-    fn len(&self) -> usize;
-
-    /// Whether no entry is stored.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// What the store has done so far.
-    fn stats(&self) -> Stats;
 }
 
 /// What a cache evicts when it is full (`--cache-policy`).
@@ -93,6 +70,115 @@ impl std::str::FromStr for CachePolicy {
                 "unknown cache policy `{other}`, expected one of: {}",
                 Self::NAMES.join(", ")
             )),
+        }
+    }
+}
+
+/// The store behind a [`Cache`](super::Cache): one of the two policies, each
+/// synchronizing itself.
+#[derive(Debug)]
+pub(crate) enum Store {
+    Lru(SharedLru),
+    S3Fifo(S3Fifo),
+}
+
+/// How many expired LRU entries one sweep step removes before it lets readers
+/// in again.
+const RECLAIM_STEP: usize = 1024;
+
+impl Store {
+    /// An empty store of `policy` with these capacities.
+    pub(crate) fn new(
+        policy: CachePolicy,
+        capacity: usize,
+        max_bytes: usize,
+        ttl: Duration,
+    ) -> Self {
+        match policy {
+            CachePolicy::Lru => Store::Lru(SharedLru::new(capacity, max_bytes, ttl)),
+            CachePolicy::S3Fifo => Store::S3Fifo(S3Fifo::with_max_bytes(capacity, max_bytes, ttl)),
+        }
+    }
+
+    /// The live value of `key` and when it expires.
+    pub(crate) fn get(&self, key: &Key, now: Instant) -> Option<(Bytes, Instant)> {
+        match self {
+            Store::Lru(s) => s.get(key.db(), key.name(), now),
+            Store::S3Fifo(s) => s.get_in(key.db(), key.name(), now),
+        }
+    }
+
+    /// Stores `value` under `key`; whether it was stored.
+    pub(crate) fn insert(&self, key: &Key, value: &Bytes, now: Instant) -> bool {
+        match self {
+            Store::Lru(s) => s.insert(key.db(), key.name(), value, now),
+            Store::S3Fifo(s) => s.insert_in(key.db(), key.name(), value, now),
+        }
+    }
+
+    /// Drops `key`.
+    pub(crate) fn remove(&self, key: &Key) {
+        match self {
+            Store::Lru(s) => s.remove(key.db(), key.name()),
+            Store::S3Fifo(s) => s.remove_in(key.db(), key.name()),
+        }
+    }
+
+    /// Drops `name` in every database.
+    pub(crate) fn remove_everywhere(&self, name: &[u8]) {
+        match self {
+            Store::Lru(s) => s.remove_everywhere(name),
+            Store::S3Fifo(s) => s.remove_everywhere(name),
+        }
+    }
+
+    /// Drops every entry.
+    pub(crate) fn clear(&self) {
+        match self {
+            Store::Lru(s) => s.clear(),
+            Store::S3Fifo(s) => s.clear(),
+        }
+    }
+
+    /// Removes every expired entry; returns how many went. The LRU store does
+    /// it in steps, so readers wait for one step at most.
+    pub(crate) fn reclaim_expired(&self, now: Instant) -> usize {
+        match self {
+            Store::Lru(s) => {
+                let mut total = 0;
+                loop {
+                    let step = s.reclaim_expired(now, RECLAIM_STEP);
+                    total += step;
+                    if step < RECLAIM_STEP {
+                        return total;
+                    }
+                }
+            }
+            Store::S3Fifo(s) => s.reclaim_expired(now),
+        }
+    }
+
+    /// Entries stored, expired ones not yet reclaimed included.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Store::Lru(s) => s.len(),
+            Store::S3Fifo(s) => s.len(),
+        }
+    }
+
+    /// Names plus values of every entry, in bytes.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Store::Lru(s) => s.bytes(),
+            Store::S3Fifo(s) => s.bytes(),
+        }
+    }
+
+    /// What the store has done so far.
+    pub(crate) fn stats(&self) -> Stats {
+        match self {
+            Store::Lru(s) => s.stats(),
+            Store::S3Fifo(s) => s.stats(),
         }
     }
 }

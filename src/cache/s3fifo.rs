@@ -1,26 +1,57 @@
-//! The scan-resistant policy (`--cache-policy s3fifo`): quick_cache's S3-FIFO
-//! with a capacity in keys, and the TTL kept as a deadline stored with each value.
+//! The scan-resistant policy (`--cache-policy s3fifo`): quick_cache's S3-FIFO,
+//! with the TTL kept as a deadline stored with each value.
 //!
-//! quick_cache decides what to evict; this wrapper adds what the proxy needs on
-//! top: expiry (checked on read, like the LRU store; an expired entry that is
-//! never read again is evicted by the policy in time), and the counters.
+//! quick_cache decides what to evict and synchronizes itself (a sharded cache
+//! with a lock per shard); this wrapper adds what the proxy needs on top: expiry
+//! (checked on read, like the LRU store, and swept by [`S3Fifo::reclaim_expired`]),
+//! databases, the byte capacity and the counters.
+//!
+//! quick_cache has one capacity, a weight. The key and byte capacities are folded
+//! into it: the weight capacity is `capacity × UNIT`, and an entry weighs the
+//! larger of its share of each, `max(UNIT, bytes × capacity × UNIT /
+//! max_bytes)`. A cache of small values is bounded by its keys, one of large
+//! values by its bytes; a mix is bounded a little earlier than the two
+//! capacities taken apart would be. Each shard holds its share of the capacity
+//! rounded up, so the cache may hold up to one entry per shard more than asked
+//! (quick_cache makes one shard for capacities under 64 keys).
 //!
 //! quick_cache's lookups are O(1) on average, like the LRU's; its S3-FIFO queues
 //! make a one-time scan pass through a small probationary queue instead of
 //! pushing out the entries that are read again and again.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
+use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use tokio::time::Instant;
 
-use super::policy::{Policy, Stats};
+use super::policy::Stats;
+
+/// One key's share of the weight capacity.
+const UNIT: u64 = 1024;
+
+type Name = (Option<u16>, Bytes);
 
 #[derive(Debug, Clone)]
 struct Entry {
     value: Bytes,
     expires_at: Instant,
+}
+
+/// What an entry weighs (see the module's documentation).
+#[derive(Debug, Clone, Copy)]
+struct Weight {
+    /// Weight per byte, times 2^16, so small entries weigh less than one unit.
+    per_byte: u64,
+}
+
+impl Weighter<Name, Entry> for Weight {
+    fn weight(&self, (_, name): &Name, entry: &Entry) -> u64 {
+        let bytes = (name.len() + entry.value.len()) as u64;
+        UNIT.max(bytes.saturating_mul(self.per_byte) >> 16)
+    }
 }
 
 /// Counts what one insert evicted, sorting expired entries from live ones.
@@ -34,10 +65,10 @@ struct Evictions {
 #[derive(Debug, Clone, Copy, Default)]
 struct CountEvictions;
 
-impl Lifecycle<Bytes, Entry> for CountEvictions {
+impl Lifecycle<Name, Entry> for CountEvictions {
     type RequestState = Evictions;
 
-    fn on_evict(&self, state: &mut Evictions, _key: Bytes, entry: Entry) {
+    fn on_evict(&self, state: &mut Evictions, _key: Name, entry: Entry) {
         if state.now.is_some_and(|now| entry.expires_at <= now) {
             state.expired += 1;
         } else {
@@ -46,86 +77,190 @@ impl Lifecycle<Bytes, Entry> for CountEvictions {
     }
 }
 
-type Inner =
-    quick_cache::unsync::Cache<Bytes, Entry, UnitWeighter, DefaultHashBuilder, CountEvictions>;
+type Inner = quick_cache::sync::Cache<Name, Entry, Weight, DefaultHashBuilder, CountEvictions>;
 
-/// An S3-FIFO map from key to value with a capacity in keys and one TTL.
+/// An S3-FIFO map from key to value with a capacity in keys and in bytes, and
+/// one TTL.
 #[derive(Debug)]
 pub(crate) struct S3Fifo {
     entries: Inner,
     ttl: Duration,
-    stats: Stats,
+    max_bytes: usize,
+    /// The databases that have held entries (see `Lru::remove_everywhere`).
+    dbs: Mutex<Vec<Option<u16>>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    expirations: AtomicU64,
 }
 
 impl S3Fifo {
     /// An empty store holding at most `capacity` keys, each for `ttl`.
-    pub fn new(capacity: usize, ttl: Duration) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
+        Self::with_max_bytes(capacity, usize::MAX, ttl)
+    }
+
+    /// An empty store holding at most `capacity` keys and `max_bytes` bytes of
+    /// names and values.
+    pub(crate) fn with_max_bytes(capacity: usize, max_bytes: usize, ttl: Duration) -> Self {
+        let capacity = capacity.max(1);
+        let weight_capacity = (capacity as u64).saturating_mul(UNIT);
+        let per_byte = ((u128::from(weight_capacity) << 16) / (max_bytes.max(1) as u128))
+            .try_into()
+            .unwrap_or(u64::MAX);
         Self {
             entries: Inner::with(
                 capacity,
-                capacity as u64,
-                UnitWeighter,
+                weight_capacity,
+                Weight { per_byte },
                 DefaultHashBuilder::default(),
                 CountEvictions,
             ),
             ttl,
-            stats: Stats::default(),
+            max_bytes,
+            dbs: Mutex::default(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            expirations: AtomicU64::new(0),
         }
     }
-}
 
-impl Policy for S3Fifo {
-    fn get(&mut self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)> {
-        match self.entries.get(key) {
+    fn count(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The live value of `name` in `db` and when it expires; `None` when absent
+    /// or expired (an expired entry is removed on the way).
+    pub(crate) fn get_in(
+        &self,
+        db: Option<u16>,
+        name: &[u8],
+        now: Instant,
+    ) -> Option<(Bytes, Instant)> {
+        let key = (db, Bytes::copy_from_slice(name));
+        match self.entries.get(&key) {
             Some(entry) if entry.expires_at > now => {
-                self.stats.hits += 1;
-                Some((entry.value.clone(), entry.expires_at))
+                Self::count(&self.hits, 1);
+                Some((entry.value, entry.expires_at))
             }
             Some(_) => {
-                self.entries.remove(key);
-                self.stats.expirations += 1;
-                self.stats.misses += 1;
+                self.entries.remove(&key);
+                Self::count(&self.expirations, 1);
+                Self::count(&self.misses, 1);
                 None
             }
             None => {
-                self.stats.misses += 1;
+                Self::count(&self.misses, 1);
                 None
             }
         }
     }
 
-    fn insert(&mut self, key: Bytes, value: Bytes, now: Instant) {
+    /// Stores `value` under `name` in `db`, expiring one TTL after `now`, making
+    /// room as S3-FIFO decides. A value that alone exceeds the byte capacity is
+    /// not stored, and the key's old entry goes. Returns whether it was stored.
+    pub(crate) fn insert_in(
+        &self,
+        db: Option<u16>,
+        name: &[u8],
+        value: &Bytes,
+        now: Instant,
+    ) -> bool {
+        // A key parsed from a client's request is a slice of that connection's read
+        // buffer; a copy of its own keeps the cache from pinning the buffer.
+        let key = (db, Bytes::copy_from_slice(name));
+        if name.len().saturating_add(value.len()) > self.max_bytes {
+            self.entries.remove(&key);
+            return false;
+        }
+        {
+            let mut dbs = self.dbs.lock().unwrap_or_else(PoisonError::into_inner);
+            if !dbs.contains(&db) {
+                dbs.push(db);
+            }
+        }
         let mut evictions = Evictions {
             now: Some(now),
             ..Evictions::default()
         };
         let entry = Entry {
-            value,
+            value: value.clone(),
             expires_at: now + self.ttl,
         };
-        // A key parsed from a client's request is a slice of that connection's read
-        // buffer; a copy of its own keeps the cache from pinning the buffer.
-        let key = Bytes::copy_from_slice(&key);
         self.entries
             .insert_with_lifecycle(key, entry, &mut evictions);
-        self.stats.evictions += evictions.live;
-        self.stats.expirations += evictions.expired;
+        Self::count(&self.evictions, evictions.live);
+        Self::count(&self.expirations, evictions.expired);
+        true
     }
 
-    fn remove(&mut self, key: &[u8]) {
-        self.entries.remove(key);
+    /// Drops `name` in `db` if it is stored.
+    pub(crate) fn remove_in(&self, db: Option<u16>, name: &[u8]) {
+        self.entries.remove(&(db, Bytes::copy_from_slice(name)));
     }
 
-    fn clear(&mut self) {
+    /// Drops `name` in every database that has held entries.
+    pub(crate) fn remove_everywhere(&self, name: &[u8]) {
+        let dbs = self
+            .dbs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for db in dbs {
+            self.remove_in(db, name);
+        }
+    }
+
+    /// Drops every entry.
+    pub(crate) fn clear(&self) {
         self.entries.clear();
     }
 
-    fn len(&self) -> usize {
+    /// Removes every expired entry (a sweep of the whole cache: S3-FIFO keeps
+    /// no order by expiry); returns how many went.
+    pub(crate) fn reclaim_expired(&self, now: Instant) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, entry| entry.expires_at > now);
+        let reclaimed = before.saturating_sub(self.entries.len());
+        Self::count(&self.expirations, reclaimed as u64);
+        reclaimed
+    }
+
+    /// Entries stored, expired ones not yet reclaimed included.
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    fn stats(&self) -> Stats {
-        self.stats
+    /// Names plus values of every entry, in bytes.
+    pub(crate) fn bytes(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|((_, name), entry)| name.len() + entry.value.len())
+            .sum()
+    }
+
+    /// What the store has done so far.
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            expirations: self.expirations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// See [`S3Fifo::get_in`], in the backend's own database.
+    #[cfg(test)]
+    fn get(&self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)> {
+        self.get_in(None, key, now)
+    }
+
+    /// See [`S3Fifo::insert_in`], in the backend's own database.
+    #[cfg(test)]
+    fn insert(&self, key: Bytes, value: Bytes, now: Instant) {
+        self.insert_in(None, &key, &value, now);
     }
 }
 
@@ -142,7 +277,7 @@ mod tests {
     #[test]
     fn capacity_is_a_number_of_keys() {
         let now = Instant::now();
-        let mut s = S3Fifo::new(10, TTL);
+        let s = S3Fifo::new(10, TTL);
         for i in 0..100 {
             s.insert(key(i), Bytes::from("v"), now);
         }
@@ -153,7 +288,7 @@ mod tests {
     #[test]
     fn entry_expires_exactly_at_its_ttl() {
         let now = Instant::now();
-        let mut s = S3Fifo::new(10, TTL);
+        let s = S3Fifo::new(10, TTL);
         s.insert(key(1), Bytes::from("v"), now);
         assert!(
             s.get(b"key1", now + TTL - Duration::from_nanos(1))
@@ -169,7 +304,7 @@ mod tests {
     #[test]
     fn a_scan_does_not_flush_the_keys_in_use() {
         let now = Instant::now();
-        let mut s = S3Fifo::new(100, TTL);
+        let s = S3Fifo::new(100, TTL);
         for round in 0..3 {
             for i in 0..50 {
                 if s.get(format!("key{i}").as_bytes(), now).is_none() {
@@ -186,5 +321,31 @@ mod tests {
             .filter(|i| s.get(format!("key{i}").as_bytes(), now).is_some())
             .count();
         assert!(kept >= 40, "only {kept} of 50 hot keys survived the scan");
+    }
+
+    #[test]
+    fn the_byte_capacity_bounds_large_values() {
+        let now = Instant::now();
+        let s = S3Fifo::with_max_bytes(1000, 10_000, TTL);
+        for i in 0..100 {
+            s.insert(key(i), Bytes::from(vec![b'v'; 995]), now);
+        }
+        assert!(s.bytes() <= 10_000 + 1000, "{} bytes", s.bytes());
+        assert!(s.len() <= 11, "{} entries", s.len());
+        assert!(!s.insert_in(None, b"huge", &Bytes::from(vec![0u8; 20_000]), now));
+        assert!(s.get(b"huge", now).is_none());
+    }
+
+    #[test]
+    fn reclaim_sweeps_expired_entries() {
+        let t0 = Instant::now();
+        let s = S3Fifo::new(100, TTL);
+        for i in 0..10 {
+            s.insert(key(i), Bytes::from("v"), t0);
+        }
+        s.insert(key(99), Bytes::from("v"), t0 + Duration::from_secs(5));
+        assert_eq!(s.reclaim_expired(t0 + TTL), 10);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.stats().expirations, 10);
     }
 }

@@ -239,7 +239,7 @@ where
         if let Ok(Some(value)) = &outcome
             && !invalidated
         {
-            cache.insert(key, value.clone());
+            cache.insert(&key, value);
         }
         flight
     };
@@ -405,7 +405,7 @@ mod tests {
     }
 
     async fn get(svc: &mut CacheService<Fake>, key: &'static str) -> Result<Lookup, Error> {
-        svc.ready().await.unwrap().call(Bytes::from(key)).await
+        svc.ready().await.unwrap().call(Key::from(key)).await
     }
 
     #[tokio::test]
@@ -464,7 +464,7 @@ mod tests {
         let gate = Arc::new(Semaphore::new(0));
         let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
         let waiters: Vec<_> = (0..40)
-            .map(|_| tokio::spawn(svc.clone().oneshot(Bytes::from("k"))))
+            .map(|_| tokio::spawn(svc.clone().oneshot(Key::from("k"))))
             .collect();
         while svc.cache().fetches_in_flight() == 0 {
             tokio::task::yield_now().await;
@@ -491,7 +491,7 @@ mod tests {
         let gate = Arc::new(Semaphore::new(0));
         let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
         let waiters: Vec<_> = (0..5)
-            .map(|_| tokio::spawn(svc.clone().oneshot(Bytes::from("bad"))))
+            .map(|_| tokio::spawn(svc.clone().oneshot(Key::from("bad"))))
             .collect();
         while svc.cache().fetches_in_flight() == 0 {
             tokio::task::yield_now().await;
@@ -510,7 +510,7 @@ mod tests {
         let gate = Arc::new(Semaphore::new(0));
         let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
         let waiters: Vec<_> = (0..5)
-            .map(|_| tokio::spawn(svc.clone().oneshot(Bytes::from("panic"))))
+            .map(|_| tokio::spawn(svc.clone().oneshot(Key::from("panic"))))
             .collect();
         while svc.cache().fetches_in_flight() == 0 {
             tokio::task::yield_now().await;
@@ -531,7 +531,7 @@ mod tests {
             "the key is not left in flight"
         );
         // The next read fetches afresh rather than finding the key stuck.
-        let again = svc.clone().oneshot(Bytes::from("panic")).await.unwrap_err();
+        let again = svc.clone().oneshot(Key::from("panic")).await.unwrap_err();
         assert!(matches!(again, Error::Internal(_)));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
@@ -540,11 +540,11 @@ mod tests {
     async fn a_cancelled_waiter_does_not_cancel_the_fetch() {
         let gate = Arc::new(Semaphore::new(0));
         let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
-        let leader = tokio::spawn(svc.clone().oneshot(Bytes::from("k")));
+        let leader = tokio::spawn(svc.clone().oneshot(Key::from("k")));
         while svc.cache().fetches_in_flight() == 0 {
             tokio::task::yield_now().await;
         }
-        let follower = tokio::spawn(svc.clone().oneshot(Bytes::from("k")));
+        let follower = tokio::spawn(svc.clone().oneshot(Key::from("k")));
         tokio::task::yield_now().await;
         leader.abort();
         let _ = leader.await;
@@ -556,7 +556,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         // The fetch finished and filled the cache though its first caller left.
         assert_eq!(
-            svc.cache().get(b"k").map(|(value, _)| value),
+            svc.cache().get(&Key::from("k")).map(|(value, _)| value),
             Some(Bytes::from("v0"))
         );
         assert_eq!(svc.cache().fetches_in_flight(), 0);
@@ -567,14 +567,14 @@ mod tests {
         for flush in [false, true] {
             let gate = Arc::new(Semaphore::new(0));
             let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
-            let waiter = tokio::spawn(svc.clone().oneshot(Bytes::from("k")));
+            let waiter = tokio::spawn(svc.clone().oneshot(Key::from("k")));
             while svc.cache().fetches_in_flight() == 0 {
                 tokio::task::yield_now().await;
             }
             if flush {
                 svc.cache().flush();
             } else {
-                svc.cache().invalidate(&[Bytes::from("k")]);
+                svc.cache().invalidate(&[Key::from("k")]);
             }
             gate.add_permits(1);
             let lookup = waiter.await.unwrap().unwrap();
@@ -584,7 +584,7 @@ mod tests {
                 "the waiter still gets its answer"
             );
             assert!(
-                svc.cache().get(b"k").is_none(),
+                svc.cache().get(&Key::from("k")).is_none(),
                 "but it is not cached (flush: {flush})"
             );
             assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -597,7 +597,7 @@ mod tests {
         for key in ["a", "b"] {
             get(&mut svc, key).await.unwrap();
         }
-        svc.cache().invalidate(&[Bytes::from("a")]);
+        svc.cache().invalidate(&[Key::from("a")]);
         assert_eq!(get(&mut svc, "a").await.unwrap().source, Source::Backend);
         assert_eq!(get(&mut svc, "b").await.unwrap().source, Source::Cache);
         svc.cache().flush();

@@ -23,7 +23,9 @@ use super::{InvalidationMode, LogFormat};
 /// Precedence, lowest to highest: defaults, the TOML file, REDIS_PROXY_* environment
 /// variables, these flags. Durations use humantime syntax: 500ms, 30s, 2m.
 #[derive(Debug, Default, Clone, Parser, Serialize)]
-#[command(name = "redis-proxy", version)]
+// A flag given twice takes its last value, as wrapper scripts that append to a
+// command line expect.
+#[command(name = "redis-proxy", version, args_override_self = true)]
 pub struct Cli {
     /// TOML configuration file with any of the keys below (underscored: cache_ttl)
     #[arg(long, env = "REDIS_PROXY_CONFIG", value_name = "FILE")]
@@ -65,6 +67,16 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_policy: Option<String>,
 
+    /// Bytes of keys and values the cache holds at most, as 512mb or 2gb [env: REDIS_PROXY_CACHE_MAX_BYTES] [default: a quarter of the memory available]
+    #[arg(long, value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_max_bytes: Option<String>,
+
+    /// Values larger than this are served but not cached [env: REDIS_PROXY_CACHE_MAX_VALUE_BYTES] [default: an eighth of --cache-max-bytes]
+    #[arg(long, value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_max_value_bytes: Option<String>,
+
     /// none: entries live for the TTL; tracking: Redis evicts changed keys within milliseconds [env: REDIS_PROXY_INVALIDATION] [default: none]
     #[arg(long, value_name = "MODE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,10 +97,25 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<String>,
 
-    /// Open client connections per listener [env: REDIS_PROXY_MAX_CONNECTIONS] [default: 10000]
+    /// Open client connections per listener, lowered at startup to fit the open-files limit [env: REDIS_PROXY_MAX_CONNECTIONS] [default: 10000]
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u64>,
+
+    /// Bytes of replies one RESP connection may have waiting; past it the connection is closed [env: REDIS_PROXY_CLIENT_OUTPUT_LIMIT] [default: 512mb]
+    #[arg(long, value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_output_limit: Option<String>,
+
+    /// How long waiting replies may go unread before the connection is closed [env: REDIS_PROXY_CLIENT_WRITE_TIMEOUT] [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_write_timeout: Option<String>,
+
+    /// Unparsed input all RESP connections together may hold [env: REDIS_PROXY_CLIENT_INPUT_LIMIT] [default: 256mb]
+    #[arg(long, value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_input_limit: Option<String>,
 
     /// Connections to the backing Redis [env: REDIS_PROXY_REDIS_POOL_SIZE] [default: 16]
     #[arg(long, value_name = "N")]

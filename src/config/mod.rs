@@ -9,8 +9,8 @@
 //! anything is bound, with a message that names the option and where it came from.
 
 mod cli;
+mod values;
 
-use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::backend::RedisUrl;
 pub use crate::cache::CachePolicy;
 pub use cli::Cli;
+pub use values::{ByteSize, ListenAddr, memory_available};
 
 /// The prefix of every environment variable the proxy reads.
 pub const ENV_PREFIX: &str = "REDIS_PROXY_";
@@ -33,11 +34,11 @@ pub struct Config {
     /// The backing Redis: `redis://[user:pass@]host:port[/db]`.
     pub redis_url: RedisUrl,
     /// Where the HTTP front-end listens.
-    pub http_addr: SocketAddr,
+    pub http_addr: ListenAddr,
     /// Where the Redis-protocol front-end listens.
-    pub resp_addr: SocketAddr,
+    pub resp_addr: ListenAddr,
     /// Where the health and metrics endpoints listen.
-    pub admin_addr: SocketAddr,
+    pub admin_addr: ListenAddr,
     /// How long a cached entry lives after it was fetched.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
@@ -46,6 +47,12 @@ pub struct Config {
     /// What the cache evicts when full: exact LRU, or scan-resistant S3-FIFO.
     #[serde(with = "text")]
     pub cache_policy: CachePolicy,
+    /// Bytes of keys and values the cache holds at most; `None`: a quarter of the
+    /// memory available (see [`Config::effective_cache_max_bytes`]).
+    pub cache_max_bytes: Option<ByteSize>,
+    /// Values larger than this are served but not cached; `None`: an eighth of
+    /// the cache's bytes.
+    pub cache_max_value_bytes: Option<ByteSize>,
     /// Whether Redis tells the proxy when cached keys change.
     pub invalidation: InvalidationMode,
     /// Requests in flight across the whole proxy; beyond it requests are refused.
@@ -57,6 +64,13 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Open client connections per listener.
     pub max_connections: NonZeroUsize,
+    /// Bytes of replies one RESP connection may have waiting to be written.
+    pub client_output_limit: ByteSize,
+    /// How long waiting replies may go unread before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub client_write_timeout: Duration,
+    /// Unparsed input all RESP connections together may hold (beyond 64 KiB each).
+    pub client_input_limit: ByteSize,
     /// Connections kept to the backing Redis.
     pub redis_pool_size: NonZeroU32,
     /// How long one attempt to connect to the backing Redis may take.
@@ -75,17 +89,22 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             redis_url: RedisUrl::default(),
-            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            resp_addr: SocketAddr::from(([127, 0, 0, 1], 6380)),
-            admin_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            http_addr: ListenAddr::loopback(8080),
+            resp_addr: ListenAddr::loopback(6380),
+            admin_addr: ListenAddr::loopback(9090),
             cache_ttl: Duration::from_secs(60),
             cache_capacity: NonZeroUsize::new(10_000).expect("non-zero"),
             cache_policy: CachePolicy::Lru,
+            cache_max_bytes: None,
+            cache_max_value_bytes: None,
             invalidation: InvalidationMode::None,
             max_clients: NonZeroUsize::new(1024).expect("non-zero"),
             max_parallel: None,
             request_timeout: Duration::from_secs(5),
             max_connections: NonZeroUsize::new(10_000).expect("non-zero"),
+            client_output_limit: ByteSize::mib(512),
+            client_write_timeout: Duration::from_secs(30),
+            client_input_limit: ByteSize::mib(256),
             redis_pool_size: NonZeroU32::new(16).expect("non-zero"),
             redis_connect_timeout: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
@@ -223,11 +242,16 @@ impl Config {
         "cache_ttl",
         "cache_capacity",
         "cache_policy",
+        "cache_max_bytes",
+        "cache_max_value_bytes",
         "invalidation",
         "max_clients",
         "max_parallel",
         "request_timeout",
         "max_connections",
+        "client_output_limit",
+        "client_write_timeout",
+        "client_input_limit",
         "redis_pool_size",
         "redis_connect_timeout",
         "shutdown_grace",
@@ -240,21 +264,55 @@ impl Config {
         self.max_parallel.unwrap_or(self.max_clients)
     }
 
-    fn validate(&self) -> Result<(), Error> {
-        let positive = [
-            ("cache_ttl", self.cache_ttl),
-            ("request_timeout", self.request_timeout),
-            ("redis_connect_timeout", self.redis_connect_timeout),
-        ];
-        for (key, value) in positive {
-            if value.is_zero() {
-                return Err(Error::Invalid(format!(
-                    "{}: must be greater than zero",
-                    option_names(key)
-                )));
-            }
+    /// The cache's byte capacity in force: `cache_max_bytes`, or a quarter of the
+    /// memory available to the process (its container's limit, else the
+    /// machine's), or 1 GiB when that cannot be read.
+    pub fn effective_cache_max_bytes(&self) -> ByteSize {
+        self.cache_max_bytes
+            .unwrap_or_else(|| ByteSize(memory_available().map_or(1 << 30, |bytes| bytes / 4)))
+    }
+
+    /// The largest value cached: `cache_max_value_bytes`, or an eighth of the
+    /// cache's bytes.
+    pub fn effective_cache_max_value_bytes(&self) -> ByteSize {
+        self.cache_max_value_bytes
+            .unwrap_or_else(|| ByteSize(self.effective_cache_max_bytes().0 / 8))
+    }
+
+    /// Settings that are valid but probably not what was meant, each with why.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(parallel) = self.max_parallel
+            && parallel > self.max_clients
+        {
+            warnings.push(format!(
+                "--max-parallel {parallel} is above --max-clients {}: at most {} requests are ever in flight, so the parallel limit never binds",
+                self.max_clients, self.max_clients
+            ));
         }
-        Ok(())
+        warnings
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let zero = [
+            ("cache_ttl", self.cache_ttl.is_zero()),
+            ("request_timeout", self.request_timeout.is_zero()),
+            (
+                "redis_connect_timeout",
+                self.redis_connect_timeout.is_zero(),
+            ),
+            ("client_write_timeout", self.client_write_timeout.is_zero()),
+            ("client_output_limit", self.client_output_limit.0 == 0),
+            ("client_input_limit", self.client_input_limit.0 == 0),
+            ("cache_max_bytes", self.cache_max_bytes == Some(ByteSize(0))),
+        ];
+        match zero.into_iter().find(|(_, zero)| *zero) {
+            Some((key, _)) => Err(Error::Invalid(format!(
+                "{}: must be greater than zero",
+                option_names(key)
+            ))),
+            None => Ok(()),
+        }
     }
 }
 

@@ -250,7 +250,7 @@ pub fn key_from_uri(uri: &Uri) -> Result<Key, &'static str> {
         return Err("empty key: request /{key}\n");
     }
     let key: Vec<u8> = percent_decode(raw.as_bytes()).collect();
-    Ok(Bytes::from(key))
+    Ok(Key::new(key))
 }
 
 /// The response to a request that failed: the status for the error, and its
@@ -274,8 +274,9 @@ fn error_response(error: &Error) -> Response {
 mod tests {
     use super::*;
 
-    fn key(uri: &str) -> Result<Key, &'static str> {
-        key_from_uri(&uri.parse::<Uri>().unwrap())
+    /// The name of the key `uri` names.
+    fn key(uri: &str) -> Result<Bytes, &'static str> {
+        key_from_uri(&uri.parse::<Uri>().unwrap()).map(|key| key.name().clone())
     }
 
     #[test]

@@ -35,7 +35,7 @@
 //!     .timeout(Duration::from_secs(2))
 //!     .cache(Cache::new(1000, Duration::from_secs(30)))
 //!     .build();
-//! let lookup = stack.clone().oneshot(Bytes::from("user:1")).await.unwrap();
+//! let lookup = stack.clone().oneshot(Key::from("user:1")).await.unwrap();
 //! assert_eq!(lookup.value, Some(Bytes::from("value of b\"user:1\"")));
 //! # }
 //! ```
@@ -263,7 +263,7 @@ mod tests {
             arrived.fetch_add(1, Ordering::SeqCst);
             async move {
                 let _pass = gate.acquire().await.unwrap();
-                Ok::<_, Error>(Some(key))
+                Ok::<_, Error>(Some(key.name().clone()))
             }
         })
     }
@@ -287,7 +287,7 @@ mod tests {
         B::Error: Into<Error>,
         B::Future: Send + 'static,
     {
-        stack.clone().oneshot(Bytes::from(key)).await
+        stack.clone().oneshot(Key::from(key)).await
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@
 //! answer. The refusal is written without waiting, so refused connections hold
 //! no descriptor and no task.
 
+mod files;
 mod listener;
 
 use std::future::Future;
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub(crate) use files::fit_connections;
 pub(crate) use listener::Listener;
 
 /// What one kind of listener does with its connections.
@@ -81,7 +83,7 @@ pub(crate) async fn serve<P: Protocol>(
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept(protocol.refusal()) => accepted,
             () = stop.cancelled() => break,
         };
         let stats = listener.stats();

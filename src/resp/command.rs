@@ -8,15 +8,14 @@
 use bytes::Bytes;
 
 use super::reply::Reply;
-use crate::lookup::Key;
 
 /// One parsed request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// `GET key`
-    Get(Key),
+    Get(Bytes),
     /// `MGET key [key ...]`
-    MGet(Vec<Key>),
+    MGet(Vec<Bytes>),
     /// `PING [message]`
     Ping(Option<Bytes>),
     /// `ECHO message`

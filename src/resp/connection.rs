@@ -1,190 +1,444 @@
 //! One client connection: decode a batch of pipelined requests, run their keys
-//! through the shared stack, write the replies in order, repeat.
+//! through the shared stack while writing the replies in order, repeat.
 //!
 //! A batch is every complete request already received, up to `max_keys` keys.
 //! The keys of a batch run concurrently, at most `max_keys` at a time (an `MGET`
 //! larger than that runs in waves), so one connection can never hold more than
 //! `max_keys` of the proxy's `max_clients` slots, however deep it pipelines.
-//! Connection-level commands (`HELLO`, `CLIENT`, …) are answered in place, in
-//! order with the reads around them.
+//! Replies are encoded as their results arrive and written while later keys are
+//! still being looked up; a client that reads keeps little pending, and one that
+//! does not read holds no client slot while its replies wait.
+//!
+//! Bounds, each ending the connection when passed (see [`super::Limits`]):
+//! pending replies over `output` bytes, or waiting longer than `write_timeout`
+//! for the client to take any; a request taking longer than `request_timeout`
+//! to arrive once it has begun; unparsed input beyond what all connections
+//! together may hold.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::BytesMut;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
-use super::Resp;
-use super::command::{self, Command, SUPPORTED, Spec, printable};
+use super::command::Command;
 use super::decode::{Decoder, ProtocolError};
-use super::reply::{Protocol, Reply};
+use super::output::Output;
+use super::reply::Reply;
+use super::session::{Planned, Session};
+use super::{FREE_INPUT, Resp};
 use crate::lookup::{Error, Key, Lookup};
 
-/// The version `HELLO` and `INFO` report: the Redis command set the proxy follows.
-pub const REDIS_VERSION: &str = "7.0.0";
-
-/// What one connection knows about itself.
+/// Why a connection is closed.
 #[derive(Debug)]
-struct Session {
-    id: u64,
-    addr: SocketAddr,
-    protocol: Protocol,
-    name: Option<Bytes>,
-}
-
-/// A request of the current batch, waiting for its reply to be encoded.
-enum Planned {
-    /// Answered already.
-    Reply(Reply, Protocol),
-    /// The next lookup result answers it.
-    Get(Protocol),
-    /// The next `n` lookup results answer it.
-    MGet(usize, Protocol),
-}
-
-/// Why the connection loop ends after this batch.
-enum End {
-    Quit,
+enum Close {
+    /// The client sent `QUIT`, or its stream ended.
+    Done,
+    /// The client broke the protocol: it is told so.
     Protocol(ProtocolError),
+    /// A bound was passed: the client is told which, when it may still read.
+    Bound(Bound),
+    /// The stream failed, or the proxy is stopping.
+    Gone,
 }
+
+/// The bounds on one connection (see [`super::Limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    /// Pending replies over `Limits::output` bytes.
+    Output,
+    /// Pending replies not taken for `Limits::write_timeout`.
+    Write,
+    /// A request not complete within `Limits::request_timeout`.
+    Request,
+    /// Unparsed input of all connections over `Limits::input_total`.
+    Input,
+}
+
+impl Bound {
+    fn name(self) -> &'static str {
+        match self {
+            Bound::Output => "output",
+            Bound::Write => "write",
+            Bound::Request => "request",
+            Bound::Input => "input",
+        }
+    }
+
+    /// What the client is told, if it is told anything.
+    fn message(self) -> Option<&'static str> {
+        match self {
+            Bound::Output => Some(
+                "ERR client output buffer limit reached: replies waiting for this client would pass --client-output-limit",
+            ),
+            // It does not read: telling it is pointless.
+            Bound::Write => None,
+            Bound::Request => {
+                Some("ERR Protocol error: request not completed within --request-timeout")
+            }
+            Bound::Input => Some("ERR the proxy holds too much unparsed input; try again later"),
+        }
+    }
+}
+
+/// One batch of requests: what to answer, in order, and the keys to look up.
+struct Batch {
+    planned: VecDeque<Planned>,
+    keys: Vec<Key>,
+    /// The batch ends the connection (`QUIT`, or the protocol error).
+    end: Option<Close>,
+    /// More complete requests may wait in the buffer (the batch was cut short).
+    more: bool,
+}
+
+/// What a connection's input buffer starts with, and shrinks back to.
+const INPUT_CAPACITY: usize = 16 * 1024;
 
 /// Serves one connection until the client leaves, sends `QUIT`, breaks the
-/// protocol, or the proxy shuts down (in-flight replies are written first).
+/// protocol or a bound, or the proxy shuts down (in-flight replies are written
+/// first).
 pub(super) async fn serve<S, T>(
-    mut stream: T,
-    addr: SocketAddr,
-    shared: &Resp<S>,
+    stream: T,
+    peer: SocketAddr,
+    local: SocketAddr,
+    resp: &Resp<S>,
     stop: tokio_util::sync::CancellationToken,
 ) where
     S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut session = Session {
-        id: shared.next_id.fetch_add(1, Ordering::Relaxed),
-        addr,
-        protocol: Protocol::Resp2,
-        name: None,
+    let mut connection = Connection {
+        stream,
+        resp,
+        session: Session::new(resp.next_id.fetch_add(1, Ordering::Relaxed), peer, local),
+        decoder: Decoder::default(),
+        input: BytesMut::with_capacity(INPUT_CAPACITY),
+        output: Output::with_capacity(INPUT_CAPACITY),
+        held: 0,
     };
-    let mut decoder = Decoder::default();
-    let mut input = BytesMut::with_capacity(16 * 1024);
-    let mut output = BytesMut::with_capacity(16 * 1024);
-    loop {
-        let mut planned = Vec::new();
-        let mut keys = Vec::new();
-        let mut end = None;
-        while keys.len() < shared.max_keys {
-            match decoder.decode(&mut input) {
-                Ok(Some(args)) => {
-                    let command = Command::parse(args);
-                    let quit = command == Command::Quit;
-                    planned.push(session.plan(command, &mut keys, shared));
-                    if quit {
-                        // Its +OK is the last reply; anything after it is ignored.
-                        end = Some(End::Quit);
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    end = Some(End::Protocol(error));
-                    break;
-                }
-            }
-        }
-        let batch_full = keys.len() >= shared.max_keys;
-
-        let results = lookups(shared, keys).await;
-        for result in &results {
-            shared.requests.record(result);
-        }
-        encode_replies(planned, results, &mut output);
-        if let Some(End::Protocol(error)) = &end {
-            tracing::debug!(%error, "protocol error; closing");
-            Reply::error(format!("ERR Protocol error: {error}"))
-                .encode(session.protocol, &mut output);
-        }
-        if !output.is_empty() {
-            if stream.write_all(&output).await.is_err() {
-                return;
-            }
-            output.clear();
-        }
-        if end.is_some() {
-            let _ = stream.shutdown().await;
-            return;
-        }
-        if batch_full {
-            continue; // more complete requests may be buffered already
-        }
-        if input.capacity() - input.len() < 4096 {
-            input.reserve(16 * 1024);
-        }
-        tokio::select! {
-            read = stream.read_buf(&mut input) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            },
-            () = stop.cancelled() => return,
-        }
-    }
+    let close = connection.run(&stop).await;
+    connection.close(close).await;
 }
 
-/// Runs `keys` through the stack, at most `max_keys` at once, results in order.
-async fn lookups<S>(shared: &Resp<S>, keys: Vec<Key>) -> Vec<Result<Lookup, Error>>
+struct Connection<'a, S, T> {
+    stream: T,
+    resp: &'a Resp<S>,
+    session: Session,
+    decoder: Decoder,
+    input: BytesMut,
+    output: Output,
+    /// Unparsed input counted against the shared bound (see `Resp::hold_input`).
+    held: usize,
+}
+
+impl<S, T> Connection<'_, S, T>
 where
     S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
+    T: AsyncRead + AsyncWrite + Unpin,
 {
-    let lookup = |key: Key| shared.stack.clone().oneshot(key);
-    match keys.len() {
-        0 => Vec::new(),
-        1 => vec![lookup(keys.into_iter().next().expect("one key")).await],
-        // Within the bound, every key may run at once: poll them side by side.
-        n if n <= shared.max_keys => {
-            futures_util::future::join_all(keys.into_iter().map(lookup)).await
+    async fn run(&mut self, stop: &tokio_util::sync::CancellationToken) -> Close {
+        loop {
+            let mut batch = self.decode();
+            if let Err(close) = self.answer(&mut batch).await {
+                return close;
+            }
+            if let Err(close) = self.flush().await {
+                return close;
+            }
+            if let Some(close) = batch.end {
+                return close;
+            }
+            if let Err(close) = self.account_input() {
+                return close;
+            }
+            if batch.more {
+                continue;
+            }
+            if let Err(close) = self.read(stop).await {
+                return close;
+            }
         }
-        // A larger MGET runs in a window of `max_keys` keys at a time.
-        _ => {
-            futures_util::stream::iter(keys)
-                .map(lookup)
-                .buffered(shared.max_keys)
-                .collect()
-                .await
+    }
+
+    /// Takes the complete requests at the front of the input as one batch.
+    fn decode(&mut self) -> Batch {
+        let mut batch = Batch {
+            planned: VecDeque::new(),
+            keys: Vec::new(),
+            end: None,
+            more: false,
+        };
+        while batch.keys.len() < self.resp.max_keys {
+            match self.decoder.decode(&mut self.input) {
+                Ok(Some(args)) => {
+                    let command = Command::parse(args);
+                    let quit = command == Command::Quit;
+                    let planned = self.session.plan(command, &mut batch.keys, self.resp);
+                    let select = matches!(planned, Planned::Select(_));
+                    batch.planned.push_back(planned);
+                    if quit {
+                        // Its +OK is the last reply; anything after it is ignored.
+                        batch.end = Some(Close::Done);
+                        return batch;
+                    }
+                    if select {
+                        // Requests after it read the database it selects, if it
+                        // exists: they wait until the backend has said.
+                        batch.more = true;
+                        return batch;
+                    }
+                }
+                Ok(None) => return batch,
+                Err(error) => {
+                    batch.end = Some(Close::Protocol(error));
+                    return batch;
+                }
+            }
+        }
+        batch.more = true;
+        batch
+    }
+
+    /// Looks up the batch's keys and encodes every reply in order, writing what
+    /// is encoded while later keys are still being looked up.
+    async fn answer(&mut self, batch: &mut Batch) -> Result<(), Close> {
+        let keys = std::mem::take(&mut batch.keys);
+        let mut lookups = Lookups::new(&self.resp.stack, keys, self.resp.max_keys);
+        let mut results = Results::default();
+        loop {
+            self.encode_ready(&mut batch.planned, &mut results).await?;
+            if batch.planned.is_empty() {
+                return Ok(());
+            }
+            let write = !self.output.is_empty();
+            tokio::select! {
+                biased;
+                result = lookups.next() => {
+                    let result = result.expect("a lookup for every read waiting for one");
+                    self.resp.requests.record(&result);
+                    results.push(result);
+                }
+                written = self.output.write_some(&mut self.stream), if write => {
+                    written.map_err(|_| Close::Gone)?;
+                }
+            }
+        }
+    }
+
+    /// Encodes the planned replies whose results are in, front to back; a
+    /// database being selected is asked about here, in its turn.
+    async fn encode_ready(
+        &mut self,
+        planned: &mut VecDeque<Planned>,
+        results: &mut Results,
+    ) -> Result<(), Close> {
+        while let Some(item) = planned.front() {
+            match item {
+                Planned::Reply(reply, protocol) => reply.encode(*protocol, &mut self.output),
+                Planned::Get(protocol) => {
+                    let Some(result) = results.pop() else {
+                        return Ok(());
+                    };
+                    get_reply(result).encode(*protocol, &mut self.output);
+                }
+                &Planned::MGet(n, protocol) => {
+                    // One array: encoded once every result is in. Until then the
+                    // results count toward the pending output.
+                    if self.output.pending() + results.bytes > self.resp.limits.output {
+                        return Err(Close::Bound(Bound::Output));
+                    }
+                    if results.len() < n {
+                        return Ok(());
+                    }
+                    mget_reply(results.take(n)).encode(protocol, &mut self.output);
+                }
+                &Planned::Select(db) => {
+                    let protocol = self.session.protocol;
+                    let reply = match self.resp.databases.ask(db).await {
+                        Ok(()) => {
+                            self.session.select(Some(db));
+                            Reply::OK
+                        }
+                        Err(reply) => reply,
+                    };
+                    reply.encode(protocol, &mut self.output);
+                }
+            }
+            planned.pop_front();
+            if self.output.pending() > self.resp.limits.output {
+                return Err(Close::Bound(Bound::Output));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every pending reply, giving up if the client takes none of it for
+    /// the write timeout.
+    async fn flush(&mut self) -> Result<(), Close> {
+        let timeout = self.resp.limits.write_timeout;
+        while !self.output.is_empty() {
+            match tokio::time::timeout(timeout, self.output.write_some(&mut self.stream)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(Close::Gone),
+                Err(_) => return Err(Close::Bound(Bound::Write)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads more input. A request begun but not complete must be completed
+    /// within the request timeout.
+    async fn read(&mut self, stop: &tokio_util::sync::CancellationToken) -> Result<(), Close> {
+        let partial = !self.input.is_empty() || self.decoder.held() > 0;
+        if !partial && self.input.capacity() > 4 * INPUT_CAPACITY {
+            // A large request has been answered: its buffer goes with it.
+            self.input = BytesMut::with_capacity(INPUT_CAPACITY);
+        } else if self.input.capacity() - self.input.len() < 4096 {
+            self.input.reserve(INPUT_CAPACITY);
+        }
+        let deadline = partial.then(|| Instant::now() + self.resp.limits.request_timeout);
+        let read = self.stream.read_buf(&mut self.input);
+        let read = async {
+            match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, read)
+                    .await
+                    .map_err(|_| Close::Bound(Bound::Request)),
+                None => Ok(read.await),
+            }
+        };
+        tokio::select! {
+            read = read => match read? {
+                Ok(0) | Err(_) => Err(Close::Done),
+                Ok(_) => self.account_input(),
+            },
+            () = stop.cancelled() => Err(Close::Gone),
+        }
+    }
+
+    /// Brings the input counted against the shared bound in line with what the
+    /// connection holds now.
+    fn account_input(&mut self) -> Result<(), Close> {
+        let holding = (self.input.len() + self.decoder.held()).saturating_sub(FREE_INPUT);
+        if holding > self.held {
+            if !self.resp.hold_input(holding - self.held) {
+                return Err(Close::Bound(Bound::Input));
+            }
+        } else if holding < self.held {
+            self.resp.release_input(self.held - holding);
+        }
+        self.held = holding;
+        Ok(())
+    }
+
+    /// Tells the client why the connection ends, when it ends on a bound or a
+    /// protocol error, and closes it.
+    async fn close(mut self, close: Close) {
+        let message = match &close {
+            Close::Protocol(error) => {
+                tracing::debug!(%error, "protocol error; closing");
+                Some(format!("ERR Protocol error: {error}"))
+            }
+            Close::Bound(bound) => {
+                tracing::warn!(bound = bound.name(), "closing a connection past a bound");
+                if *bound == Bound::Output {
+                    // The replies that passed the bound are dropped: the point of it.
+                    self.output = Output::default();
+                }
+                bound.message().map(str::to_owned)
+            }
+            Close::Done | Close::Gone => None,
+        };
+        if let Some(message) = message {
+            Reply::error(message).encode(self.session.protocol, &mut self.output);
+            let _ = self.flush().await;
+        }
+        let _ = self.stream.shutdown().await;
+        if self.held > 0 {
+            self.resp.release_input(self.held);
         }
     }
 }
 
-fn encode_replies(planned: Vec<Planned>, results: Vec<Result<Lookup, Error>>, out: &mut BytesMut) {
-    let mut results = results.into_iter();
-    for item in planned {
-        match item {
-            Planned::Reply(reply, protocol) => reply.encode(protocol, out),
-            Planned::Get(protocol) => {
-                let result = results.next().expect("a result per key");
-                get_reply(result).encode(protocol, out);
-            }
-            Planned::MGet(n, protocol) => {
-                let mut values = Vec::with_capacity(n);
-                let mut failed = None;
-                for result in results.by_ref().take(n) {
-                    match result {
-                        Ok(lookup) => values.push(value_reply(lookup)),
-                        // MGET answers nil for a key holding another type, as Redis does.
-                        Err(error) if error.is_wrong_type() => values.push(Reply::Null),
-                        Err(error) => {
-                            failed.get_or_insert(error);
-                        }
-                    }
-                }
-                match failed {
-                    Some(error) => error_reply(&error).encode(protocol, out),
-                    None => Reply::Array(values).encode(protocol, out),
-                }
-            }
+/// Lookup results waiting for their replies to be encoded, in key order, and
+/// the bytes of their values.
+#[derive(Default)]
+struct Results {
+    queue: VecDeque<Result<Lookup, Error>>,
+    bytes: usize,
+}
+
+impl Results {
+    fn push(&mut self, result: Result<Lookup, Error>) {
+        self.bytes += value_len(&result);
+        self.queue.push_back(result);
+    }
+
+    fn pop(&mut self) -> Option<Result<Lookup, Error>> {
+        let result = self.queue.pop_front()?;
+        self.bytes -= value_len(&result);
+        Some(result)
+    }
+
+    fn take(&mut self, n: usize) -> Vec<Result<Lookup, Error>> {
+        (0..n).filter_map(|_| self.pop()).collect()
+    }
+
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+fn value_len(result: &Result<Lookup, Error>) -> usize {
+    match result {
+        Ok(Lookup {
+            value: Some(value), ..
+        }) => value.len(),
+        _ => 0,
+    }
+}
+
+/// The lookups of one batch: at most `window` in flight, results in key order.
+struct Lookups<'a, S: Service<Key>> {
+    stack: &'a S,
+    keys: std::vec::IntoIter<Key>,
+    in_flight: FuturesOrdered<Oneshot<S, Key>>,
+    window: usize,
+}
+
+impl<'a, S> Lookups<'a, S>
+where
+    S: Service<Key, Response = Lookup, Error = Error> + Clone,
+{
+    fn new(stack: &'a S, keys: Vec<Key>, window: usize) -> Self {
+        let mut lookups = Self {
+            stack,
+            keys: keys.into_iter(),
+            in_flight: FuturesOrdered::new(),
+            window,
+        };
+        lookups.fill();
+        lookups
+    }
+
+    fn fill(&mut self) {
+        while self.in_flight.len() < self.window {
+            let Some(key) = self.keys.next() else { break };
+            self.in_flight.push_back(self.stack.clone().oneshot(key));
         }
+    }
+
+    /// The next result in key order; `None` when every key has been answered.
+    async fn next(&mut self) -> Option<Result<Lookup, Error>> {
+        let result = self.in_flight.next().await;
+        self.fill();
+        result
     }
 }
 
@@ -202,6 +456,20 @@ fn get_reply(result: Result<Lookup, Error>) -> Reply {
     }
 }
 
+/// The reply to `MGET`: an array of values, nil for a key holding another type
+/// (as Redis answers), or the first other error for the whole command.
+fn mget_reply(results: Vec<Result<Lookup, Error>>) -> Reply {
+    let mut values = Vec::with_capacity(results.len());
+    for result in results {
+        match result {
+            Ok(lookup) => values.push(value_reply(lookup)),
+            Err(error) if error.is_wrong_type() => values.push(Reply::Null),
+            Err(error) => return error_reply(&error),
+        }
+    }
+    Reply::Array(values)
+}
+
 /// The error reply for a failed lookup, in this one place: the backend's own
 /// error replies pass through as they are; anything else is `ERR` and the
 /// error's short text. Server-side failures are logged with their cause.
@@ -217,212 +485,33 @@ fn error_reply(error: &Error) -> Reply {
     }
 }
 
-impl Session {
-    fn plan<S>(&mut self, command: Command, keys: &mut Vec<Key>, shared: &Resp<S>) -> Planned {
-        let reply = match command {
-            Command::Get(key) => {
-                keys.push(key);
-                return Planned::Get(self.protocol);
-            }
-            Command::MGet(more) => {
-                let n = more.len();
-                keys.extend(more);
-                return Planned::MGet(n, self.protocol);
-            }
-            Command::Ping(None) => Reply::Simple("PONG"),
-            Command::Ping(Some(message)) | Command::Echo(message) => Reply::Bulk(message),
-            Command::Quit => Reply::OK,
-            Command::Reset => {
-                self.protocol = Protocol::Resp2;
-                self.name = None;
-                Reply::Simple("RESET")
-            }
-            Command::Hello { protover, setname } => self.hello(protover, setname),
-            Command::Auth => Reply::OK,
-            Command::Select(index) => match std::str::from_utf8(&index)
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
-            {
-                Some(0) => Reply::OK,
-                Some(_) => Reply::error(
-                    "ERR DB index is out of range: redis-proxy serves one database, index 0",
-                ),
-                None => Reply::error("ERR value is not an integer or out of range"),
-            },
-            Command::Client(args) => self.client(args),
-            Command::Describe(args) => command_info(args),
-            Command::Info(sections) => Reply::text(shared.info.text(&sections)),
-            Command::Refused(reply) => reply,
-        };
-        Planned::Reply(reply, self.protocol)
-    }
-
-    fn hello(&mut self, protover: Option<Bytes>, setname: Option<Bytes>) -> Reply {
-        // Validate everything before changing anything, as Redis does.
-        let protocol = match protover {
-            None => self.protocol,
-            Some(version) => match std::str::from_utf8(&version)
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
-            {
-                Some(2) => Protocol::Resp2,
-                Some(3) => Protocol::Resp3,
-                Some(_) => return Reply::error("NOPROTO unsupported protocol version"),
-                None => {
-                    return Reply::error("ERR Protocol version is not an integer or out of range");
-                }
-            },
-        };
-        if let Some(Err(reply)) = setname.map(|name| self.set_name(name)) {
-            return reply;
-        }
-        self.protocol = protocol;
-        Reply::Map(vec![
-            (Reply::text("server"), Reply::text("redis")),
-            (Reply::text("version"), Reply::text(REDIS_VERSION)),
-            (
-                Reply::text("proto"),
-                Reply::Integer(match self.protocol {
-                    Protocol::Resp2 => 2,
-                    Protocol::Resp3 => 3,
-                }),
-            ),
-            (Reply::text("id"), Reply::Integer(self.id as i64)),
-            (Reply::text("mode"), Reply::text("standalone")),
-            (Reply::text("role"), Reply::text("master")),
-            (Reply::text("modules"), Reply::Array(Vec::new())),
-        ])
-    }
-
-    fn set_name(&mut self, name: Bytes) -> Result<(), Reply> {
-        if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
-            return Err(Reply::error(
-                "ERR Client names cannot contain spaces, newlines or special characters.",
-            ));
-        }
-        self.name = (!name.is_empty()).then_some(name);
-        Ok(())
-    }
-
-    fn client(&mut self, args: Vec<Bytes>) -> Reply {
-        let sub = args[0].to_ascii_lowercase();
-        match (&sub[..], args.len()) {
-            (b"setname", 2) => match self.set_name(args[1].clone()) {
-                Ok(()) => Reply::OK,
-                Err(reply) => reply,
-            },
-            (b"getname", 1) => self.name.clone().map_or(Reply::Null, Reply::Bulk),
-            (b"id", 1) => Reply::Integer(self.id as i64),
-            (b"setinfo", 3) => Reply::OK,
-            (b"info", 1) => Reply::text(format!(
-                "id={} addr={} name={} db=0 resp={}\n",
-                self.id,
-                self.addr,
-                self.name
-                    .as_deref()
-                    .map(String::from_utf8_lossy)
-                    .unwrap_or_default(),
-                match self.protocol {
-                    Protocol::Resp2 => 2,
-                    Protocol::Resp3 => 3,
-                }
-            )),
-            (b"setname" | b"getname" | b"id" | b"setinfo" | b"info", _) => Reply::error(format!(
-                "ERR wrong number of arguments for 'client|{}' command",
-                printable(&sub)
-            )),
-            _ => Reply::error(format!(
-                "ERR unknown subcommand '{}'. redis-proxy supports CLIENT SETNAME, GETNAME, ID, SETINFO, INFO",
-                printable(&args[0])
-            )),
-        }
-    }
-}
-
-/// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name…`, `COMMAND DOCS [name…]`.
-fn command_info(args: Vec<Bytes>) -> Reply {
-    let info = |spec: &Spec| {
-        Reply::Array(vec![
-            Reply::text(spec.name),
-            Reply::Integer(spec.arity),
-            Reply::Array(spec.flags.iter().map(|&f| Reply::Simple(f)).collect()),
-            Reply::Integer(spec.first_key),
-            Reply::Integer(spec.last_key),
-            Reply::Integer(spec.step),
-            // ACL categories, tips, key specifications, subcommands.
-            Reply::Array(Vec::new()),
-            Reply::Array(Vec::new()),
-            Reply::Array(Vec::new()),
-            Reply::Array(Vec::new()),
-        ])
-    };
-    let Some(sub) = args.first().map(|s| s.to_ascii_lowercase()) else {
-        return Reply::Array(SUPPORTED.iter().map(info).collect());
-    };
-    match &sub[..] {
-        b"count" => Reply::Integer(SUPPORTED.len() as i64),
-        b"info" => Reply::Array(
-            args[1..]
-                .iter()
-                .map(|name| command::find(name).map_or(Reply::Null, info))
-                .collect(),
-        ),
-        b"docs" => {
-            let specs: Vec<&Spec> = if args.len() == 1 {
-                SUPPORTED.iter().collect()
-            } else {
-                args[1..]
-                    .iter()
-                    .filter_map(|name| command::find(name))
-                    .collect()
-            };
-            Reply::Map(
-                specs
-                    .into_iter()
-                    .map(|spec| {
-                        let group = if spec.flags.contains(&"readonly") {
-                            "string"
-                        } else {
-                            "connection"
-                        };
-                        let doc = Reply::Map(vec![
-                            (Reply::text("summary"), Reply::text(spec.summary)),
-                            (Reply::text("since"), Reply::text("1.0.0")),
-                            (Reply::text("group"), Reply::text(group)),
-                        ]);
-                        (Reply::text(spec.name), doc)
-                    })
-                    .collect(),
-            )
-        }
-        _ => Reply::error(format!(
-            "ERR unknown subcommand '{}'. redis-proxy supports COMMAND, COMMAND COUNT, COMMAND INFO, COMMAND DOCS",
-            printable(&args[0])
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cache::Cache;
     use crate::limit::Slots;
     use crate::lookup::Source;
+    use crate::resp::{Databases, Limits};
+    use bytes::Bytes;
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
     use tokio::io::DuplexStream;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::Semaphore;
     use tokio_util::sync::CancellationToken;
 
-    /// A stand-in stack: `value:<x>` is found with the value `x`, `wrongtype`
-    /// holds another type, `down` fails, `slow:<x>` waits for the gate; anything
-    /// else is missing. Counts how many lookups run at once.
+    /// A stand-in stack: `value:<x>` is found with the value `x`, `large:<x>` with
+    /// a 100 KiB value, `db` with the database it was read in, `wrongtype` holds
+    /// another type, `down` fails, `slow:<x>` waits for the gate; anything else
+    /// is missing. Counts how many lookups run at once.
     #[derive(Clone)]
     struct FakeStack {
         gate: Arc<Semaphore>,
         running: Arc<AtomicUsize>,
         peak: Arc<AtomicUsize>,
+        /// What `large:<x>` is found with: one value shared by every reply.
+        large: Bytes,
     }
 
     impl FakeStack {
@@ -431,6 +520,7 @@ mod tests {
                 gate: Arc::new(Semaphore::new(0)),
                 running: Arc::default(),
                 peak: Arc::default(),
+                large: Bytes::from(vec![b'x'; 100 * 1024]),
             }
         }
     }
@@ -459,6 +549,13 @@ mod tests {
                     age: Duration::ZERO,
                 };
                 let result = match &key[..] {
+                    b"db" => Ok(found(format!("{:?}", key.db()).as_bytes())),
+                    k if k.starts_with(b"large:") => Ok(Lookup {
+                        value: Some(this.large.clone()),
+                        source: Source::Cache,
+                        fresh_for: Duration::from_secs(1),
+                        age: Duration::ZERO,
+                    }),
                     b"wrongtype" => Err(Error::Reply("WRONGTYPE wrong kind".into())),
                     b"down" => Err(Error::unavailable("redis unavailable: down")),
                     k if k.starts_with(b"value:") => Ok(found(&k[6..])),
@@ -479,16 +576,60 @@ mod tests {
         }
     }
 
-    fn protocol(stack: FakeStack, max_clients: usize) -> Arc<Resp<FakeStack>> {
+    fn limits(max_clients: usize) -> Limits {
+        Limits {
+            max_clients,
+            output: 1 << 20,
+            write_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            input_total: 1 << 20,
+        }
+    }
+
+    /// Databases 0 to 15 exist; the backend's own is 0.
+    fn databases() -> Databases {
+        Databases::new(
+            0,
+            Arc::new(|db| {
+                Box::pin(async move {
+                    if db < 16 {
+                        Ok(())
+                    } else {
+                        Err(Error::Reply("ERR DB index is out of range".into()))
+                    }
+                })
+            }),
+        )
+    }
+
+    fn protocol_with(stack: FakeStack, limits: Limits) -> Arc<Resp<FakeStack>> {
         Arc::new(Resp::new(
             stack,
             Cache::new(4, Duration::from_secs(1)),
             crate::resp::Settings {
-                max_clients,
+                limits,
+                databases: databases(),
                 connections: (Slots::new(4), Arc::default()),
                 port: 6380,
             },
         ))
+    }
+
+    fn protocol(stack: FakeStack, max_clients: usize) -> Arc<Resp<FakeStack>> {
+        protocol_with(stack, limits(max_clients))
+    }
+
+    /// A connection served in a task; the test is its client, over a pipe of
+    /// `capacity` bytes.
+    fn connect_with(
+        resp: Arc<Resp<FakeStack>>,
+        stop: CancellationToken,
+        capacity: usize,
+    ) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(capacity);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let task = tokio::spawn(async move { serve(server, addr, addr, &resp, stop).await });
+        (client, task)
     }
 
     /// A connection served in a task; the test is its client.
@@ -496,10 +637,7 @@ mod tests {
         resp: Arc<Resp<FakeStack>>,
         stop: CancellationToken,
     ) -> (DuplexStream, tokio::task::JoinHandle<()>) {
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        let addr = SocketAddr::from(([127, 0, 0, 1], 5000));
-        let task = tokio::spawn(async move { serve(server, addr, &resp, stop).await });
-        (client, task)
+        connect_with(resp, stop, 64 * 1024)
     }
 
     async fn read_exactly(client: &mut DuplexStream, n: usize) -> String {
@@ -617,5 +755,163 @@ mod tests {
         stack.gate.add_permits(1);
         assert_eq!(read_exactly(&mut client, 7).await, "$1\r\nz\r\n");
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn select_switches_the_database_the_reads_go_to() {
+        let (mut client, _task) =
+            connect(protocol(FakeStack::new(), 1024), CancellationToken::new());
+        client
+            .write_all(b"GET db\r\nSELECT 2\r\nGET db\r\nSELECT 0\r\nGET db\r\nSELECT 99\r\nGET db\r\nSELECT x\r\n")
+            .await
+            .unwrap();
+        let expected = "$4\r\nNone\r\n+OK\r\n$7\r\nSome(2)\r\n+OK\r\n$4\r\nNone\r\n\
+                        -ERR DB index is out of range\r\n$4\r\nNone\r\n\
+                        -ERR value is not an integer or out of range\r\n";
+        assert_eq!(read_exactly(&mut client, expected.len()).await, expected);
+    }
+
+    #[tokio::test]
+    async fn an_mget_past_the_output_limit_closes_the_connection() {
+        let mut limits = limits(1024);
+        limits.output = 1 << 20;
+        let (mut client, task) = connect_with(
+            protocol_with(FakeStack::new(), limits),
+            CancellationToken::new(),
+            64 * 1024,
+        );
+        // Twenty 100 KiB values in one reply: 2 MB against a 1 MiB bound.
+        let request = format!(
+            "MGET {}\r\n",
+            (0..20)
+                .map(|i| format!("large:{i}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut all = String::new();
+        client.read_to_string(&mut all).await.unwrap();
+        assert!(
+            all.starts_with("-ERR client output buffer limit reached"),
+            "{all}"
+        );
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn replies_within_the_limit_are_all_written_to_a_reader() {
+        // max_clients 64: batches of eight keys, 800 KiB of replies each against a
+        // 1 MiB bound; each batch is written before the next is looked up.
+        let mut limits = limits(64);
+        limits.output = 1 << 20;
+        let (mut client, _task) = connect_with(
+            protocol_with(FakeStack::new(), limits),
+            CancellationToken::new(),
+            8 * 1024,
+        );
+        let request: String = (0..40).map(|i| format!("GET large:{i}\r\n")).collect();
+        client.write_all(request.as_bytes()).await.unwrap();
+        let header = b"$102400\r\n".len();
+        let total = 40 * (header + 100 * 1024 + 2);
+        let mut got = vec![0u8; total];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(got.starts_with(b"$102400\r\nxxx"));
+        assert!(got.ends_with(b"xxx\r\n"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_let_go_after_the_write_timeout() {
+        let (mut client, task) = connect_with(
+            protocol(FakeStack::new(), 1024),
+            CancellationToken::new(),
+            1024,
+        );
+        client.write_all(b"GET large:a\r\n").await.unwrap();
+        // Nothing is read: the 100 KiB reply cannot be written whole.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(
+            task.is_finished(),
+            "still waiting for a client that does not read"
+        );
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_incomplete_request_must_arrive_within_the_request_timeout() {
+        let (mut client, task) =
+            connect(protocol(FakeStack::new(), 1024), CancellationToken::new());
+        client
+            .write_all(b"*2\r\n$3\r\nGET\r\n$10\r\nabc")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let mut all = String::new();
+        client.read_to_string(&mut all).await.unwrap();
+        assert_eq!(
+            all,
+            "-ERR Protocol error: request not completed within --request-timeout\r\n"
+        );
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_not_timed_out() {
+        let (mut client, task) =
+            connect(protocol(FakeStack::new(), 1024), CancellationToken::new());
+        client.write_all(b"PING\r\n").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 7).await, "+PONG\r\n");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!task.is_finished());
+        client.write_all(b"PING\r\n").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 7).await, "+PONG\r\n");
+    }
+
+    #[tokio::test]
+    async fn unparsed_input_past_the_shared_bound_closes_the_connection_and_is_given_back() {
+        let mut limits = limits(1024);
+        limits.input_total = 256 * 1024;
+        let resp = protocol_with(FakeStack::new(), limits);
+        let (mut client, task) = connect_with(resp.clone(), CancellationToken::new(), 1 << 20);
+        // One argument of 512 KiB, sent but for its end.
+        client
+            .write_all(b"*2\r\n$3\r\nGET\r\n$524288\r\n")
+            .await
+            .unwrap();
+        client.write_all(&vec![b'k'; 400 * 1024]).await.unwrap();
+        let mut all = String::new();
+        client.read_to_string(&mut all).await.unwrap();
+        assert_eq!(
+            all,
+            "-ERR the proxy holds too much unparsed input; try again later\r\n"
+        );
+        task.await.unwrap();
+        assert_eq!(resp.input_held.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_large_request_counts_while_it_arrives_and_not_after() {
+        let resp = protocol(FakeStack::new(), 1024);
+        let (mut client, _task) = connect_with(resp.clone(), CancellationToken::new(), 1 << 20);
+        let name = "k".repeat(200 * 1024);
+        client
+            .write_all(format!("*2\r\n$3\r\nGET\r\n${}\r\n", name.len()).as_bytes())
+            .await
+            .unwrap();
+        client
+            .write_all(&name.as_bytes()[..150 * 1024])
+            .await
+            .unwrap();
+        while resp.input_held.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        client
+            .write_all(&name.as_bytes()[150 * 1024..])
+            .await
+            .unwrap();
+        client.write_all(b"\r\n").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 5).await, "$-1\r\n");
+        client.write_all(b"PING\r\n").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 7).await, "+PONG\r\n");
+        assert_eq!(resp.input_held.load(Ordering::Relaxed), 0);
     }
 }

@@ -64,6 +64,8 @@ pub enum ProtocolError {
 pub struct Decoder {
     /// The multibulk being read: arguments taken so far, and how many remain.
     partial: Option<(Vec<Bytes>, usize)>,
+    /// Bytes of the arguments in `partial`.
+    held: usize,
 }
 
 impl Decoder {
@@ -76,6 +78,20 @@ impl Decoder {
     /// A [`ProtocolError`] when the input cannot be a request; the connection
     /// should be closed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        let decoded = self.decode_one(buf);
+        if !matches!(decoded, Ok(None)) {
+            self.held = 0;
+        }
+        decoded
+    }
+
+    /// Bytes of a request taken off the buffer but not yet complete: what the
+    /// connection holds beyond its buffer.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    fn decode_one(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
         loop {
             let Some((args, remaining)) = &mut self.partial else {
                 match buf.first() {
@@ -83,7 +99,7 @@ impl Decoder {
                     Some(b'*') => {
                         let Some((count, header)) = read_length(buf, ProtocolError::TooBigCount)?
                         else {
-                            return need_more(buf);
+                            return need_more(buf, 0);
                         };
                         if count > MAX_ARGS as i64 {
                             return Err(ProtocolError::InvalidMultibulkLength);
@@ -100,28 +116,28 @@ impl Decoder {
                     Some(_) => match decode_inline(buf)? {
                         Some(args) if args.is_empty() => continue,
                         Some(args) => return Ok(Some(args)),
-                        None => return need_more(buf),
+                        None => return need_more(buf, 0),
                     },
                 }
             };
             while *remaining > 0 {
                 match buf.first() {
-                    None => return need_more(buf),
+                    None => return need_more(buf, self.held),
                     Some(b'$') => {}
                     Some(&other) => return Err(ProtocolError::ExpectedBulk(other)),
                 }
                 let Some((len, header)) = read_length(buf, ProtocolError::TooBigCount)? else {
-                    return need_more(buf);
+                    return need_more(buf, self.held);
                 };
                 if !(0..=MAX_BULK_LEN as i64).contains(&len) {
                     return Err(ProtocolError::InvalidBulkLength);
                 }
                 let len = len as usize;
-                if len > MAX_BUFFERED {
+                if self.held + len > MAX_BUFFERED {
                     return Err(ProtocolError::TooLarge);
                 }
                 if buf.len() < header + len + 2 {
-                    return need_more(buf);
+                    return need_more(buf, self.held);
                 }
                 if &buf[header + len..header + len + 2] != b"\r\n" {
                     return Err(ProtocolError::MissingCrlf);
@@ -129,6 +145,7 @@ impl Decoder {
                 buf.advance(header);
                 args.push(buf.split_to(len).freeze());
                 buf.advance(2);
+                self.held += len;
                 *remaining -= 1;
             }
             let (args, _) = self.partial.take().expect("a multibulk in progress");
@@ -137,9 +154,10 @@ impl Decoder {
     }
 }
 
-/// `Ok(None)`, unless the unparsed input has outgrown its cap.
-fn need_more(buf: &BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    if buf.len() > MAX_BUFFERED {
+/// `Ok(None)`, unless the unparsed input (what is buffered and the `held`
+/// arguments of the request in progress) has outgrown its cap.
+fn need_more(buf: &BytesMut, held: usize) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    if held + buf.len() > MAX_BUFFERED {
         return Err(ProtocolError::TooLarge);
     }
     Ok(None)

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::connection::REDIS_VERSION;
+use super::session::REDIS_VERSION;
 use crate::cache::Cache;
 use crate::limit::Slots;
 use crate::net::Stats;

@@ -2,8 +2,8 @@
 //! same stack and cache as HTTP.
 //!
 //! ```text
-//! bytes ─▶ decode (requests) ─▶ command ─▶ connection (batch, session state)
-//!       ─▶ shared stack (one key per lookup) ─▶ reply (RESP2 / RESP3) ─▶ bytes
+//! bytes ─▶ decode (requests) ─▶ command ─▶ session (plan: keys, or a reply of its own)
+//!       ─▶ shared stack (one key per lookup) ─▶ reply (RESP2 / RESP3) ─▶ output ─▶ bytes
 //! ```
 //!
 //! The decoder is written for this proxy (see [`decode`]) because requests must
@@ -11,22 +11,33 @@
 //! `redis-protocol`. A connection decodes every complete request it has received
 //! as one batch and runs the batch's keys through the stack side by side, so a
 //! pipelining client costs one read and one write per batch, as with Redis.
-//! Connection-level commands (`HELLO`, `CLIENT`, `INFO`, …) never reach the
-//! stack: they are answered from the connection's own state, in order with the
-//! reads around them. Accepting, limiting and draining connections is the
+//! Connection-level commands (`HELLO`, `CLIENT`, `SELECT`, `INFO`, …) never
+//! reach the stack: the session answers them from its own state, in order with
+//! the reads around them. Accepting, limiting and draining connections is the
 //! lifecycle every listener shares (the `net` module); this module is only the
 //! protocol.
+//!
+//! What one connection may hold is bounded, so that no client can take the
+//! memory of others: its unparsed input (64 MiB, and all connections' together
+//! [`Limits::input_total`]), the time an incomplete request may take
+//! ([`Limits::request_timeout`]), its pending replies ([`Limits::output`]) and
+//! how long they may wait for the client to read them ([`Limits::write_timeout`]).
 
 mod command;
 mod connection;
 pub mod decode;
 mod info;
+mod output;
 mod reply;
+mod session;
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Instant;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +50,7 @@ use crate::metrics::{self, Requests};
 use crate::net::{Protocol, Stats};
 
 pub use decode::{Decoder, ProtocolError};
+use reply::Reply;
 
 /// The Redis protocol over a stack `S`, with what every connection of one
 /// listener shares.
@@ -47,16 +59,123 @@ pub(crate) struct Resp<S> {
     requests: Requests,
     /// Keys one connection may have in flight at once.
     max_keys: usize,
+    limits: Limits,
+    /// Unparsed input held by all connections, in bytes beyond what each may
+    /// hold for free.
+    input_held: AtomicUsize,
+    databases: Databases,
     info: info::Sources,
     next_id: AtomicU64,
 }
 
-/// What one RESP listener is made of.
-pub(crate) struct Settings {
+/// What one connection may hold, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
     /// Requests in flight across the proxy: each connection may have
     /// `max(1, min(64, max_clients / 8))` keys in flight, so that no single
     /// connection can fill the client limit.
     pub(crate) max_clients: usize,
+    /// Bytes of replies a connection may have waiting to be written; a reply
+    /// that would take it past this closes the connection.
+    pub(crate) output: usize,
+    /// How long pending replies may wait for the client to take any of them.
+    pub(crate) write_timeout: Duration,
+    /// How long a request may take to arrive once its first byte has.
+    pub(crate) request_timeout: Duration,
+    /// Unparsed input all connections together may hold (beyond
+    /// [`FREE_INPUT`] each); a read past it closes its connection.
+    pub(crate) input_total: usize,
+}
+
+/// Unparsed input each connection holds without counting against
+/// [`Limits::input_total`]: every ordinary request fits, so only large ones
+/// touch the shared count.
+pub(crate) const FREE_INPUT: usize = 64 * 1024;
+
+/// Asks the backend whether a database exists.
+pub(crate) type CheckDatabase =
+    Arc<dyn Fn(u16) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send>> + Send + Sync>;
+
+/// The databases clients may `SELECT`: the backend's own, and the others the
+/// backend has said exist (it is asked once per index; a Redis server's set of
+/// databases is fixed when it starts).
+pub(crate) struct Databases {
+    /// The index of the backend's own database.
+    default: i64,
+    answers: Mutex<HashMap<u16, Result<(), Arc<str>>>>,
+    check: CheckDatabase,
+}
+
+impl Databases {
+    /// The backend's own database is `default`; `check` asks about the others.
+    pub(crate) fn new(default: i64, check: CheckDatabase) -> Self {
+        Self {
+            default,
+            answers: Mutex::default(),
+            check,
+        }
+    }
+
+    /// The database `SELECT index` names: `None` for the backend's own.
+    fn parse(&self, index: &[u8]) -> Result<Option<u16>, Reply> {
+        let index = std::str::from_utf8(index)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| Reply::error("ERR value is not an integer or out of range"))?;
+        if index == self.default {
+            return Ok(None);
+        }
+        u16::try_from(index)
+            .map(Some)
+            .map_err(|_| Reply::error("ERR DB index is out of range"))
+    }
+
+    /// What the backend said of `db`, if it was asked: the database to read, or
+    /// the error reply for `SELECT`.
+    fn known(&self, db: Option<u16>) -> Option<Result<Option<u16>, Reply>> {
+        let Some(index) = db else {
+            return Some(Ok(None));
+        };
+        let answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+        answers.get(&index).map(|answer| match answer {
+            Ok(()) => Ok(db),
+            Err(reply) => Err(Reply::error(&**reply)),
+        })
+    }
+
+    /// Asks the backend about `db` and remembers what it said, unless it could
+    /// not be asked.
+    async fn ask(&self, db: u16) -> Result<(), Reply> {
+        match (self.check)(db).await {
+            Ok(()) => {
+                self.remember(db, Ok(()));
+                Ok(())
+            }
+            Err(Error::Reply(reply)) => {
+                self.remember(db, Err(reply.clone()));
+                Err(Reply::error(&*reply))
+            }
+            Err(error) => Err(Reply::error(format!("ERR {error}"))),
+        }
+    }
+
+    fn remember(&self, db: u16, answer: Result<(), Arc<str>>) {
+        let mut answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+        answers.insert(db, answer);
+    }
+
+    /// The index of `db`, as `CLIENT INFO` shows it.
+    fn index(&self, db: Option<u16>) -> i64 {
+        db.map_or(self.default, i64::from)
+    }
+}
+
+/// What one RESP listener is made of.
+pub(crate) struct Settings {
+    /// The bounds on each connection.
+    pub(crate) limits: Limits,
+    /// The databases clients may `SELECT`.
+    pub(crate) databases: Databases,
     /// The listener's connection slots and counters, for `INFO clients`/`stats`.
     pub(crate) connections: (Slots, Arc<Stats>),
     /// The listener's port, for `INFO server`.
@@ -70,7 +189,10 @@ impl<S> Resp<S> {
         Self {
             stack,
             requests: Requests::new(metrics::Protocol::Resp),
-            max_keys: (settings.max_clients / 8).clamp(1, 64),
+            max_keys: (settings.limits.max_clients / 8).clamp(1, 64),
+            limits: settings.limits,
+            input_held: AtomicUsize::new(0),
+            databases: settings.databases,
             info: info::Sources {
                 cache,
                 slots,
@@ -80,6 +202,28 @@ impl<S> Resp<S> {
             },
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// Counts `more` bytes of unparsed input against the shared bound; `false`
+    /// (and nothing counted) when that would pass it.
+    fn hold_input(&self, more: usize) -> bool {
+        let held = &self.input_held;
+        let mut now = held.load(Ordering::Relaxed);
+        loop {
+            if now.saturating_add(more) > self.limits.input_total {
+                return false;
+            }
+            match held.compare_exchange_weak(now, now + more, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(actual) => now = actual,
+            }
+        }
+    }
+
+    /// Gives back `bytes` of unparsed input counted by [`Resp::hold_input`].
+    fn release_input(&self, bytes: usize) {
+        self.input_held.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -97,6 +241,7 @@ where
     }
 
     async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
-        connection::serve(stream, peer, &self, stop).await;
+        let local = stream.local_addr().unwrap_or(peer);
+        connection::serve(stream, peer, local, &self, stop).await;
     }
 }

@@ -13,6 +13,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame as Frame2;
 use redis_protocol::resp3::types::{BytesFrame as Frame3, FrameMap};
 
+use super::output::Sink;
+
 /// The RESP version a connection speaks (switched by `HELLO`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -60,8 +62,9 @@ impl Reply {
         Reply::Bulk(Bytes::from(text.into()))
     }
 
-    /// Appends the encoding of this reply in `protocol` to `out`.
-    pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) {
+    /// Appends the encoding of this reply in `protocol` to `out`. A large
+    /// value goes to the sink by reference when the sink can take it so.
+    pub fn encode<S: Sink>(&self, protocol: Protocol, out: &mut S) {
         // The replies of the read path (bulk strings, nulls, and arrays of them
         // for MGET) are written directly: redis-protocol's encoder sizes the frame,
         // zero-fills that much of the buffer and then writes over it, which costs
@@ -69,24 +72,26 @@ impl Reply {
         // through the crate.
         match (self, protocol) {
             (Reply::Bulk(value), _) => {
-                out.reserve(value.len() + 16);
-                out.put_u8(b'$');
-                out.put_slice(itoa::Buffer::new().format(value.len()).as_bytes());
-                out.put_slice(b"\r\n");
-                out.put_slice(value);
-                out.put_slice(b"\r\n");
+                let buffer = out.buffer();
+                buffer.reserve(value.len().min(64 * 1024) + 16);
+                buffer.put_u8(b'$');
+                buffer.put_slice(itoa::Buffer::new().format(value.len()).as_bytes());
+                buffer.put_slice(b"\r\n");
+                out.put_value(value);
+                out.buffer().put_slice(b"\r\n");
                 return;
             }
-            (Reply::Null, Protocol::Resp2) => return out.put_slice(b"$-1\r\n"),
-            (Reply::Null, Protocol::Resp3) => return out.put_slice(b"_\r\n"),
+            (Reply::Null, Protocol::Resp2) => return out.buffer().put_slice(b"$-1\r\n"),
+            (Reply::Null, Protocol::Resp3) => return out.buffer().put_slice(b"_\r\n"),
             (Reply::Array(items), _)
                 if items
                     .iter()
                     .all(|i| matches!(i, Reply::Bulk(_) | Reply::Null)) =>
             {
-                out.put_u8(b'*');
-                out.put_slice(itoa::Buffer::new().format(items.len()).as_bytes());
-                out.put_slice(b"\r\n");
+                let buffer = out.buffer();
+                buffer.put_u8(b'*');
+                buffer.put_slice(itoa::Buffer::new().format(items.len()).as_bytes());
+                buffer.put_slice(b"\r\n");
                 for item in items {
                     item.encode(protocol, out);
                 }
@@ -94,15 +99,16 @@ impl Reply {
             }
             _ => {}
         }
+        let buffer: &mut BytesMut = out.buffer();
         // Encoding a well-formed frame into a growable buffer cannot fail.
         match protocol {
             Protocol::Resp2 => {
-                redis_protocol::resp2::encode::extend_encode(out, &self.to_resp2(), false)
+                redis_protocol::resp2::encode::extend_encode(buffer, &self.to_resp2(), false)
                     .expect("encoding into a growable buffer");
             }
             Protocol::Resp3 => {
                 redis_protocol::resp3::encode::complete::extend_encode(
-                    out,
+                    buffer,
                     &self.to_resp3(),
                     false,
                 )

@@ -18,13 +18,19 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Gauges, Render};
 use crate::backend::{self, Health, Invalidation, InvalidationSink, RedisService};
 use crate::cache::Cache;
-use crate::config::{Config, InvalidationMode};
+use crate::config::{Config, InvalidationMode, ListenAddr};
 use crate::http::{self, Hyper};
 use crate::layers::{Stack, StackBuilder};
 use crate::metrics::{self, Requests};
 use crate::net::{self, Listener};
 use crate::resp::{self, Resp};
 use crate::task::AbortOnDrop;
+
+/// Connections the admin listener takes at most: probes and scrapers, not clients.
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// How often expired cache entries are swept.
+const RECLAIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the proxy could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +42,7 @@ pub enum Error {
         /// The option that named the address.
         option: &'static str,
         /// The address.
-        addr: SocketAddr,
+        addr: String,
         /// The operating system's reason.
         source: std::io::Error,
     },
@@ -82,6 +88,8 @@ impl Proxy {
             .capacity(config.cache_capacity.get())
             .ttl(config.cache_ttl)
             .policy(config.cache_policy)
+            .max_bytes(config.effective_cache_max_bytes().bytes())
+            .max_value_bytes(config.effective_cache_max_value_bytes().bytes())
             .build();
         let mut backend = RedisService::builder(config.redis_url.as_str())
             .pool_size(config.redis_pool_size.get())
@@ -99,18 +107,26 @@ impl Proxy {
             stack = stack.parallel_limit(parallel.get());
         }
         let stack = stack.build();
-        let bind = |option, addr| async move {
-            Listener::bind(addr, config.max_connections.get())
-                .await
-                .map_err(|source| Error::Bind {
-                    option,
-                    addr,
-                    source,
-                })
+
+        // Every connection is a descriptor: the listeners take no more than the
+        // open-files limit leaves room for (backend connections, refusals).
+        let wanted = config.max_connections.get();
+        let others = 2 * config.redis_pool_size.get() as usize + 64;
+        let fitted = net::fit_connections(&[wanted, wanted, ADMIN_CONNECTIONS.min(wanted)], others);
+        let bind = |option, addr: ListenAddr, max_connections| async move {
+            let bound = async {
+                let resolved = addr.resolve().await?;
+                Listener::bind(resolved, max_connections).await
+            };
+            bound.await.map_err(|source| Error::Bind {
+                option,
+                addr: addr.to_string(),
+                source,
+            })
         };
-        let http = bind("--http-addr", config.http_addr).await?;
-        let resp = bind("--resp-addr", config.resp_addr).await?;
-        let admin = bind("--admin-addr", config.admin_addr).await?;
+        let http = bind("--http-addr", config.http_addr.clone(), fitted[0]).await?;
+        let resp = bind("--resp-addr", config.resp_addr.clone(), fitted[1]).await?;
+        let admin = bind("--admin-addr", config.admin_addr.clone(), fitted[2]).await?;
         Ok(Self {
             config,
             stack,
@@ -164,7 +180,11 @@ impl Proxy {
             admin,
             render,
         } = self;
-        log_startup(&config, [http_addr, resp_addr, admin_addr]);
+        log_startup(
+            &config,
+            [http_addr, resp_addr, admin_addr],
+            [http.slots().size(), resp.slots().size()],
+        );
 
         let health = Health::default();
         let _pinger = AbortOnDrop(tokio::spawn(backend::run_pinger(
@@ -191,15 +211,35 @@ impl Proxy {
                 ("admin", admin.slots().clone()),
             ],
         };
+        let databases = {
+            let backend = stack.backend().clone();
+            resp::Databases::new(
+                backend.default_db(),
+                Arc::new(move |db| {
+                    let backend = backend.clone();
+                    Box::pin(async move { backend.check_database(db).await })
+                }),
+            )
+        };
         let resp_protocol = Resp::new(
             stack.clone(),
             stack.cache().clone(),
             resp::Settings {
-                max_clients: config.max_clients.get(),
+                limits: resp::Limits {
+                    max_clients: config.max_clients.get(),
+                    output: config.client_output_limit.bytes(),
+                    write_timeout: config.client_write_timeout,
+                    request_timeout: config.request_timeout,
+                    input_total: config.client_input_limit.bytes(),
+                },
+                databases,
                 connections: (resp.slots().clone(), resp.stats().clone()),
                 port: resp_addr.port(),
             },
         );
+        let _reclaimer = AbortOnDrop(tokio::spawn(
+            stack.cache().clone().run_reclaimer(RECLAIM_INTERVAL),
+        ));
         // A client must send its request headers within the request timeout.
         let header_timeout = config.request_timeout;
         let requests = Requests::new(metrics::Protocol::Http);
@@ -252,7 +292,7 @@ fn invalidation_sink(cache: Cache) -> InvalidationSink {
     Arc::new(move |invalidation| match invalidation {
         Invalidation::Keys(keys) => {
             metrics::record_invalidation(Some(keys.len()));
-            cache.invalidate(&keys);
+            cache.invalidate_everywhere(&keys);
         }
         Invalidation::All => {
             metrics::record_invalidation(None);
@@ -263,7 +303,7 @@ fn invalidation_sink(cache: Cache) -> InvalidationSink {
 
 /// The startup line: the bound addresses and the effective configuration, any
 /// password redacted, every value in the form the configuration takes it.
-fn log_startup(config: &Config, [http, resp, admin]: [SocketAddr; 3]) {
+fn log_startup(config: &Config, [http, resp, admin]: [SocketAddr; 3], connections: [usize; 2]) {
     let worker_threads = config.worker_threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |n| n.get(),
@@ -275,12 +315,19 @@ fn log_startup(config: &Config, [http, resp, admin]: [SocketAddr; 3]) {
         redis_url = %config.redis_url,
         cache_ttl = %humantime::format_duration(config.cache_ttl),
         cache_capacity = config.cache_capacity.get(),
+        cache_max_bytes = %config.effective_cache_max_bytes(),
+        cache_max_value_bytes = %config.effective_cache_max_value_bytes(),
         cache_policy = %config.cache_policy,
         invalidation = %config.invalidation,
         max_clients = config.max_clients.get(),
         max_parallel = config.effective_max_parallel().get(),
         request_timeout = %humantime::format_duration(config.request_timeout),
         max_connections = config.max_connections.get(),
+        http_connections = connections[0],
+        resp_connections = connections[1],
+        client_output_limit = %config.client_output_limit,
+        client_write_timeout = %humantime::format_duration(config.client_write_timeout),
+        client_input_limit = %config.client_input_limit,
         redis_pool_size = config.redis_pool_size.get(),
         redis_connect_timeout = %humantime::format_duration(config.redis_connect_timeout),
         shutdown_grace = %humantime::format_duration(config.shutdown_grace),

@@ -14,6 +14,7 @@ pub struct ProxyBuilder {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     default_http_addr: bool,
+    open_files: Option<u64>,
 }
 
 impl ProxyBuilder {
@@ -23,6 +24,7 @@ impl ProxyBuilder {
             args: vec!["--redis-url".into(), redis_url.into()],
             envs: Vec::new(),
             default_http_addr: true,
+            open_files: None,
         }
     }
 
@@ -32,6 +34,7 @@ impl ProxyBuilder {
             args: Vec::new(),
             envs: Vec::new(),
             default_http_addr: false,
+            open_files: None,
         }
     }
 
@@ -51,6 +54,13 @@ impl ProxyBuilder {
     /// Sets an environment variable for the process.
     pub fn env(mut self, key: &str, value: impl ToString) -> Self {
         self.envs.push((key.into(), value.to_string()));
+        self
+    }
+
+    /// Runs the process with this open-files limit, soft and hard (as `ulimit
+    /// -n` would), so that it cannot raise it.
+    pub fn open_files_limit(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
         self
     }
 
@@ -78,6 +88,23 @@ impl ProxyBuilder {
         command.args(["--resp-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]);
         command.args(&self.args);
         command.envs(self.envs.iter().map(|(k, v)| (k, v)));
+        if let Some(limit) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: `setrlimit` is async-signal-safe, as `pre_exec` requires.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         command
     }
 
@@ -183,6 +210,26 @@ impl Proxy {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The process's resident memory, in KiB (`VmRSS` in `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the proxy's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kib| kib.trim().strip_suffix("kB"))
+            .and_then(|kib| kib.trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
+    /// The value of a metric without labels from `/metrics`, if present.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = super::http_get(self.admin, "/metrics");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
     }
 
     /// The bound Redis-protocol address.

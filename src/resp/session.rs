@@ -1,0 +1,286 @@
+//! What one connection knows about itself, and the commands that only concern
+//! it: `HELLO`, `AUTH`, `SELECT`, `CLIENT`, `COMMAND`, `RESET`, `PING`, `ECHO`,
+//! `QUIT`, `INFO`. Reads become keys for the stack; everything else is answered
+//! here, in order with the reads around it (see [`Planned`]).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::command::{self, Command, SUPPORTED, Spec, printable};
+use super::reply::{Protocol, Reply};
+use super::{Databases, Resp};
+use crate::lookup::Key;
+
+/// The version `HELLO` and `INFO` report: the Redis command set the proxy follows.
+pub const REDIS_VERSION: &str = "7.0.0";
+
+/// A request of the current batch, waiting for its reply to be encoded.
+#[derive(Debug)]
+pub(super) enum Planned {
+    /// Answered already.
+    Reply(Reply, Protocol),
+    /// The next lookup result answers it.
+    Get(Protocol),
+    /// The next `n` lookup results answer it.
+    MGet(usize, Protocol),
+    /// `SELECT` of a database not known yet: the backend is asked before the
+    /// connection goes on, since every request after it reads that database.
+    Select(u16),
+}
+
+/// What one connection knows about itself.
+#[derive(Debug)]
+pub(super) struct Session {
+    pub(super) id: u64,
+    peer: SocketAddr,
+    local: SocketAddr,
+    pub(super) protocol: Protocol,
+    name: Option<Bytes>,
+    /// The database the connection reads: `None` for the backend's own.
+    db: Option<u16>,
+    /// What the client said of itself with `CLIENT SETINFO`.
+    library: (Option<Bytes>, Option<Bytes>),
+    started: Instant,
+}
+
+impl Session {
+    pub(super) fn new(id: u64, peer: SocketAddr, local: SocketAddr) -> Self {
+        Self {
+            id,
+            peer,
+            local,
+            protocol: Protocol::Resp2,
+            name: None,
+            db: None,
+            library: (None, None),
+            started: Instant::now(),
+        }
+    }
+
+    /// Turns a request into its plan: a read adds its keys to `keys`.
+    pub(super) fn plan<S>(
+        &mut self,
+        command: Command,
+        keys: &mut Vec<Key>,
+        resp: &Resp<S>,
+    ) -> Planned {
+        let reply = match command {
+            Command::Get(name) => {
+                keys.push(Key::in_db(self.db, name));
+                return Planned::Get(self.protocol);
+            }
+            Command::MGet(names) => {
+                let n = names.len();
+                keys.extend(names.into_iter().map(|name| Key::in_db(self.db, name)));
+                return Planned::MGet(n, self.protocol);
+            }
+            Command::Ping(None) => Reply::Simple("PONG"),
+            Command::Ping(Some(message)) | Command::Echo(message) => Reply::Bulk(message),
+            Command::Quit => Reply::OK,
+            Command::Reset => {
+                self.protocol = Protocol::Resp2;
+                self.name = None;
+                self.db = None;
+                Reply::Simple("RESET")
+            }
+            Command::Hello { protover, setname } => self.hello(protover, setname),
+            Command::Auth => Reply::OK,
+            Command::Select(index) => match resp.databases.parse(&index) {
+                Ok(db) => match resp.databases.known(db) {
+                    Some(Ok(db)) => {
+                        self.db = db;
+                        Reply::OK
+                    }
+                    Some(Err(reply)) => reply,
+                    None => return Planned::Select(db.expect("only other databases are unknown")),
+                },
+                Err(reply) => reply,
+            },
+            Command::Client(args) => self.client(args, &resp.databases),
+            Command::Describe(args) => command_info(args),
+            Command::Info(sections) => Reply::text(resp.info.text(&sections)),
+            Command::Refused(reply) => reply,
+        };
+        Planned::Reply(reply, self.protocol)
+    }
+
+    /// Switches to database `db`, which the backend has confirmed.
+    pub(super) fn select(&mut self, db: Option<u16>) {
+        self.db = db;
+    }
+
+    fn hello(&mut self, protover: Option<Bytes>, setname: Option<Bytes>) -> Reply {
+        // Validate everything before changing anything, as Redis does.
+        let protocol = match protover {
+            None => self.protocol,
+            Some(version) => match std::str::from_utf8(&version)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
+                Some(2) => Protocol::Resp2,
+                Some(3) => Protocol::Resp3,
+                Some(_) => return Reply::error("NOPROTO unsupported protocol version"),
+                None => {
+                    return Reply::error("ERR Protocol version is not an integer or out of range");
+                }
+            },
+        };
+        if let Some(Err(reply)) = setname.map(|name| self.set_name(name)) {
+            return reply;
+        }
+        self.protocol = protocol;
+        Reply::Map(vec![
+            (Reply::text("server"), Reply::text("redis")),
+            (Reply::text("version"), Reply::text(REDIS_VERSION)),
+            (Reply::text("proto"), Reply::Integer(self.protover())),
+            (Reply::text("id"), Reply::Integer(self.id as i64)),
+            (Reply::text("mode"), Reply::text("standalone")),
+            (Reply::text("role"), Reply::text("master")),
+            (Reply::text("modules"), Reply::Array(Vec::new())),
+        ])
+    }
+
+    fn protover(&self) -> i64 {
+        match self.protocol {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        }
+    }
+
+    fn set_name(&mut self, name: Bytes) -> Result<(), Reply> {
+        if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+            return Err(Reply::error(
+                "ERR Client names cannot contain spaces, newlines or special characters.",
+            ));
+        }
+        self.name = (!name.is_empty()).then_some(name);
+        Ok(())
+    }
+
+    fn client(&mut self, args: Vec<Bytes>, databases: &Databases) -> Reply {
+        let sub = args[0].to_ascii_lowercase();
+        match (&sub[..], args.len()) {
+            (b"setname", 2) => match self.set_name(args[1].clone()) {
+                Ok(()) => Reply::OK,
+                Err(reply) => reply,
+            },
+            (b"getname", 1) => self.name.clone().map_or(Reply::Null, Reply::Bulk),
+            (b"id", 1) => Reply::Integer(self.id as i64),
+            (b"setinfo", 3) => {
+                match &args[1].to_ascii_lowercase()[..] {
+                    b"lib-name" => self.library.0 = Some(args[2].clone()),
+                    b"lib-ver" => self.library.1 = Some(args[2].clone()),
+                    _ => {
+                        return Reply::error(format!(
+                            "ERR Unrecognized option '{}'",
+                            printable(&args[1])
+                        ));
+                    }
+                }
+                Reply::OK
+            }
+            (b"info", 1) => Reply::text(self.info_line(databases)),
+            (b"setname" | b"getname" | b"id" | b"setinfo" | b"info", _) => Reply::error(format!(
+                "ERR wrong number of arguments for 'client|{}' command",
+                printable(&sub)
+            )),
+            _ => Reply::error(format!(
+                "ERR unknown subcommand '{}'. redis-proxy supports CLIENT SETNAME, GETNAME, ID, SETINFO, INFO",
+                printable(&args[0])
+            )),
+        }
+    }
+
+    /// The line `CLIENT INFO` answers, with every field Redis 7 writes, so that
+    /// clients that parse it (valkey-py's `client_info()`, for one) find them.
+    /// Buffer and memory figures the proxy does not keep per connection are 0.
+    fn info_line(&self, databases: &Databases) -> String {
+        let text = |bytes: &Option<Bytes>| {
+            bytes
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned()
+        };
+        let age = self.started.elapsed().as_secs();
+        format!(
+            "id={id} addr={peer} laddr={local} fd=-1 name={name} age={age} idle=0 flags=N \
+             db={db} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 \
+             rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user=default \
+             redir=-1 resp={resp} lib-name={lib} lib-ver={ver}\n",
+            id = self.id,
+            peer = self.peer,
+            local = self.local,
+            name = text(&self.name),
+            db = databases.index(self.db),
+            resp = self.protover(),
+            lib = text(&self.library.0),
+            ver = text(&self.library.1),
+        )
+    }
+}
+
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name…`, `COMMAND DOCS [name…]`.
+fn command_info(args: Vec<Bytes>) -> Reply {
+    let info = |spec: &Spec| {
+        Reply::Array(vec![
+            Reply::text(spec.name),
+            Reply::Integer(spec.arity),
+            Reply::Array(spec.flags.iter().map(|&f| Reply::Simple(f)).collect()),
+            Reply::Integer(spec.first_key),
+            Reply::Integer(spec.last_key),
+            Reply::Integer(spec.step),
+            // ACL categories, tips, key specifications, subcommands.
+            Reply::Array(Vec::new()),
+            Reply::Array(Vec::new()),
+            Reply::Array(Vec::new()),
+            Reply::Array(Vec::new()),
+        ])
+    };
+    let Some(sub) = args.first().map(|s| s.to_ascii_lowercase()) else {
+        return Reply::Array(SUPPORTED.iter().map(info).collect());
+    };
+    match &sub[..] {
+        b"count" => Reply::Integer(SUPPORTED.len() as i64),
+        b"info" => Reply::Array(
+            args[1..]
+                .iter()
+                .map(|name| command::find(name).map_or(Reply::Null, info))
+                .collect(),
+        ),
+        b"docs" => {
+            let specs: Vec<&Spec> = if args.len() == 1 {
+                SUPPORTED.iter().collect()
+            } else {
+                args[1..]
+                    .iter()
+                    .filter_map(|name| command::find(name))
+                    .collect()
+            };
+            Reply::Map(
+                specs
+                    .into_iter()
+                    .map(|spec| {
+                        let group = if spec.flags.contains(&"readonly") {
+                            "string"
+                        } else {
+                            "connection"
+                        };
+                        let doc = Reply::Map(vec![
+                            (Reply::text("summary"), Reply::text(spec.summary)),
+                            (Reply::text("since"), Reply::text("1.0.0")),
+                            (Reply::text("group"), Reply::text(group)),
+                        ]);
+                        (Reply::text(spec.name), doc)
+                    })
+                    .collect(),
+            )
+        }
+        _ => Reply::error(format!(
+            "ERR unknown subcommand '{}'. redis-proxy supports COMMAND, COMMAND COUNT, COMMAND INFO, COMMAND DOCS",
+            printable(&args[0])
+        )),
+    }
+}
