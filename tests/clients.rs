@@ -20,6 +20,15 @@ fn seeded() -> (RedisServer, Proxy) {
     let redis = RedisServer::start();
     redis.set("k", "v");
     redis.set("bin", (0..=255u8).collect::<Vec<u8>>());
+    let mut in_two = redis.client();
+    redis::pipe()
+        .cmd("SELECT")
+        .arg(2)
+        .cmd("SET")
+        .arg("k")
+        .arg("v2")
+        .query::<()>(&mut in_two)
+        .expect("seed database 2");
     let proxy = ProxyBuilder::new(&redis.url()).start();
     (redis, proxy)
 }

@@ -110,3 +110,18 @@ async fn wrap_own_backend_caches_an_application_service() {
         "one call for 12, one for twelve"
     );
 }
+
+#[tokio::test]
+async fn a_panicking_application_backend_fails_its_request_cleanly_once() {
+    let app = Example::start("wrap_own_backend", &["127.0.0.1:0"]);
+    // 4294967296 squared overflows: the application's backend panics.
+    let (status, _, body) = app.get("/cache/4294967296").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("panicked"), "{body}");
+    // The key is not left stuck, and the rest of the application serves.
+    assert_eq!(app.get("/cache/4294967296").await.0, 500);
+    assert_eq!(
+        app.get("/cache/4").await,
+        (200, Some("MISS".into()), "4 squared is 16".into())
+    );
+}

@@ -322,18 +322,13 @@ fn an_unanswered_handshake_names_the_option_that_bounded_it() {
 fn select_reads_the_database_it_names() {
     let redis = RedisServer::start();
     redis.set("k", "in zero");
-    let _: () = redis::cmd("SELECT")
+    redis::pipe()
+        .cmd("SELECT")
         .arg(2)
-        .query(&mut {
-            let mut conn = redis.client();
-            let _: () = redis::cmd("SELECT").arg(2).query(&mut conn).unwrap();
-            let _: () = redis::cmd("SET")
-                .arg("k")
-                .arg("in two")
-                .query(&mut conn)
-                .unwrap();
-            conn
-        })
+        .cmd("SET")
+        .arg("k")
+        .arg("in two")
+        .query::<()>(&mut redis.client())
         .unwrap();
     let proxy = ProxyBuilder::new(&redis.url()).start();
     let mut conn = RawConn::connect(proxy.resp_addr());

@@ -192,3 +192,69 @@ fn worker_threads_sets_how_many_threads_serve() {
         assert_eq!(workers, threads, "{:?}", thread_names(proxy.pid()));
     }
 }
+
+/// The fields of the JSON startup line.
+fn startup_fields(proxy: &support::Proxy) -> serde_json::Value {
+    proxy
+        .logs()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "listening")
+        .expect("a startup line")["fields"]
+        .clone()
+}
+
+#[test]
+fn the_startup_line_gives_every_setting_in_its_configuration_form() {
+    let redis = RedisServer::start();
+    let proxy = ProxyBuilder::new(&redis.url())
+        .arg("--cache-max-bytes", "64mb")
+        .start();
+    let fields = startup_fields(&proxy);
+    assert_eq!(fields["cache_policy"], "lru");
+    assert_eq!(fields["invalidation"], "none");
+    assert_eq!(fields["log_format"], "json");
+    assert_eq!(fields["cache_ttl"], "1m");
+    assert_eq!(fields["cache_max_bytes"], "64mb");
+    assert_eq!(fields["cache_max_value_bytes"], "8mb");
+    assert!(fields["worker_threads"].as_u64().is_some_and(|n| n >= 1), "{fields}");
+}
+
+#[test]
+fn a_flag_given_twice_keeps_its_last_value() {
+    let redis = RedisServer::start();
+    let proxy = ProxyBuilder::new(&redis.url())
+        .arg("--cache-capacity", 5)
+        .arg("--cache-capacity", 6)
+        .start();
+    assert_eq!(startup_fields(&proxy)["cache_capacity"], 6);
+}
+
+#[test]
+fn listen_addresses_may_be_host_names() {
+    let redis = RedisServer::start();
+    redis.set("k", "v");
+    let proxy = ProxyBuilder::new(&redis.url())
+        .without_default_http_addr()
+        .arg("--http-addr", "localhost:0")
+        .start();
+    assert!(proxy.http_addr().ip().is_loopback());
+    assert_eq!(
+        support::http_get(proxy.http_addr(), "/k"),
+        (200, "v".to_owned())
+    );
+}
+
+#[test]
+fn a_parallel_limit_above_the_client_limit_is_warned_about() {
+    let redis = RedisServer::start();
+    let proxy = ProxyBuilder::new(&redis.url())
+        .arg("--max-clients", 10)
+        .arg("--max-parallel", 2000)
+        .start();
+    let logs = proxy.logs().join("\n");
+    assert!(
+        logs.contains("WARN") && logs.contains("--max-parallel 2000 is above --max-clients 10"),
+        "{logs}"
+    );
+}

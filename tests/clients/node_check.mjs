@@ -1,7 +1,8 @@
 // ioredis and node-redis against the proxy, unmodified.
 //
 // Usage: node node_check.mjs PROXY_PORT
-// Redis must hold k = "v" and bin = bytes 0..255; "missing" must not exist.
+// Redis must hold k = "v" and bin = bytes 0..255, and k = "v2" in database 2;
+// "missing" must not exist.
 import assert from "node:assert/strict";
 import Redis from "ioredis";
 import { createClient } from "redis";
@@ -16,6 +17,14 @@ assert.deepEqual(await io.getBuffer("bin"), binary, "ioredis binary");
 assert.deepEqual(await io.mget("k", "missing"), ["v", null], "ioredis mget");
 await assert.rejects(io.set("k", "x"), /unsupported command/, "ioredis set refused");
 await io.quit();
+
+// A client configured for another database reads that database, not 0.
+const inTwo = new Redis({ host: "127.0.0.1", port, db: 2, maxRetriesPerRequest: 1 });
+let selectFailed = null;
+inTwo.on("error", (e) => { selectFailed = e; });
+assert.equal(await inTwo.get("k"), "v2", "ioredis db: 2");
+assert.equal(selectFailed, null, "ioredis SELECT 2");
+await inTwo.quit();
 console.log("ioredis: ok");
 
 const client = createClient({ url: `redis://127.0.0.1:${port}` });
@@ -26,4 +35,10 @@ assert.equal(await client.get("k"), "v", "node-redis get");
 assert.equal(await client.get("missing"), null, "node-redis missing");
 assert.deepEqual(await client.mGet(["k", "missing"]), ["v", null], "node-redis mget");
 await client.quit();
+
+const clientInTwo = createClient({ url: `redis://127.0.0.1:${port}/2` });
+clientInTwo.on("error", (e) => { console.error("node-redis error", e); process.exit(1); });
+await clientInTwo.connect();
+assert.equal(await clientInTwo.get("k"), "v2", "node-redis database 2");
+await clientInTwo.quit();
 console.log("node-redis: ok");

@@ -1,7 +1,8 @@
 """redis-py against the proxy, unmodified: RESP2 and RESP3.
 
 Usage: redis_py_check.py PROXY_PORT
-Redis must hold: k = "v", bin = bytes 0..255; "missing" must not exist.
+Redis must hold: k = "v", bin = bytes 0..255, and k = "v2" in database 2;
+"missing" must not exist.
 Exits non-zero with a message on the first mismatch.
 """
 import sys
@@ -28,5 +29,11 @@ for protocol in (2, 3):
         raise AssertionError("SET must be refused")
     except redis.ResponseError as e:
         assert "SET" in str(e).upper(), str(e)
+    info = r.client_info()
+    assert info["db"] == 0 and "tot-mem" in info, f"client_info (protocol {protocol}): {info}"
     r.close()
+    in_two = redis.Redis(host="127.0.0.1", port=port, protocol=protocol, db=2, socket_timeout=10)
+    assert in_two.get("k") == b"v2", f"db=2 (protocol {protocol})"
+    assert in_two.client_info()["db"] == 2, f"client_info db (protocol {protocol})"
+    in_two.close()
     print(f"redis-py {redis.__version__} protocol {protocol}: ok")
