@@ -9,30 +9,41 @@
 #     -P 16 against the proxy (all hits), redis-server and nutcracker;
 #   - RESP miss path: a proxy with capacity 1 (every GET goes to Redis) against
 #     nutcracker, at -P 1;
-#   - HTTP cached GET: wrk -t1 -c50 -d5s against the proxy (all hits), bare
-#     hyper and webdis (GET /GET/key.txt), in interleaved rounds like RESP;
+#   - HTTP cached GET: wrk -t1 -c50 against the proxy (all hits), bare hyper and
+#     webdis (GET /GET/key.txt), every target with the same kind of request script;
 #   - memory: a fresh Redis and proxy holding 1,000,000 keys of 100 bytes; the
-#     proxy's RSS per entry against Redis's used_memory per key;
-# and prints throughput, p50/p99 latency and the ratios against their targets.
+#     proxy's RSS per entry against Redis's used_memory per key.
+# Targets are interleaved over rounds (BENCH_ROUNDS), so that a slow moment of
+# the shared machine falls on all of them alike; each figure is the median.
+#
+# For every run it reports throughput and, steadier on a small machine where the
+# load generator shares the cores, CPU per request: the server's user+system time
+# over the run (all its threads, from /proc/PID/stat) divided by the requests it
+# served. Targets are ratios of CPU per request.
+#
+# Every server runs with its default thread count, as users run it: the proxy
+# and bare hyper one thread per core, webdis its default, redis-server and
+# nutcracker one event loop. BENCH_WORKERS=N gives the proxy, bare hyper and
+# webdis N threads each instead (1: every server a single event loop).
 #
 # Then compares the hit ratio of the lru and s3fifo cache policies on a Zipf
 # stream with scans (benches/hit_ratio.rs).
 #
-# Needs Debian packages redis-server, redis-tools, nutcracker, webdis and wrk; installs the
-# missing ones when run as root. Everything else stays under target/bench.
+# Needs Debian packages redis-server, redis-tools, nutcracker, webdis and wrk;
+# installs the missing ones when run as root. Everything else stays under
+# target/bench.
 #
 # Environment: BENCH_REQUESTS (per run, default 200000), BENCH_CLIENTS (50),
-# BENCH_ROUNDS (3), BENCH_HTTP_SECONDS (per wrk run, 5), BENCH_MEMORY_KEYS (1000000),
-# BENCH_WORKERS (threads for the proxy, bare hyper and webdis: 1).
+# BENCH_ROUNDS (3), BENCH_HTTP_SECONDS (per wrk run, 5), BENCH_MEMORY_KEYS
+# (1000000), BENCH_WORKERS (unset: each server's default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 requests=${BENCH_REQUESTS:-200000}
-# Threads per multi-threaded server (the proxy, bare hyper, webdis). redis-server
-# and nutcracker are single event loops, and the load generator needs a core of
-# its own, so one each is the equal budget on a small machine.
-workers=${BENCH_WORKERS:-1}
 clients=${BENCH_CLIENTS:-50}
+rounds=${BENCH_ROUNDS:-3}
+http_seconds=${BENCH_HTTP_SECONDS:-5}
+workers=${BENCH_WORKERS:-}
 keys=1000
 size=100
 
@@ -41,46 +52,60 @@ source scripts/lib.sh
 need_packages redis-server=redis-server redis-benchmark=redis-tools nutcracker=nutcracker \
   webdis=webdis wrk=wrk
 nutcracker=$(command -v nutcracker || echo /usr/sbin/nutcracker)
+hz=$(getconf CLK_TCK)
 
 cargo build --release --locked --quiet --bin redis-proxy --example bare_hyper
 dir=target/bench
 rm -rf "$dir" && mkdir -p "$dir"
 
+proxy_threads=()
+hyper_env=()
+webdis_threads=
+if [[ -n $workers ]]; then
+  proxy_threads=(--worker-threads "$workers")
+  hyper_env=(TOKIO_WORKER_THREADS="$workers")
+  webdis_threads="\"threads\": $workers,"
+fi
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
   --logfile redis.log &
-pids+=($!)
+redis_pid=$!
+pids+=("$redis_pid")
 wait_port "$redis_port"
 
 proxy_port=$(free_port)
 proxy_http=$(free_port)
-RUST_LOG=warn target/release/redis-proxy --worker-threads "$workers" --redis-url "redis://127.0.0.1:$redis_port" \
+RUST_LOG=warn target/release/redis-proxy "${proxy_threads[@]}" --redis-url "redis://127.0.0.1:$redis_port" \
   --http-addr "127.0.0.1:$proxy_http" --resp-addr "127.0.0.1:$proxy_port" --admin-addr 127.0.0.1:0 \
   --cache-ttl 1h --cache-capacity 100000 > "$dir/proxy.log" 2>&1 &
-pids+=($!)
+proxy_pid=$!
+pids+=("$proxy_pid")
 wait_port "$proxy_port"
 
 miss_port=$(free_port)
-RUST_LOG=warn target/release/redis-proxy --worker-threads "$workers" --redis-url "redis://127.0.0.1:$redis_port" \
+RUST_LOG=warn target/release/redis-proxy "${proxy_threads[@]}" --redis-url "redis://127.0.0.1:$redis_port" \
   --http-addr 127.0.0.1:0 --resp-addr "127.0.0.1:$miss_port" --admin-addr 127.0.0.1:0 \
   --cache-capacity 1 > "$dir/proxy-miss.log" 2>&1 &
-pids+=($!)
+miss_pid=$!
+pids+=("$miss_pid")
 wait_port "$miss_port"
 
 hyper_port=$(free_port)
-TOKIO_WORKER_THREADS=$workers target/release/examples/bare_hyper "127.0.0.1:$hyper_port" > /dev/null &
-pids+=($!)
+env "${hyper_env[@]}" target/release/examples/bare_hyper "127.0.0.1:$hyper_port" > /dev/null &
+hyper_pid=$!
+pids+=("$hyper_pid")
 wait_port "$hyper_port"
 
 webdis_port=$(free_port)
 cat > "$dir/webdis.json" <<JSON
 { "redis_host": "127.0.0.1", "redis_port": $redis_port, "http_host": "127.0.0.1",
-  "http_port": $webdis_port, "threads": $workers, "pool_size": 20, "daemonize": false,
+  "http_port": $webdis_port, $webdis_threads "pool_size": 20, "daemonize": false,
   "database": 0, "verbosity": 0, "logfile": "$dir/webdis.log" }
 JSON
 webdis "$dir/webdis.json" 2> "$dir/webdis.stderr" &
-pids+=($!)
+webdis_pid=$!
+pids+=("$webdis_pid")
 wait_port "$webdis_port"
 
 nut_port=$(free_port)
@@ -96,7 +121,8 @@ bench:
     - 127.0.0.1:$redis_port:1
 YML
 "$nutcracker" -c "$dir/nutcracker.yml" -o "$dir/nutcracker.log" -s "$(free_port)" &
-pids+=($!)
+nut_pid=$!
+pids+=("$nut_pid")
 wait_port "$nut_port"
 
 # 1,000 keys of 100 bytes: key:000000000000 .. key:000000000999, as -r 1000 names them.
@@ -105,14 +131,22 @@ redis-benchmark -p "$redis_port" -t set -r "$keys" -d "$size" -n 50000 -c 20 -q 
 # Warm the proxy's cache so every measured GET is a hit.
 redis-benchmark -p "$proxy_port" -t get -r "$keys" -n 20000 -c 20 -q > /dev/null 2>&1
 
-# bench NAME PORT PIPELINE -> "rps p50 p99"
-bench() {
+# CPU time of a process, all threads, in clock ticks (utime + stime).
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# Microseconds of CPU per request: ticks over a run / requests.
+per_request() { awk -v t="$1" -v n="$2" -v hz="$hz" 'BEGIN { printf "%.3f", t / hz * 1e6 / n }'; }
+
+# resp_run TARGET PORT PIPELINE PID -> "rps p50 p99 cpu_us_per_request"
+resp_run() {
+  local before after line
+  before=$(ticks "$4")
   # (proxies answer CONFIG GET with an error; redis-benchmark warns and goes on)
-  redis-benchmark -p "$2" -t get -r "$keys" -d "$size" -c "$clients" -n "$requests" -P "$3" --csv 2>/dev/null \
-    | awk -F, 'NR==2 { gsub(/"/, ""); print $2, $5, $7 }'
+  line=$(redis-benchmark -p "$2" -t get -r "$keys" -d "$size" -c "$clients" -n "$requests" -P "$3" --csv 2>/dev/null \
+    | awk -F, 'NR==2 { gsub(/"/, ""); print $2, $5, $7 }')
+  after=$(ticks "$4")
+  echo "$line $(per_request $((after - before)) "$requests")"
 }
 
-rounds=${BENCH_ROUNDS:-3}
 targets=(redis-proxy redis-server nutcracker)
 port_of() {
   case $1 in
@@ -122,30 +156,37 @@ port_of() {
     proxy-misses) echo "$miss_port" ;;
   esac
 }
+pid_of() {
+  case $1 in
+    redis-proxy) echo "$proxy_pid" ;;
+    redis-server) echo "$redis_pid" ;;
+    nutcracker) echo "$nut_pid" ;;
+    proxy-misses) echo "$miss_pid" ;;
+  esac
+}
 
-# Rounds interleave the targets, so that a slow moment of the shared machine
-# falls on all of them alike; each figure is the median over the rounds.
 declare -A samples
 for ((round = 1; round <= rounds; round++)); do
   for pipeline in 1 16; do
     for target in "${targets[@]}"; do
-      samples[$target/$pipeline]+="$(bench "$target" "$(port_of "$target")" "$pipeline")"$'\n'
+      samples[$target/$pipeline]+="$(resp_run "$target" "$(port_of "$target")" "$pipeline" "$(pid_of "$target")")"$'\n'
     done
   done
-  samples[proxy-misses/1]+="$(bench proxy-misses "$miss_port" 1)"$'\n'
+  samples[proxy-misses/1]+="$(resp_run proxy-misses "$miss_port" 1 "$miss_pid")"$'\n'
 done
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 column() { printf '%s' "${samples[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
 
-printf '\nThreads: %s for redis-proxy, bare hyper and webdis; redis-server and nutcracker are single-threaded.\n' "$workers"
+printf '\nThreads: %s.\n' "${workers:+$workers for redis-proxy, bare hyper and webdis; }redis-server and nutcracker are single event loops${workers:-; redis-proxy and bare hyper one per core, webdis its default}"
 printf '\nCached GET over RESP: redis-benchmark -t get -c %s -r %s -d %s -n %s, median of %s rounds\n\n' \
   "$clients" "$keys" "$size" "$requests" "$rounds"
-printf '%-6s %-16s %12s %9s %9s\n' "-P" "target" "requests/s" "p50 ms" "p99 ms"
-declare -A rps
+printf '%-6s %-16s %12s %9s %9s %13s\n' "-P" "target" "requests/s" "p50 ms" "p99 ms" "CPU us/req"
+declare -A rps cpu
 for row in redis-proxy/1 redis-server/1 nutcracker/1 proxy-misses/1 redis-proxy/16 redis-server/16 nutcracker/16; do
   rps[$row]=$(column "$row" 1)
-  printf '%-6s %-16s %12s %9s %9s\n' "${row#*/}" "${row%/*}" "${rps[$row]}" \
-    "$(column "$row" 2)" "$(column "$row" 3)"
+  cpu[$row]=$(column "$row" 4)
+  printf '%-6s %-16s %12s %9s %9s %13s\n' "${row#*/}" "${row%/*}" "${rps[$row]}" \
+    "$(column "$row" 2)" "$(column "$row" 3)" "${cpu[$row]}"
 done
 
 # --- HTTP cached GET ------------------------------------------------------------
@@ -159,39 +200,45 @@ request = function()
   return wrk.format("GET", string.format("/GET/key:%012d.txt", math.random(0, 999)))
 end
 LUA
-# wrk_run URL [SCRIPT] -> "rps p50_ms p99_ms"
+# wrk_run URL SCRIPT PID -> "rps p50_ms p99_ms cpu_us_per_request"
 wrk_run() {
-  local args=(-t1 -c50 -d"${BENCH_HTTP_SECONDS:-5}s" --latency)
-  [[ -n ${2:-} ]] && args+=(-s "$2")
-  wrk "${args[@]}" "$1" | awk '
+  local before after
+  before=$(ticks "$3")
+  wrk -t1 -c50 -d"${http_seconds}s" --latency -s "$2" "$1" > "$dir/wrk.out"
+  after=$(ticks "$3")
+  awk -v t=$((after - before)) -v hz="$hz" '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     /Requests\/sec/ { rps = $2 }
+    /requests in/ { n = $1 }
     $1 == "50%" { p50 = ms($2) }
     $1 == "99%" { p99 = ms($2) }
     / Non-2xx/ { bad = $NF }
-    END { if (bad > 0) { print "bench: wrk saw non-2xx answers" > "/dev/stderr" }; printf "%s %.3f %.3f\n", rps, p50, p99 }'
+    END { if (bad > 0) { print "bench: wrk saw non-2xx answers" > "/dev/stderr" }
+          printf "%s %.3f %.3f %.3f\n", rps, p50, p99, t / hz * 1e6 / n }' "$dir/wrk.out"
 }
-wrk_run "http://127.0.0.1:$proxy_http" "$dir/proxy.lua" > /dev/null # warm-up
-# The same interleaved rounds and medians as above. Every target gets the same
-# kind of request script, so the load generator does the same work for each; the
-# bare hyper server answers any path with its static body.
+wrk_run "http://127.0.0.1:$proxy_http" "$dir/proxy.lua" "$proxy_pid" > /dev/null # warm-up
 declare -A http_samples
 for ((round = 1; round <= rounds; round++)); do
-  http_samples[proxy]+="$(wrk_run "http://127.0.0.1:$proxy_http" "$dir/proxy.lua")"$'\n'
-  http_samples[hyper]+="$(wrk_run "http://127.0.0.1:$hyper_port" "$dir/proxy.lua")"$'\n'
-  http_samples[webdis]+="$(wrk_run "http://127.0.0.1:$webdis_port" "$dir/webdis.lua")"$'\n'
+  http_samples[proxy]+="$(wrk_run "http://127.0.0.1:$proxy_http" "$dir/proxy.lua" "$proxy_pid")"$'\n'
+  # The bare hyper server answers any path with its static body.
+  http_samples[hyper]+="$(wrk_run "http://127.0.0.1:$hyper_port" "$dir/proxy.lua" "$hyper_pid")"$'\n'
+  http_samples[webdis]+="$(wrk_run "http://127.0.0.1:$webdis_port" "$dir/webdis.lua" "$webdis_pid")"$'\n'
 done
 http_column() { printf '%s' "${http_samples[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
+declare -A http_rps http_cpu
+printf '\nCached GET over HTTP: wrk -t1 -c50 -d%ss, median of %s rounds\n\n' "$http_seconds" "$rounds"
+printf '%-22s %12s %9s %9s %13s\n' "target" "requests/s" "p50 ms" "p99 ms" "CPU us/req"
 for target in proxy hyper webdis; do
-  declare "http_$target=$(http_column "$target" 1)"
-  declare "http_${target}_p50=$(http_column "$target" 2)"
-  declare "http_${target}_p99=$(http_column "$target" 3)"
+  http_rps[$target]=$(http_column "$target" 1)
+  http_cpu[$target]=$(http_column "$target" 4)
+  case $target in
+    proxy) name="redis-proxy (hits)" ;;
+    hyper) name="bare hyper (ceiling)" ;;
+    webdis) name="webdis" ;;
+  esac
+  printf '%-22s %12s %9s %9s %13s\n' "$name" "${http_rps[$target]}" "$(http_column "$target" 2)" \
+    "$(http_column "$target" 3)" "${http_cpu[$target]}"
 done
-printf '\nCached GET over HTTP: wrk -t1 -c50 -d%ss, median of %s rounds\n\n' "${BENCH_HTTP_SECONDS:-5}" "$rounds"
-printf '%-22s %12s %9s %9s\n' "target" "requests/s" "p50 ms" "p99 ms"
-printf '%-22s %12s %9s %9s\n' "redis-proxy (hits)" "$http_proxy" "$http_proxy_p50" "$http_proxy_p99"
-printf '%-22s %12s %9s %9s\n' "bare hyper (ceiling)" "$http_hyper" "$http_hyper_p50" "$http_hyper_p99"
-printf '%-22s %12s %9s %9s\n' "webdis" "$http_webdis" "$http_webdis_p50" "$http_webdis_p99"
 
 # --- memory: 1,000,000 entries ---------------------------------------------------
 entries=${BENCH_MEMORY_KEYS:-1000000}
@@ -202,7 +249,7 @@ pids+=($!)
 wait_port "$mem_redis"
 mem_proxy=$(free_port)
 mem_admin=$(free_port)
-RUST_LOG=warn target/release/redis-proxy --worker-threads "$workers" --redis-url "redis://127.0.0.1:$mem_redis" \
+RUST_LOG=warn target/release/redis-proxy "${proxy_threads[@]}" --redis-url "redis://127.0.0.1:$mem_redis" \
   --http-addr 127.0.0.1:0 --resp-addr "127.0.0.1:$mem_proxy" --admin-addr "127.0.0.1:$mem_admin" \
   --cache-ttl 1h --cache-capacity "$entries" > "$dir/proxy-mem.log" 2>&1 &
 mem_pid=$!
@@ -238,18 +285,24 @@ printf '\nMemory for %s keys of 100 bytes:\n' "$entries"
 printf '  redis-server used_memory: %s bytes per key\n' "$per_key_redis"
 printf '  redis-proxy RSS:          %s bytes per cached entry (%s entries held)\n' "$per_entry_proxy" "$held"
 
-# --- the targets ------------------------------------------------------------------
+# --- the targets: ratios of CPU per request (memory: of bytes per entry) ----------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 verdict() { awk -v r="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=") ? r >= t : r <= t; print ok ? "met" : "MISSED" }'; }
-row() { printf '  %-38s %6s   %s %-5s %s\n' "$1" "$2" "$3" "$4" "$(verdict "$2" "$3" "$4")"; }
-printf '\nRatios (same run):\n'
-row "HTTP hits / bare hyper" "$(ratio "$http_proxy" "$http_hyper")" ">=" 0.85
-row "HTTP hits / webdis" "$(ratio "$http_proxy" "$http_webdis")" ">=" 2.0
-row "RESP hits / redis-server, -P 1" "$(ratio "${rps[redis-proxy/1]}" "${rps[redis-server/1]}")" ">=" 1.0
-row "RESP hits / redis-server, -P 16" "$(ratio "${rps[redis-proxy/16]}" "${rps[redis-server/16]}")" ">=" 0.6
-row "RESP hits / nutcracker, -P 16" "$(ratio "${rps[redis-proxy/16]}" "${rps[nutcracker/16]}")" ">=" 1.5
-row "RESP misses / nutcracker, -P 1" "$(ratio "${rps[proxy-misses/1]}" "${rps[nutcracker/1]}")" ">=" 0.9
-row "proxy RSS per entry / Redis per key" "$(ratio "$per_entry_proxy" "$per_key_redis")" "<=" 1.2
+row() { printf '  %-44s %6s   %s %-5s %s\n' "$1" "$2" "$3" "$4" "$(verdict "$2" "$3" "$4")"; }
+printf '\nTargets (CPU per request, proxy over peer, same run):\n'
+row "RESP hit -P 1 / redis-server" "$(ratio "${cpu[redis-proxy/1]}" "${cpu[redis-server/1]}")" "<=" 1.0
+row "RESP hit -P 16 / redis-server" "$(ratio "${cpu[redis-proxy/16]}" "${cpu[redis-server/16]}")" "<=" 1.2
+row "HTTP hit / bare hyper" "$(ratio "${http_cpu[proxy]}" "${http_cpu[hyper]}")" "<=" 1.15
+row "RESP miss -P 1 / twemproxy" "$(ratio "${cpu[proxy-misses/1]}" "${cpu[nutcracker/1]}")" "<=" 1.0
+row "HTTP hit / webdis" "$(ratio "${http_cpu[proxy]}" "${http_cpu[webdis]}")" "<=" 0.5
+row "RSS per entry / Redis used_memory per key" "$(ratio "$per_entry_proxy" "$per_key_redis")" "<=" 1.0
+printf '\nThroughput (requests/s, proxy over peer, same run; informative):\n'
+printf '  %-44s %6s\n' "RESP hit -P 1 / redis-server" "$(ratio "${rps[redis-proxy/1]}" "${rps[redis-server/1]}")"
+printf '  %-44s %6s\n' "RESP hit -P 16 / redis-server" "$(ratio "${rps[redis-proxy/16]}" "${rps[redis-server/16]}")"
+printf '  %-44s %6s\n' "RESP hit -P 16 / nutcracker" "$(ratio "${rps[redis-proxy/16]}" "${rps[nutcracker/16]}")"
+printf '  %-44s %6s\n' "RESP miss -P 1 / nutcracker" "$(ratio "${rps[proxy-misses/1]}" "${rps[nutcracker/1]}")"
+printf '  %-44s %6s\n' "HTTP hit / bare hyper" "$(ratio "${http_rps[proxy]}" "${http_rps[hyper]}")"
+printf '  %-44s %6s\n' "HTTP hit / webdis" "$(ratio "${http_rps[proxy]}" "${http_rps[webdis]}")"
 
 # Hit ratio of the two cache policies (in-process, deterministic).
 cargo bench --locked --quiet --bench hit_ratio

@@ -15,9 +15,10 @@
 # all the time.
 #
 # Prints RSS and fd count at start, end and maximum, and two verdicts: RSS levels
-# off (its peak over the second half is within 5% of its peak over the first:
-# with large values in flight RSS swings between samples, so peaks are compared,
-# not single samples) and the fd count returns to its baseline after the load.
+# off (its mean over the second half is within 5% of its mean over the first:
+# with large values in flight RSS swings from one sample to the next, so halves
+# are compared, not single samples) and the fd count returns to its baseline
+# after the load.
 #
 # Needs Debian packages redis-server, redis-tools and wrk (installed when root).
 set -euo pipefail
@@ -138,15 +139,16 @@ end_rss=$(rss)
 half=$((${#samples[@]} / 2))
 mid_rss=$(echo "${samples[$half]}" | cut -d' ' -f1)
 max_rss=$(printf '%s\n' "${samples[@]}" | cut -d' ' -f1 | sort -n | tail -1)
-early_max=$(printf '%s\n' "${samples[@]:0:$half}" | cut -d' ' -f1 | sort -n | tail -1)
-late_max=$(printf '%s\n' "${samples[@]:$half}" | cut -d' ' -f1 | sort -n | tail -1)
+mean() { cut -d' ' -f1 | awk '{ s += $1 } END { printf "%.0f", s / NR }'; }
+early_mean=$(printf '%s\n' "${samples[@]:0:$half}" | mean)
+late_mean=$(printf '%s\n' "${samples[@]:$half}" | mean)
 max_fds=$(printf '%s\n' "${samples[@]}" | cut -d' ' -f2 | sort -n | tail -1)
-growth=$(awk -v a="$late_max" -v b="$early_max" 'BEGIN { printf "%.1f", (a - b) * 100 / b }')
+growth=$(awk -v a="$late_mean" -v b="$early_mean" 'BEGIN { printf "%.1f", (a - b) * 100 / b }')
 echo
 echo "requests: wrk: $(grep -E 'Requests/sec' "$dir/wrk.txt" | awk '{print $2}') req/s over HTTP; $(grep -cE 'Non-2xx' "$dir/wrk.txt" || true) wrk lines reporting non-2xx"
 echo "stalled clients cut off: $(tail -1 "$dir/stalled.log" 2>/dev/null)"
-printf 'RSS KiB:  start %s  half-time %s  end %s  max %s  (peak of the second half against the first: %s%%)\n' \
-  "$base_rss" "$mid_rss" "$end_rss" "$max_rss" "$growth"
+printf 'RSS KiB:  start %s  half-time %s  end %s  max %s  mean of each half %s, %s  (growth: %s%%)\n' \
+  "$base_rss" "$mid_rss" "$end_rss" "$max_rss" "$early_mean" "$late_mean" "$growth"
 printf 'fds:      baseline %s  max %s  after load %s\n' "$base_fds" "$max_fds" "$after_fds"
 verdict=0
 if awk -v g="$growth" 'BEGIN { exit !(g <= 5) }'; then echo "RSS levels off: yes"; else echo "RSS levels off: NO"; verdict=1; fi

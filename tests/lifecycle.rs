@@ -217,7 +217,10 @@ fn the_startup_line_gives_every_setting_in_its_configuration_form() {
     assert_eq!(fields["cache_ttl"], "1m");
     assert_eq!(fields["cache_max_bytes"], "64mb");
     assert_eq!(fields["cache_max_value_bytes"], "8mb");
-    assert!(fields["worker_threads"].as_u64().is_some_and(|n| n >= 1), "{fields}");
+    assert!(
+        fields["worker_threads"].as_u64().is_some_and(|n| n >= 1),
+        "{fields}"
+    );
 }
 
 #[test]

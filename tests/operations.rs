@@ -465,7 +465,8 @@ async fn uri_over_8_kib_is_414() {
 fn a_request_line_beyond_the_header_buffer_is_431() {
     let redis = RedisServer::start();
     let proxy = ProxyBuilder::new(&redis.url()).start();
-    let status = |len: usize| support::http_get(proxy.http_addr(), &format!("/{}", "a".repeat(len))).0;
+    let status =
+        |len: usize| support::http_get(proxy.http_addr(), &format!("/{}", "a".repeat(len))).0;
     // Up to about 400 KiB the request line is read and answered 414; past it,
     // it no longer fits the buffer hyper reads request heads into, and is
     // refused before it is parsed.
