@@ -49,6 +49,7 @@ mod net;
 pub mod resp;
 mod server;
 mod task;
+mod worker;
 
 pub use backend::{Invalidation, InvalidationSink, RedisService, RedisServiceBuilder};
 pub use cache::{Cache, CacheBuilder, CachePolicy, Stats as CacheStats};

@@ -26,11 +26,12 @@ fn main() -> ExitCode {
         tracing::warn!("{warning}");
     }
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = config.worker_threads {
-        runtime.worker_threads(threads.get());
-    }
-    let runtime = match runtime.enable_all().build() {
+    // This thread runs the admin listener and the background tasks; the proxy
+    // starts its worker threads (`--worker-threads`) for the front-ends.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("redis-proxy: cannot start the runtime: {error}");

@@ -189,7 +189,10 @@ fn readiness_and_misses_carry_redis_own_reason_when_it_refuses_connections() {
     let redis = RedisServer::start_with(&["--maxclients", "1"]);
     redis.set("k", "v");
     let occupant = redis.client(); // Redis's only client slot
-    let proxy = ProxyBuilder::new(&redis.url()).start();
+    // One worker: each worker keeps connections of its own, and Redis allows one.
+    let proxy = ProxyBuilder::new(&redis.url())
+        .arg("--worker-threads", 1)
+        .start();
 
     let reason = "max number of clients reached";
     assert!(wait_until(Duration::from_secs(5), || {
@@ -215,7 +218,9 @@ fn readiness_and_misses_carry_redis_own_reason_when_it_refuses_connections() {
 fn a_proxy_on_the_only_client_slot_serves_requests_and_says_it_is_ready() {
     let redis = RedisServer::start_with(&["--maxclients", "1"]);
     redis.set("k", "v");
-    let proxy = ProxyBuilder::new(&redis.url()).start();
+    let proxy = ProxyBuilder::new(&redis.url())
+        .arg("--worker-threads", 1)
+        .start();
     assert!(wait_until(Duration::from_secs(5), || {
         http_get(proxy.admin_addr(), "/readyz").0 == 200
     }));

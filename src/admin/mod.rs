@@ -20,6 +20,7 @@ use axum::routing::get;
 
 use crate::cache::Cache;
 use crate::limit::Slots;
+use crate::metrics::Requests;
 
 /// Says whether the proxy can serve requests now, and if not, why.
 pub(crate) type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -63,6 +64,8 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
 /// recorder when `/metrics` is scraped rather than counted a second time.
 #[derive(Debug, Clone)]
 pub(crate) struct Gauges {
+    /// The request counters, kept per thread until now.
+    pub(crate) requests: Requests,
     /// The shared cache.
     pub(crate) cache: Cache,
     /// Client slots of the stack: requests in flight.
@@ -74,6 +77,7 @@ pub(crate) struct Gauges {
 impl Gauges {
     /// Hands the current figures to the recorder.
     pub(crate) fn publish(&self) {
+        self.requests.publish();
         let stats = self.cache.stats();
         metrics::counter!("redis_proxy_cache_hits_total").absolute(stats.hits);
         metrics::counter!("redis_proxy_cache_misses_total").absolute(stats.misses);

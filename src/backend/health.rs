@@ -20,30 +20,47 @@ pub const READY_WINDOW: Duration = Duration::from_secs(2);
 /// When a check ran and what it found.
 type Check = (Instant, Result<(), String>);
 
-/// The latest health check, shared by the pinger and whoever asks.
-#[derive(Debug, Clone, Default)]
+/// The latest health check of each of the backend's lanes (one per worker, see
+/// `RedisService`), shared by their pingers and whoever asks.
+#[derive(Debug, Clone)]
 pub struct Health {
-    last: Arc<Mutex<Option<Check>>>,
+    lanes: Arc<Mutex<Vec<Option<Check>>>>,
 }
 
 impl Health {
-    /// Whether Redis answered within [`READY_WINDOW`]; otherwise why not.
+    /// No check yet of `lanes` lanes.
+    pub fn new(lanes: usize) -> Self {
+        Self {
+            lanes: Arc::new(Mutex::new(vec![None; lanes.max(1)])),
+        }
+    }
+
+    /// Whether every lane answered within [`READY_WINDOW`]; otherwise why one did
+    /// not.
     ///
     /// # Errors
     ///
     /// The reason Redis cannot serve now.
     pub fn check(&self) -> Result<(), String> {
-        match &*self.last.lock().unwrap_or_else(PoisonError::into_inner) {
-            None => Err("redis not checked yet".into()),
-            Some((at, _)) if at.elapsed() > READY_WINDOW => {
-                Err("no recent answer from redis".into())
+        let lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        for lane in lanes.iter() {
+            match lane {
+                None => return Err("redis not checked yet".into()),
+                Some((at, _)) if at.elapsed() > READY_WINDOW => {
+                    return Err("no recent answer from redis".into());
+                }
+                Some((_, Err(reason))) => return Err(reason.clone()),
+                Some((_, Ok(()))) => {}
             }
-            Some((_, result)) => result.clone(),
         }
+        Ok(())
     }
 
-    fn record(&self, result: Result<(), String>) {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+    fn record(&self, lane: usize, result: Result<(), String>) {
+        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(last) = lanes.get_mut(lane) else {
+            return;
+        };
         let was_ready = matches!(&*last, Some((_, Ok(()))));
         match (&result, was_ready) {
             (Ok(()), false) => tracing::info!("redis answers; ready"),
@@ -58,10 +75,11 @@ impl Health {
 }
 
 /// Checks every [`PING_INTERVAL`] that a request could be served now: a
-/// connection from the request pool answers `PING` (so a pool that cannot
-/// connect, say to a Redis at its `maxclients`, is not ready, with Redis's
-/// reason). Each check is bounded by `timeout`; the result goes to `health`.
-pub async fn run_pinger(backend: RedisService, health: Health, timeout: Duration) {
+/// connection from the request pool of this thread's lane answers `PING` (so a
+/// pool that cannot connect, say to a Redis at its `maxclients`, is not ready,
+/// with Redis's reason). Each check is bounded by `timeout`; the result goes to
+/// `health` under `lane`. Run one on each worker, for its lane.
+pub async fn run_pinger(backend: RedisService, health: Health, lane: usize, timeout: Duration) {
     let mut ticks = tokio::time::interval(PING_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -74,6 +92,6 @@ pub async fn run_pinger(backend: RedisService, health: Health, timeout: Duration
                 humantime::format_duration(timeout)
             )),
         };
-        health.record(result);
+        health.record(lane, result);
     }
 }

@@ -112,6 +112,8 @@ pub type InvalidationSink = Arc<dyn Fn(Invalidation) + Send + Sync>;
 #[derive(Clone)]
 struct Options {
     pool_size: u32,
+    /// Worker threads, each with a lane of its own (0: one lane for every thread).
+    workers: usize,
     connect_timeout: Duration,
     response_timeout: Duration,
     tracking: Option<InvalidationSink>,
@@ -158,6 +160,15 @@ impl RedisServiceBuilder {
         self
     }
 
+    /// Gives each of `workers` worker threads (see `crate::worker`) a lane of its
+    /// own: a pool of `pool_size / workers` connections (rounded up) and a batch
+    /// queue, so that a worker's misses never wait on another thread. Threads
+    /// that are not workers share one more lane.
+    pub(crate) fn workers(mut self, workers: usize) -> Self {
+        self.options.workers = workers;
+        self
+    }
+
     /// Turns on server-assisted invalidation: every connection speaks RESP3 and
     /// runs `CLIENT TRACKING ON` before it is used, and what Redis says about
     /// changed keys goes to `sink`.
@@ -181,7 +192,8 @@ impl RedisServiceBuilder {
 /// Reads one key from the backing Redis with `GET`.
 ///
 /// Cloning is cheap: clones share one pool. The service is always ready; waiting
-/// for a free connection happens inside the call, bounded by the connect timeout.
+/// for a free connection happens inside the call, bounded by the response
+/// timeout.
 #[derive(Debug, Clone)]
 pub struct RedisService {
     // One reference count to bump: the service is cloned for every miss.
@@ -190,15 +202,22 @@ pub struct RedisService {
 
 #[derive(Debug)]
 struct Shared {
-    pool: bb8::Pool<Manager>,
+    /// One lane per worker thread, and one for every other thread (the last).
+    lanes: Box<[Lane]>,
     /// The database the URL names: the one every pooled connection has selected.
     default_db: i64,
     /// How long a request waits for a pooled connection.
     wait_timeout: Duration,
-    last_connect_error: pool::LastError,
-    queue: batch::Queue,
     latency: metrics::Histogram,
     errors: metrics::Counter,
+}
+
+/// What one thread's misses go through: a pool and a batch queue of its own.
+#[derive(Debug)]
+struct Lane {
+    pool: bb8::Pool<Manager>,
+    last_connect_error: pool::LastError,
+    queue: batch::Queue,
 }
 
 impl RedisService {
@@ -209,6 +228,7 @@ impl RedisService {
             url: url.into(),
             options: Options {
                 pool_size: 16,
+                workers: 0,
                 connect_timeout: Duration::from_secs(1),
                 response_timeout: Duration::from_secs(5),
                 tracking: None,
@@ -217,52 +237,71 @@ impl RedisService {
     }
 
     fn new(url: &RedisUrl, options: Options) -> Result<Self, Error> {
-        let last_connect_error = pool::LastError::default();
         let manager = Manager::new(url, &options).map_err(|e| Error::Unavailable(e.to_string()))?;
-        let pool = bb8::Pool::builder()
-            .max_size(options.pool_size)
-            // A request waits for a connection as long as it may wait at all; a
-            // failed attempt to connect ends the wait at once (see `connection`).
-            .connection_timeout(options.response_timeout)
-            .retry_connection(false)
-            // Checkout checks only the connection's broken flag (no PING): see
-            // `Manager::is_valid`.
-            .test_on_check_out(true)
-            // Requests hold a connection only to take a handle, so LIFO hands the
-            // same few connections out again and again: concurrent misses share
-            // them, and redis-rs writes their GETs in one go (as twemproxy does
-            // with one server connection) instead of one system call each.
-            .queue_strategy(bb8::QueueStrategy::Lifo)
-            .error_sink(Box::new(last_connect_error.clone()))
-            .build_unchecked(manager);
-        Ok(Self {
-            shared: Arc::new(Shared {
+        let lanes = options.workers + 1;
+        let per_lane = options.pool_size.div_ceil(options.workers.max(1) as u32);
+        let lane = || {
+            let last_connect_error = pool::LastError::default();
+            let pool = bb8::Pool::builder()
+                .max_size(per_lane)
+                // A request waits for a connection as long as it may wait at
+                // all; a failed attempt to connect ends the wait at once (see
+                // `connection`).
+                .connection_timeout(options.response_timeout)
+                .retry_connection(false)
+                // Checkout checks only the connection's broken flag (no PING):
+                // see `Manager::is_valid`.
+                .test_on_check_out(true)
+                // Requests hold a connection only to take a handle, so LIFO hands
+                // the same few connections out again and again: concurrent misses
+                // share them, and redis-rs writes their GETs in one go (as
+                // twemproxy does with one server connection) instead of one
+                // system call each.
+                .queue_strategy(bb8::QueueStrategy::Lifo)
+                .error_sink(Box::new(last_connect_error.clone()))
+                .build_unchecked(manager.clone());
+            Lane {
                 pool,
-                default_db: url.db(),
-                wait_timeout: options.response_timeout,
                 last_connect_error,
                 queue: batch::Queue::default(),
+            }
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                lanes: (0..lanes).map(|_| lane()).collect(),
+                default_db: url.db(),
+                wait_timeout: options.response_timeout,
                 latency: metrics::histogram!("redis_proxy_backend_request_duration_seconds"),
                 errors: metrics::counter!("redis_proxy_backend_errors_total"),
             }),
         })
     }
 
+    /// The index of the lane of the calling thread.
+    fn lane_index(&self) -> usize {
+        let others = self.shared.lanes.len() - 1;
+        crate::worker::current().map_or(others, |worker| worker.min(others))
+    }
+
+    fn lane(&self) -> &Lane {
+        &self.shared.lanes[self.lane_index()]
+    }
+
     /// A pooled connection. While the pool has none, a failed attempt to open
     /// one fails the wait at once with Redis's reason, rather than at the end of
     /// the wait with no reason.
     async fn connection(&self) -> Result<bb8::PooledConnection<'static, Manager>, Error> {
-        let shared = &self.shared;
+        let (shared, lane) = (&self.shared, self.lane());
         let unavailable = |cause: Option<String>| {
             Error::Unavailable(cause.unwrap_or_else(|| "no connection could be opened".into()))
         };
         loop {
-            let failed = shared.last_connect_error.failed();
+            let failed = lane.last_connect_error.failed();
             tokio::select! {
-                got = shared.pool.get_owned() => return got.map_err(|e| match e {
+                got = lane.pool.get_owned() => return got.map_err(|e| match e {
                     bb8::RunError::User(e) => e,
-                    bb8::RunError::TimedOut if shared.pool.state().connections == 0 => {
-                        unavailable(shared.last_connect_error.get())
+                    bb8::RunError::TimedOut if lane.pool.state().connections == 0 => {
+                        unavailable(lane.last_connect_error.get())
                     }
                     bb8::RunError::TimedOut => Error::Unavailable(format!(
                         "every pooled connection stayed busy for {}",
@@ -270,8 +309,8 @@ impl RedisService {
                     )),
                 }),
                 () = failed => {
-                    if shared.pool.state().connections == 0 {
-                        return Err(unavailable(shared.last_connect_error.get()));
+                    if lane.pool.state().connections == 0 {
+                        return Err(unavailable(lane.last_connect_error.get()));
                     }
                 }
             }
@@ -287,7 +326,7 @@ impl RedisService {
 
     async fn get(self, key: Key) -> Result<Option<Bytes>, crate::Error> {
         let start = std::time::Instant::now();
-        let (reply, first) = self.shared.queue.join(key);
+        let (reply, first) = self.lane().queue.join(key);
         if first {
             tokio::spawn(self.clone().flush());
         }
@@ -306,7 +345,7 @@ impl RedisService {
     async fn flush(self) {
         let this = &self;
         batch::flush(
-            &self.shared.queue,
+            &self.lane().queue,
             |keys| async move { this.fetch(&keys).await },
         )
         .await;
@@ -322,9 +361,10 @@ impl RedisService {
             // for it (which then joins the pool).
             Err(Error::Connection(cause)) => {
                 tracing::debug!(%cause, "pooled connection was dead; retrying on a new one");
-                let fresh = self.shared.pool.dedicated_connection().await?;
+                let pool = &self.lane().pool;
+                let fresh = pool.dedicated_connection().await?;
                 let fetched = self.fetch_on(fresh.handle(), keys).await;
-                let _ = self.shared.pool.add(fresh);
+                let _ = pool.add(fresh);
                 fetched
             }
             other => other,

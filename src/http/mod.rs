@@ -43,7 +43,7 @@ use percent_encoding::percent_decode;
 use tower::{Service, ServiceExt};
 
 use crate::lookup::{Error, Key, Lookup};
-use crate::metrics::{self, Requests};
+use crate::metrics::{self, Counting};
 
 pub(crate) use server::Hyper;
 
@@ -68,20 +68,26 @@ where
 {
     Router::new()
         .fallback(serve_key::<S>)
-        .with_state((service, Requests::new(metrics::Protocol::Http)))
+        .with_state((service, Counting::direct(metrics::Protocol::Http)))
 }
 
 async fn serve_key<S>(
-    State((service, requests)): State<(S, Requests)>,
+    State((service, counting)): State<(S, Counting)>,
     request: Request,
 ) -> axum::response::Response
 where
     S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
 {
-    respond_counted(service, request, &requests)
-        .await
-        .map(Body::new)
+    let response = match key_of(&request) {
+        Ok(key) => {
+            let result = service.oneshot(key).await;
+            counting.record(&result);
+            response_to(result, request.headers().get(header::IF_NONE_MATCH))
+        }
+        Err(rejection) => rejection.response(),
+    };
+    response.map(Body::new)
 }
 
 /// Answers one HTTP request for a key with `service`: what [`router`] does for each
@@ -90,52 +96,63 @@ pub async fn respond<S, B>(service: S, request: axum::http::Request<B>) -> Respo
 where
     S: Service<Key, Response = Lookup, Error = Error>,
 {
-    answer(service, request, |_| {}).await
+    match key_of(&request) {
+        Ok(key) => response_to(
+            service.oneshot(key).await,
+            request.headers().get(header::IF_NONE_MATCH),
+        ),
+        Err(rejection) => rejection.response(),
+    }
 }
 
-/// [`respond`], counting the request in `requests`.
-pub(crate) async fn respond_counted<S, B>(
-    service: S,
-    request: axum::http::Request<B>,
-    requests: &Requests,
-) -> Response
-where
-    S: Service<Key, Response = Lookup, Error = Error>,
-{
-    answer(service, request, |result| requests.record(result)).await
+/// Why a request asks for no key.
+#[derive(Debug, Clone, Copy)]
+enum Rejection {
+    /// A method other than GET and HEAD.
+    Method,
+    /// A path and query over [`MAX_URI_LEN`].
+    UriTooLong,
+    /// An empty key, or a query string: the message says which.
+    BadRequest(&'static str),
 }
 
-/// Answers `request`; `seen` is shown the stack's result for a key request.
-async fn answer<S, B>(
-    service: S,
-    request: axum::http::Request<B>,
-    seen: impl FnOnce(&Result<Lookup, Error>),
-) -> Response
-where
-    S: Service<Key, Response = Lookup, Error = Error>,
-{
+impl Rejection {
+    fn response(self) -> Response {
+        match self {
+            Rejection::Method => {
+                let mut response = plain(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed: use GET or HEAD\n",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                response
+            }
+            Rejection::UriTooLong => plain(StatusCode::URI_TOO_LONG, "URI over 8 KiB\n"),
+            Rejection::BadRequest(reason) => plain(StatusCode::BAD_REQUEST, reason),
+        }
+    }
+}
+
+/// The key a request asks for, or why it asks for none.
+fn key_of<B>(request: &axum::http::Request<B>) -> Result<Key, Rejection> {
     // Read in place: the extractors for method, URI and headers would each clone
     // theirs, on every request.
     let (method, uri) = (request.method(), request.uri());
     if method != Method::GET && method != Method::HEAD {
-        let mut response = plain(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed: use GET or HEAD\n",
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
+        return Err(Rejection::Method);
     }
     if uri_len(uri) > MAX_URI_LEN {
-        return plain(StatusCode::URI_TOO_LONG, "URI over 8 KiB\n");
+        return Err(Rejection::UriTooLong);
     }
-    let key = match key_from_uri(uri) {
-        Ok(key) => key,
-        Err(reason) => return plain(StatusCode::BAD_REQUEST, reason),
-    };
-    let result = service.oneshot(key).await;
-    seen(&result);
+    key_from_uri(uri).map_err(Rejection::BadRequest)
+}
+
+/// The response to a lookup: the value with its cache headers, 304 when
+/// `if_none_match` names its tag, 404, or the error's status. (HEAD gets the
+/// same; hyper leaves its body out.)
+fn response_to(result: Result<Lookup, Error>, if_none_match: Option<&HeaderValue>) -> Response {
     match result {
         Ok(Lookup {
             value: Some(value),
@@ -144,10 +161,7 @@ where
             age,
         }) => {
             let etag = etag(&value);
-            let not_modified = request
-                .headers()
-                .get(header::IF_NONE_MATCH)
-                .is_some_and(|tags| matches_etag(tags, &etag));
+            let not_modified = if_none_match.is_some_and(|tags| matches_etag(tags, &etag));
             let mut response = if not_modified {
                 let mut response = Response::default();
                 *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -179,6 +193,100 @@ where
             response
         }
         Err(error) => error_response(&error),
+    }
+}
+
+/// The proxy's own HTTP service, one per connection: the connection's own
+/// handle to the stack (a request costs no clone of it), and its counters.
+pub(crate) struct KeyService<S> {
+    stack: std::cell::RefCell<S>,
+    counting: Counting,
+}
+
+impl<S> KeyService<S> {
+    /// A service over `stack`, counting requests with `counting`.
+    pub(crate) fn new(stack: S, counting: Counting) -> Self {
+        Self {
+            stack: std::cell::RefCell::new(stack),
+            counting,
+        }
+    }
+}
+
+impl<S, B> hyper::service::Service<axum::http::Request<B>> for KeyService<S>
+where
+    S: Service<Key, Response = Lookup, Error = Error> + Clone,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = KeyFuture<S>;
+
+    fn call(&self, request: axum::http::Request<B>) -> Self::Future {
+        let key = match key_of(&request) {
+            Ok(key) => key,
+            Err(rejection) => return KeyFuture::Answered(Some(rejection.response())),
+        };
+        // The stack is always ready, so the connection's handle is called at
+        // once. A service that is not ready at once is waited for on a clone.
+        let mut stack = self.stack.borrow_mut();
+        let ready = stack.poll_ready(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        let lookup = match ready {
+            std::task::Poll::Ready(Ok(())) => Call::Called(stack.call(key)),
+            _ => Call::Waiting(stack.clone().oneshot(key)),
+        };
+        KeyFuture::Looking {
+            lookup,
+            if_none_match: request.headers().get(header::IF_NONE_MATCH).cloned(),
+            counting: self.counting.clone(),
+        }
+    }
+}
+
+/// A key's lookup by a [`KeyService`]: called, or waiting for the service.
+pub(crate) enum Call<S: Service<Key>> {
+    Called(S::Future),
+    Waiting(tower::util::Oneshot<S, Key>),
+}
+
+/// The future of [`KeyService`].
+pub(crate) enum KeyFuture<S: Service<Key>> {
+    Answered(Option<Response>),
+    Looking {
+        lookup: Call<S>,
+        if_none_match: Option<HeaderValue>,
+        counting: Counting,
+    },
+}
+
+impl<S> std::future::Future for KeyFuture<S>
+where
+    S: Service<Key, Response = Lookup, Error = Error>,
+    S::Future: Unpin,
+{
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut *self {
+            KeyFuture::Answered(response) => {
+                std::task::Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            KeyFuture::Looking {
+                lookup,
+                if_none_match,
+                counting,
+            } => {
+                let result = std::task::ready!(match lookup {
+                    Call::Called(future) => std::pin::Pin::new(future).poll(cx),
+                    Call::Waiting(oneshot) => std::pin::Pin::new(oneshot).poll(cx),
+                });
+                counting.record(&result);
+                std::task::Poll::Ready(Ok(response_to(result, if_none_match.as_ref())))
+            }
+        }
     }
 }
 

@@ -26,17 +26,18 @@ const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: text/plain; charset=utf-8\r\ncontent-length: 33\r\nconnection: close\r\n\r\n\
 overloaded: too many connections\n";
 
-/// Serves HTTP/1.1 with a hyper `service` per connection.
-pub(crate) struct Hyper<S> {
+/// Serves HTTP/1.1 with a hyper service per connection, made by `make`.
+pub(crate) struct Hyper<M> {
     name: &'static str,
-    service: S,
+    make: M,
     builder: http1::Builder,
 }
 
-impl<S> Hyper<S> {
-    /// HTTP connections named `name` in their spans, answered by `service`, whose
-    /// request headers must arrive within `header_timeout`.
-    pub(crate) fn new(name: &'static str, service: S, header_timeout: Duration) -> Self {
+impl<M> Hyper<M> {
+    /// HTTP connections named `name` in their spans, each answered by a service
+    /// `make` makes for it, whose request headers must arrive within
+    /// `header_timeout`.
+    pub(crate) fn new(name: &'static str, make: M, header_timeout: Duration) -> Self {
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -44,15 +45,16 @@ impl<S> Hyper<S> {
             .keep_alive(true);
         Self {
             name,
-            service,
+            make,
             builder,
         }
     }
 }
 
-impl<S, B> Protocol for Hyper<S>
+impl<M, S, B> Protocol for Hyper<M>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    M: Fn() -> S + Send + Sync + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: Body + Send + 'static,
@@ -70,7 +72,7 @@ where
     async fn serve(self: Arc<Self>, stream: TcpStream, _peer: SocketAddr, stop: CancellationToken) {
         let connection = self
             .builder
-            .serve_connection(TokioIo::new(stream), self.service.clone());
+            .serve_connection(TokioIo::new(stream), (self.make)());
         let mut connection = std::pin::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,

@@ -3,7 +3,9 @@
 //! The library never installs a recorder: the binary installs Prometheus's and
 //! renders `/metrics` with it; an application that embeds the library decides for
 //! itself (with no recorder, every record is a no-op). Handles are resolved once,
-//! when their owner is built, so the hot path pays one atomic add per request.
+//! when their owner is built. Requests are counted per thread and published at
+//! scrape time (see [`Requests`]), so the hot path writes no memory another
+//! thread writes.
 //! Figures that already exist as state elsewhere (cache statistics, requests
 //! holding a client slot, open connections) are not counted twice: the admin
 //! listener reads them and publishes them when `/metrics` is scraped.
@@ -20,6 +22,9 @@
 //! redis_proxy_backend_errors_total
 //! ```
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use metrics::Counter;
 
 use crate::lookup::{Error, Lookup, Source};
@@ -28,9 +33,9 @@ use crate::lookup::{Error, Lookup, Source};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Protocol {
     /// `GET /{key}`
-    Http,
+    Http = 0,
     /// The Redis protocol.
-    Resp,
+    Resp = 1,
 }
 
 impl Protocol {
@@ -64,27 +69,141 @@ pub const BACKEND_DURATION_BUCKETS: &[f64] = &[
 /// The name of the backend latency histogram (for a recorder's bucket settings).
 pub const BACKEND_DURATION: &str = "redis_proxy_backend_request_duration_seconds";
 
-/// The request counters of one front-end.
+/// The request counters of every front-end.
+///
+/// Counted per thread, each in cells of its own, so that requests on different
+/// worker threads never write to the same memory; the sums are handed to the
+/// recorder when `/metrics` is scraped ([`Requests::publish`]). A front-end
+/// counts through its [`Counting`] handle.
 #[derive(Debug, Clone)]
 pub(crate) struct Requests {
-    outcomes: [Counter; OUTCOMES.len()],
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Per thread slot, per protocol, per outcome.
+    cells: Box<[Cells]>,
+    /// The recorder's counters, per protocol, per outcome.
+    outcomes: [[Counter; OUTCOMES.len()]; 2],
     shed: Counter,
 }
 
+/// One thread's counts, on a cache line of their own.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+struct Cells([[AtomicU64; OUTCOMES.len()]; 2]);
+
+/// Threads counted apart: workers (by index, modulo) and one slot for the rest.
+const THREAD_SLOTS: usize = 64;
+
+/// What a front-end counts its requests with.
+#[derive(Debug, Clone)]
+pub(crate) enum Counting {
+    /// Into per-thread cells, published at scrape time (the proxy's listeners).
+    Cells(Requests, Protocol),
+    /// Straight into the recorder's counters (a router mounted in another
+    /// application, whose `/metrics` is its own).
+    Direct(Arc<[Counter; OUTCOMES.len()]>, Counter),
+}
+
 impl Requests {
-    /// Handles for `protocol`'s counters from the recorder installed now.
-    pub(crate) fn new(protocol: Protocol) -> Self {
-        let label = protocol.label();
+    /// Cells for every thread, and handles from the recorder installed now.
+    pub(crate) fn new() -> Self {
         Self {
-            outcomes: OUTCOMES.map(|outcome| {
-                metrics::counter!("redis_proxy_requests_total", "protocol" => label, "outcome" => outcome)
+            inner: Arc::new(Inner {
+                cells: (0..=THREAD_SLOTS).map(|_| Cells::default()).collect(),
+                outcomes: [Protocol::Http, Protocol::Resp].map(outcome_counters),
+                shed: metrics::counter!("redis_proxy_requests_shed_total"),
             }),
-            shed: metrics::counter!("redis_proxy_requests_shed_total"),
         }
+    }
+
+    /// The handle `protocol`'s front-end counts with.
+    pub(crate) fn counting(&self, protocol: Protocol) -> Counting {
+        Counting::Cells(self.clone(), protocol)
+    }
+
+    /// Hands the sums to the recorder.
+    pub(crate) fn publish(&self) {
+        let mut shed = 0;
+        for (protocol, counters) in self.inner.outcomes.iter().enumerate() {
+            for (outcome, counter) in counters.iter().enumerate() {
+                let sum: u64 = self
+                    .inner
+                    .cells
+                    .iter()
+                    .map(|cells| cells.0[protocol][outcome].load(Ordering::Relaxed))
+                    .sum();
+                counter.absolute(sum);
+                if outcome == SHED {
+                    shed += sum;
+                }
+            }
+        }
+        self.inner.shed.absolute(shed);
+    }
+}
+
+fn outcome_counters(protocol: Protocol) -> [Counter; OUTCOMES.len()] {
+    let label = protocol.label();
+    OUTCOMES.map(|outcome| {
+        metrics::counter!("redis_proxy_requests_total", "protocol" => label, "outcome" => outcome)
+    })
+}
+
+impl Counting {
+    /// Counts straight into the recorder installed now, for `protocol`.
+    pub(crate) fn direct(protocol: Protocol) -> Self {
+        Counting::Direct(
+            Arc::new(outcome_counters(protocol)),
+            metrics::counter!("redis_proxy_requests_shed_total"),
+        )
     }
 
     /// Counts one answered request.
     pub(crate) fn record(&self, result: &Result<Lookup, Error>) {
+        let mut tally = Tally::default();
+        tally.count(result);
+        self.add(&tally);
+    }
+
+    /// Adds requests counted locally.
+    pub(crate) fn add(&self, tally: &Tally) {
+        match self {
+            Counting::Cells(requests, protocol) => {
+                let slot = crate::worker::current().map_or(THREAD_SLOTS, |i| i % THREAD_SLOTS);
+                let cells = &requests.inner.cells[slot].0[*protocol as usize];
+                for (cell, &n) in cells.iter().zip(&tally.0) {
+                    if n > 0 {
+                        cell.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+            }
+            Counting::Direct(outcomes, shed) => {
+                for (counter, &n) in outcomes.iter().zip(&tally.0) {
+                    if n > 0 {
+                        counter.increment(n);
+                    }
+                }
+                if tally.0[SHED] > 0 {
+                    shed.increment(tally.0[SHED]);
+                }
+            }
+        }
+    }
+}
+
+/// The index of `shed` in [`OUTCOMES`].
+const SHED: usize = 3;
+
+/// Requests counted by outcome, locally (for a batch of pipelined requests).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Tally([u64; OUTCOMES.len()]);
+
+impl Tally {
+    /// Counts one answered request.
+    pub(crate) fn count(&mut self, result: &Result<Lookup, Error>) {
         let outcome = match result {
             Ok(Lookup { value: None, .. }) => 2,
             Ok(Lookup {
@@ -95,16 +214,18 @@ impl Requests {
                 source: Source::Backend,
                 ..
             }) => 1,
-            Err(Error::Overloaded) => {
-                self.shed.increment(1);
-                3
-            }
+            Err(Error::Overloaded) => SHED,
             Err(Error::Timeout) => 4,
             Err(error) if error.is_wrong_type() => 5,
             Err(Error::Reply(_) | Error::Unavailable { .. }) => 6,
             Err(_) => 7,
         };
-        self.outcomes[outcome].increment(1);
+        self.0[outcome] += 1;
+    }
+
+    /// Whether nothing was counted.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.iter().all(|&n| n == 0)
     }
 }
 

@@ -1,50 +1,67 @@
-//! A bound TCP listener with its connection slots and counters.
+//! Bound listeners: one socket per worker on one address, the connection slots
+//! they share, and accepting.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Stats;
 use crate::limit::Slots;
 
-/// A bound listener that allows `max_connections` open connections.
+/// A bound address: `sockets` sockets on it with `SO_REUSEPORT`, so that each
+/// worker accepts on its own and the kernel spreads new connections over them,
+/// and `max_connections` connection slots that all of them share.
 #[derive(Debug)]
 pub(crate) struct Listener {
-    inner: TcpListener,
+    sockets: Vec<std::net::TcpListener>,
+    local: SocketAddr,
     slots: Slots,
     stats: Arc<Stats>,
 }
 
+/// How many connections may wait in the kernel to be accepted, per socket.
+const BACKLOG: i32 = 1024;
+
 impl Listener {
-    /// Binds `addr`, allowing `max_connections` open connections.
+    /// Binds `sockets` sockets (at least one) to `addr`, allowing
+    /// `max_connections` open connections across them.
     ///
     /// # Errors
     ///
     /// The operating system's reason when the address cannot be bound.
-    pub(crate) async fn bind(addr: SocketAddr, max_connections: usize) -> io::Result<Self> {
+    pub(crate) fn bind(
+        addr: SocketAddr,
+        max_connections: usize,
+        sockets: usize,
+    ) -> io::Result<Self> {
         {
             let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
             if spare.is_none() {
                 *spare = std::fs::File::open("/dev/null").ok();
             }
         }
+        let first = bind_one(addr, sockets > 1)?;
+        // Port 0 binds a port chosen by the system: the others share it.
+        let local = first.local_addr()?;
+        let mut bound = vec![first];
+        for _ in 1..sockets {
+            bound.push(bind_one(local, true)?);
+        }
         Ok(Self {
-            inner: TcpListener::bind(addr).await?,
+            sockets: bound,
+            local,
             slots: Slots::new(max_connections),
             stats: Arc::default(),
         })
     }
 
-    /// The address actually bound (the port is chosen by the system for port 0).
-    ///
-    /// # Errors
-    ///
-    /// The operating system's error.
-    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+    /// The address bound (the port is chosen by the system for port 0).
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 
     /// The connection slots: how many connections may be open, and are.
@@ -57,6 +74,53 @@ impl Listener {
         &self.stats
     }
 
+    /// One [`Acceptor`] per socket, each to be run by its worker.
+    pub(crate) fn into_acceptors(self) -> Vec<Acceptor> {
+        self.sockets
+            .into_iter()
+            .map(|socket| Acceptor {
+                socket,
+                slots: self.slots.clone(),
+                stats: self.stats.clone(),
+            })
+            .collect()
+    }
+}
+
+/// A listening socket and the slots and counters of its listener: what one
+/// worker accepts connections with.
+#[derive(Debug)]
+pub(crate) struct Acceptor {
+    socket: std::net::TcpListener,
+    pub(crate) slots: Slots,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl Acceptor {
+    /// The socket, registered with the runtime of the calling thread (the worker
+    /// that accepts on it).
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error registering it.
+    pub(crate) fn listen(self) -> io::Result<Accepting> {
+        Ok(Accepting {
+            inner: TcpListener::from_std(self.socket)?,
+            slots: self.slots,
+            stats: self.stats,
+        })
+    }
+}
+
+/// A socket being accepted on, in its worker's runtime.
+#[derive(Debug)]
+pub(crate) struct Accepting {
+    inner: TcpListener,
+    pub(crate) slots: Slots,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl Accepting {
     /// Accepts the next connection, retrying on errors that concern only that
     /// connection.
     ///
@@ -118,6 +182,20 @@ impl Listener {
 
 /// The descriptor kept spare for telling a client the process is out of them.
 static SPARE: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+/// A listening socket on `addr`, sharing its port with others when `share`.
+fn bind_one(addr: SocketAddr, share: bool) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As every server does, so a restart can bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    if share {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
 
 fn is_per_connection(error: &io::Error) -> bool {
     matches!(

@@ -41,7 +41,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub(crate) use files::fit_connections;
-pub(crate) use listener::Listener;
+pub(crate) use listener::{Acceptor, Listener};
 
 /// What one kind of listener does with its connections.
 pub(crate) trait Protocol: Send + Sync + 'static {
@@ -72,24 +72,31 @@ pub(crate) struct Stats {
     pub(crate) rejected: AtomicU64,
 }
 
-/// Accepts connections on `listener` until `stop` is cancelled, serving each with
-/// `protocol`; then waits until every connection has answered its requests in
-/// flight (the caller bounds that wait by the grace period).
+/// Accepts connections with `acceptor` until `stop` is cancelled, serving each
+/// with `protocol`; then waits until every connection has answered its requests
+/// in flight (the caller bounds that wait by the grace period). Runs on the
+/// worker that owns the acceptor's socket.
 pub(crate) async fn serve<P: Protocol>(
-    listener: Listener,
+    acceptor: Acceptor,
     protocol: Arc<P>,
     stop: CancellationToken,
 ) {
+    let listener = match acceptor.listen() {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, protocol = protocol.name(), "cannot listen");
+            return;
+        }
+    };
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept(protocol.refusal()) => accepted,
             () = stop.cancelled() => break,
         };
-        let stats = listener.stats();
-        stats.received.fetch_add(1, Ordering::Relaxed);
-        let Some(slot) = listener.slots().try_take() else {
-            stats.rejected.fetch_add(1, Ordering::Relaxed);
+        listener.stats.received.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = listener.slots.try_take() else {
+            listener.stats.rejected.fetch_add(1, Ordering::Relaxed);
             refuse(stream, protocol.refusal());
             continue;
         };

@@ -19,12 +19,14 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::BytesMut;
-use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tower::util::Oneshot;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use super::command::Command;
 use super::decode::{Decoder, ProtocolError};
@@ -33,6 +35,7 @@ use super::reply::Reply;
 use super::session::{Planned, Session};
 use super::{FREE_INPUT, Resp};
 use crate::lookup::{Error, Key, Lookup};
+use crate::metrics::Tally;
 
 /// Why a connection is closed.
 #[derive(Debug)]
@@ -86,10 +89,8 @@ impl Bound {
     }
 }
 
-/// One batch of requests: what to answer, in order, and the keys to look up.
+/// How decoding a batch ended.
 struct Batch {
-    planned: VecDeque<Planned>,
-    keys: Vec<Key>,
     /// The batch ends the connection (`QUIT`, or the protocol error).
     end: Option<Close>,
     /// More complete requests may wait in the buffer (the batch was cut short).
@@ -110,29 +111,39 @@ pub(super) async fn serve<S, T>(
     stop: tokio_util::sync::CancellationToken,
 ) where
     S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
-    S::Future: Send,
+    S::Future: Send + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let mut connection = Connection {
         stream,
         resp,
+        stack: resp.stack.clone(),
         session: Session::new(resp.next_id.fetch_add(1, Ordering::Relaxed), peer, local),
         decoder: Decoder::default(),
         input: BytesMut::with_capacity(INPUT_CAPACITY),
         output: Output::with_capacity(INPUT_CAPACITY),
+        planned: VecDeque::new(),
+        lookups: Lookups::default(),
+        results: Results::default(),
         held: 0,
     };
     let close = connection.run(&stop).await;
     connection.close(close).await;
 }
 
-struct Connection<'a, S, T> {
+struct Connection<'a, S: Service<Key>, T> {
     stream: T,
     resp: &'a Resp<S>,
+    /// The connection's own handle to the stack, so that a lookup costs no clone.
+    stack: S,
     session: Session,
     decoder: Decoder,
     input: BytesMut,
     output: Output,
+    // The batch being answered; kept between batches for their allocations.
+    planned: VecDeque<Planned>,
+    lookups: Lookups<S::Future>,
+    results: Results,
     /// Unparsed input counted against the shared bound (see `Resp::hold_input`).
     held: usize,
 }
@@ -140,13 +151,13 @@ struct Connection<'a, S, T> {
 impl<S, T> Connection<'_, S, T>
 where
     S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
-    S::Future: Send,
+    S::Future: Send + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
     async fn run(&mut self, stop: &tokio_util::sync::CancellationToken) -> Close {
         loop {
-            let mut batch = self.decode();
-            if let Err(close) = self.answer(&mut batch).await {
+            let batch = self.decode();
+            if let Err(close) = self.answer().await {
                 return close;
             }
             if let Err(close) = self.flush().await {
@@ -167,22 +178,22 @@ where
         }
     }
 
-    /// Takes the complete requests at the front of the input as one batch.
+    /// Takes the complete requests at the front of the input as one batch: their
+    /// plans in `planned`, their keys in `lookups`.
     fn decode(&mut self) -> Batch {
         let mut batch = Batch {
-            planned: VecDeque::new(),
-            keys: Vec::new(),
             end: None,
             more: false,
         };
-        while batch.keys.len() < self.resp.max_keys {
+        let keys = &mut self.lookups.keys;
+        while keys.len() < self.resp.max_keys {
             match self.decoder.decode(&mut self.input) {
                 Ok(Some(args)) => {
                     let command = Command::parse(args);
                     let quit = command == Command::Quit;
-                    let planned = self.session.plan(command, &mut batch.keys, self.resp);
+                    let planned = self.session.plan(command, keys, self.resp);
                     let select = matches!(planned, Planned::Select(_));
-                    batch.planned.push_back(planned);
+                    self.planned.push_back(planned);
                     if quit {
                         // Its +OK is the last reply; anything after it is ignored.
                         batch.end = Some(Close::Done);
@@ -208,22 +219,35 @@ where
 
     /// Looks up the batch's keys and encodes every reply in order, writing what
     /// is encoded while later keys are still being looked up.
-    async fn answer(&mut self, batch: &mut Batch) -> Result<(), Close> {
-        let keys = std::mem::take(&mut batch.keys);
-        let mut lookups = Lookups::new(&self.resp.stack, keys, self.resp.max_keys);
-        let mut results = Results::default();
+    async fn answer(&mut self) -> Result<(), Close> {
+        let mut tally = Tally::default();
+        let answered = self.answer_counted(&mut tally).await;
+        if !tally.is_empty() {
+            self.resp.requests.add(&tally);
+        }
+        answered
+    }
+
+    async fn answer_counted(&mut self, tally: &mut Tally) -> Result<(), Close> {
         loop {
-            self.encode_ready(&mut batch.planned, &mut results).await?;
-            if batch.planned.is_empty() {
+            self.encode_ready().await?;
+            if self.planned.is_empty() {
                 return Ok(());
             }
             let write = !self.output.is_empty();
+            let lookups = &mut self.lookups;
+            let stack = &mut self.stack;
+            let window = self.resp.max_keys;
             tokio::select! {
                 biased;
-                result = lookups.next() => {
+                result = std::future::poll_fn(|cx| lookups.poll_next(cx, stack, window)) => {
                     let result = result.expect("a lookup for every read waiting for one");
-                    self.resp.requests.record(&result);
-                    results.push(result);
+                    tally.count(&result);
+                    self.results.push(result);
+                    // Results waiting for their turn are replies in all but name.
+                    if self.output.pending() + self.results.bytes > self.resp.limits.output {
+                        return Err(Close::Bound(Bound::Output));
+                    }
                 }
                 written = self.output.write_some(&mut self.stream), if write => {
                     written.map_err(|_| Close::Gone)?;
@@ -234,16 +258,16 @@ where
 
     /// Encodes the planned replies whose results are in, front to back; a
     /// database being selected is asked about here, in its turn.
-    async fn encode_ready(
-        &mut self,
-        planned: &mut VecDeque<Planned>,
-        results: &mut Results,
-    ) -> Result<(), Close> {
-        while let Some(item) = planned.front() {
+    async fn encode_ready(&mut self) -> Result<(), Close> {
+        // Results already in need no waiting: take them first.
+        while let Some(result) = self.lookups.take_ready() {
+            self.results.push(result);
+        }
+        while let Some(item) = self.planned.front() {
             match item {
                 Planned::Reply(reply, protocol) => reply.encode(*protocol, &mut self.output),
                 Planned::Get(protocol) => {
-                    let Some(result) = results.pop() else {
+                    let Some(result) = self.results.pop() else {
                         return Ok(());
                     };
                     get_reply(result).encode(*protocol, &mut self.output);
@@ -251,13 +275,13 @@ where
                 &Planned::MGet(n, protocol) => {
                     // One array: encoded once every result is in. Until then the
                     // results count toward the pending output.
-                    if self.output.pending() + results.bytes > self.resp.limits.output {
+                    if self.output.pending() + self.results.bytes > self.resp.limits.output {
                         return Err(Close::Bound(Bound::Output));
                     }
-                    if results.len() < n {
+                    if self.results.len() < n {
                         return Ok(());
                     }
-                    mget_reply(results.take(n)).encode(protocol, &mut self.output);
+                    mget_reply(self.results.take(n)).encode(protocol, &mut self.output);
                 }
                 &Planned::Select(db) => {
                     let protocol = self.session.protocol;
@@ -271,7 +295,7 @@ where
                     reply.encode(protocol, &mut self.output);
                 }
             }
-            planned.pop_front();
+            self.planned.pop_front();
             if self.output.pending() > self.resp.limits.output {
                 return Err(Close::Bound(Bound::Output));
             }
@@ -404,41 +428,94 @@ fn value_len(result: &Result<Lookup, Error>) -> usize {
     }
 }
 
-/// The lookups of one batch: at most `window` in flight, results in key order.
-struct Lookups<'a, S: Service<Key>> {
-    stack: &'a S,
-    keys: std::vec::IntoIter<Key>,
-    in_flight: FuturesOrdered<Oneshot<S, Key>>,
-    window: usize,
+/// The lookups of one batch, in key order: keys waiting to be looked up, and
+/// at most `window` lookups started and not yet taken.
+///
+/// A lookup is polled once as soon as it is started, and one answered then (a
+/// cache hit) is kept as its result: it is never boxed, queued on a waker or
+/// polled again. Only lookups still waiting (misses) are polled when the
+/// connection is woken; all of them are, so that a lookup that drives a fetch
+/// others wait for never waits behind the one before it.
+struct Lookups<F> {
+    keys: VecDeque<Key>,
+    started: VecDeque<Started<F>>,
 }
 
-impl<'a, S> Lookups<'a, S>
-where
-    S: Service<Key, Response = Lookup, Error = Error> + Clone,
-{
-    fn new(stack: &'a S, keys: Vec<Key>, window: usize) -> Self {
-        let mut lookups = Self {
-            stack,
-            keys: keys.into_iter(),
-            in_flight: FuturesOrdered::new(),
-            window,
-        };
-        lookups.fill();
-        lookups
-    }
+/// A lookup that was started: its result, or its future.
+enum Started<F> {
+    Done(Result<Lookup, Error>),
+    Waiting(F),
+}
 
-    fn fill(&mut self) {
-        while self.in_flight.len() < self.window {
-            let Some(key) = self.keys.next() else { break };
-            self.in_flight.push_back(self.stack.clone().oneshot(key));
+impl<F> Default for Lookups<F> {
+    fn default() -> Self {
+        Self {
+            keys: VecDeque::new(),
+            started: VecDeque::new(),
+        }
+    }
+}
+
+impl<F> Lookups<F>
+where
+    F: Future<Output = Result<Lookup, Error>> + Unpin,
+{
+    /// The next result, in key order, if it is in already.
+    fn take_ready(&mut self) -> Option<Result<Lookup, Error>> {
+        match self.started.front()? {
+            Started::Done(_) => match self.started.pop_front() {
+                Some(Started::Done(result)) => Some(result),
+                _ => unreachable!("the front was done"),
+            },
+            Started::Waiting(_) => None,
         }
     }
 
-    /// The next result in key order; `None` when every key has been answered.
-    async fn next(&mut self) -> Option<Result<Lookup, Error>> {
-        let result = self.in_flight.next().await;
-        self.fill();
-        result
+    /// Starts lookups up to `window`, polls those waiting, and answers the next
+    /// result in key order once it is in; `None` when every key is answered.
+    fn poll_next<S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        stack: &mut S,
+        window: usize,
+    ) -> Poll<Option<Result<Lookup, Error>>>
+    where
+        S: Service<Key, Response = Lookup, Error = Error, Future = F>,
+    {
+        while self.started.len() < window {
+            let Some(key) = self.keys.pop_front() else {
+                break;
+            };
+            let started = match stack.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let mut future = stack.call(key);
+                    match Pin::new(&mut future).poll(cx) {
+                        Poll::Ready(result) => Started::Done(result),
+                        Poll::Pending => Started::Waiting(future),
+                    }
+                }
+                Poll::Ready(Err(error)) => Started::Done(Err(error)),
+                Poll::Pending => {
+                    // The stack's services are always ready; should one not be,
+                    // the key waits its turn.
+                    self.keys.push_front(key);
+                    break;
+                }
+            };
+            self.started.push_back(started);
+        }
+        for started in &mut self.started {
+            if let Started::Waiting(future) = started
+                && let Poll::Ready(result) = Pin::new(future).poll(cx)
+            {
+                *started = Started::Done(result);
+            }
+        }
+        match self.take_ready() {
+            Some(result) => Poll::Ready(Some(result)),
+            None if self.started.is_empty() && self.keys.is_empty() => Poll::Ready(None),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -606,6 +683,7 @@ mod tests {
         Arc::new(Resp::new(
             stack,
             Cache::new(4, Duration::from_secs(1)),
+            crate::metrics::Counting::direct(crate::metrics::Protocol::Resp),
             crate::resp::Settings {
                 limits,
                 databases: databases(),

@@ -46,7 +46,7 @@ use tower::Service;
 use crate::cache::Cache;
 use crate::limit::Slots;
 use crate::lookup::{Error, Key, Lookup};
-use crate::metrics::{self, Requests};
+use crate::metrics::Counting;
 use crate::net::{Protocol, Stats};
 
 pub use decode::{Decoder, ProtocolError};
@@ -56,7 +56,7 @@ use reply::Reply;
 /// listener shares.
 pub(crate) struct Resp<S> {
     stack: S,
-    requests: Requests,
+    requests: Counting,
     /// Keys one connection may have in flight at once.
     max_keys: usize,
     limits: Limits,
@@ -184,11 +184,11 @@ pub(crate) struct Settings {
 
 impl<S> Resp<S> {
     /// The protocol over `stack`, whose cache is `cache`.
-    pub(crate) fn new(stack: S, cache: Cache, settings: Settings) -> Self {
+    pub(crate) fn new(stack: S, cache: Cache, requests: Counting, settings: Settings) -> Self {
         let (slots, stats) = settings.connections;
         Self {
             stack,
-            requests: Requests::new(metrics::Protocol::Resp),
+            requests,
             max_keys: (settings.limits.max_clients / 8).clamp(1, 64),
             limits: settings.limits,
             input_held: AtomicUsize::new(0),
@@ -230,7 +230,7 @@ impl<S> Resp<S> {
 impl<S> Protocol for Resp<S>
 where
     S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
-    S::Future: Send,
+    S::Future: Send + Unpin,
 {
     fn name(&self) -> &'static str {
         "resp"

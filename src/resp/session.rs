@@ -3,6 +3,7 @@
 //! `QUIT`, `INFO`. Reads become keys for the stack; everything else is answered
 //! here, in order with the reads around it (see [`Planned`]).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -63,12 +64,12 @@ impl Session {
     pub(super) fn plan<S>(
         &mut self,
         command: Command,
-        keys: &mut Vec<Key>,
+        keys: &mut VecDeque<Key>,
         resp: &Resp<S>,
     ) -> Planned {
         let reply = match command {
             Command::Get(name) => {
-                keys.push(Key::in_db(self.db, name));
+                keys.push_back(Key::in_db(self.db, name));
                 return Planned::Get(self.protocol);
             }
             Command::MGet(names) => {

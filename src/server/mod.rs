@@ -10,8 +10,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures_util::FutureExt;
-use hyper::service::service_fn;
 use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +23,7 @@ use crate::metrics::{self, Requests};
 use crate::net::{self, Listener};
 use crate::resp::{self, Resp};
 use crate::task::AbortOnDrop;
+use crate::worker::Workers;
 
 /// Connections the admin listener takes at most: probes and scrapers, not clients.
 const ADMIN_CONNECTIONS: usize = 64;
@@ -49,9 +48,9 @@ pub enum Error {
     /// The backend could not be set up.
     #[error("backend: {0}")]
     Backend(#[source] crate::Error),
-    /// A listener's address could not be read.
-    #[error("listener failed: {0}")]
-    Listener(#[source] std::io::Error),
+    /// The worker threads could not start.
+    #[error("cannot start the worker threads: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
 /// A proxy with its listeners bound, ready to serve.
@@ -61,6 +60,7 @@ pub struct Proxy {
     http: Listener,
     resp: Listener,
     admin: Listener,
+    workers: usize,
     render: Render,
 }
 
@@ -84,6 +84,10 @@ impl Proxy {
     /// [`Error::Backend`] when the Redis URL is not usable.
     pub async fn bind(config: Config) -> Result<Self, Error> {
         metrics::describe();
+        let workers = config.worker_threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n.get(),
+        );
         let cache = Cache::builder()
             .capacity(config.cache_capacity.get())
             .ttl(config.cache_ttl)
@@ -94,7 +98,8 @@ impl Proxy {
         let mut backend = RedisService::builder(config.redis_url.as_str())
             .pool_size(config.redis_pool_size.get())
             .connect_timeout(config.redis_connect_timeout)
-            .response_timeout(config.request_timeout);
+            .response_timeout(config.request_timeout)
+            .workers(workers);
         if config.invalidation == InvalidationMode::Tracking {
             backend = backend.tracking(invalidation_sink(cache.clone()));
         }
@@ -113,10 +118,10 @@ impl Proxy {
         let wanted = config.max_connections.get();
         let others = 2 * config.redis_pool_size.get() as usize + 64;
         let fitted = net::fit_connections(&[wanted, wanted, ADMIN_CONNECTIONS.min(wanted)], others);
-        let bind = |option, addr: ListenAddr, max_connections| async move {
+        let bind = |option, addr: ListenAddr, max_connections, sockets| async move {
             let bound = async {
                 let resolved = addr.resolve().await?;
-                Listener::bind(resolved, max_connections).await
+                Listener::bind(resolved, max_connections, sockets)
             };
             bound.await.map_err(|source| Error::Bind {
                 option,
@@ -124,15 +129,18 @@ impl Proxy {
                 source,
             })
         };
-        let http = bind("--http-addr", config.http_addr.clone(), fitted[0]).await?;
-        let resp = bind("--resp-addr", config.resp_addr.clone(), fitted[1]).await?;
-        let admin = bind("--admin-addr", config.admin_addr.clone(), fitted[2]).await?;
+        // A socket per worker for the two front-ends; the admin listener is the
+        // serving thread's.
+        let http = bind("--http-addr", config.http_addr.clone(), fitted[0], workers).await?;
+        let resp = bind("--resp-addr", config.resp_addr.clone(), fitted[1], workers).await?;
+        let admin = bind("--admin-addr", config.admin_addr.clone(), fitted[2], 1).await?;
         Ok(Self {
             config,
             stack,
             http,
             resp,
             admin,
+            workers,
             render: Arc::new(String::new),
         })
     }
@@ -152,46 +160,63 @@ impl Proxy {
     /// # Errors
     ///
     /// The operating system's error.
-    pub fn local_addrs(&self) -> std::io::Result<[SocketAddr; 3]> {
-        Ok([
-            self.http.local_addr()?,
-            self.resp.local_addr()?,
-            self.admin.local_addr()?,
-        ])
+    pub fn local_addrs(&self) -> [SocketAddr; 3] {
+        [
+            self.http.local_addr(),
+            self.resp.local_addr(),
+            self.admin.local_addr(),
+        ]
     }
 
     /// Serves until `shutdown` completes, then stops accepting on every listener,
     /// lets in-flight requests finish within the configured grace period, and
     /// returns.
     ///
+    /// The HTTP and RESP listeners are served by worker threads, one event loop
+    /// each (see `crate::worker`); the admin listener and the background tasks
+    /// run where this future runs.
+    ///
     /// # Errors
     ///
-    /// [`Error::Listener`] when a listener's address cannot be read.
+    /// [`Error::Workers`] when the worker threads cannot start.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let [http_addr, resp_addr, admin_addr] = self.local_addrs().map_err(Error::Listener)?;
+        let [http_addr, resp_addr, admin_addr] = self.local_addrs();
         let Proxy {
             config,
             stack,
             http,
             resp,
             admin,
+            workers,
             render,
         } = self;
+        let workers = Workers::start(workers).map_err(Error::Workers)?;
         log_startup(
             &config,
             [http_addr, resp_addr, admin_addr],
             [http.slots().size(), resp.slots().size()],
+            workers.len(),
         );
 
-        let health = Health::default();
-        let _pinger = AbortOnDrop(tokio::spawn(backend::run_pinger(
-            stack.backend().clone(),
-            health.clone(),
-            config.redis_connect_timeout + config.request_timeout,
-        )));
+        // Each worker checks its own lane of the backend.
+        let health = Health::new(workers.len());
+        let ping_timeout = config.redis_connect_timeout + config.request_timeout;
+        let _pingers: Vec<_> = (0..workers.len())
+            .map(|lane| {
+                AbortOnDrop(workers.spawn(
+                    lane,
+                    backend::run_pinger(
+                        stack.backend().clone(),
+                        health.clone(),
+                        lane,
+                        ping_timeout,
+                    ),
+                ))
+            })
+            .collect();
         let stop = CancellationToken::new();
         let _signal = AbortOnDrop(tokio::spawn({
             let stop = stop.clone();
@@ -201,8 +226,13 @@ impl Proxy {
                 stop.cancel();
             }
         }));
+        let _reclaimer = AbortOnDrop(tokio::spawn(
+            stack.cache().clone().run_reclaimer(RECLAIM_INTERVAL),
+        ));
 
+        let requests = Requests::new();
         let gauges = Gauges {
+            requests: requests.clone(),
             cache: stack.cache().clone(),
             in_flight: stack.client_slots().clone(),
             connections: vec![
@@ -221,9 +251,10 @@ impl Proxy {
                 }),
             )
         };
-        let resp_protocol = Resp::new(
+        let resp_protocol = Arc::new(Resp::new(
             stack.clone(),
             stack.cache().clone(),
+            requests.counting(metrics::Protocol::Resp),
             resp::Settings {
                 limits: resp::Limits {
                     max_clients: config.max_clients.get(),
@@ -236,19 +267,14 @@ impl Proxy {
                 connections: (resp.slots().clone(), resp.stats().clone()),
                 port: resp_addr.port(),
             },
-        );
-        let _reclaimer = AbortOnDrop(tokio::spawn(
-            stack.cache().clone().run_reclaimer(RECLAIM_INTERVAL),
         ));
         // A client must send its request headers within the request timeout.
         let header_timeout = config.request_timeout;
-        let requests = Requests::new(metrics::Protocol::Http);
-        // The key path without a router: every request is a key lookup.
-        let key_service = service_fn(move |request| {
-            let (stack, requests) = (stack.clone(), requests.clone());
-            async move { http::respond_counted(stack, request, &requests).await }
-                .map(Ok::<_, std::convert::Infallible>)
-        });
+        // The key path without a router: every request is a key lookup, on the
+        // connection's own handle to the stack.
+        let counting = requests.counting(metrics::Protocol::Http);
+        let key_service = move || http::KeyService::new(stack.clone(), counting.clone());
+        let http_protocol = Arc::new(Hyper::new("http", key_service, header_timeout));
         let admin_router = admin::router(
             Arc::new(move || health.check()),
             Arc::new(move || {
@@ -256,25 +282,36 @@ impl Proxy {
                 render()
             }),
         );
-        let all = async {
-            tokio::join!(
-                net::serve(
-                    http,
-                    Arc::new(Hyper::new("http", key_service, header_timeout)),
-                    stop.clone()
-                ),
-                net::serve(resp, Arc::new(resp_protocol), stop.clone()),
-                net::serve(
-                    admin,
-                    Arc::new(Hyper::new(
-                        "admin",
-                        TowerToHyperService::new(admin_router),
-                        header_timeout
-                    )),
-                    stop.clone()
-                ),
-            )
-        };
+
+        let mut serving: Vec<_> = http
+            .into_acceptors()
+            .into_iter()
+            .zip(resp.into_acceptors())
+            .enumerate()
+            .map(|(worker, (http, resp))| {
+                let (http_protocol, resp_protocol) = (http_protocol.clone(), resp_protocol.clone());
+                let stop = stop.clone();
+                workers.spawn(worker, async move {
+                    tokio::join!(
+                        net::serve(http, http_protocol, stop.clone()),
+                        net::serve(resp, resp_protocol, stop),
+                    );
+                })
+            })
+            .collect();
+        let admin_protocol = Arc::new(Hyper::new(
+            "admin",
+            move || TowerToHyperService::new(admin_router.clone()),
+            header_timeout,
+        ));
+        for acceptor in admin.into_acceptors() {
+            serving.push(tokio::spawn(net::serve(
+                acceptor,
+                admin_protocol.clone(),
+                stop.clone(),
+            )));
+        }
+        let all = futures_util::future::join_all(serving);
         let grace = config.shutdown_grace;
         tokio::select! {
             _ = all => {}
@@ -282,6 +319,8 @@ impl Proxy {
                 tracing::warn!(?grace, "grace period over; closing the remaining connections");
             }
         }
+        // Stops every worker: connections still open past the grace are dropped.
+        drop(workers);
         tracing::info!("stopped");
         Ok(())
     }
@@ -303,11 +342,12 @@ fn invalidation_sink(cache: Cache) -> InvalidationSink {
 
 /// The startup line: the bound addresses and the effective configuration, any
 /// password redacted, every value in the form the configuration takes it.
-fn log_startup(config: &Config, [http, resp, admin]: [SocketAddr; 3], connections: [usize; 2]) {
-    let worker_threads = config.worker_threads.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |n| n.get(),
-    );
+fn log_startup(
+    config: &Config,
+    [http, resp, admin]: [SocketAddr; 3],
+    connections: [usize; 2],
+    worker_threads: usize,
+) {
     tracing::info!(
         http = %http,
         resp = %resp,
