@@ -14,7 +14,8 @@
 #   - memory: a fresh Redis and proxy holding 1,000,000 keys of 100 bytes; the
 #     proxy's RSS per entry against Redis's used_memory per key.
 # Targets are interleaved over rounds (BENCH_ROUNDS), so that a slow moment of
-# the shared machine falls on all of them alike; each figure is the median.
+# the shared machine falls on all of them alike; each figure is the median, and
+# each ratio the median of the ratios within a round.
 #
 # For every run it reports throughput and, steadier on a small machine where the
 # load generator shares the cores, CPU per request: the server's user+system time
@@ -287,22 +288,29 @@ printf '  redis-proxy RSS:          %s bytes per cached entry (%s entries held)\
 
 # --- the targets: ratios of CPU per request (memory: of bytes per entry) ----------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+# paired SAMPLES_A SAMPLES_B COLUMN: the median over rounds of A's figure over
+# B's in the same round, so that a slow round weighs on both sides alike.
+paired() {
+  paste <(printf '%s' "$1" | awk -v c="$3" 'NF { print $c }') \
+    <(printf '%s' "$2" | awk -v c="$3" 'NF { print $c }') \
+    | awk '{ print $1 / $2 }' | median | awk '{ printf "%.2f", $1 }'
+}
 verdict() { awk -v r="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=") ? r >= t : r <= t; print ok ? "met" : "MISSED" }'; }
 row() { printf '  %-44s %6s   %s %-5s %s\n' "$1" "$2" "$3" "$4" "$(verdict "$2" "$3" "$4")"; }
-printf '\nTargets (CPU per request, proxy over peer, same run):\n'
-row "RESP hit -P 1 / redis-server" "$(ratio "${cpu[redis-proxy/1]}" "${cpu[redis-server/1]}")" "<=" 1.0
-row "RESP hit -P 16 / redis-server" "$(ratio "${cpu[redis-proxy/16]}" "${cpu[redis-server/16]}")" "<=" 1.2
-row "HTTP hit / bare hyper" "$(ratio "${http_cpu[proxy]}" "${http_cpu[hyper]}")" "<=" 1.15
-row "RESP miss -P 1 / twemproxy" "$(ratio "${cpu[proxy-misses/1]}" "${cpu[nutcracker/1]}")" "<=" 1.0
-row "HTTP hit / webdis" "$(ratio "${http_cpu[proxy]}" "${http_cpu[webdis]}")" "<=" 0.5
+printf '\nTargets (CPU per request, proxy over peer, median of per-round ratios):\n'
+row "RESP hit -P 1 / redis-server" "$(paired "${samples[redis-proxy/1]}" "${samples[redis-server/1]}" 4)" "<=" 1.0
+row "RESP hit -P 16 / redis-server" "$(paired "${samples[redis-proxy/16]}" "${samples[redis-server/16]}" 4)" "<=" 1.2
+row "HTTP hit / bare hyper" "$(paired "${http_samples[proxy]}" "${http_samples[hyper]}" 4)" "<=" 1.15
+row "RESP miss -P 1 / twemproxy" "$(paired "${samples[proxy-misses/1]}" "${samples[nutcracker/1]}" 4)" "<=" 1.0
+row "HTTP hit / webdis" "$(paired "${http_samples[proxy]}" "${http_samples[webdis]}" 4)" "<=" 0.5
 row "RSS per entry / Redis used_memory per key" "$(ratio "$per_entry_proxy" "$per_key_redis")" "<=" 1.0
-printf '\nThroughput (requests/s, proxy over peer, same run; informative):\n'
-printf '  %-44s %6s\n' "RESP hit -P 1 / redis-server" "$(ratio "${rps[redis-proxy/1]}" "${rps[redis-server/1]}")"
-printf '  %-44s %6s\n' "RESP hit -P 16 / redis-server" "$(ratio "${rps[redis-proxy/16]}" "${rps[redis-server/16]}")"
-printf '  %-44s %6s\n' "RESP hit -P 16 / nutcracker" "$(ratio "${rps[redis-proxy/16]}" "${rps[nutcracker/16]}")"
-printf '  %-44s %6s\n' "RESP miss -P 1 / nutcracker" "$(ratio "${rps[proxy-misses/1]}" "${rps[nutcracker/1]}")"
-printf '  %-44s %6s\n' "HTTP hit / bare hyper" "$(ratio "${http_rps[proxy]}" "${http_rps[hyper]}")"
-printf '  %-44s %6s\n' "HTTP hit / webdis" "$(ratio "${http_rps[proxy]}" "${http_rps[webdis]}")"
+printf '\nThroughput (requests/s, proxy over peer, median of per-round ratios; informative):\n'
+printf '  %-44s %6s\n' "RESP hit -P 1 / redis-server" "$(paired "${samples[redis-proxy/1]}" "${samples[redis-server/1]}" 1)"
+printf '  %-44s %6s\n' "RESP hit -P 16 / redis-server" "$(paired "${samples[redis-proxy/16]}" "${samples[redis-server/16]}" 1)"
+printf '  %-44s %6s\n' "RESP hit -P 16 / nutcracker" "$(paired "${samples[redis-proxy/16]}" "${samples[nutcracker/16]}" 1)"
+printf '  %-44s %6s\n' "RESP miss -P 1 / nutcracker" "$(paired "${samples[proxy-misses/1]}" "${samples[nutcracker/1]}" 1)"
+printf '  %-44s %6s\n' "HTTP hit / bare hyper" "$(paired "${http_samples[proxy]}" "${http_samples[hyper]}" 1)"
+printf '  %-44s %6s\n' "HTTP hit / webdis" "$(paired "${http_samples[proxy]}" "${http_samples[webdis]}" 1)"
 
 # Hit ratio of the two cache policies (in-process, deterministic).
 cargo bench --locked --quiet --bench hit_ratio

@@ -40,6 +40,7 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use bytes::Bytes;
 use http_body_util::Full;
 use percent_encoding::percent_decode;
+use pin_project_lite::pin_project;
 use tower::{Service, ServiceExt};
 
 use crate::lookup::{Error, Key, Lookup};
@@ -216,7 +217,6 @@ impl<S> KeyService<S> {
 impl<S, B> hyper::service::Service<axum::http::Request<B>> for KeyService<S>
 where
     S: Service<Key, Response = Lookup, Error = Error> + Clone,
-    S::Future: Unpin,
 {
     type Response = Response;
     type Error = std::convert::Infallible;
@@ -225,15 +225,23 @@ where
     fn call(&self, request: axum::http::Request<B>) -> Self::Future {
         let key = match key_of(&request) {
             Ok(key) => key,
-            Err(rejection) => return KeyFuture::Answered(Some(rejection.response())),
+            Err(rejection) => {
+                return KeyFuture::Answered {
+                    response: Some(rejection.response()),
+                };
+            }
         };
         // The stack is always ready, so the connection's handle is called at
         // once. A service that is not ready at once is waited for on a clone.
         let mut stack = self.stack.borrow_mut();
         let ready = stack.poll_ready(&mut std::task::Context::from_waker(std::task::Waker::noop()));
         let lookup = match ready {
-            std::task::Poll::Ready(Ok(())) => Call::Called(stack.call(key)),
-            _ => Call::Waiting(stack.clone().oneshot(key)),
+            std::task::Poll::Ready(Ok(())) => Call::Called {
+                future: stack.call(key),
+            },
+            _ => Call::Waiting {
+                oneshot: stack.clone().oneshot(key),
+            },
         };
         KeyFuture::Looking {
             lookup,
@@ -243,45 +251,51 @@ where
     }
 }
 
-/// A key's lookup by a [`KeyService`]: called, or waiting for the service.
-pub(crate) enum Call<S: Service<Key>> {
-    Called(S::Future),
-    Waiting(tower::util::Oneshot<S, Key>),
+pin_project! {
+    /// A key's lookup by a [`KeyService`]: called, or waiting for the service.
+    #[project = CallProj]
+    pub(crate) enum Call<S: Service<Key>> {
+        Called { #[pin] future: S::Future },
+        Waiting { #[pin] oneshot: tower::util::Oneshot<S, Key> },
+    }
 }
 
-/// The future of [`KeyService`].
-pub(crate) enum KeyFuture<S: Service<Key>> {
-    Answered(Option<Response>),
-    Looking {
-        lookup: Call<S>,
-        if_none_match: Option<HeaderValue>,
-        counting: Counting,
-    },
+pin_project! {
+    /// The future of [`KeyService`].
+    #[project = KeyFutureProj]
+    pub(crate) enum KeyFuture<S: Service<Key>> {
+        Answered { response: Option<Response> },
+        Looking {
+            #[pin]
+            lookup: Call<S>,
+            if_none_match: Option<HeaderValue>,
+            counting: Counting,
+        },
+    }
 }
 
 impl<S> std::future::Future for KeyFuture<S>
 where
     S: Service<Key, Response = Lookup, Error = Error>,
-    S::Future: Unpin,
 {
     type Output = Result<Response, std::convert::Infallible>;
 
     fn poll(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        match &mut *self {
-            KeyFuture::Answered(response) => {
+        match self.project() {
+            KeyFutureProj::Answered { response } => {
                 std::task::Poll::Ready(Ok(response.take().expect("polled after completion")))
             }
-            KeyFuture::Looking {
+            KeyFutureProj::Looking {
                 lookup,
                 if_none_match,
                 counting,
             } => {
-                let result = std::task::ready!(match lookup {
-                    Call::Called(future) => std::pin::Pin::new(future).poll(cx),
-                    Call::Waiting(oneshot) => std::pin::Pin::new(oneshot).poll(cx),
+                let result = std::task::ready!(match lookup.project() {
+                    CallProj::Called { future } => future.poll(cx),
+                    CallProj::Waiting { oneshot } => oneshot.poll(cx),
                 });
                 counting.record(&result);
                 std::task::Poll::Ready(Ok(response_to(result, if_none_match.as_ref())))

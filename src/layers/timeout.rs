@@ -6,9 +6,7 @@
 //! arms its timer only when the inner future turns out not to be ready on its
 //! first poll. A cache hit is ready at once and so costs no timer at all; any
 //! other request is polled right after it is called, so its deadline starts, as
-//! with tower's, when it enters the layer. The timer is boxed when armed, so the
-//! future is `Unpin` whenever the inner one is: a caller can poll it in place
-//! and move it afterwards.
+//! with tower's, when it enters the layer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -88,7 +86,8 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        sleep: Option<Pin<Box<Sleep>>>,
+        #[pin]
+        sleep: Option<Sleep>,
         timeout: Duration,
     }
 }
@@ -101,14 +100,15 @@ where
     type Output = Result<T, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(*this.timeout)));
-        ready!(sleep.as_mut().poll(cx));
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep(*this.timeout)));
+        }
+        let sleep = this.sleep.as_pin_mut().expect("armed above");
+        ready!(sleep.poll(cx));
         Poll::Ready(Err(Error::Timeout))
     }
 }

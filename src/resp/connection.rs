@@ -19,10 +19,6 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -30,6 +26,7 @@ use tower::Service;
 
 use super::command::Command;
 use super::decode::{Decoder, ProtocolError};
+use super::lookups::Lookups;
 use super::output::Output;
 use super::reply::Reply;
 use super::session::{Planned, Session};
@@ -111,7 +108,7 @@ pub(super) async fn serve<S, T>(
     stop: tokio_util::sync::CancellationToken,
 ) where
     S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
-    S::Future: Send + Unpin,
+    S::Future: Send,
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let mut connection = Connection {
@@ -151,7 +148,7 @@ struct Connection<'a, S: Service<Key>, T> {
 impl<S, T> Connection<'_, S, T>
 where
     S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
-    S::Future: Send + Unpin,
+    S::Future: Send,
     T: AsyncRead + AsyncWrite + Unpin,
 {
     async fn run(&mut self, stop: &tokio_util::sync::CancellationToken) -> Close {
@@ -425,97 +422,6 @@ fn value_len(result: &Result<Lookup, Error>) -> usize {
             value: Some(value), ..
         }) => value.len(),
         _ => 0,
-    }
-}
-
-/// The lookups of one batch, in key order: keys waiting to be looked up, and
-/// at most `window` lookups started and not yet taken.
-///
-/// A lookup is polled once as soon as it is started, and one answered then (a
-/// cache hit) is kept as its result: it is never boxed, queued on a waker or
-/// polled again. Only lookups still waiting (misses) are polled when the
-/// connection is woken; all of them are, so that a lookup that drives a fetch
-/// others wait for never waits behind the one before it.
-struct Lookups<F> {
-    keys: VecDeque<Key>,
-    started: VecDeque<Started<F>>,
-}
-
-/// A lookup that was started: its result, or its future.
-enum Started<F> {
-    Done(Result<Lookup, Error>),
-    Waiting(F),
-}
-
-impl<F> Default for Lookups<F> {
-    fn default() -> Self {
-        Self {
-            keys: VecDeque::new(),
-            started: VecDeque::new(),
-        }
-    }
-}
-
-impl<F> Lookups<F>
-where
-    F: Future<Output = Result<Lookup, Error>> + Unpin,
-{
-    /// The next result, in key order, if it is in already.
-    fn take_ready(&mut self) -> Option<Result<Lookup, Error>> {
-        match self.started.front()? {
-            Started::Done(_) => match self.started.pop_front() {
-                Some(Started::Done(result)) => Some(result),
-                _ => unreachable!("the front was done"),
-            },
-            Started::Waiting(_) => None,
-        }
-    }
-
-    /// Starts lookups up to `window`, polls those waiting, and answers the next
-    /// result in key order once it is in; `None` when every key is answered.
-    fn poll_next<S>(
-        &mut self,
-        cx: &mut Context<'_>,
-        stack: &mut S,
-        window: usize,
-    ) -> Poll<Option<Result<Lookup, Error>>>
-    where
-        S: Service<Key, Response = Lookup, Error = Error, Future = F>,
-    {
-        while self.started.len() < window {
-            let Some(key) = self.keys.pop_front() else {
-                break;
-            };
-            let started = match stack.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    let mut future = stack.call(key);
-                    match Pin::new(&mut future).poll(cx) {
-                        Poll::Ready(result) => Started::Done(result),
-                        Poll::Pending => Started::Waiting(future),
-                    }
-                }
-                Poll::Ready(Err(error)) => Started::Done(Err(error)),
-                Poll::Pending => {
-                    // The stack's services are always ready; should one not be,
-                    // the key waits its turn.
-                    self.keys.push_front(key);
-                    break;
-                }
-            };
-            self.started.push_back(started);
-        }
-        for started in &mut self.started {
-            if let Started::Waiting(future) = started
-                && let Poll::Ready(result) = Pin::new(future).poll(cx)
-            {
-                *started = Started::Done(result);
-            }
-        }
-        match self.take_ready() {
-            Some(result) => Poll::Ready(Some(result)),
-            None if self.started.is_empty() && self.keys.is_empty() => Poll::Ready(None),
-            None => Poll::Pending,
-        }
     }
 }
 

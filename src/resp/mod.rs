@@ -27,6 +27,7 @@ mod command;
 mod connection;
 pub mod decode;
 mod info;
+mod lookups;
 mod output;
 mod reply;
 mod session;
@@ -230,7 +231,7 @@ impl<S> Resp<S> {
 impl<S> Protocol for Resp<S>
 where
     S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
-    S::Future: Send + Unpin,
+    S::Future: Send,
 {
     fn name(&self) -> &'static str {
         "resp"
