@@ -34,7 +34,7 @@
 # installs the missing ones when run as root. Everything else stays under
 # target/bench.
 #
-# Environment: BENCH_REQUESTS (per run, default 200000), BENCH_CLIENTS (50),
+# Environment: BENCH_REQUESTS (per run, default 200000; eight times that at -P 16), BENCH_CLIENTS (50),
 # BENCH_ROUNDS (3), BENCH_HTTP_SECONDS (per wrk run, 5), BENCH_MEMORY_KEYS
 # (1000000), BENCH_WORKERS (unset: each server's default).
 set -euo pipefail
@@ -139,13 +139,16 @@ per_request() { awk -v t="$1" -v n="$2" -v hz="$hz" 'BEGIN { printf "%.3f", t / 
 
 # resp_run TARGET PORT PIPELINE PID -> "rps p50 p99 cpu_us_per_request"
 resp_run() {
-  local before after line
+  # Pipelined runs are eight times longer, so that their CPU time spans
+  # enough clock ticks to be read to a few percent.
+  local before after line n=$requests
+  (($3 > 1)) && n=$((requests * 8))
   before=$(ticks "$4")
   # (proxies answer CONFIG GET with an error; redis-benchmark warns and goes on)
-  line=$(redis-benchmark -p "$2" -t get -r "$keys" -d "$size" -c "$clients" -n "$requests" -P "$3" --csv 2>/dev/null \
+  line=$(redis-benchmark -p "$2" -t get -r "$keys" -d "$size" -c "$clients" -n "$n" -P "$3" --csv 2>/dev/null \
     | awk -F, 'NR==2 { gsub(/"/, ""); print $2, $5, $7 }')
   after=$(ticks "$4")
-  echo "$line $(per_request $((after - before)) "$requests")"
+  echo "$line $(per_request $((after - before)) "$n")"
 }
 
 targets=(redis-proxy redis-server nutcracker)
@@ -179,7 +182,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 column() { printf '%s' "${samples[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
 
 printf '\nThreads: %s.\n' "${workers:+$workers for redis-proxy, bare hyper and webdis; }redis-server and nutcracker are single event loops${workers:-; redis-proxy and bare hyper one per core, webdis its default}"
-printf '\nCached GET over RESP: redis-benchmark -t get -c %s -r %s -d %s -n %s, median of %s rounds\n\n' \
+printf '\nCached GET over RESP: redis-benchmark -t get -c %s -r %s -d %s -n %s (x8 at -P 16), median of %s rounds\n\n' \
   "$clients" "$keys" "$size" "$requests" "$rounds"
 printf '%-6s %-16s %12s %9s %9s %13s\n' "-P" "target" "requests/s" "p50 ms" "p99 ms" "CPU us/req"
 declare -A rps cpu
