@@ -95,6 +95,27 @@ pub struct Lookup {
     pub fresh_for: Duration,
     /// How long ago the value was fetched from the backend.
     pub age: Duration,
+    /// The value's digest when the cache keeps one with it (see [`Lookup::digest`]).
+    pub(crate) digest: Option<u64>,
+}
+
+impl Lookup {
+    /// A 64-bit hash of the value, `None` without a value: a fixed-seed hash, so
+    /// equal bytes give the same digest in every process of a given build, and
+    /// different bytes a different one but for a 2^-64 chance. The cache
+    /// hashes a large value once, when it stores it, and keeps the digest beside
+    /// it, so that a front-end that sends one with every read (HTTP's `ETag`)
+    /// does not hash the value again on every read; a small one is hashed here.
+    pub fn digest(&self) -> Option<u64> {
+        let value = self.value.as_ref()?;
+        Some(self.digest.unwrap_or_else(|| digest(value)))
+    }
+}
+
+/// The digest of `value` (see [`Lookup::digest`]).
+pub(crate) fn digest(value: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0).hash_one(value)
 }
 
 /// Whether a lookup was served from the local cache or fetched from the backend.

@@ -64,7 +64,7 @@ use bytes::Bytes;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use tokio::time::Instant;
 
-use super::policy::Stats;
+use super::policy::{Found, Stats, kept_digest};
 
 /// How many expired entries one insert reclaims at most, beyond what it needs to
 /// make room. Bounded so an insert never stalls the lock on a long sweep.
@@ -79,6 +79,9 @@ const MAX_SLOTS: usize = NIL as usize;
 /// Values of at least this many bytes are shared with readers rather than
 /// copied to them.
 pub(crate) const SHARE_AT: usize = 2048;
+
+/// Where a shared allocation keeps the value's digest: after the `Bytes`.
+const DIGEST_OFFSET: usize = std::mem::size_of::<Bytes>();
 
 /// `Slot::key_len` bit: the allocation holds the value as a `Bytes` (shared).
 const SHARED: u32 = 1 << 31;
@@ -117,7 +120,7 @@ const EMPTY: Ends = Ends {
 ///
 /// ```text
 /// inline (value < SHARE_AT):   [db: u16 LE, if IN_DB] [name] [value]            align 1
-/// shared (value >= SHARE_AT):  [value: Bytes] [db: u16 LE, if IN_DB] [name]     align 8
+/// shared (value >= SHARE_AT):  [value: Bytes] [digest: u64] [db: u16 LE, if IN_DB] [name]   align 8
 /// ```
 #[derive(Debug, Default)]
 struct Data(Option<NonNull<u8>>);
@@ -162,7 +165,7 @@ impl Slot {
     fn layout(&self) -> (usize, std::alloc::Layout) {
         let db = if self.key_len & IN_DB != 0 { 2 } else { 0 };
         let (start, size, align) = if self.is_shared() {
-            let start = std::mem::size_of::<Bytes>();
+            let start = DIGEST_OFFSET + std::mem::size_of::<u64>();
             (
                 start,
                 start + db + self.name_len(),
@@ -208,6 +211,18 @@ impl Slot {
         &self.bytes()[start..start + self.name_len()]
     }
 
+    /// The digest kept with a shared value.
+    fn digest(&self) -> Option<u64> {
+        match self.data.0 {
+            // SAFETY: a shared allocation holds an initialized `u64` at
+            // `DIGEST_OFFSET`, aligned since the allocation is aligned for `Bytes`.
+            Some(ptr) if self.is_shared() => unsafe {
+                Some(ptr.as_ptr().add(DIGEST_OFFSET).cast::<u64>().read())
+            },
+            _ => None,
+        }
+    }
+
     /// The entry's value: a copy of an inline one, a shared handle to a larger one.
     fn value(&self) -> Bytes {
         match self.data.0 {
@@ -228,7 +243,13 @@ impl Slot {
 
     /// Fills a free slot with a copy of `name` (in `db`) and `value`; `None` when
     /// the name or value is too long to describe.
-    fn fill(db: Option<u16>, name: &[u8], value: &Bytes, expires_at: i64) -> Option<Slot> {
+    fn fill(
+        db: Option<u16>,
+        name: &[u8],
+        value: &Bytes,
+        digest: Option<u64>,
+        expires_at: i64,
+    ) -> Option<Slot> {
         let name_len = u32::try_from(name.len()).ok().filter(|&n| n <= LEN_MASK)?;
         let value_len = u32::try_from(value.len()).ok()?;
         let shared = value.len() >= SHARE_AT;
@@ -253,6 +274,8 @@ impl Slot {
         unsafe {
             if shared {
                 ptr.as_ptr().cast::<Bytes>().write(value.clone());
+                let digest = digest.unwrap_or_else(|| crate::lookup::digest(value));
+                ptr.as_ptr().add(DIGEST_OFFSET).cast::<u64>().write(digest);
             }
             if let Some(db) = db {
                 std::ptr::copy_nonoverlapping(db.to_le_bytes().as_ptr(), ptr.as_ptr().add(at), 2);
@@ -492,7 +515,7 @@ impl Lru {
         db: Option<u16>,
         name: &[u8],
         now: Instant,
-    ) -> Result<(u32, Bytes, Instant), Option<u32>> {
+    ) -> Result<(u32, Found), Option<u32>> {
         let i = self.find(db, name).ok_or(None)?;
         let now_offset = self.offset(now);
         let slot = &self.slots[i as usize];
@@ -500,7 +523,12 @@ impl Lru {
             return Err(Some(i));
         }
         let fresh_for = Duration::from_nanos(slot.expires_at.abs_diff(now_offset));
-        Ok((i, slot.value(), now + fresh_for))
+        let found = Found {
+            value: slot.value(),
+            expires_at: now + fresh_for,
+            digest: slot.digest(),
+        };
+        Ok((i, found))
     }
 
     /// Moves slot `i` to the front of the recency list: a read of it.
@@ -508,20 +536,14 @@ impl Lru {
         self.move_to_front(List::Recency, i);
     }
 
-    /// The live value of `name` in `db` and when it expires; the entry becomes
-    /// the most recently used. `None` when absent or expired (an expired entry is
-    /// removed on the way).
-    pub(crate) fn get_in(
-        &mut self,
-        db: Option<u16>,
-        name: &[u8],
-        now: Instant,
-    ) -> Option<(Bytes, Instant)> {
+    /// The live entry `name` in `db`, now the most recently used. `None` when
+    /// absent or expired (an expired entry is removed on the way).
+    pub(crate) fn get_in(&mut self, db: Option<u16>, name: &[u8], now: Instant) -> Option<Found> {
         match self.peek(db, name, now) {
-            Ok((i, value, expires_at)) => {
+            Ok((i, found)) => {
                 self.touch(i);
                 self.stats.hits += 1;
-                Some((value, expires_at))
+                Some(found)
             }
             Err(expired) => {
                 if let Some(i) = expired {
@@ -539,6 +561,7 @@ impl Lru {
     /// expired entries make room first, then the least recently used ones. A value
     /// that alone exceeds the byte capacity is not stored, and the key's old
     /// entry goes. Returns whether the value was stored.
+    #[cfg(test)]
     pub(crate) fn insert_in(
         &mut self,
         db: Option<u16>,
@@ -546,12 +569,26 @@ impl Lru {
         value: &Bytes,
         now: Instant,
     ) -> bool {
+        self.insert_digested(db, name, value, kept_digest(value), now)
+    }
+
+    /// [`Lru::insert_in`], with the digest the entry keeps for `value` (see
+    /// [`kept_digest`]), computed by the caller: hashing a large value takes
+    /// longer than anything else an insert does, and need not hold the lock.
+    pub(crate) fn insert_digested(
+        &mut self,
+        db: Option<u16>,
+        name: &[u8],
+        value: &Bytes,
+        digest: Option<u64>,
+        now: Instant,
+    ) -> bool {
         let now = self.offset(now);
         let ttl = i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX);
         let expires_at = now.saturating_add(ttl);
         let fits = name.len().saturating_add(value.len()) <= self.max_bytes;
         let filled = fits
-            .then(|| Slot::fill(db, name, value, expires_at))
+            .then(|| Slot::fill(db, name, value, digest, expires_at))
             .flatten();
         let Some(slot) = filled else {
             if let Some(i) = self.find(db, name) {
@@ -628,6 +665,7 @@ impl Lru {
     #[cfg(test)]
     pub(crate) fn get(&mut self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)> {
         self.get_in(None, key, now)
+            .map(|found| (found.value, found.expires_at))
     }
 
     /// Stores `value` under `key` (in the backend's own database); see
@@ -766,17 +804,12 @@ impl SharedLru {
 
     /// The live value of `name` in `db` and when it expires, read under this
     /// thread's reader lock alone (see the module's documentation).
-    pub(crate) fn get(
-        &self,
-        db: Option<u16>,
-        name: &[u8],
-        now: Instant,
-    ) -> Option<(Bytes, Instant)> {
+    pub(crate) fn get(&self, db: Option<u16>, name: &[u8], now: Instant) -> Option<Found> {
         let (found, record_full) = self.read(|core, record| match core.peek(db, name, now) {
-            Ok((i, value, expires_at)) => {
+            Ok((i, found)) => {
                 record.accesses.push((core.offset(now), i));
                 record.hits += 1;
-                (Ok((value, expires_at)), record.accesses.len() >= RECORD)
+                (Ok(found), record.accesses.len() >= RECORD)
             }
             Err(None) => {
                 record.misses += 1;
@@ -800,7 +833,8 @@ impl SharedLru {
 
     /// See [`Lru::insert_in`].
     pub(crate) fn insert(&self, db: Option<u16>, name: &[u8], value: &Bytes, now: Instant) -> bool {
-        self.write(|core| core.insert_in(db, name, value, now))
+        let digest = kept_digest(value);
+        self.write(|core| core.insert_digested(db, name, value, digest, now))
     }
 
     /// See [`Lru::remove_in`].
@@ -1220,14 +1254,38 @@ mod tests {
     }
 
     #[test]
+    fn large_values_keep_their_digest_and_small_ones_none() {
+        let now = Instant::now();
+        let mut s = store(4);
+        let large = Bytes::from(vec![7u8; SHARE_AT]);
+        s.insert_in(Some(3), b"large", &large, now);
+        s.insert_in(None, b"small", &Bytes::from("v"), now);
+        let found = s.get_in(Some(3), b"large", now).unwrap();
+        assert_eq!(found.digest, Some(crate::lookup::digest(&large)));
+        assert_eq!(found.value, large);
+        assert_eq!(s.get_in(None, b"small", now).unwrap().digest, None);
+        // A new value under the same key brings its own digest.
+        let other = Bytes::from(vec![8u8; SHARE_AT + 1]);
+        s.insert_in(Some(3), b"large", &other, now);
+        let found = s.get_in(Some(3), b"large", now).unwrap();
+        assert_eq!(found.digest, Some(crate::lookup::digest(&other)));
+    }
+
+    #[test]
     fn databases_keep_equal_names_apart() {
         let now = Instant::now();
         let mut s = store(8);
         s.insert_in(None, b"k", &Bytes::from("default"), now);
         s.insert_in(Some(2), b"k", &Bytes::from("two"), now);
         s.insert_in(Some(3), b"other", &Bytes::from("three"), now);
-        assert_eq!(s.get_in(None, b"k", now).unwrap().0, Bytes::from("default"));
-        assert_eq!(s.get_in(Some(2), b"k", now).unwrap().0, Bytes::from("two"));
+        assert_eq!(
+            s.get_in(None, b"k", now).unwrap().value,
+            Bytes::from("default")
+        );
+        assert_eq!(
+            s.get_in(Some(2), b"k", now).unwrap().value,
+            Bytes::from("two")
+        );
         assert!(s.get_in(Some(3), b"k", now).is_none());
         s.remove_in(Some(2), b"k");
         assert!(s.get_in(Some(2), b"k", now).is_none());
@@ -1359,7 +1417,7 @@ mod tests {
                 match op {
                     Op::Get(key) => {
                         let got = s.get(None, &[key], now)
-                            .map(|(value, _)| u32::from_be_bytes(value[..].try_into().unwrap()));
+                            .map(|found| u32::from_be_bytes(found.value[..].try_into().unwrap()));
                         proptest::prop_assert_eq!(got, model.get(key, elapsed), "op {}", n);
                     }
                     Op::Insert(key) => {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::lookup::Key;
+use crate::lookup::{Key, Lookup, Source};
 
 pub use policy::{CachePolicy, Stats};
 pub use service::{CacheLayer, CacheService, ResponseFuture};
@@ -173,9 +173,23 @@ impl Cache {
     /// The live value of `key`, now the most recently used, and how long it
     /// stays fresh.
     pub fn get(&self, key: &Key) -> Option<(Bytes, Duration)> {
+        let lookup = self.lookup(key)?;
+        Some((lookup.value?, lookup.fresh_for))
+    }
+
+    /// The live value of `key` as a hit's answer, with the digest the store
+    /// keeps for a large value.
+    pub(crate) fn lookup(&self, key: &Key) -> Option<Lookup> {
         let now = Instant::now();
-        let (value, expires_at) = self.shared.store.get(key, now)?;
-        Some((value, expires_at.saturating_duration_since(now)))
+        let found = self.shared.store.get(key, now)?;
+        let fresh_for = found.expires_at.saturating_duration_since(now);
+        Some(Lookup {
+            value: Some(found.value),
+            source: Source::Cache,
+            fresh_for,
+            age: self.shared.ttl.saturating_sub(fresh_for),
+            digest: found.digest,
+        })
     }
 
     /// Stores `value` under `key` for one TTL from now. A value over the value or
@@ -282,6 +296,26 @@ mod tests {
             assert_eq!(cache.bytes(), 0);
             assert_eq!(cache.stats().expirations, 100);
             reclaimer.abort();
+        }
+    }
+
+    #[test]
+    fn a_hit_on_a_large_value_carries_the_digest_stored_with_it() {
+        for policy in [CachePolicy::Lru, CachePolicy::S3Fifo] {
+            let cache = Cache::builder().policy(policy).build();
+            let (large, small) = (Key::from("large"), Key::from("small"));
+            let value = Bytes::from(vec![b'x'; policy::DIGEST_AT]);
+            cache.insert(&large, &value);
+            cache.insert(&small, &Bytes::from("v"));
+            let hit = cache.lookup(&large).unwrap();
+            assert_eq!(hit.digest, Some(crate::lookup::digest(&value)), "{policy}");
+            assert_eq!(hit.digest(), Some(crate::lookup::digest(&value)));
+            let hit = cache.lookup(&small).unwrap();
+            assert_eq!(
+                hit.digest, None,
+                "{policy}: a small value is hashed when read"
+            );
+            assert_eq!(hit.digest(), Some(crate::lookup::digest(b"v")));
         }
     }
 

@@ -16,6 +16,25 @@ use super::lru::SharedLru;
 use super::s3fifo::S3Fifo;
 use crate::lookup::Key;
 
+/// A live entry as a read finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub(crate) value: Bytes,
+    pub(crate) expires_at: Instant,
+    /// The value's digest, kept for values of [`DIGEST_AT`] bytes and more.
+    pub(crate) digest: Option<u64>,
+}
+
+/// Values of at least this many bytes are stored with their digest (see
+/// [`crate::Lookup::digest`]): hashing them on every read would cost more than
+/// the eight bytes.
+pub(crate) const DIGEST_AT: usize = super::lru::SHARE_AT;
+
+/// The digest a store keeps for `value`, if any.
+pub(crate) fn kept_digest(value: &[u8]) -> Option<u64> {
+    (value.len() >= DIGEST_AT).then(|| crate::lookup::digest(value))
+}
+
 /// Counters of what a store did since it was created.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -100,8 +119,8 @@ impl Store {
         }
     }
 
-    /// The live value of `key` and when it expires.
-    pub(crate) fn get(&self, key: &Key, now: Instant) -> Option<(Bytes, Instant)> {
+    /// The live entry of `key`.
+    pub(crate) fn get(&self, key: &Key, now: Instant) -> Option<Found> {
         match self {
             Store::Lru(s) => s.get(key.db(), key.name(), now),
             Store::S3Fifo(s) => s.get_in(key.db(), key.name(), now),

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use tokio::time::Instant;
 
-use super::policy::Stats;
+use super::policy::{Found, Stats, kept_digest};
 
 /// One key's share of the weight capacity.
 const UNIT: u64 = 1024;
@@ -38,6 +38,7 @@ type Name = (Option<u16>, Bytes);
 struct Entry {
     value: Bytes,
     expires_at: Instant,
+    digest: Option<u64>,
 }
 
 /// What an entry weighs (see the module's documentation).
@@ -131,19 +132,18 @@ impl S3Fifo {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The live value of `name` in `db` and when it expires; `None` when absent
-    /// or expired (an expired entry is removed on the way).
-    pub(crate) fn get_in(
-        &self,
-        db: Option<u16>,
-        name: &[u8],
-        now: Instant,
-    ) -> Option<(Bytes, Instant)> {
+    /// The live entry `name` in `db`; `None` when absent or expired (an expired
+    /// entry is removed on the way).
+    pub(crate) fn get_in(&self, db: Option<u16>, name: &[u8], now: Instant) -> Option<Found> {
         let key = (db, Bytes::copy_from_slice(name));
         match self.entries.get(&key) {
             Some(entry) if entry.expires_at > now => {
                 Self::count(&self.hits, 1);
-                Some((entry.value, entry.expires_at))
+                Some(Found {
+                    value: entry.value,
+                    expires_at: entry.expires_at,
+                    digest: entry.digest,
+                })
             }
             Some(_) => {
                 self.entries.remove(&key);
@@ -188,6 +188,7 @@ impl S3Fifo {
         let entry = Entry {
             value: value.clone(),
             expires_at: now + self.ttl,
+            digest: kept_digest(value),
         };
         self.entries
             .insert_with_lifecycle(key, entry, &mut evictions);
@@ -255,6 +256,7 @@ impl S3Fifo {
     #[cfg(test)]
     fn get(&self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)> {
         self.get_in(None, key, now)
+            .map(|found| (found.value, found.expires_at))
     }
 
     /// See [`S3Fifo::insert_in`], in the backend's own database.
@@ -321,6 +323,18 @@ mod tests {
             .filter(|i| s.get(format!("key{i}").as_bytes(), now).is_some())
             .count();
         assert!(kept >= 40, "only {kept} of 50 hot keys survived the scan");
+    }
+
+    #[test]
+    fn large_values_keep_their_digest_and_small_ones_none() {
+        let now = Instant::now();
+        let s = S3Fifo::new(8, TTL);
+        let large = Bytes::from(vec![7u8; super::super::lru::SHARE_AT]);
+        s.insert(Bytes::from("large"), large.clone(), now);
+        s.insert(Bytes::from("small"), Bytes::from("v"), now);
+        let found = s.get_in(None, b"large", now).unwrap();
+        assert_eq!(found.digest, Some(crate::lookup::digest(&large)));
+        assert_eq!(s.get_in(None, b"small", now).unwrap().digest, None);
     }
 
     #[test]

@@ -116,15 +116,10 @@ where
     }
 
     fn call(&mut self, key: Key) -> Self::Future {
-        let ttl = self.cache.ttl();
-        if let Some((value, fresh_for)) = self.cache.get(&key) {
-            return ResponseFuture::hit(Lookup {
-                value: Some(value),
-                source: Source::Cache,
-                fresh_for,
-                age: ttl.saturating_sub(fresh_for),
-            });
+        if let Some(hit) = self.cache.lookup(&key) {
+            return ResponseFuture::hit(hit);
         }
+        let ttl = self.cache.ttl();
         let done = {
             let mut flights = self.cache.flights();
             match flights.get_mut(&key) {
@@ -277,6 +272,7 @@ fn lookup(outcome: Outcome, ttl: Duration) -> Result<Lookup, Error> {
         source: Source::Backend,
         fresh_for: ttl,
         age: Duration::ZERO,
+        digest: None,
     })
 }
 

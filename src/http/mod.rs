@@ -30,7 +30,6 @@
 
 mod server;
 
-use std::hash::BuildHasher;
 use std::time::Duration;
 
 use axum::Router;
@@ -154,47 +153,39 @@ fn key_of<B>(request: &axum::http::Request<B>) -> Result<Key, Rejection> {
 /// `if_none_match` names its tag, 404, or the error's status. (HEAD gets the
 /// same; hyper leaves its body out.)
 fn response_to(result: Result<Lookup, Error>, if_none_match: Option<&HeaderValue>) -> Response {
-    match result {
-        Ok(Lookup {
-            value: Some(value),
-            source,
-            fresh_for,
-            age,
-        }) => {
-            let etag = etag(&value);
-            let not_modified = if_none_match.is_some_and(|tags| matches_etag(tags, &etag));
-            let mut response = if not_modified {
-                let mut response = Response::default();
-                *response.status_mut() = StatusCode::NOT_MODIFIED;
-                response
-            } else {
-                let mut response = Response::new(Full::new(value));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-                response
-            };
-            let headers = response.headers_mut();
-            headers.insert(X_CACHE, HeaderValue::from_static(source.as_str()));
-            headers.insert(header::ETAG, etag);
-            headers.insert(header::CACHE_CONTROL, max_age(fresh_for));
-            headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+    let lookup = match result {
+        Ok(lookup) => lookup,
+        Err(error) => return error_response(&error),
+    };
+    let source = HeaderValue::from_static(lookup.source.as_str());
+    let Some(digest) = lookup.digest() else {
+        let mut response = plain(StatusCode::NOT_FOUND, "not found\n");
+        response.headers_mut().insert(X_CACHE, source);
+        return response;
+    };
+    let etag = tag(digest);
+    let not_modified = if_none_match.is_some_and(|tags| matches_etag(tags, &etag));
+    let mut response = match lookup.value {
+        Some(value) if !not_modified => {
+            let mut response = Response::new(Full::new(value));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             response
         }
-        Ok(Lookup {
-            value: None,
-            source,
-            ..
-        }) => {
-            let mut response = plain(StatusCode::NOT_FOUND, "not found\n");
-            response
-                .headers_mut()
-                .insert(X_CACHE, HeaderValue::from_static(source.as_str()));
+        _ => {
+            let mut response = Response::default();
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
             response
         }
-        Err(error) => error_response(&error),
-    }
+    };
+    let headers = response.headers_mut();
+    headers.insert(X_CACHE, source);
+    headers.insert(header::ETAG, etag);
+    headers.insert(header::CACHE_CONTROL, max_age(lookup.fresh_for));
+    headers.insert(header::AGE, HeaderValue::from(lookup.age.as_secs()));
+    response
 }
 
 /// The proxy's own HTTP service, one per connection: the connection's own
@@ -320,8 +311,12 @@ fn plain(status: StatusCode, message: impl Into<Bytes>) -> Response {
 /// a 2^-64 chance. (The hash has a fixed seed, so tags survive a restart of a
 /// given build.)
 pub fn etag(value: &[u8]) -> HeaderValue {
+    tag(crate::lookup::digest(value))
+}
+
+/// The `ETag` of a value whose digest ([`Lookup::digest`]) is `hash`.
+fn tag(hash: u64) -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let hash = foldhash::quality::FixedState::with_seed(0).hash_one(value);
     let mut tag = [b'"'; 18];
     for (i, digit) in tag[1..17].iter_mut().enumerate() {
         *digit = HEX[((hash >> (60 - 4 * i)) & 0xf) as usize];

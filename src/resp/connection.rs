@@ -530,6 +530,7 @@ mod tests {
                     source: Source::Cache,
                     fresh_for: Duration::from_secs(1),
                     age: Duration::ZERO,
+                    digest: None,
                 };
                 let result = match &key[..] {
                     b"db" => Ok(found(format!("{:?}", key.db()).as_bytes())),
@@ -538,6 +539,7 @@ mod tests {
                         source: Source::Cache,
                         fresh_for: Duration::from_secs(1),
                         age: Duration::ZERO,
+                        digest: None,
                     }),
                     b"wrongtype" => Err(Error::Reply("WRONGTYPE wrong kind".into())),
                     b"down" => Err(Error::unavailable("redis unavailable: down")),
@@ -551,6 +553,7 @@ mod tests {
                         source: Source::Backend,
                         fresh_for: Duration::ZERO,
                         age: Duration::ZERO,
+                        digest: None,
                     }),
                 };
                 this.running.fetch_sub(1, Ordering::SeqCst);
