@@ -19,9 +19,9 @@
 //!
 //! What one connection may hold is bounded, so that no client can take the
 //! memory of others: its unparsed input (64 MiB, and all connections' together
-//! [`Limits::input_total`]), the time an incomplete request may take
-//! ([`Limits::request_timeout`]), its pending replies ([`Limits::output`]) and
-//! how long they may wait for the client to read them ([`Limits::write_timeout`]).
+//! `client_input_limit`), the time an incomplete request may take
+//! (`request_timeout`), its pending replies (`client_output_limit`) and how long
+//! they may wait for the client to read them (`client_write_timeout`).
 
 mod command;
 mod connection;
