@@ -36,7 +36,8 @@
 #
 # Environment: BENCH_REQUESTS (per run, default 200000; eight times that at -P 16), BENCH_CLIENTS (50),
 # BENCH_ROUNDS (3), BENCH_HTTP_SECONDS (per wrk run, 5), BENCH_MEMORY_KEYS
-# (1000000), BENCH_WORKERS (unset: each server's default).
+# (1000000), BENCH_WORKERS (unset: each server's default), BENCH_PROXY (the proxy
+# binary to measure, default the release build: to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +46,7 @@ clients=${BENCH_CLIENTS:-50}
 rounds=${BENCH_ROUNDS:-3}
 http_seconds=${BENCH_HTTP_SECONDS:-5}
 workers=${BENCH_WORKERS:-}
+proxy=${BENCH_PROXY:-target/release/redis-proxy}
 keys=1000
 size=100
 
@@ -77,7 +79,7 @@ wait_port "$redis_port"
 
 proxy_port=$(free_port)
 proxy_http=$(free_port)
-RUST_LOG=warn target/release/redis-proxy "${proxy_threads[@]}" --redis-url "redis://127.0.0.1:$redis_port" \
+RUST_LOG=warn "$proxy" "${proxy_threads[@]}" --redis-url "redis://127.0.0.1:$redis_port" \
   --http-addr "127.0.0.1:$proxy_http" --resp-addr "127.0.0.1:$proxy_port" --admin-addr 127.0.0.1:0 \
   --cache-ttl 1h --cache-capacity 100000 > "$dir/proxy.log" 2>&1 &
 proxy_pid=$!
@@ -85,7 +87,7 @@ pids+=("$proxy_pid")
 wait_port "$proxy_port"
 
 miss_port=$(free_port)
-RUST_LOG=warn target/release/redis-proxy "${proxy_threads[@]}" --redis-url "redis://127.0.0.1:$redis_port" \
+RUST_LOG=warn "$proxy" "${proxy_threads[@]}" --redis-url "redis://127.0.0.1:$redis_port" \
   --http-addr 127.0.0.1:0 --resp-addr "127.0.0.1:$miss_port" --admin-addr 127.0.0.1:0 \
   --cache-capacity 1 > "$dir/proxy-miss.log" 2>&1 &
 miss_pid=$!
@@ -181,7 +183,12 @@ done
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 column() { printf '%s' "${samples[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
 
-printf '\nThreads: %s.\n' "${workers:+$workers for redis-proxy, bare hyper and webdis; }redis-server and nutcracker are single event loops${workers:-; redis-proxy and bare hyper one per core, webdis its default}"
+if [[ -n $workers ]]; then
+  threads="$workers for redis-proxy, bare hyper and webdis; redis-server and nutcracker are single event loops"
+else
+  threads="redis-proxy and bare hyper one per core ($(nproc)), webdis its default; redis-server and nutcracker are single event loops"
+fi
+printf '\nThreads: %s.\n' "$threads"
 printf '\nCached GET over RESP: redis-benchmark -t get -c %s -r %s -d %s -n %s (x8 at -P 16), median of %s rounds\n\n' \
   "$clients" "$keys" "$size" "$requests" "$rounds"
 printf '%-6s %-16s %12s %9s %9s %13s\n' "-P" "target" "requests/s" "p50 ms" "p99 ms" "CPU us/req"
@@ -253,7 +260,7 @@ pids+=($!)
 wait_port "$mem_redis"
 mem_proxy=$(free_port)
 mem_admin=$(free_port)
-RUST_LOG=warn target/release/redis-proxy "${proxy_threads[@]}" --redis-url "redis://127.0.0.1:$mem_redis" \
+RUST_LOG=warn "$proxy" "${proxy_threads[@]}" --redis-url "redis://127.0.0.1:$mem_redis" \
   --http-addr 127.0.0.1:0 --resp-addr "127.0.0.1:$mem_proxy" --admin-addr "127.0.0.1:$mem_admin" \
   --cache-ttl 1h --cache-capacity "$entries" > "$dir/proxy-mem.log" 2>&1 &
 mem_pid=$!
