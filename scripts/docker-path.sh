@@ -41,7 +41,8 @@ PATH=$evaluator_path make test 2>&1 | tee "$log"
 passed=$(awk '/^test result:/ { n += $4 } END { print n + 0 }' "$log")
 rm -f "$log"
 elapsed "make test ($passed tests passed)" "$start"
-if docker image ls --format '{{.Repository}}' | grep -qx "${project}-tests\|${project}_tests"; then
+images=$(docker image ls --format '{{.Repository}}')
+if grep -qx "${project}-tests\|${project}_tests" <<<"$images"; then
   echo "docker path: the test image was left behind" >&2
   exit 1
 fi
@@ -116,6 +117,9 @@ run_check "docker-compose v1, classic builder" COMPOSE=docker-compose DOCKER_BUI
 step "docker build -f docker/Dockerfile -t redis-proxy ."
 start=$SECONDS
 PATH=$evaluator_path docker build -q -f docker/Dockerfile -t redis-proxy . >/dev/null
-PATH=$evaluator_path docker run --rm redis-proxy --help | head -1
+# The whole help is read before its first line is shown: `| head -1` would close
+# the pipe early and fail `docker run` with a broken pipe.
+help=$(PATH=$evaluator_path docker run --rm redis-proxy --help)
+echo "${help%%$'\n'*}"
 size=$(docker image inspect redis-proxy --format '{{.Size}}')
 elapsed "docker build (image $((size / 1000000)) MB)" "$start"
