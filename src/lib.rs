@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod auth;
 mod backend;
 mod cache;
 pub mod config;
@@ -49,6 +50,7 @@ mod net;
 pub mod resp;
 mod server;
 mod task;
+mod tls;
 mod worker;
 
 pub use backend::{Invalidation, InvalidationSink, RedisService, RedisServiceBuilder};
@@ -57,4 +59,4 @@ pub use config::Config;
 pub use layers::{Stack, StackBuilder};
 pub use lookup::{Cause, Error, Key, Lookup, Source};
 pub use metrics::{BACKEND_DURATION, BACKEND_DURATION_BUCKETS};
-pub use server::{Error as ServeError, Proxy, run};
+pub use server::{Error as ServeError, Proxy, TlsReloader, run};

@@ -54,7 +54,10 @@ fn main() -> ExitCode {
             (proxy, _) => proxy,
         };
         let served = match proxy {
-            Ok(proxy) => proxy.serve(shutdown).await,
+            Ok(proxy) => {
+                let _reload = reload_on_sighup(proxy.tls_reloader());
+                proxy.serve(shutdown).await
+            }
             Err(error) => Err(error),
         };
         served.map_err(|error| {
@@ -117,6 +120,51 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
+
+/// Re-reads the TLS certificate, key and client CA on every SIGHUP, until the
+/// returned task is dropped. Without TLS a SIGHUP is logged and ignored.
+#[cfg(unix)]
+fn reload_on_sighup(reloader: redis_proxy::TlsReloader) -> Option<AbortOnDrop> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; TLS files will not be reloaded");
+            return None;
+        }
+    };
+    Some(AbortOnDrop(tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            if !reloader.is_enabled() {
+                tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+                continue;
+            }
+            match reloader.reload() {
+                Ok(expires) => tracing::info!(
+                    expires = expires.as_deref().unwrap_or("unknown"),
+                    "SIGHUP: TLS certificate and key reloaded; new connections use them"
+                ),
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: TLS reload failed; the previous certificate stays in use")
+                }
+            }
+        }
+    })))
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_reloader: redis_proxy::TlsReloader) -> Option<AbortOnDrop> {
+    None
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -117,6 +117,8 @@ struct Options {
     connect_timeout: Duration,
     response_timeout: Duration,
     tracking: Option<InvalidationSink>,
+    /// TLS for a `rediss://` URL; `None` with one: the system's roots.
+    tls: Option<crate::tls::ClientTls>,
 }
 
 /// How a [`RedisService`] is made: [`RedisService::builder`].
@@ -169,6 +171,14 @@ impl RedisServiceBuilder {
         self
     }
 
+    /// TLS to Redis for a `rediss://` URL, from the proxy's configuration: its CA
+    /// and client certificate (without it, a `rediss://` URL is verified against
+    /// the system's roots).
+    pub(crate) fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.options.tls = Some(tls);
+        self
+    }
+
     /// Turns on server-assisted invalidation: every connection speaks RESP3 and
     /// runs `CLIENT TRACKING ON` before it is used, and what Redis says about
     /// changed keys goes to `sink`.
@@ -183,8 +193,16 @@ impl RedisServiceBuilder {
     /// # Errors
     ///
     /// [`crate::Error::Unavailable`] when redis-rs rejects the URL.
-    pub fn build(self) -> Result<RedisService, crate::Error> {
+    pub fn build(mut self) -> Result<RedisService, crate::Error> {
         let url = RedisUrl::parse(&self.url).map_err(crate::Error::unavailable)?;
+        if url.is_tls() && self.options.tls.is_none() {
+            let tls = crate::tls::ClientTls::load(&crate::tls::ClientFiles::default())
+                .map_err(|error| crate::Error::unavailable(error.to_string()))?;
+            self.options.tls = Some(tls);
+        }
+        if !url.is_tls() {
+            self.options.tls = None;
+        }
         RedisService::new(&url, self.options).map_err(Into::into)
     }
 }
@@ -232,6 +250,7 @@ impl RedisService {
                 connect_timeout: Duration::from_secs(1),
                 response_timeout: Duration::from_secs(5),
                 tracking: None,
+                tls: None,
             },
         }
     }

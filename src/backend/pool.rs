@@ -37,6 +37,9 @@ pub(crate) struct Manager {
     connect_timeout: Duration,
     handshake_timeout: Duration,
     tracking: Option<Tracking>,
+    /// TLS to Redis (`rediss://`): the proxy runs the TLS handshake and hands
+    /// redis-rs the encrypted stream.
+    tls: Option<crate::tls::ClientTls>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -44,6 +47,7 @@ impl std::fmt::Debug for Manager {
         f.debug_struct("Manager")
             .field("addr", &self.info.addr().to_string())
             .field("tracking", &self.tracking.is_some())
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -68,7 +72,7 @@ impl Manager {
     ///
     /// Returns redis-rs's error when the URL is not usable.
     pub(crate) fn new(url: &RedisUrl, options: &Options) -> Result<Self, RedisError> {
-        let mut info = url.as_str().into_connection_info()?;
+        let mut info = url.plain().as_str().into_connection_info()?;
         let mut config =
             AsyncConnectionConfig::new().set_response_timeout(Some(options.response_timeout));
         if let Some(sink) = &options.tracking {
@@ -96,6 +100,7 @@ impl Manager {
                 sink,
                 ping_timeout: options.connect_timeout,
             }),
+            tls: options.tls.clone(),
         })
     }
 
@@ -146,17 +151,39 @@ impl Manager {
             }
         };
         let stream = self.connect_tcp(&host, port).await?;
-        let handshake = MultiplexedConnection::new_with_config(
-            self.info.redis_settings(),
-            stream,
-            self.config.clone(),
-        );
+        // The connection's driver task: its type differs with the stream's.
+        type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+        let handshake = async {
+            let settings = self.info.redis_settings();
+            match &self.tls {
+                None => {
+                    MultiplexedConnection::new_with_config(settings, stream, self.config.clone())
+                        .await
+                        .map(|(connection, driver)| (connection, Box::pin(driver) as Driver))
+                }
+                Some(tls) => {
+                    let stream = tls.connect(&host, stream).await.map_err(|error| {
+                        RedisError::from((
+                            redis::ErrorKind::Io,
+                            "TLS handshake with Redis failed",
+                            error.to_string(),
+                        ))
+                    })?;
+                    MultiplexedConnection::new_with_config(settings, stream, self.config.clone())
+                        .await
+                        .map(|(connection, driver)| (connection, Box::pin(driver) as Driver))
+                }
+            }
+        };
         let (mut connection, driver) = match tokio::time::timeout(self.handshake_timeout, handshake)
             .await
         {
             Ok(Ok(opened)) => opened,
-            Ok(Err(error)) if error.is_io_error() || error.is_connection_dropped() => {
-                // Redis may have accepted the connection only to refuse it.
+            Ok(Err(error))
+                if self.tls.is_none() && (error.is_io_error() || error.is_connection_dropped()) =>
+            {
+                // Redis may have accepted the connection only to refuse it (in
+                // the clear: a refusal over TLS cannot be read on a new socket).
                 return Err(Error::Unavailable(
                     match self.refusal_reason(&host, port).await {
                         Some(reason) => reason,

@@ -8,6 +8,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A `redis://` or `rediss://` URL that redis-rs accepts.
 ///
 /// `Display` and `Debug` hide the password, so the URL can be logged as is.
+/// TLS (`rediss://`) is the proxy's own (see `tls`): redis-rs is handed the
+/// encrypted stream and the URL's `redis://` form.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl(String);
 
@@ -18,13 +20,30 @@ impl RedisUrl {
     ///
     /// Returns redis-rs's reason when it does not accept the URL.
     pub fn parse(url: &str) -> Result<Self, String> {
-        url.into_connection_info().map_err(|e| e.to_string())?;
-        Ok(Self(url.to_owned()))
+        let url = Self(url.to_owned());
+        url.plain()
+            .into_connection_info()
+            .map_err(|e| e.to_string())?;
+        Ok(url)
+    }
+
+    /// Whether the URL asks for TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        self.0.starts_with("rediss://")
+    }
+
+    /// The URL with `rediss://` written `redis://`: what redis-rs, which is
+    /// handed an encrypted stream, reads the address and settings from.
+    pub(crate) fn plain(&self) -> String {
+        match self.0.strip_prefix("rediss://") {
+            Some(rest) => format!("redis://{rest}"),
+            None => self.0.clone(),
+        }
     }
 
     /// The database the URL names (`/2`), or 0.
     pub fn db(&self) -> i64 {
-        self.0
+        self.plain()
             .as_str()
             .into_connection_info()
             .map_or(0, |info| info.redis_settings().db())
@@ -121,6 +140,15 @@ mod tests {
     fn the_database_is_read_from_the_path() {
         assert_eq!(RedisUrl::parse("redis://h:1/3").unwrap().db(), 3);
         assert_eq!(RedisUrl::parse("redis://h:1").unwrap().db(), 0);
+    }
+
+    #[test]
+    fn rediss_is_tls_and_read_as_redis() {
+        let url = RedisUrl::parse("rediss://:pw@h:6390/2").unwrap();
+        assert!(url.is_tls());
+        assert_eq!(url.plain(), "redis://:pw@h:6390/2");
+        assert_eq!(url.db(), 2);
+        assert!(!RedisUrl::parse("redis://h:1").unwrap().is_tls());
     }
 
     #[test]

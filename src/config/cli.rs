@@ -141,4 +141,59 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<u64>,
+
+    /// Password of user `default`; when set, every client must authenticate (prefer the environment variable: flags are visible to other local users) [env: REDIS_PROXY_CLIENT_PASSWORD]
+    #[arg(long, value_name = "SECRET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_password: Option<CliSecret>,
+
+    /// PEM certificate chain; with --tls-key, HTTP and RESP speak TLS only [env: REDIS_PROXY_TLS_CERT]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert [env: REDIS_PROXY_TLS_KEY]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates; clients must present a certificate they signed (mutual TLS) [env: REDIS_PROXY_TLS_CLIENT_CA]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// PEM CA certificates of the backing Redis (rediss://) [env: REDIS_PROXY_REDIS_TLS_CA] [default: the system's roots]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate chain for the backing Redis (tls-auth-clients) [env: REDIS_PROXY_REDIS_TLS_CERT]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-tls-cert [env: REDIS_PROXY_REDIS_TLS_KEY]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_tls_key: Option<PathBuf>,
+}
+
+/// A secret given as a flag: passed on as given to the configuration, shown as
+/// `***` when the flags are printed for debugging.
+#[derive(Clone, Serialize)]
+#[serde(transparent)]
+pub struct CliSecret(String);
+
+impl std::str::FromStr for CliSecret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(secret: &str) -> Result<Self, Self::Err> {
+        Ok(Self(secret.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for CliSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }

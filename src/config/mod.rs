@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::backend::RedisUrl;
 pub use crate::cache::CachePolicy;
 pub use cli::Cli;
-pub use values::{ByteSize, ListenAddr, memory_available};
+pub use values::{ByteSize, ListenAddr, Secret, memory_available};
 
 /// The prefix of every environment variable the proxy reads.
 pub const ENV_PREFIX: &str = "REDIS_PROXY_";
@@ -83,6 +83,54 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Threads that run the proxy's tasks; `None` means one per CPU core.
     pub worker_threads: Option<NonZeroUsize>,
+    /// The password of user `default`. When it is set, or `users` are, every
+    /// client must authenticate.
+    pub client_password: Option<Secret>,
+    /// Named users with their key permissions (TOML `[[users]]` only).
+    pub users: Vec<UserConfig>,
+    /// PEM certificate chain of the proxy; with `tls_key`, the HTTP and RESP
+    /// listeners speak TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a certificate one of them
+    /// signed (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// PEM CA certificates that sign the backing Redis's certificate, for a
+    /// `rediss://` URL; `None`: the system's roots.
+    pub redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain the proxy presents to the backing Redis.
+    pub redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of `redis_tls_cert`.
+    pub redis_tls_key: Option<PathBuf>,
+}
+
+/// One named user (`[[users]]` in the TOML file), as a Redis ACL user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The name clients authenticate with (`AUTH name password`).
+    pub name: String,
+    /// The password, in clear.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Or the SHA-256 of the password, in hex (as Redis ACL's `#<hash>`).
+    #[serde(default)]
+    pub password_sha256: Option<Secret>,
+    /// Redis glob patterns of the keys the user may read.
+    #[serde(default = "all_keys")]
+    pub keys: Vec<String>,
+    /// A disabled user cannot authenticate.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn all_keys() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+fn enabled() -> bool {
+    true
 }
 
 impl Default for Config {
@@ -110,6 +158,14 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Pretty,
             worker_threads: None,
+            client_password: None,
+            users: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            redis_tls_ca: None,
+            redis_tls_cert: None,
+            redis_tls_key: None,
         }
     }
 }
@@ -224,11 +280,20 @@ impl Config {
                 })
                 .collect(),
         );
-        let config: Config = figment
+        let mut config: Config = figment
             .merge(env)
             .merge(Flags(cli))
             .extract()
             .map_err(describe)?;
+        // An empty password is no password, as Redis reads `requirepass ""`: a
+        // variable passed through empty (Compose does so) turns nothing on.
+        if config
+            .client_password
+            .as_ref()
+            .is_some_and(|p| p.expose().is_empty())
+        {
+            config.client_password = None;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -257,7 +322,18 @@ impl Config {
         "shutdown_grace",
         "log_format",
         "worker_threads",
+        "client_password",
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "redis_tls_ca",
+        "redis_tls_cert",
+        "redis_tls_key",
     ];
+
+    /// Options whose values are always text, read from the environment as is
+    /// (a password of digits stays the same digits).
+    const TEXT_KEYS: &'static [&'static str] = &["client_password"];
 
     /// The parallel limit in force: `max_parallel`, or `max_clients` when unset.
     pub fn effective_max_parallel(&self) -> NonZeroUsize {
@@ -306,13 +382,98 @@ impl Config {
             ("client_input_limit", self.client_input_limit.0 == 0),
             ("cache_max_bytes", self.cache_max_bytes == Some(ByteSize(0))),
         ];
-        match zero.into_iter().find(|(_, zero)| *zero) {
-            Some((key, _)) => Err(Error::Invalid(format!(
+        if let Some((key, _)) = zero.into_iter().find(|(_, zero)| *zero) {
+            return Err(Error::Invalid(format!(
                 "{}: must be greater than zero",
                 option_names(key)
-            ))),
-            None => Ok(()),
+            )));
         }
+        self.validate_tls()?;
+        self.validate_users()
+    }
+
+    fn validate_tls(&self) -> Result<(), Error> {
+        let invalid = |message: String| Err(Error::Invalid(message));
+        let pairs = [
+            (
+                "tls_cert",
+                self.tls_cert.is_some(),
+                "tls_key",
+                self.tls_key.is_some(),
+            ),
+            (
+                "redis_tls_cert",
+                self.redis_tls_cert.is_some(),
+                "redis_tls_key",
+                self.redis_tls_key.is_some(),
+            ),
+        ];
+        for (a, has_a, b, has_b) in pairs {
+            if has_a != has_b {
+                let (given, missing) = if has_a { (a, b) } else { (b, a) };
+                return invalid(format!(
+                    "{} is set but {} is not: the certificate and its key go together",
+                    option_names(given),
+                    option_names(missing)
+                ));
+            }
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return invalid(format!(
+                "{} needs {}: client certificates are asked for during a TLS handshake",
+                option_names("tls_client_ca"),
+                option_names("tls_cert")
+            ));
+        }
+        if !self.redis_url.is_tls()
+            && let Some(key) = [
+                ("redis_tls_ca", self.redis_tls_ca.is_some()),
+                ("redis_tls_cert", self.redis_tls_cert.is_some()),
+            ]
+            .into_iter()
+            .find_map(|(key, set)| set.then_some(key))
+        {
+            return invalid(format!(
+                "{} needs a rediss:// --redis-url (TLS to Redis)",
+                option_names(key)
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_users(&self) -> Result<(), Error> {
+        let mut names = std::collections::HashSet::new();
+        for (i, user) in self.users.iter().enumerate() {
+            let entry = format!("[[users]] entry {} (`{}`)", i + 1, user.name);
+            let invalid = |problem: &str| Err(Error::Invalid(format!("{entry}: {problem}")));
+            if user.name.is_empty() || user.name.bytes().any(|b| !(b'!'..=b'~').contains(&b)) {
+                return invalid("a name is printable ASCII without spaces, and not empty");
+            }
+            if !names.insert(user.name.as_str()) {
+                return invalid("a second user of that name");
+            }
+            if user.name == "default" && self.client_password.is_some() {
+                return invalid(
+                    "user `default` is also given a password by --client-password; set it in one place",
+                );
+            }
+            match (&user.password, &user.password_sha256) {
+                (Some(_), None) => {}
+                (None, Some(hash)) => {
+                    let hash = hash.expose();
+                    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return invalid("password_sha256 must be 64 hexadecimal digits");
+                    }
+                }
+                _ => return invalid("give exactly one of password and password_sha256"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether clients must authenticate: a password or users are configured.
+    pub fn requires_auth(&self) -> bool {
+        self.client_password.is_some() || !self.users.is_empty()
     }
 }
 
@@ -359,8 +520,15 @@ impl figment::Provider for EnvSnapshot {
             .0
             .iter()
             // Values are typed as `figment::providers::Env` types them: `10` is an
-            // integer, `60s` a string.
-            .map(|(key, value)| (key.clone(), value.parse().expect("infallible")))
+            // integer, `60s` a string; a password is text whatever it looks like.
+            .map(|(key, value)| {
+                let value = if Config::TEXT_KEYS.contains(&key.as_str()) {
+                    figment::value::Value::from(value.clone())
+                } else {
+                    value.parse().expect("infallible")
+                };
+                (key.clone(), value)
+            })
             .collect();
         Ok(figment::Profile::Default.collect(dict))
     }
@@ -404,8 +572,11 @@ fn describe(error: figment::Error) -> Error {
                     None => format!(" (from {})", m.name),
                 })
                 .unwrap_or_default();
-            match e.path.last() {
-                Some(key) if Config::KEYS.contains(&key.as_str()) => {
+            match (e.path.first(), e.path.last()) {
+                (Some(first), _) if first == "users" => {
+                    format!("TOML `[[users]]`: {}{source}", e.kind)
+                }
+                (_, Some(key)) if Config::KEYS.contains(&key.as_str()) => {
                     format!("{}: {}{source}", option_names(key), e.kind)
                 }
                 _ => format!("{}{source}", e.kind),
@@ -502,6 +673,103 @@ mod tests {
     fn missing_file_is_an_error() {
         let err = load(&["--config", "/nonexistent/proxy.toml"], &[]).unwrap_err();
         assert!(matches!(err, Error::File { .. }), "{err}");
+    }
+
+    fn with_toml(name: &str, toml: &str) -> Result<Config, Error> {
+        let dir =
+            std::env::temp_dir().join(format!("redis-proxy-config-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("proxy.toml");
+        std::fs::write(&file, toml).unwrap();
+        load(&["--config", file.to_str().unwrap()], &[])
+    }
+
+    #[test]
+    fn users_are_read_from_toml_with_their_defaults() {
+        let config = with_toml(
+            "users",
+            "[[users]]\nname = \"app\"\npassword = \"pw\"\nkeys = [\"app:*\"]\n\n\
+             [[users]]\nname = \"ro\"\npassword_sha256 = \"30c952fab122c3f9759f02a6d95c3758b246b4fee239957b2d4fee46e26170c4\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.users.len(), 2);
+        assert_eq!(config.users[0].keys, ["app:*"]);
+        assert_eq!(config.users[1].keys, ["*"]);
+        assert!(config.users[1].enabled);
+        assert!(config.requires_auth());
+        assert!(
+            !format!("{config:?}").contains("\"pw\""),
+            "secrets are not in Debug"
+        );
+    }
+
+    #[test]
+    fn bad_users_are_rejected_saying_which() {
+        for (toml, problem) in [
+            ("[[users]]\nname = \"a\"\n", "exactly one of password"),
+            (
+                "[[users]]\nname = \"a\"\npassword = \"x\"\npassword_sha256 = \"ab\"\n",
+                "exactly one of password",
+            ),
+            (
+                "[[users]]\nname = \"a\"\npassword_sha256 = \"xyz\"\n",
+                "64 hexadecimal",
+            ),
+            (
+                "[[users]]\nname = \"a b\"\npassword = \"x\"\n",
+                "printable ASCII",
+            ),
+            (
+                "[[users]]\nname = \"a\"\npassword = \"x\"\n[[users]]\nname = \"a\"\npassword = \"y\"\n",
+                "a second user",
+            ),
+            ("[[users]]\nname = \"a\"\npasword = \"x\"\n", "[[users]]"),
+        ] {
+            let err = with_toml("bad-users", toml).unwrap_err().to_string();
+            assert!(err.contains(problem), "{toml}: {err}");
+        }
+        let err = with_toml(
+            "default-twice",
+            "client_password = \"y\"\n[[users]]\nname = \"default\"\npassword = \"x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("set it in one place"), "{err}");
+    }
+
+    #[test]
+    fn a_password_of_digits_from_the_environment_stays_text() {
+        let config = load(&[], &[("REDIS_PROXY_CLIENT_PASSWORD", "007")]).unwrap();
+        assert_eq!(config.client_password.unwrap().expose(), "007");
+        let empty = load(&[], &[("REDIS_PROXY_CLIENT_PASSWORD", "")]).unwrap();
+        assert!(empty.client_password.is_none() && !empty.requires_auth());
+    }
+
+    #[test]
+    fn tls_files_go_in_pairs_and_backend_tls_needs_rediss() {
+        let err = load(&["--tls-cert", "c.pem"], &[]).unwrap_err().to_string();
+        assert!(err.contains("--tls-key"), "{err}");
+        let err = load(&["--tls-client-ca", "ca.pem"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--tls-cert"), "{err}");
+        let err = load(
+            &["--redis-tls-key", "k.pem", "--redis-url", "rediss://h:1"],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--redis-tls-cert"), "{err}");
+        let err = load(&["--redis-tls-ca", "ca.pem"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rediss://"), "{err}");
+        let ok = load(
+            &["--redis-tls-ca", "ca.pem", "--redis-url", "rediss://h:1"],
+            &[],
+        )
+        .unwrap();
+        assert!(ok.redis_url.is_tls());
     }
 
     #[test]

@@ -30,6 +30,8 @@
 
 mod server;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -42,6 +44,7 @@ use percent_encoding::percent_decode;
 use pin_project_lite::pin_project;
 use tower::{Service, ServiceExt};
 
+use crate::auth::{Access, Front, User};
 use crate::lookup::{Error, Key, Lookup};
 use crate::metrics::{self, Counting};
 
@@ -114,6 +117,10 @@ enum Rejection {
     UriTooLong,
     /// An empty key, or a query string: the message says which.
     BadRequest(&'static str),
+    /// Authentication is on and the request has no valid credentials.
+    Unauthorized,
+    /// The user may not read the key.
+    Forbidden,
 }
 
 impl Rejection {
@@ -131,6 +138,21 @@ impl Rejection {
             }
             Rejection::UriTooLong => plain(StatusCode::URI_TOO_LONG, "URI over 8 KiB\n"),
             Rejection::BadRequest(reason) => plain(StatusCode::BAD_REQUEST, reason),
+            Rejection::Unauthorized => {
+                let mut response = plain(
+                    StatusCode::UNAUTHORIZED,
+                    "authentication required: Authorization: Basic (user:password) or Bearer (the default user's password)\n",
+                );
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"redis-proxy\""),
+                );
+                response
+            }
+            Rejection::Forbidden => plain(
+                StatusCode::FORBIDDEN,
+                "forbidden: this user may not read this key\n",
+            ),
         }
     }
 }
@@ -189,20 +211,76 @@ fn response_to(result: Result<Lookup, Error>, if_none_match: Option<&HeaderValue
 }
 
 /// The proxy's own HTTP service, one per connection: the connection's own
-/// handle to the stack (a request costs no clone of it), and its counters.
+/// handle to the stack (a request costs no clone of it), its counters, and who
+/// may read what.
 pub(crate) struct KeyService<S> {
     stack: std::cell::RefCell<S>,
     counting: Counting,
+    access: Access,
+    peer: SocketAddr,
+    /// The last `Authorization` header that authenticated on this connection,
+    /// and its user: a client sends the same header with every request, and it
+    /// is checked once.
+    authorized: std::cell::RefCell<Option<(HeaderValue, Arc<User>)>>,
 }
 
 impl<S> KeyService<S> {
-    /// A service over `stack`, counting requests with `counting`.
-    pub(crate) fn new(stack: S, counting: Counting) -> Self {
+    /// A service over `stack` for the client at `peer`, counting requests with
+    /// `counting`, checking credentials with `access`.
+    pub(crate) fn new(stack: S, counting: Counting, access: Access, peer: SocketAddr) -> Self {
         Self {
             stack: std::cell::RefCell::new(stack),
             counting,
+            access,
+            peer,
+            authorized: std::cell::RefCell::new(None),
         }
     }
+
+    /// The user a request is from: anyone when authentication is off, else the
+    /// user its `Authorization` header names (`Basic` with `user:password`, or
+    /// `Bearer` with the default user's password).
+    fn user<B>(&self, request: &axum::http::Request<B>) -> Result<Arc<User>, Rejection> {
+        if let Some(anyone) = self.access.initial() {
+            return Ok(anyone);
+        }
+        let header = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .ok_or(Rejection::Unauthorized)?;
+        if let Some((seen, user)) = &*self.authorized.borrow()
+            && seen == header
+        {
+            return Ok(user.clone());
+        }
+        let (name, password) = credentials(header).ok_or(Rejection::Unauthorized)?;
+        let user = self
+            .access
+            .authenticate(Front::Http, self.peer, &name, &password)
+            .ok_or(Rejection::Unauthorized)?;
+        *self.authorized.borrow_mut() = Some((header.clone(), user.clone()));
+        Ok(user)
+    }
+}
+
+/// The user name and password of an `Authorization` header: `Basic` with
+/// base64 of `user:password`, or `Bearer` with the default user's password.
+fn credentials(header: &HeaderValue) -> Option<(Vec<u8>, Vec<u8>)> {
+    use base64::Engine;
+    let value = header.as_bytes();
+    let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
+    let token = rest.trim_ascii();
+    if scheme.eq_ignore_ascii_case(b"bearer") {
+        return Some((b"default".to_vec(), token.to_vec()));
+    }
+    if !scheme.eq_ignore_ascii_case(b"basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some((decoded[..colon].to_vec(), decoded[colon + 1..].to_vec()))
 }
 
 impl<S, B> hyper::service::Service<axum::http::Request<B>> for KeyService<S>
@@ -214,14 +292,22 @@ where
     type Future = KeyFuture<S>;
 
     fn call(&self, request: axum::http::Request<B>) -> Self::Future {
+        let answered = |rejection: Rejection| KeyFuture::Answered {
+            response: Some(rejection.response()),
+        };
+        // Credentials first: a client that has none learns nothing of the key.
+        let user = match self.user(&request) {
+            Ok(user) => user,
+            Err(rejection) => return answered(rejection),
+        };
         let key = match key_of(&request) {
             Ok(key) => key,
-            Err(rejection) => {
-                return KeyFuture::Answered {
-                    response: Some(rejection.response()),
-                };
-            }
+            Err(rejection) => return answered(rejection),
         };
+        // Before the cache: a denied read cannot tell whether the key is cached.
+        if !user.may_read(&key) {
+            return answered(Rejection::Forbidden);
+        }
         // The stack is always ready, so the connection's handle is called at
         // once. A service that is not ready at once is waited for on a clone.
         let mut stack = self.stack.borrow_mut();

@@ -16,17 +16,17 @@ use hyper::server::conn::http1;
 use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::net::Protocol;
+use crate::net::{Protocol, Stream};
 
 /// What an HTTP client beyond the connection limit is told.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: text/plain; charset=utf-8\r\ncontent-length: 33\r\nconnection: close\r\n\r\n\
 overloaded: too many connections\n";
 
-/// Serves HTTP/1.1 with a hyper service per connection, made by `make`.
+/// Serves HTTP/1.1 with a hyper service per connection, made by `make` for the
+/// client's address.
 pub(crate) struct Hyper<M> {
     name: &'static str,
     make: M,
@@ -53,7 +53,7 @@ impl<M> Hyper<M> {
 
 impl<M, S, B> Protocol for Hyper<M>
 where
-    M: Fn() -> S + Send + Sync + 'static,
+    M: Fn(SocketAddr) -> S + Send + Sync + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -69,10 +69,10 @@ where
         REFUSAL
     }
 
-    async fn serve(self: Arc<Self>, stream: TcpStream, _peer: SocketAddr, stop: CancellationToken) {
+    async fn serve(self: Arc<Self>, stream: Stream, peer: SocketAddr, stop: CancellationToken) {
         let connection = self
             .builder
-            .serve_connection(TokioIo::new(stream), (self.make)());
+            .serve_connection(TokioIo::new(stream), (self.make)(peer));
         let mut connection = std::pin::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,

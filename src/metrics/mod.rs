@@ -20,6 +20,8 @@
 //! redis_proxy_cache_invalidations_total, redis_proxy_cache_flushes_total
 //! redis_proxy_backend_request_duration_seconds        histogram
 //! redis_proxy_backend_errors_total
+//! redis_proxy_auth_failures_total{protocol="http|resp"}
+//! redis_proxy_tls_handshake_failures_total{protocol="http|resp"}
 //! ```
 
 use std::sync::Arc;
@@ -68,6 +70,12 @@ pub const BACKEND_DURATION_BUCKETS: &[f64] = &[
 
 /// The name of the backend latency histogram (for a recorder's bucket settings).
 pub const BACKEND_DURATION: &str = "redis_proxy_backend_request_duration_seconds";
+
+/// Failed authentications, by protocol.
+pub(crate) const AUTH_FAILURES: &str = "redis_proxy_auth_failures_total";
+
+/// TLS handshakes that failed or timed out, by protocol.
+pub(crate) const TLS_HANDSHAKE_FAILURES: &str = "redis_proxy_tls_handshake_failures_total";
 
 /// The request counters of every front-end.
 ///
@@ -294,5 +302,13 @@ pub(crate) fn describe() {
     describe_counter!(
         "redis_proxy_backend_errors_total",
         "GETs against the backing Redis that failed."
+    );
+    describe_counter!(
+        AUTH_FAILURES,
+        "Authentications refused: wrong password, unknown or disabled user."
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed or did not finish within request_timeout."
     );
 }

@@ -3,9 +3,12 @@
 //!
 //! ```text
 //! Listener ─accept─▶ slot free? ──no──▶ Protocol::refusal written, closed
-//!                       │ yes
+//!                       │ yes               (TLS listener: closed at once)
 //!                       ▼
 //!             span "connection" {protocol, client}
+//!                       ▼
+//!             TLS handshake, if the listener has TLS, within the handshake
+//!             timeout; a failure closes the connection
 //!                       ▼
 //!             Protocol::serve(stream, peer, stop)   until the client leaves, or
 //!                                                   `stop` and in-flight replies written
@@ -25,6 +28,7 @@
 
 mod files;
 mod listener;
+mod stream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,6 +46,15 @@ use tracing::Instrument;
 
 pub(crate) use files::fit_connections;
 pub(crate) use listener::{Acceptor, Listener};
+pub(crate) use stream::Stream;
+
+/// A listener's TLS: the configuration, and how long a client may take over its
+/// handshake (a slow handshake holds a connection slot like a slow request).
+#[derive(Debug, Clone)]
+pub(crate) struct Tls {
+    pub(crate) server: Arc<crate::tls::ServerTls>,
+    pub(crate) handshake_timeout: Duration,
+}
 
 /// What one kind of listener does with its connections.
 pub(crate) trait Protocol: Send + Sync + 'static {
@@ -57,7 +70,7 @@ pub(crate) trait Protocol: Send + Sync + 'static {
     /// flight and returns.
     fn serve(
         self: Arc<Self>,
-        stream: TcpStream,
+        stream: Stream,
         peer: SocketAddr,
         stop: CancellationToken,
     ) -> impl Future<Output = ()> + Send;
@@ -79,8 +92,15 @@ pub(crate) struct Stats {
 pub(crate) async fn serve<P: Protocol>(
     acceptor: Acceptor,
     protocol: Arc<P>,
+    tls: Option<Tls>,
     stop: CancellationToken,
 ) {
+    // A TLS client cannot read a refusal written in the clear.
+    let refusal = if tls.is_some() {
+        &b""[..]
+    } else {
+        protocol.refusal()
+    };
     let listener = match acceptor.listen() {
         Ok(listener) => listener,
         Err(error) => {
@@ -91,22 +111,38 @@ pub(crate) async fn serve<P: Protocol>(
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept(protocol.refusal()) => accepted,
+            accepted = listener.accept(refusal) => accepted,
             () = stop.cancelled() => break,
         };
         listener.stats.received.fetch_add(1, Ordering::Relaxed);
         let Some(slot) = listener.slots.try_take() else {
             listener.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            refuse(stream, protocol.refusal());
+            refuse(stream, refusal);
             continue;
         };
         let span = tracing::info_span!("connection", protocol = protocol.name(), client = %peer);
         let protocol = protocol.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         connections.spawn(
             async move {
                 let _slot = slot;
                 tracing::debug!("connected");
+                let stream = match tls {
+                    None => Stream::Plain(stream),
+                    Some(tls) => match handshake(stream, &tls).await {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            tracing::debug!(%error, "TLS handshake failed; connection closed");
+                            metrics::counter!(
+                                crate::metrics::TLS_HANDSHAKE_FAILURES,
+                                "protocol" => protocol.name()
+                            )
+                            .increment(1);
+                            return;
+                        }
+                    },
+                };
                 protocol.serve(stream, peer, stop).await;
                 tracing::debug!("disconnected");
             }
@@ -116,6 +152,23 @@ pub(crate) async fn serve<P: Protocol>(
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// The TLS handshake of a new connection, within the handshake timeout. A
+/// client that is not speaking TLS (a plaintext request) fails it at once.
+async fn handshake(stream: TcpStream, tls: &Tls) -> std::io::Result<Stream> {
+    let accept = tls.server.acceptor().accept(stream);
+    match tokio::time::timeout(tls.handshake_timeout, accept).await {
+        Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream))),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no TLS handshake within {} (--request-timeout)",
+                humantime::format_duration(tls.handshake_timeout)
+            ),
+        )),
+    }
 }
 
 /// Tells a client beyond the connection limit so and closes its connection.

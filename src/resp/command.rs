@@ -28,11 +28,13 @@ pub enum Command {
     Hello {
         /// The protocol asked for, if any.
         protover: Option<Bytes>,
+        /// Credentials to authenticate with first.
+        auth: Option<Credentials>,
         /// A connection name to set.
         setname: Option<Bytes>,
     },
-    /// `AUTH [user] password`: accepted; the proxy does not authenticate clients.
-    Auth,
+    /// `AUTH [user] password` (no user: `default`).
+    Auth(Credentials),
     /// `SELECT index`
     Select(Bytes),
     /// `CLIENT subcommand ...`
@@ -43,6 +45,25 @@ pub enum Command {
     Info(Vec<Bytes>),
     /// A request that is answered with this error.
     Refused(Reply),
+}
+
+/// A user name and password sent with `AUTH` or `HELLO … AUTH`. `Debug` leaves
+/// the password out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user's name.
+    pub user: Bytes,
+    /// The password.
+    pub password: Bytes,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"***")
+            .finish()
+    }
 }
 
 /// Which command a [`Spec`] describes, to parse its arguments by.
@@ -168,7 +189,7 @@ pub const SUPPORTED: &[Spec] = &[
         -2,
         &["fast"],
         NO_KEYS,
-        "Accepted and ignored: the proxy does not authenticate clients.",
+        "Authenticates the connection (accepted as is when no password or users are configured).",
     ),
     spec(
         Kind::Select,
@@ -239,7 +260,11 @@ impl Command {
             Kind::Reset => Command::Reset,
             Kind::Hello => parse_hello(args),
             Kind::Auth if n > 3 => Command::Refused(Reply::error("ERR syntax error")),
-            Kind::Auth => Command::Auth,
+            Kind::Auth => {
+                let password = args.pop().expect("arity -2");
+                let user = args.pop().unwrap_or_else(|| Bytes::from_static(b"default"));
+                Command::Auth(Credentials { user, password })
+            }
             Kind::Select => Command::Select(first(args).expect("arity 2")),
             Kind::Client => Command::Client(args),
             Kind::Command => Command::Describe(args),
@@ -257,16 +282,17 @@ fn wrong_arity(name: &str) -> Command {
 fn parse_hello(args: Vec<Bytes>) -> Command {
     let mut args = args.into_iter();
     let protover = args.next();
-    let mut setname = None;
+    let (mut auth, mut setname) = (None, None);
     while let Some(option) = args.next() {
         match &option.to_ascii_lowercase()[..] {
-            b"auth" => {
-                if args.next().is_none() || args.next().is_none() {
+            b"auth" => match (args.next(), args.next()) {
+                (Some(user), Some(password)) => auth = Some(Credentials { user, password }),
+                _ => {
                     return Command::Refused(Reply::error(
                         "ERR Syntax error in HELLO option 'auth'",
                     ));
                 }
-            }
+            },
             b"setname" => match args.next() {
                 Some(name) => setname = Some(name),
                 None => {
@@ -283,7 +309,11 @@ fn parse_hello(args: Vec<Bytes>) -> Command {
             }
         }
     }
-    Command::Hello { protover, setname }
+    Command::Hello {
+        protover,
+        auth,
+        setname,
+    }
 }
 
 /// The error for any command the proxy does not serve.
@@ -358,11 +388,33 @@ mod tests {
     }
 
     #[test]
+    fn auth_names_default_without_a_user_and_hides_the_password() {
+        let Command::Auth(credentials) = parse(&["AUTH", "pw"]) else {
+            panic!("AUTH parses");
+        };
+        assert_eq!(credentials.user, Bytes::from("default"));
+        assert_eq!(credentials.password, Bytes::from("pw"));
+        let Command::Auth(credentials) = parse(&["auth", "app", "s3cret"]) else {
+            panic!("AUTH parses");
+        };
+        assert_eq!(credentials.user, Bytes::from("app"));
+        assert!(!format!("{credentials:?}").contains("s3cret"));
+        assert!(matches!(
+            parse(&["AUTH", "a", "b", "c"]),
+            Command::Refused(_)
+        ));
+    }
+
+    #[test]
     fn hello_options_are_parsed() {
         assert_eq!(
             parse(&["HELLO", "3", "AUTH", "u", "p", "SETNAME", "n"]),
             Command::Hello {
                 protover: Some(Bytes::from("3")),
+                auth: Some(Credentials {
+                    user: Bytes::from("u"),
+                    password: Bytes::from("p"),
+                }),
                 setname: Some(Bytes::from("n")),
             }
         );

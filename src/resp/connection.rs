@@ -115,7 +115,12 @@ pub(super) async fn serve<S, T>(
         stream,
         resp,
         stack: resp.stack.clone(),
-        session: Session::new(resp.next_id.fetch_add(1, Ordering::Relaxed), peer, local),
+        session: Session::new(
+            resp.next_id.fetch_add(1, Ordering::Relaxed),
+            peer,
+            local,
+            resp.access.initial(),
+        ),
         decoder: Decoder::default(),
         input: BytesMut::with_capacity(INPUT_CAPACITY),
         output: Output::with_capacity(INPUT_CAPACITY),
@@ -598,6 +603,7 @@ mod tests {
                 databases: databases(),
                 connections: (Slots::new(4), Arc::default()),
                 port: 6380,
+                access: crate::auth::Access::open(),
             },
         ))
     }

@@ -40,15 +40,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
+use crate::auth::Access;
 use crate::cache::Cache;
 use crate::limit::Slots;
 use crate::lookup::{Error, Key, Lookup};
 use crate::metrics::Counting;
-use crate::net::{Protocol, Stats};
+use crate::net::{Protocol, Stats, Stream};
 
 pub use decode::{Decoder, ProtocolError};
 use reply::Reply;
@@ -67,6 +67,8 @@ pub(crate) struct Resp<S> {
     databases: Databases,
     info: info::Sources,
     next_id: AtomicU64,
+    /// Who may read, and what.
+    access: Access,
 }
 
 /// What one connection may hold, and for how long.
@@ -181,6 +183,8 @@ pub(crate) struct Settings {
     pub(crate) connections: (Slots, Arc<Stats>),
     /// The listener's port, for `INFO server`.
     pub(crate) port: u16,
+    /// Client authentication and key permissions.
+    pub(crate) access: Access,
 }
 
 impl<S> Resp<S> {
@@ -202,6 +206,7 @@ impl<S> Resp<S> {
                 started: Instant::now(),
             },
             next_id: AtomicU64::new(1),
+            access: settings.access,
         }
     }
 
@@ -241,7 +246,7 @@ where
         b"-ERR max number of clients reached\r\n"
     }
 
-    async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
+    async fn serve(self: Arc<Self>, stream: Stream, peer: SocketAddr, stop: CancellationToken) {
         let local = stream.local_addr().unwrap_or(peer);
         connection::serve(stream, peer, local, &self, stop).await;
     }

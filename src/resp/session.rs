@@ -5,13 +5,15 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::command::{self, Command, SUPPORTED, Spec, printable};
+use super::command::{self, Command, Credentials, SUPPORTED, Spec, printable};
 use super::reply::{Protocol, Reply};
 use super::{Databases, Resp};
+use crate::auth::{Front, User};
 use crate::lookup::Key;
 
 /// The version `HELLO` and `INFO` report: the Redis command set the proxy follows.
@@ -44,10 +46,25 @@ pub(super) struct Session {
     /// What the client said of itself with `CLIENT SETINFO`.
     library: (Option<Bytes>, Option<Bytes>),
     started: Instant,
+    /// Who the client is: `None` until it authenticates, when it must.
+    user: Option<Arc<User>>,
 }
 
+/// The reply to a command sent before authenticating.
+const NOAUTH: &str = "NOAUTH Authentication required.";
+/// The reply to wrong credentials, or those of a disabled user.
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+/// The reply to a read of a key outside the user's patterns.
+const NOPERM: &str = "NOPERM No permissions to access a key";
+
 impl Session {
-    pub(super) fn new(id: u64, peer: SocketAddr, local: SocketAddr) -> Self {
+    /// A new connection's session, as `user` (`None`: not authenticated yet).
+    pub(super) fn new(
+        id: u64,
+        peer: SocketAddr,
+        local: SocketAddr,
+        user: Option<Arc<User>>,
+    ) -> Self {
         Self {
             id,
             peer,
@@ -57,6 +74,7 @@ impl Session {
             db: None,
             library: (None, None),
             started: Instant::now(),
+            user,
         }
     }
 
@@ -67,27 +85,30 @@ impl Session {
         keys: &mut VecDeque<Key>,
         resp: &Resp<S>,
     ) -> Planned {
+        let Some(user) = &self.user else {
+            return Planned::Reply(self.unauthenticated(command, resp), self.protocol);
+        };
         let reply = match command {
-            Command::Get(name) => {
+            Command::Get(name) if user.may_read(&name) => {
                 keys.push_back(Key::in_db(self.db, name));
                 return Planned::Get(self.protocol);
             }
-            Command::MGet(names) => {
+            Command::MGet(names) if user.may_read_all(names.iter().map(|n| &n[..])) => {
                 let n = names.len();
                 keys.extend(names.into_iter().map(|name| Key::in_db(self.db, name)));
                 return Planned::MGet(n, self.protocol);
             }
+            Command::Get(_) | Command::MGet(_) => Reply::error(NOPERM),
             Command::Ping(None) => Reply::Simple("PONG"),
             Command::Ping(Some(message)) | Command::Echo(message) => Reply::Bulk(message),
             Command::Quit => Reply::OK,
-            Command::Reset => {
-                self.protocol = Protocol::Resp2;
-                self.name = None;
-                self.db = None;
-                Reply::Simple("RESET")
-            }
-            Command::Hello { protover, setname } => self.hello(protover, setname),
-            Command::Auth => Reply::OK,
+            Command::Reset => self.reset(resp),
+            Command::Hello {
+                protover,
+                auth,
+                setname,
+            } => self.hello(protover, auth, setname, resp),
+            Command::Auth(credentials) => self.auth(&credentials, resp),
             Command::Select(index) => match resp.databases.parse(&index) {
                 Ok(db) => match resp.databases.known(db) {
                     Some(Ok(db)) => {
@@ -107,12 +128,65 @@ impl Session {
         Planned::Reply(reply, self.protocol)
     }
 
+    /// What a client that has not authenticated may do: authenticate, say
+    /// hello, leave, reset. Errors of the request itself (an unknown command, a
+    /// wrong number of arguments) come first, as with Redis.
+    fn unauthenticated<S>(&mut self, command: Command, resp: &Resp<S>) -> Reply {
+        match command {
+            Command::Auth(credentials) => self.auth(&credentials, resp),
+            Command::Hello {
+                protover,
+                auth,
+                setname,
+            } => self.hello(protover, auth, setname, resp),
+            Command::Quit => Reply::OK,
+            Command::Reset => self.reset(resp),
+            Command::Refused(reply) => reply,
+            _ => Reply::error(NOAUTH),
+        }
+    }
+
+    /// `AUTH`: with authentication off, accepted as is; else the connection
+    /// becomes the user, or stays as it was on wrong credentials.
+    fn auth<S>(&mut self, credentials: &Credentials, resp: &Resp<S>) -> Reply {
+        if !resp.access.required() {
+            return Reply::OK;
+        }
+        match resp.access.authenticate(
+            Front::Resp,
+            self.peer,
+            &credentials.user,
+            &credentials.password,
+        ) {
+            Some(user) => {
+                self.user = Some(user);
+                Reply::OK
+            }
+            None => Reply::error(WRONGPASS),
+        }
+    }
+
+    /// `RESET`: RESP2, no name, the URL's database, and not authenticated.
+    fn reset<S>(&mut self, resp: &Resp<S>) -> Reply {
+        self.protocol = Protocol::Resp2;
+        self.name = None;
+        self.db = None;
+        self.user = resp.access.initial();
+        Reply::Simple("RESET")
+    }
+
     /// Switches to database `db`, which the backend has confirmed.
     pub(super) fn select(&mut self, db: Option<u16>) {
         self.db = db;
     }
 
-    fn hello(&mut self, protover: Option<Bytes>, setname: Option<Bytes>) -> Reply {
+    fn hello<S>(
+        &mut self,
+        protover: Option<Bytes>,
+        auth: Option<Credentials>,
+        setname: Option<Bytes>,
+        resp: &Resp<S>,
+    ) -> Reply {
         // Validate everything before changing anything, as Redis does.
         let protocol = match protover {
             None => self.protocol,
@@ -128,6 +202,12 @@ impl Session {
                 }
             },
         };
+        if let Some(credentials) = auth {
+            let reply = self.auth(&credentials, resp);
+            if reply != Reply::OK {
+                return reply;
+            }
+        }
         if let Some(Err(reply)) = setname.map(|name| self.set_name(name)) {
             return reply;
         }
@@ -209,7 +289,7 @@ impl Session {
         format!(
             "id={id} addr={peer} laddr={local} fd=-1 name={name} age={age} idle=0 flags=N \
              db={db} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 \
-             rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user=default \
+             rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user={user} \
              redir=-1 resp={resp} lib-name={lib} lib-ver={ver}\n",
             id = self.id,
             peer = self.peer,
@@ -217,6 +297,7 @@ impl Session {
             name = text(&self.name),
             db = databases.index(self.db),
             resp = self.protover(),
+            user = self.user.as_ref().map_or("default", |user| user.name()),
             lib = text(&self.library.0),
             ver = text(&self.library.1),
         )

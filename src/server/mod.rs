@@ -14,6 +14,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Gauges, Render};
+use crate::auth::Access;
 use crate::backend::{self, Health, Invalidation, InvalidationSink, RedisService};
 use crate::cache::Cache;
 use crate::config::{Config, InvalidationMode, ListenAddr};
@@ -23,6 +24,7 @@ use crate::metrics::{self, Requests};
 use crate::net::{self, Listener};
 use crate::resp::{self, Resp};
 use crate::task::AbortOnDrop;
+use crate::tls::{ClientFiles, ClientTls, ServerFiles, ServerTls};
 use crate::worker::Workers;
 
 /// Connections the admin listener takes at most: probes and scrapers, not clients.
@@ -51,6 +53,9 @@ pub enum Error {
     /// The worker threads could not start.
     #[error("cannot start the worker threads: {0}")]
     Workers(#[source] std::io::Error),
+    /// A TLS certificate, key or CA file cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::Error),
 }
 
 /// A proxy with its listeners bound, ready to serve.
@@ -62,6 +67,37 @@ pub struct Proxy {
     admin: Listener,
     workers: usize,
     render: Render,
+    access: Access,
+    tls: Option<Arc<ServerTls>>,
+}
+
+/// Re-reads the listeners' TLS certificate, key and client CA (see
+/// [`Proxy::tls_reloader`]). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TlsReloader {
+    tls: Option<Arc<ServerTls>>,
+}
+
+impl TlsReloader {
+    /// Reads the files again: connections accepted from now on use them,
+    /// established ones keep theirs. Returns the new certificate's expiry
+    /// (`YYYY-MM-DD HH:MM:SS UTC`) when it can be read, and `Ok(None)` as well
+    /// when the proxy has no TLS.
+    ///
+    /// # Errors
+    ///
+    /// When a file cannot be used; the files loaded before stay in use.
+    pub fn reload(&self) -> Result<Option<String>, Error> {
+        match &self.tls {
+            Some(tls) => Ok(tls.reload()?.expires),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the proxy has TLS to reload.
+    pub fn is_enabled(&self) -> bool {
+        self.tls.is_some()
+    }
 }
 
 impl std::fmt::Debug for Proxy {
@@ -95,6 +131,23 @@ impl Proxy {
             .max_bytes(config.effective_cache_max_bytes().bytes())
             .max_value_bytes(config.effective_cache_max_value_bytes().bytes())
             .build();
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let (tls, loaded) = ServerTls::load(ServerFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: config.tls_client_ca.clone(),
+                })?;
+                tracing::info!(
+                    certificate = %cert.display(),
+                    expires = loaded.expires.as_deref().unwrap_or("unknown"),
+                    client_certificates = config.tls_client_ca.is_some(),
+                    "TLS on the HTTP and RESP listeners"
+                );
+                Some(Arc::new(tls))
+            }
+            _ => None,
+        };
         let mut backend = RedisService::builder(config.redis_url.as_str())
             .pool_size(config.redis_pool_size.get())
             .connect_timeout(config.redis_connect_timeout)
@@ -102,6 +155,16 @@ impl Proxy {
             .workers(workers);
         if config.invalidation == InvalidationMode::Tracking {
             backend = backend.tracking(invalidation_sink(cache.clone()));
+        }
+        if config.redis_url.is_tls() {
+            let files = ClientFiles {
+                ca: config.redis_tls_ca.clone(),
+                cert_and_key: config
+                    .redis_tls_cert
+                    .clone()
+                    .zip(config.redis_tls_key.clone()),
+            };
+            backend = backend.tls(ClientTls::load(&files)?);
         }
         let backend = backend.build().map_err(Error::Backend)?;
         let mut stack = StackBuilder::new(backend)
@@ -135,6 +198,7 @@ impl Proxy {
         let resp = bind("--resp-addr", config.resp_addr.clone(), fitted[1], workers).await?;
         let admin = bind("--admin-addr", config.admin_addr.clone(), fitted[2], 1).await?;
         Ok(Self {
+            access: Access::from_config(&config),
             config,
             stack,
             http,
@@ -142,7 +206,16 @@ impl Proxy {
             admin,
             workers,
             render: Arc::new(String::new),
+            tls,
         })
+    }
+
+    /// A handle that re-reads the listeners' TLS files, for a reload signal
+    /// (the binary's SIGHUP).
+    pub fn tls_reloader(&self) -> TlsReloader {
+        TlsReloader {
+            tls: self.tls.clone(),
+        }
     }
 
     /// Serves `/metrics` with `render`, which returns the text exposition of the
@@ -192,6 +265,8 @@ impl Proxy {
             admin,
             workers,
             render,
+            access,
+            tls,
         } = self;
         let workers = Workers::start(workers).map_err(Error::Workers)?;
         log_startup(
@@ -266,6 +341,7 @@ impl Proxy {
                 databases,
                 connections: (resp.slots().clone(), resp.stats().clone()),
                 port: resp_addr.port(),
+                access: access.clone(),
             },
         ));
         // A client must send its request headers within the request timeout.
@@ -273,7 +349,9 @@ impl Proxy {
         // The key path without a router: every request is a key lookup, on the
         // connection's own handle to the stack.
         let counting = requests.counting(metrics::Protocol::Http);
-        let key_service = move || http::KeyService::new(stack.clone(), counting.clone());
+        let key_service = move |peer| {
+            http::KeyService::new(stack.clone(), counting.clone(), access.clone(), peer)
+        };
         let http_protocol = Arc::new(Hyper::new("http", key_service, header_timeout));
         let admin_router = admin::router(
             Arc::new(move || health.check()),
@@ -291,23 +369,28 @@ impl Proxy {
             .map(|(worker, (http, resp))| {
                 let (http_protocol, resp_protocol) = (http_protocol.clone(), resp_protocol.clone());
                 let stop = stop.clone();
+                let tls = tls.clone().map(|server| net::Tls {
+                    server,
+                    handshake_timeout: config.request_timeout,
+                });
                 workers.spawn(worker, async move {
                     tokio::join!(
-                        net::serve(http, http_protocol, stop.clone()),
-                        net::serve(resp, resp_protocol, stop),
+                        net::serve(http, http_protocol, tls.clone(), stop.clone()),
+                        net::serve(resp, resp_protocol, tls, stop),
                     );
                 })
             })
             .collect();
         let admin_protocol = Arc::new(Hyper::new(
             "admin",
-            move || TowerToHyperService::new(admin_router.clone()),
+            move |_| TowerToHyperService::new(admin_router.clone()),
             header_timeout,
         ));
         for acceptor in admin.into_acceptors() {
             serving.push(tokio::spawn(net::serve(
                 acceptor,
                 admin_protocol.clone(),
+                None,
                 stop.clone(),
             )));
         }
@@ -373,8 +456,18 @@ fn log_startup(
         shutdown_grace = %humantime::format_duration(config.shutdown_grace),
         log_format = %config.log_format,
         worker_threads,
+        client_password = if config.client_password.is_some() { "***" } else { "none" },
+        users = config.users.len(),
+        tls_cert = %path_or_none(config.tls_cert.as_deref()),
+        tls_client_ca = %path_or_none(config.tls_client_ca.as_deref()),
+        redis_tls_ca = %path_or_none(config.redis_tls_ca.as_deref()),
         "listening"
     );
+}
+
+/// A file option for the startup line.
+fn path_or_none(path: Option<&std::path::Path>) -> std::borrow::Cow<'_, str> {
+    path.map_or("none".into(), |path| path.to_string_lossy())
 }
 
 /// Binds and serves `config` until `shutdown` completes; see [`Proxy`]. `/metrics`

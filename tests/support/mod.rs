@@ -4,12 +4,14 @@
 //! client would.
 #![allow(dead_code, unused_imports)] // each test file uses a different part of the harness
 
+mod pki;
 mod proxy;
 mod redis_server;
 mod relay;
 
+pub use pki::{Pki, TlsStream, tls_connect};
 pub use proxy::{Proxy, ProxyBuilder};
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisServer, TlsRedisServer};
 pub use relay::Relay;
 
 use std::net::{SocketAddr, TcpListener};

@@ -156,3 +156,105 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A `redis-server` that speaks only TLS (`--port 0 --tls-port P`), with the
+/// certificates of `pki`; talked to with `redis-cli --tls`. Killed on drop.
+pub struct TlsRedisServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    /// `--cacert`, and with client authentication `--cert`/`--key`, for redis-cli.
+    cli_tls: Vec<String>,
+}
+
+impl TlsRedisServer {
+    /// Starts the server; with `auth_clients`, clients must present a
+    /// certificate the CA signed (`tls-auth-clients yes`).
+    pub fn start(pki: &super::Pki, auth_clients: bool) -> Self {
+        let (client_cert, client_key) = pki.client("redis-cli");
+        let cli_tls: Vec<String> = [
+            "--tls".into(),
+            "--cacert".into(),
+            pki.ca().display().to_string(),
+            "--cert".into(),
+            client_cert.display().to_string(),
+            "--key".into(),
+            client_key.display().to_string(),
+        ]
+        .into();
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!(
+                "redis-proxy-test-tls-{}-{port}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).expect("create redis dir");
+            let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+            let child = Command::new(binary)
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--tls-cert-file")
+                .arg(pki.server_cert())
+                .arg("--tls-key-file")
+                .arg(pki.server_key())
+                .arg("--tls-ca-cert-file")
+                .arg(pki.ca())
+                .args([
+                    "--tls-auth-clients",
+                    if auth_clients { "yes" } else { "no" },
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            let mut server = Self {
+                child,
+                port,
+                dir,
+                cli_tls: cli_tls.clone(),
+            };
+            let ready = wait_until(Duration::from_secs(5), || {
+                matches!(server.child.try_wait(), Ok(Some(_)))
+                    || server.try_cli(&["PING"]).is_some_and(|out| out == "PONG")
+            });
+            if ready && matches!(server.child.try_wait(), Ok(None)) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start with TLS (is it built with TLS?)");
+    }
+
+    /// `rediss://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs a command with redis-cli over TLS; its output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|| panic!("redis-cli {args:?} over TLS failed"))
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let output = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.cli_tls)
+            .args(args)
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for TlsRedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
