@@ -135,8 +135,9 @@ run-docker: ## Redis and the proxy with docker compose on 127.0.0.1 (Ctrl-C stop
 	$(DC) down --remove-orphans >/dev/null 2>&1 || true; \
 	exit $$status
 
-bench: ## Benchmark hits, misses and memory against redis-server, twemproxy, webdis and bare hyper (ratios)
+bench: ## Benchmark hits, misses, memory and transparent mode against redis-server, twemproxy, webdis and bare hyper (ratios)
 	scripts/bench.sh
+	scripts/bench-forward.sh
 
 soak: ## Mixed HTTP+RESP load with churn for SOAK_SECONDS (300), sampling RSS and fds
 	scripts/soak.sh

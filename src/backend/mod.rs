@@ -38,7 +38,7 @@ use crate::lookup::Key;
 pub use health::{Health, run_pinger};
 pub use url::RedisUrl;
 
-use pool::Manager;
+pub(crate) use pool::{Manager, RawStream};
 
 /// Why a key could not be read from Redis, inside this module.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -228,6 +228,10 @@ struct Shared {
     wait_timeout: Duration,
     latency: metrics::Histogram,
     errors: metrics::Counter,
+    /// How connections are opened: for the forwarding path's own.
+    manager: Manager,
+    /// Transparent mode, when on: what cached reads other than `GET` run on.
+    forwarding: std::sync::OnceLock<Arc<crate::forward::Forwarding>>,
 }
 
 /// What one thread's misses go through: a pool and a batch queue of its own.
@@ -292,6 +296,8 @@ impl RedisService {
                 wait_timeout: options.response_timeout,
                 latency: metrics::histogram!("redis_proxy_backend_request_duration_seconds"),
                 errors: metrics::counter!("redis_proxy_backend_errors_total"),
+                manager,
+                forwarding: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -343,8 +349,29 @@ impl RedisService {
         handle.query::<String>(&redis::cmd("PING")).await.map(drop)
     }
 
+    /// How the service opens connections to Redis.
+    pub(crate) fn manager(&self) -> &Manager {
+        &self.shared.manager
+    }
+
+    /// Serves cached reads other than `GET` (see [`Key::query`]) through
+    /// transparent mode's shared connections.
+    pub(crate) fn set_forwarding(&self, forwarding: Arc<crate::forward::Forwarding>) {
+        let _ = self.shared.forwarding.set(forwarding);
+    }
+
     async fn get(self, key: Key) -> Result<Option<Bytes>, crate::Error> {
         let start = std::time::Instant::now();
+        if key.query_target().is_some() {
+            let Some(forwarding) = self.shared.forwarding.get() else {
+                return Err(crate::Error::internal(
+                    "a cached read without transparent mode",
+                ));
+            };
+            let result = forwarding.clone().fetch(key).await;
+            self.shared.latency.record(start.elapsed().as_secs_f64());
+            return result;
+        }
         let (reply, first) = self.lane().queue.join(key);
         if first {
             tokio::spawn(self.clone().flush());

@@ -29,6 +29,14 @@ use super::RedisUrl;
 use super::{Error, Invalidation, InvalidationSink, Options};
 use crate::task::AbortOnDrop;
 
+/// A byte stream to Redis: TCP, or TLS over it.
+pub(crate) trait RawStream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawStream for T {}
+
 /// Opens connections to one Redis for bb8.
 #[derive(Clone)]
 pub(crate) struct Manager {
@@ -71,7 +79,7 @@ impl Manager {
     /// # Errors
     ///
     /// Returns redis-rs's error when the URL is not usable.
-    pub(crate) fn new(url: &RedisUrl, options: &Options) -> Result<Self, RedisError> {
+    pub(super) fn new(url: &RedisUrl, options: &Options) -> Result<Self, RedisError> {
         let mut info = url.plain().as_str().into_connection_info()?;
         let mut config =
             AsyncConnectionConfig::new().set_response_timeout(Some(options.response_timeout));
@@ -139,6 +147,51 @@ impl Manager {
         let text = std::str::from_utf8(line.get(..n)?).ok()?;
         let reason = text.strip_prefix('-')?.lines().next()?.trim();
         (!reason.is_empty()).then(|| reason.to_owned())
+    }
+
+    /// A connection to Redis that is not redis-rs's: TCP (and TLS for
+    /// `rediss://`) within the connect timeout, no handshake. The forwarding
+    /// path speaks RESP on it itself (see `crate::forward`).
+    pub(crate) async fn open_raw(&self) -> Result<Box<dyn RawStream>, Error> {
+        let (host, port) = match self.info.addr() {
+            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+            other => {
+                return Err(Error::Unavailable(format!(
+                    "cannot connect to {other}: only redis:// addresses are supported"
+                )));
+            }
+        };
+        let stream = self.connect_tcp(&host, port).await?;
+        match &self.tls {
+            None => Ok(Box::new(stream)),
+            Some(tls) => {
+                let handshake = tls.connect(&host, stream);
+                match tokio::time::timeout(self.handshake_timeout, handshake).await {
+                    Ok(Ok(stream)) => Ok(Box::new(stream)),
+                    Ok(Err(error)) => Err(Error::Unavailable(format!(
+                        "TLS handshake with Redis failed: {error}"
+                    ))),
+                    Err(_) => Err(Error::Unavailable(
+                        "no TLS handshake with Redis within --request-timeout".into(),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The user, password and database a connection authenticates and selects.
+    pub(crate) fn login(&self) -> (Option<String>, Option<String>, i64) {
+        let settings = self.info.redis_settings();
+        (
+            settings.username().map(str::to_owned),
+            settings.password().map(str::to_owned),
+            settings.db(),
+        )
+    }
+
+    /// The bound on a handshake and on waiting for a reply.
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.handshake_timeout
     }
 
     async fn open(&self) -> Result<MultiplexedConnection, Error> {

@@ -14,7 +14,6 @@ mod policy;
 mod s3fifo;
 mod service;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -27,7 +26,7 @@ pub use policy::{CachePolicy, Stats};
 pub use service::{CacheLayer, CacheService, ResponseFuture};
 
 use policy::Store;
-use service::Flight;
+use service::Flights;
 
 /// A cheap, cloneable handle to one shared store (LRU or S3-FIFO, one TTL) and
 /// to the fetches in flight for it.
@@ -43,7 +42,7 @@ pub struct Cache {
 #[derive(Debug)]
 struct Shared {
     store: Store,
-    flights: Mutex<HashMap<Key, Flight>>,
+    flights: Mutex<Flights>,
     ttl: Duration,
     max_value_bytes: usize,
 }
@@ -130,34 +129,47 @@ impl Cache {
 
     /// How many fetches are in flight.
     pub fn fetches_in_flight(&self) -> usize {
-        self.flights().len()
+        self.flights().live.len()
     }
 
-    /// Drops `keys` (the backend said they changed), and keeps fetches of them
-    /// that are in flight from caching what they bring.
+    /// Drops `keys` (the backend said they changed), with every reply cached
+    /// for reads of them (transparent mode), and keeps fetches of them that are
+    /// in flight from caching what they bring: such a fetch is detached, so a
+    /// miss that comes after the change starts a fetch of its own instead of
+    /// waiting for a value that may predate it.
     pub fn invalidate(&self, keys: &[Key]) {
         // Lock order, everywhere: flights, then the store.
         let mut flights = self.flights();
         for key in keys {
             self.shared.store.remove(key);
-            if let Some(flight) = flights.get_mut(key) {
-                flight.invalidate();
+            flights.detach(key);
+            for query in flights.queries.remove(key.name()).unwrap_or_default() {
+                self.shared.store.remove(&query);
+                flights.detach(&query);
             }
         }
     }
 
     /// Drops `names` in every database, and keeps fetches of them in flight from
-    /// caching: what Redis's invalidation messages ask, since they name keys but
-    /// not their databases.
+    /// caching (see [`Cache::invalidate`]): what Redis's invalidation messages
+    /// ask, since they name keys but not their databases.
     pub fn invalidate_everywhere(&self, names: &[Bytes]) {
         let mut flights = self.flights();
         for name in names {
             self.shared.store.remove_everywhere(name);
-        }
-        for (key, flight) in flights.iter_mut() {
-            if names.iter().any(|name| name == key.name()) {
-                flight.invalidate();
+            for query in flights.queries.remove(name).unwrap_or_default() {
+                self.shared.store.remove(&query);
+                flights.detach(&query);
             }
+        }
+        let fetching: Vec<Key> = flights
+            .live
+            .keys()
+            .filter(|key| names.iter().any(|name| name == key.name()))
+            .cloned()
+            .collect();
+        for key in &fetching {
+            flights.detach(key);
         }
     }
 
@@ -165,8 +177,10 @@ impl Cache {
     pub fn flush(&self) {
         let mut flights = self.flights();
         self.shared.store.clear();
-        for flight in flights.values_mut() {
-            flight.invalidate();
+        flights.queries.clear();
+        let fetching: Vec<Key> = flights.live.keys().cloned().collect();
+        for key in &fetching {
+            flights.detach(key);
         }
     }
 
@@ -207,6 +221,18 @@ impl Cache {
     /// are never served, but they hold memory until they are read, pushed out,
     /// or swept by this.
     pub fn reclaim_expired(&self) -> usize {
+        {
+            // The index of cached reads keeps keys whose entries the policy has
+            // evicted since; past a bound, the cached reads are dropped with
+            // it (they are fetched again), so it cannot grow without end.
+            let mut flights = self.flights();
+            if flights.queries.len() > self.shared.store.len() + 1024 {
+                let queries = std::mem::take(&mut flights.queries);
+                for query in queries.into_values().flatten() {
+                    self.shared.store.remove(&query);
+                }
+            }
+        }
         self.shared.store.reclaim_expired(Instant::now())
     }
 
@@ -249,7 +275,7 @@ impl Cache {
         self.shared.ttl
     }
 
-    fn flights(&self) -> MutexGuard<'_, HashMap<Key, Flight>> {
+    fn flights(&self) -> MutexGuard<'_, Flights> {
         self.shared
             .flights
             .lock()

@@ -16,6 +16,7 @@
 //! [`Error::Internal`], and the next miss fetches afresh) or the runtime
 //! shutting down.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -34,9 +35,74 @@ use crate::lookup::{Error, Key, Lookup, Source};
 /// What one fetch ends with, as every waiter receives it.
 type Outcome = Result<Option<Bytes>, Error>;
 
+/// The fetches in progress, and the cached reads of each key (transparent
+/// mode), under one lock.
+#[derive(Debug, Default)]
+pub(super) struct Flights {
+    /// The fetch a miss for a key waits for.
+    pub(super) live: HashMap<Key, Flight>,
+    /// Fetches of keys invalidated while they ran: they still answer their
+    /// waiters, but no new miss joins them and they cache nothing.
+    detached: HashMap<u64, Flight>,
+    /// For each key name, the cached reads of it (see [`Key::query`]) that are
+    /// cached or being fetched: what a change of the key must drop.
+    pub(super) queries: HashMap<Bytes, Vec<Key>>,
+    next: u64,
+}
+
+/// Cached reads of one key kept in the index at most: past it, they are
+/// dropped from the cache together.
+const QUERIES_PER_KEY: usize = 64;
+
+impl Flights {
+    /// Registers a fetch of `key`; returns its id.
+    fn start(&mut self, key: &Key, store: &super::Store) -> u64 {
+        self.next += 1;
+        let id = self.next;
+        self.live.insert(
+            key.clone(),
+            Flight {
+                id,
+                done: None,
+                invalidated: false,
+            },
+        );
+        if let Some(subject) = key.subject() {
+            let queries = self.queries.entry(subject).or_default();
+            if !queries.contains(key) {
+                if queries.len() >= QUERIES_PER_KEY {
+                    for query in queries.drain(..) {
+                        store.remove(&query);
+                    }
+                }
+                queries.push(key.clone());
+            }
+        }
+        id
+    }
+
+    /// Takes the fetch `id` of `key` out, live or detached.
+    fn land(&mut self, key: &Key, id: u64) -> Option<Flight> {
+        if self.live.get(key).is_some_and(|flight| flight.id == id) {
+            return self.live.remove(key);
+        }
+        self.detached.remove(&id)
+    }
+
+    /// The fetch of `key` in flight, if any, may bring a value older than a
+    /// change: it is kept from caching and later misses no longer join it.
+    pub(super) fn detach(&mut self, key: &Key) {
+        if let Some(mut flight) = self.live.remove(key) {
+            flight.invalidated = true;
+            self.detached.insert(flight.id, flight);
+        }
+    }
+}
+
 /// The fetch of one key in progress, in the cache's in-flight table.
 #[derive(Debug)]
 pub(super) struct Flight {
+    id: u64,
     /// Where the fetch publishes its outcome to later misses for the key. Made by
     /// the first of them: a miss nobody else waits for costs no channel.
     done: Option<watch::Sender<Option<Outcome>>>,
@@ -44,13 +110,6 @@ pub(super) struct Flight {
     /// runs: the value it brings may predate the change, so it is handed to the
     /// waiters but not cached.
     invalidated: bool,
-}
-
-impl Flight {
-    /// The key changed while it was being fetched.
-    pub(super) fn invalidate(&mut self) {
-        self.invalidated = true;
-    }
 }
 
 /// Wraps a backend service with a read-through [`Cache`].
@@ -122,22 +181,18 @@ where
         let ttl = self.cache.ttl();
         let done = {
             let mut flights = self.cache.flights();
-            match flights.get_mut(&key) {
+            match flights.live.get_mut(&key) {
                 Some(flight) => flight
                     .done
                     .get_or_insert_with(|| watch::channel(None).0)
                     .subscribe(),
                 None => {
-                    let flight = Flight {
-                        done: None,
-                        invalidated: false,
-                    };
-                    flights.insert(key.clone(), flight);
+                    let id = flights.start(&key, &self.cache.shared.store);
                     drop(flights);
                     // The ready service goes to the fetch; a fresh clone stays behind.
                     let clone = self.inner.clone();
                     let inner = std::mem::replace(&mut self.inner, clone);
-                    let fetch = Box::pin(fetch(inner, key, self.cache.clone()));
+                    let fetch = Box::pin(fetch(inner, key, id, self.cache.clone()));
                     return ResponseFuture::lead(Lead {
                         fetch: Some(fetch),
                         ttl,
@@ -191,7 +246,7 @@ impl Drop for Lead {
 /// A panic of the inner service is caught here, once: it becomes the outcome
 /// every waiter receives, and the fetch itself never panics, so neither its
 /// leader nor a task it was handed to polls a panicked future again.
-async fn fetch<S>(mut inner: S, key: Key, cache: Cache) -> Outcome
+async fn fetch<S>(mut inner: S, key: Key, id: u64, cache: Cache) -> Outcome
 where
     S: Service<Key, Response = Option<Bytes>>,
     S::Error: Into<Error>,
@@ -200,18 +255,20 @@ where
     /// runtime shutting down): waiters then see their channel close.
     struct Landing {
         key: Key,
+        id: u64,
         cache: Cache,
         landed: bool,
     }
     impl Drop for Landing {
         fn drop(&mut self) {
             if !self.landed {
-                self.cache.flights().remove(&self.key);
+                self.cache.flights().land(&self.key, self.id);
             }
         }
     }
     let mut landing = Landing {
         key: key.clone(),
+        id,
         cache: cache.clone(),
         landed: false,
     };
@@ -229,7 +286,7 @@ where
     // slip in between, and a miss arriving after it finds the value in the cache.
     let flight = {
         let mut flights = cache.flights();
-        let flight = flights.remove(&key);
+        let flight = flights.land(&key, id);
         let invalidated = flight.as_ref().is_some_and(|flight| flight.invalidated);
         if let Ok(Some(value)) = &outcome
             && !invalidated
@@ -585,6 +642,78 @@ mod tests {
             );
             assert_eq!(calls.load(Ordering::SeqCst), 1);
         }
+    }
+
+    #[tokio::test]
+    async fn a_miss_after_an_invalidation_does_not_join_the_older_fetch() {
+        let gate = Arc::new(Semaphore::new(0));
+        let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
+        let before = tokio::spawn(svc.clone().oneshot(Key::from("k")));
+        while svc.cache().fetches_in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The key changes (a write acknowledged to its client); a read after
+        // it must not get what the fetch started before the change brings.
+        svc.cache().invalidate_everywhere(&[Bytes::from("k")]);
+        let after = tokio::spawn(svc.clone().oneshot(Key::from("k")));
+        let second_fetch = async {
+            while calls.load(Ordering::SeqCst) < 2 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), second_fetch)
+            .await
+            .expect("the miss after the change starts a fetch of its own");
+        gate.add_permits(2);
+        assert_eq!(
+            before.await.unwrap().unwrap().value,
+            Some(Bytes::from("v0"))
+        );
+        assert_eq!(after.await.unwrap().unwrap().value, Some(Bytes::from("v1")));
+        assert_eq!(svc.cache().fetches_in_flight(), 0);
+        assert_eq!(
+            svc.cache().get(&Key::from("k")).map(|(value, _)| value),
+            Some(Bytes::from("v1")),
+            "only the fetch started after the change is cached"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_of_a_key_drops_every_cached_read_of_it() {
+        let (mut svc, calls) = service(Duration::from_secs(60), None);
+        let read = |field: &str| {
+            let request = format!(
+                "*3\r\n$4\r\nHGET\r\n$2\r\nu1\r\n${}\r\n{field}\r\n",
+                field.len()
+            );
+            Key::query(None, false, Bytes::from(request)).unwrap()
+        };
+        for field in ["a", "b"] {
+            svc.ready().await.unwrap().call(read(field)).await.unwrap();
+        }
+        let other = Key::query(
+            None,
+            false,
+            Bytes::from_static(b"*2\r\n$4\r\nHLEN\r\n$2\r\nu2\r\n"),
+        )
+        .unwrap();
+        svc.ready()
+            .await
+            .unwrap()
+            .call(other.clone())
+            .await
+            .unwrap();
+        assert!(svc.cache().get(&read("a")).is_some());
+        svc.cache().invalidate_everywhere(&[Bytes::from("u1")]);
+        assert!(svc.cache().get(&read("a")).is_none());
+        assert!(svc.cache().get(&read("b")).is_none());
+        assert!(
+            svc.cache().get(&other).is_some(),
+            "another key's read stays"
+        );
+        svc.cache().invalidate(&[Key::from("u2")]);
+        assert!(svc.cache().get(&other).is_none());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

@@ -176,6 +176,21 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_tls_key: Option<PathBuf>,
+
+    /// Transparent mode: forward every command to Redis, caching a set of reads coherently [env: REDIS_PROXY_FORWARD_COMMANDS] [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_commands: Option<bool>,
+
+    /// In transparent mode, forward admin commands too (CONFIG, FLUSHALL, ...) [env: REDIS_PROXY_FORWARD_ADMIN_COMMANDS] [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_admin_commands: Option<bool>,
+
+    /// In transparent mode, backend connections held for clients in MULTI, blocking reads or subscriptions [env: REDIS_PROXY_MAX_DEDICATED_CONNECTIONS] [default: 256]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_dedicated_connections: Option<u64>,
 }
 
 /// A secret given as a flag: passed on as given to the configuration, shown as

@@ -103,6 +103,14 @@ pub struct Config {
     pub redis_tls_cert: Option<PathBuf>,
     /// PEM private key of `redis_tls_cert`.
     pub redis_tls_key: Option<PathBuf>,
+    /// Transparent mode: every command the proxy does not answer itself is
+    /// forwarded to Redis, and a set of reads is cached coherently.
+    pub forward_commands: bool,
+    /// In transparent mode, admin commands are forwarded too.
+    pub forward_admin_commands: bool,
+    /// In transparent mode, backend connections held for one client's state
+    /// (`MULTI`, a blocking read, subscriptions) at most.
+    pub max_dedicated_connections: NonZeroUsize,
 }
 
 /// One named user (`[[users]]` in the TOML file), as a Redis ACL user.
@@ -166,6 +174,9 @@ impl Default for Config {
             redis_tls_ca: None,
             redis_tls_cert: None,
             redis_tls_key: None,
+            forward_commands: false,
+            forward_admin_commands: false,
+            max_dedicated_connections: NonZeroUsize::new(256).expect("non-zero"),
         }
     }
 }
@@ -329,6 +340,9 @@ impl Config {
         "redis_tls_ca",
         "redis_tls_cert",
         "redis_tls_key",
+        "forward_commands",
+        "forward_admin_commands",
+        "max_dedicated_connections",
     ];
 
     /// Options whose values are always text, read from the environment as is
@@ -607,6 +621,29 @@ mod tests {
         assert_eq!(config.redis_url.as_str(), "redis://127.0.0.1:6379");
         assert_eq!(config.cache_ttl, Duration::from_secs(60));
         assert_eq!(config.effective_max_parallel().get(), 1024);
+    }
+
+    #[test]
+    fn transparent_mode_is_off_unless_a_flag_or_the_environment_turns_it_on() {
+        assert!(!load(&[], &[]).unwrap().forward_commands);
+        assert!(load(&["--forward-commands"], &[]).unwrap().forward_commands);
+        let from_env = load(
+            &[],
+            &[
+                ("REDIS_PROXY_FORWARD_COMMANDS", "true"),
+                ("REDIS_PROXY_MAX_DEDICATED_CONNECTIONS", "8"),
+            ],
+        )
+        .unwrap();
+        assert!(from_env.forward_commands);
+        assert!(!from_env.forward_admin_commands);
+        assert_eq!(from_env.max_dedicated_connections.get(), 8);
+        let flag_wins = load(
+            &["--forward-commands=false"],
+            &[("REDIS_PROXY_FORWARD_COMMANDS", "true")],
+        )
+        .unwrap();
+        assert!(!flag_wins.forward_commands);
     }
 
     #[test]

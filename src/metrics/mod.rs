@@ -247,6 +247,19 @@ pub(crate) fn record_invalidation(keys: Option<usize>) {
     }
 }
 
+/// Counts one command of transparent mode, by name and the path it took:
+/// `shared`, `cached` or `dedicated`.
+pub(crate) fn record_forwarded(command: &[u8], path: &'static str) {
+    let command = String::from_utf8_lossy(&command.to_ascii_lowercase()).into_owned();
+    metrics::counter!("redis_proxy_forwarded_commands_total", "command" => command, "path" => path)
+        .increment(1);
+}
+
+/// Moves the count of dedicated connections in use by `change`.
+pub(crate) fn dedicated_connections(change: i64) {
+    metrics::gauge!("redis_proxy_dedicated_connections").increment(change as f64);
+}
+
 /// Describes every metric to the recorder installed now (its `# HELP` lines).
 pub(crate) fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
@@ -302,6 +315,14 @@ pub(crate) fn describe() {
     describe_counter!(
         "redis_proxy_backend_errors_total",
         "GETs against the backing Redis that failed."
+    );
+    describe_counter!(
+        "redis_proxy_forwarded_commands_total",
+        "Transparent mode: commands for the backend, by name and path (shared, cached, dedicated)."
+    );
+    describe_gauge!(
+        "redis_proxy_dedicated_connections",
+        "Transparent mode: backend connections dedicated to one client's state."
     );
     describe_counter!(
         AUTH_FAILURES,

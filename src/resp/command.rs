@@ -45,6 +45,8 @@ pub enum Command {
     Info(Vec<Bytes>),
     /// A request that is answered with this error.
     Refused(Reply),
+    /// In transparent mode: a command for the backing Redis, name first.
+    Forward(Vec<Bytes>),
 }
 
 /// A user name and password sent with `AUTH` or `HELLO … AUTH`. `Debug` leaves
@@ -234,13 +236,20 @@ pub fn find(name: &[u8]) -> Option<&'static Spec> {
 
 impl Command {
     /// Parses a request; `args` is not empty (the decoder skips empty requests).
-    /// The arguments are moved into the command, not copied.
-    pub fn parse(mut args: Vec<Bytes>) -> Command {
+    /// The arguments are moved into the command, not copied. With `forward`
+    /// (transparent mode), a command the proxy does not answer itself, and
+    /// `COMMAND` (the backend's table is the one that describes what a client
+    /// may send), is for the backend.
+    pub fn parse(mut args: Vec<Bytes>, forward: bool) -> Command {
         // The read path first: a GET costs one comparison.
         if args.len() == 2 && args[0].eq_ignore_ascii_case(b"get") {
             return Command::Get(args.pop().expect("two arguments"));
         }
-        let Some(spec) = find(&args[0]) else {
+        let spec = find(&args[0]);
+        if forward && spec.is_none_or(|spec| spec.kind == Kind::Command) {
+            return Command::Forward(args);
+        }
+        let Some(spec) = spec else {
             return Command::Refused(unsupported(&args));
         };
         let n = args.len() as i64;
@@ -351,6 +360,7 @@ mod tests {
                 .iter()
                 .map(|w| Bytes::copy_from_slice(w.as_bytes()))
                 .collect(),
+            false,
         )
     }
 
@@ -385,6 +395,27 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("'k' 'v'"), "{e}");
+    }
+
+    #[test]
+    fn in_transparent_mode_what_the_proxy_does_not_answer_is_forwarded() {
+        let forwarded = |words: &[&str]| {
+            Command::parse(
+                words
+                    .iter()
+                    .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+                    .collect(),
+                true,
+            )
+        };
+        assert!(matches!(forwarded(&["SET", "k", "v"]), Command::Forward(_)));
+        assert!(matches!(
+            forwarded(&["COMMAND", "DOCS"]),
+            Command::Forward(_)
+        ));
+        assert!(matches!(forwarded(&["NOSUCH"]), Command::Forward(_)));
+        assert_eq!(forwarded(&["GET", "k"]), Command::Get(Bytes::from("k")));
+        assert!(matches!(forwarded(&["PING"]), Command::Ping(None)));
     }
 
     #[test]

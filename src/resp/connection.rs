@@ -20,6 +20,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
+use std::future::Future;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tower::Service;
@@ -27,10 +29,13 @@ use tower::Service;
 use super::command::Command;
 use super::decode::{Decoder, ProtocolError};
 use super::lookups::Lookups;
-use super::output::Output;
+use super::output::{Output, Sink};
 use super::reply::Reply;
 use super::session::{Planned, Session};
 use super::{FREE_INPUT, Resp};
+use crate::forward::Class;
+
+mod relay;
 use crate::lookup::{Error, Key, Lookup};
 use crate::metrics::Tally;
 
@@ -86,6 +91,37 @@ impl Bound {
     }
 }
 
+/// What one batch may hold in transparent mode. Reads through the cache and
+/// writes take different paths to Redis (the cache and its fetches; the
+/// shared connection), so a batch holds one kind or the other: a read after a
+/// write waits for the write's reply (and the invalidation that comes with it),
+/// and a write after a read waits for the read's answer, as if the pipeline
+/// ran on one connection.
+#[derive(Default)]
+struct Order {
+    lookups: bool,
+    writes: bool,
+}
+
+impl Order {
+    /// Whether a request of `class` may join the batch (and it then has).
+    fn admits(&mut self, class: Class) -> bool {
+        match class {
+            Class::Lookup if self.writes => false,
+            Class::Lookup => {
+                self.lookups = true;
+                true
+            }
+            Class::Write if self.lookups => false,
+            Class::Write => {
+                self.writes = true;
+                true
+            }
+            Class::Neutral => true,
+        }
+    }
+}
+
 /// How decoding a batch ended.
 struct Batch {
     /// The batch ends the connection (`QUIT`, or the protocol error).
@@ -128,6 +164,8 @@ pub(super) async fn serve<S, T>(
         lookups: Lookups::default(),
         results: Results::default(),
         held: 0,
+        stash: None,
+        dedicate: None,
     };
     let close = connection.run(&stop).await;
     connection.close(close).await;
@@ -148,6 +186,12 @@ struct Connection<'a, S: Service<Key>, T> {
     results: Results,
     /// Unparsed input counted against the shared bound (see `Resp::hold_input`).
     held: usize,
+    /// Transparent mode: a request decoded but left for the next batch, since
+    /// it may not run beside this batch's (a read after a write).
+    stash: Option<Vec<bytes::Bytes>>,
+    /// Transparent mode: a command that starts a state, served on a dedicated
+    /// connection once the batch before it is answered.
+    dedicate: Option<Vec<bytes::Bytes>>,
 }
 
 impl<S, T> Connection<'_, S, T>
@@ -158,6 +202,12 @@ where
 {
     async fn run(&mut self, stop: &tokio_util::sync::CancellationToken) -> Close {
         loop {
+            if let Some(forwarding) = &self.resp.forwarding
+                && forwarding.table().is_none()
+                && let Err(error) = forwarding.load().await
+            {
+                tracing::warn!(%error, "cannot read the backend's command table");
+            }
             let batch = self.decode();
             if let Err(close) = self.answer().await {
                 return close;
@@ -166,6 +216,11 @@ where
                 return close;
             }
             if let Some(close) = batch.end {
+                return close;
+            }
+            if let Some(first) = self.dedicate.take()
+                && let Err(close) = self.relay(first, stop).await
+            {
                 return close;
             }
             if let Err(close) = self.account_input() {
@@ -187,14 +242,37 @@ where
             end: None,
             more: false,
         };
-        let keys = &mut self.lookups.keys;
-        while keys.len() < self.resp.max_keys {
-            match self.decoder.decode(&mut self.input) {
+        let forward = self.resp.forwarding.is_some();
+        // Transparent mode: what the batch holds so far, to keep reads and
+        // writes apart (see `Order`).
+        let mut order = Order::default();
+        let mut forwarded = 0;
+        while self.lookups.keys.len() + forwarded < self.resp.max_keys {
+            let args = match self.stash.take() {
+                Some(args) => Ok(Some(args)),
+                None => self.decoder.decode(&mut self.input),
+            };
+            match args {
                 Ok(Some(args)) => {
-                    let command = Command::parse(args);
+                    if forward {
+                        let class = self.class(&args);
+                        if !order.admits(class) {
+                            self.stash = Some(args);
+                            batch.more = true;
+                            return batch;
+                        }
+                    }
+                    let command = Command::parse(args, forward);
                     let quit = command == Command::Quit;
+                    let keys = &mut self.lookups.keys;
                     let planned = self.session.plan(command, keys, self.resp);
                     let select = matches!(planned, Planned::Select(_));
+                    if let Planned::Dedicate(args) = planned {
+                        self.dedicate = Some(args);
+                        batch.more = true;
+                        return batch;
+                    }
+                    forwarded += usize::from(matches!(planned, Planned::Forward(_)));
                     self.planned.push_back(planned);
                     if quit {
                         // Its +OK is the last reply; anything after it is ignored.
@@ -219,6 +297,22 @@ where
         batch
     }
 
+    /// Transparent mode: whether a request reads through the cache, may write,
+    /// or neither.
+    fn class(&self, args: &[bytes::Bytes]) -> Class {
+        let name = &args[0];
+        if name.eq_ignore_ascii_case(b"get") || name.eq_ignore_ascii_case(b"mget") {
+            return Class::Lookup;
+        }
+        if super::command::find(name).is_some() && !name.eq_ignore_ascii_case(b"command") {
+            return Class::Neutral;
+        }
+        match &self.resp.forwarding {
+            Some(forwarding) => forwarding.class(args),
+            None => Class::Neutral,
+        }
+    }
+
     /// Looks up the batch's keys and encodes every reply in order, writing what
     /// is encoded while later keys are still being looked up.
     async fn answer(&mut self) -> Result<(), Close> {
@@ -238,11 +332,14 @@ where
             }
             let write = !self.output.is_empty();
             let lookups = &mut self.lookups;
+            let looking = lookups.is_busy();
             let stack = &mut self.stack;
             let window = self.resp.max_keys;
+            let planned = &mut self.planned;
+            let forwarding = matches!(planned.front(), Some(Planned::Forward(_)));
             tokio::select! {
                 biased;
-                result = std::future::poll_fn(|cx| lookups.poll_next(cx, stack, window)) => {
+                result = std::future::poll_fn(|cx| lookups.poll_next(cx, stack, window)), if looking => {
                     let result = result.expect("a lookup for every read waiting for one");
                     tally.count(&result);
                     self.results.push(result);
@@ -251,6 +348,7 @@ where
                         return Err(Close::Bound(Bound::Output));
                     }
                 }
+                () = std::future::poll_fn(|cx| forwarded(planned, cx)), if forwarding => {}
                 written = self.output.write_some(&mut self.stream), if write => {
                     written.map_err(|_| Close::Gone)?;
                 }
@@ -285,6 +383,28 @@ where
                     }
                     mget_reply(self.results.take(n)).encode(protocol, &mut self.output);
                 }
+                Planned::Cached => {
+                    let Some(result) = self.results.pop() else {
+                        return Ok(());
+                    };
+                    match result {
+                        // The reply as Redis sent it.
+                        Ok(Lookup {
+                            value: Some(reply), ..
+                        }) => self.output.put_value(&reply),
+                        Ok(_) => Reply::Null.encode(self.session.protocol, &mut self.output),
+                        Err(error) => {
+                            error_reply(&error).encode(self.session.protocol, &mut self.output)
+                        }
+                    }
+                }
+                // Its reply is not in yet (see `forwarded`).
+                Planned::Forward(_) => return Ok(()),
+                Planned::Forwarded(Ok(frame)) => self.output.put_value(&frame.bytes),
+                Planned::Forwarded(Err(error)) => {
+                    error_reply(error).encode(self.session.protocol, &mut self.output);
+                }
+                Planned::Dedicate(_) => unreachable!("a dedicated command is never queued"),
                 &Planned::Select(db) => {
                     let protocol = self.session.protocol;
                     let reply = match self.resp.databases.ask(db).await {
@@ -390,6 +510,23 @@ where
             self.resp.release_input(self.held);
         }
     }
+}
+
+/// Takes the reply of the forwarded command at the front of `planned` once it
+/// is in.
+fn forwarded(
+    planned: &mut VecDeque<Planned>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<()> {
+    if let Some(front) = planned.front_mut()
+        && let Planned::Forward(reply) = front
+    {
+        let got = std::task::ready!(std::pin::Pin::new(reply).poll(cx));
+        *front = Planned::Forwarded(
+            got.unwrap_or_else(|_| Err(Error::unavailable("the forwarding connection is gone"))),
+        );
+    }
+    std::task::Poll::Ready(())
 }
 
 /// Lookup results waiting for their replies to be encoded, in key order, and
@@ -604,6 +741,7 @@ mod tests {
                 connections: (Slots::new(4), Arc::default()),
                 port: 6380,
                 access: crate::auth::Access::open(),
+                forwarding: None,
             },
         ))
     }

@@ -50,6 +50,11 @@ impl<F> Lookups<F>
 where
     F: Future<Output = Result<Lookup, Error>>,
 {
+    /// Whether any key is still to be looked up or answered.
+    pub(super) fn is_busy(&self) -> bool {
+        !self.keys.is_empty() || !self.started.is_empty()
+    }
+
     /// The next result, in key order, if it is in already.
     pub(super) fn take_ready(&mut self) -> Option<Result<Lookup, Error>> {
         match self.started.front()? {

@@ -69,6 +69,8 @@ pub(crate) struct Resp<S> {
     next_id: AtomicU64,
     /// Who may read, and what.
     access: Access,
+    /// Transparent mode, when on.
+    forwarding: Option<Arc<crate::forward::Forwarding>>,
 }
 
 /// What one connection may hold, and for how long.
@@ -128,9 +130,13 @@ impl Databases {
         if index == self.default {
             return Ok(None);
         }
+        // Indexes from OWN_DB up name no database the cache can tell apart
+        // from its cached reads (see `Key::query`); no Redis has that many.
         u16::try_from(index)
+            .ok()
+            .filter(|&index| index < crate::lookup::OWN_DB)
             .map(Some)
-            .map_err(|_| Reply::error("ERR DB index is out of range"))
+            .ok_or_else(|| Reply::error("ERR DB index is out of range"))
     }
 
     /// What the backend said of `db`, if it was asked: the database to read, or
@@ -185,6 +191,8 @@ pub(crate) struct Settings {
     pub(crate) port: u16,
     /// Client authentication and key permissions.
     pub(crate) access: Access,
+    /// Transparent mode, when on.
+    pub(crate) forwarding: Option<Arc<crate::forward::Forwarding>>,
 }
 
 impl<S> Resp<S> {
@@ -207,6 +215,7 @@ impl<S> Resp<S> {
             },
             next_id: AtomicU64::new(1),
             access: settings.access,
+            forwarding: settings.forwarding,
         }
     }
 

@@ -13,8 +13,11 @@ use bytes::Bytes;
 use super::command::{self, Command, Credentials, SUPPORTED, Spec, printable};
 use super::reply::{Protocol, Reply};
 use super::{Databases, Resp};
+use tokio::sync::oneshot;
+
 use crate::auth::{Front, User};
-use crate::lookup::Key;
+use crate::forward::{Frame, Route, link};
+use crate::lookup::{Error, Key};
 
 /// The version `HELLO` and `INFO` report: the Redis command set the proxy follows.
 pub const REDIS_VERSION: &str = "7.0.0";
@@ -31,6 +34,17 @@ pub(super) enum Planned {
     /// `SELECT` of a database not known yet: the backend is asked before the
     /// connection goes on, since every request after it reads that database.
     Select(u16),
+    /// Transparent mode: the next lookup result is a cached read's reply, as
+    /// Redis sent it.
+    Cached,
+    /// Transparent mode: a command sent on the shared path, its reply to come.
+    Forward(oneshot::Receiver<Result<Frame, Error>>),
+    /// The reply of a [`Planned::Forward`], in.
+    Forwarded(Result<Frame, Error>),
+    /// Transparent mode: a command that starts a state (`MULTI`, `SUBSCRIBE`,
+    /// a blocking read): it and what follows go to a connection of this
+    /// client's own.
+    Dedicate(Vec<Bytes>),
 }
 
 /// What one connection knows about itself.
@@ -124,8 +138,68 @@ impl Session {
             Command::Describe(args) => command_info(args),
             Command::Info(sections) => Reply::text(resp.info.text(&sections)),
             Command::Refused(reply) => reply,
+            Command::Forward(args) => return self.forward(args, keys, resp),
         };
         Planned::Reply(reply, self.protocol)
+    }
+
+    /// Transparent mode: where a command for the backend goes.
+    fn forward<S>(
+        &mut self,
+        mut args: Vec<Bytes>,
+        keys: &mut VecDeque<Key>,
+        resp: &Resp<S>,
+    ) -> Planned {
+        let (Some(forwarding), Some(user)) = (&resp.forwarding, &self.user) else {
+            return Planned::Reply(Reply::error("ERR transparent mode is off"), self.protocol);
+        };
+        if forwarding.table().is_none() {
+            return Planned::Reply(
+                Reply::error(
+                    "ERR redis unavailable: the backend's command table could not be read",
+                ),
+                self.protocol,
+            );
+        }
+        let may = |keys: &[Bytes]| user.may_read_all(keys.iter().map(|k| &k[..]));
+        let resp3 = self.protocol == Protocol::Resp3;
+        let route = forwarding.route(&args, may);
+        let path = match route {
+            Route::Refuse(_) => "refused",
+            Route::Dedicate => "dedicated",
+            Route::Cached => "cached",
+            Route::Shared(_) => "shared",
+        };
+        crate::metrics::record_forwarded(&args[0], path);
+        let after = match route {
+            Route::Refuse(error) => return Planned::Reply(Reply::error(error), self.protocol),
+            Route::Dedicate => return Planned::Dedicate(args),
+            Route::Cached => {
+                // One entry whatever the case the client wrote the name in.
+                args[0] = Bytes::from(args[0].to_ascii_uppercase());
+                let mut request = bytes::BytesMut::new();
+                link::encode(&args, &mut request);
+                if let Some(key) = Key::query(self.db, resp3, request.freeze()) {
+                    keys.push_back(key);
+                    return Planned::Cached;
+                }
+                crate::forward::After::Nothing
+            }
+            Route::Shared(after) => after,
+        };
+        let mut request = bytes::BytesMut::new();
+        link::encode(&args, &mut request);
+        Planned::Forward(forwarding.send(resp3, request.freeze(), self.db, after))
+    }
+
+    /// The database the connection reads (`None`: the backend's own).
+    pub(super) fn db(&self) -> Option<u16> {
+        self.db
+    }
+
+    /// Whether the connection has authenticated (or need not).
+    pub(super) fn user(&self) -> Option<&Arc<User>> {
+        self.user.as_ref()
     }
 
     /// What a client that has not authenticated may do: authenticate, say
@@ -167,7 +241,7 @@ impl Session {
     }
 
     /// `RESET`: RESP2, no name, the URL's database, and not authenticated.
-    fn reset<S>(&mut self, resp: &Resp<S>) -> Reply {
+    pub(super) fn reset<S>(&mut self, resp: &Resp<S>) -> Reply {
         self.protocol = Protocol::Resp2;
         self.name = None;
         self.db = None;
@@ -263,12 +337,20 @@ impl Session {
                 Reply::OK
             }
             (b"info", 1) => Reply::text(self.info_line(databases)),
+            // The proxy never evicts or times out a client connection for its
+            // memory, and its reads do not touch keys' access times on the
+            // client's behalf: both are accepted as already in force.
+            (b"no-evict" | b"no-touch", 2)
+                if args[1].eq_ignore_ascii_case(b"on") || args[1].eq_ignore_ascii_case(b"off") =>
+            {
+                Reply::OK
+            }
             (b"setname" | b"getname" | b"id" | b"setinfo" | b"info", _) => Reply::error(format!(
                 "ERR wrong number of arguments for 'client|{}' command",
                 printable(&sub)
             )),
             _ => Reply::error(format!(
-                "ERR unknown subcommand '{}'. redis-proxy supports CLIENT SETNAME, GETNAME, ID, SETINFO, INFO",
+                "ERR unknown subcommand '{}'. redis-proxy supports CLIENT SETNAME, GETNAME, ID, SETINFO, INFO, NO-EVICT, NO-TOUCH",
                 printable(&args[0])
             )),
         }

@@ -18,6 +18,7 @@ use crate::auth::Access;
 use crate::backend::{self, Health, Invalidation, InvalidationSink, RedisService};
 use crate::cache::Cache;
 use crate::config::{Config, InvalidationMode, ListenAddr};
+use crate::forward::{self, Forwarding};
 use crate::http::{self, Hyper};
 use crate::layers::{Stack, StackBuilder};
 use crate::metrics::{self, Requests};
@@ -69,6 +70,8 @@ pub struct Proxy {
     render: Render,
     access: Access,
     tls: Option<Arc<ServerTls>>,
+    /// Transparent mode, when on.
+    forwarding: Option<Arc<Forwarding>>,
 }
 
 /// Re-reads the listeners' TLS certificate, key and client CA (see
@@ -167,6 +170,22 @@ impl Proxy {
             backend = backend.tls(ClientTls::load(&files)?);
         }
         let backend = backend.build().map_err(Error::Backend)?;
+        let forwarding = config.forward_commands.then(|| {
+            let forwarding = Arc::new(Forwarding::new(
+                backend.manager().clone(),
+                backend.default_db(),
+                cache.clone(),
+                forward::Settings {
+                    admin: config.forward_admin_commands,
+                    max_dedicated: config.max_dedicated_connections.get(),
+                    workers,
+                    tracking: (config.invalidation == InvalidationMode::Tracking)
+                        .then(|| invalidation_sink(cache.clone())),
+                },
+            ));
+            backend.set_forwarding(forwarding.clone());
+            forwarding
+        });
         let mut stack = StackBuilder::new(backend)
             .client_limit(config.max_clients.get())
             .timeout(config.request_timeout)
@@ -207,6 +226,7 @@ impl Proxy {
             workers,
             render: Arc::new(String::new),
             tls,
+            forwarding,
         })
     }
 
@@ -267,6 +287,7 @@ impl Proxy {
             render,
             access,
             tls,
+            forwarding,
         } = self;
         let workers = Workers::start(workers).map_err(Error::Workers)?;
         log_startup(
@@ -342,6 +363,7 @@ impl Proxy {
                 connections: (resp.slots().clone(), resp.stats().clone()),
                 port: resp_addr.port(),
                 access: access.clone(),
+                forwarding: forwarding.clone(),
             },
         ));
         // A client must send its request headers within the request timeout.

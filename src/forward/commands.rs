@@ -1,0 +1,459 @@
+//! What the backing Redis says about its commands (`COMMAND`, read once): their
+//! flags and, from their key specifications, which arguments are keys.
+//!
+//! A key specification says where the keys begin (at an index, or after a
+//! keyword) and how to find them from there (a range with a step, or a count
+//! argument followed by that many keys). A specification of a kind this table
+//! does not know makes the command's keys unknown, and a write with unknown
+//! keys invalidates the whole cache.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use redis::Value;
+
+/// Flags of a command that decide how it is forwarded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Flags {
+    /// `readonly`: never changes data; its keys are not invalidated.
+    pub(crate) readonly: bool,
+    /// `blocking`: may wait for another client; runs on a dedicated connection.
+    pub(crate) blocking: bool,
+    /// `admin`: refused unless admin commands are forwarded.
+    pub(crate) admin: bool,
+}
+
+/// Where a key specification's keys begin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Begin {
+    /// At this argument (0: the command's name).
+    Index(usize),
+    /// After the first argument equal to `keyword`, searched from `from`
+    /// (negative: counted from the end, searching backwards).
+    Keyword { keyword: Vec<u8>, from: i64 },
+}
+
+/// How a key specification's keys are found from where they begin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Find {
+    /// Up to `last` (relative to the beginning; negative: from the end), every
+    /// `step`-th argument; `limit` > 1 takes only that fraction of the rest.
+    Range {
+        last: i64,
+        step: usize,
+        limit: usize,
+    },
+    /// The argument at `count` holds how many keys follow from `first`, every
+    /// `step`-th one.
+    Keynum {
+        count: usize,
+        first: usize,
+        step: usize,
+    },
+}
+
+/// One key specification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeySpec {
+    begin: Begin,
+    find: Find,
+}
+
+/// One command (or subcommand) as Redis describes it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Info {
+    /// Number of arguments including the name; negative means "at least".
+    arity: i64,
+    pub(crate) flags: Flags,
+    /// `None` when a specification is of a kind this table does not know.
+    specs: Option<Vec<KeySpec>>,
+    /// Subcommands by lower-case name (`get` for `CONFIG GET`).
+    subcommands: HashMap<Vec<u8>, Info>,
+}
+
+impl Info {
+    /// The description that applies to `args`: a subcommand's, when it has one.
+    pub(crate) fn resolve(&self, args: &[Bytes]) -> &Info {
+        match args.get(1) {
+            Some(sub) if !self.subcommands.is_empty() => self
+                .subcommands
+                .get(&sub.to_ascii_lowercase())
+                .unwrap_or(self),
+            _ => self,
+        }
+    }
+
+    /// Whether `args` (the name included) has a number of arguments the
+    /// command accepts. A wrong count is Redis's to report; the proxy only needs
+    /// to know that it cannot find keys in it.
+    fn arity_fits(&self, n: usize) -> bool {
+        let n = n as i64;
+        if self.arity >= 0 {
+            n == self.arity
+        } else {
+            n >= -self.arity
+        }
+    }
+
+    /// The keys of `args` (the name included): `None` when they cannot be
+    /// known. Keys beyond the arguments given are not invented; a malformed
+    /// request has the keys that can be found, and Redis refuses it anyway.
+    pub(crate) fn keys(&self, args: &[Bytes]) -> Option<Vec<Bytes>> {
+        let specs = self.specs.as_ref()?;
+        let mut keys = Vec::new();
+        if !self.arity_fits(args.len()) {
+            return Some(keys);
+        }
+        for spec in specs {
+            let Some(begin) = begin(&spec.begin, args) else {
+                continue;
+            };
+            match spec.find {
+                Find::Range { last, step, limit } => {
+                    let last = if last >= 0 {
+                        begin + last as usize
+                    } else {
+                        let remaining = (args.len() as i64 + last) as usize;
+                        if limit > 1 {
+                            begin + (remaining + 1 - begin) / limit - 1
+                        } else {
+                            remaining
+                        }
+                    };
+                    let mut i = begin;
+                    while i <= last && i < args.len() {
+                        keys.push(args[i].clone());
+                        i += step.max(1);
+                    }
+                }
+                Find::Keynum { count, first, step } => {
+                    let n = args
+                        .get(begin + count)
+                        .and_then(|n| std::str::from_utf8(n).ok())
+                        .and_then(|n| n.parse::<usize>().ok())?;
+                    let mut i = begin + first;
+                    for _ in 0..n {
+                        let Some(key) = args.get(i) else { break };
+                        keys.push(key.clone());
+                        i += step.max(1);
+                    }
+                }
+            }
+        }
+        Some(keys)
+    }
+}
+
+/// Where `begin` puts the first key in `args`, if anywhere.
+fn begin(begin: &Begin, args: &[Bytes]) -> Option<usize> {
+    match begin {
+        Begin::Index(i) => Some(*i),
+        Begin::Keyword { keyword, from } => {
+            let n = args.len() as i64;
+            let found = if *from >= 0 {
+                (*from..n).find(|&i| args[i as usize].eq_ignore_ascii_case(keyword))
+            } else {
+                (1..=(n + from))
+                    .rev()
+                    .find(|&i| args[i as usize].eq_ignore_ascii_case(keyword))
+            };
+            found.map(|i| i as usize + 1)
+        }
+    }
+}
+
+/// Every command of the backing Redis, by lower-case name.
+#[derive(Debug, Default)]
+pub(crate) struct Table {
+    commands: HashMap<Vec<u8>, Info>,
+}
+
+impl Table {
+    /// The table described by a `COMMAND` reply (RESP2 or RESP3).
+    pub(crate) fn from_reply(reply: &Value) -> Result<Self, String> {
+        let entries = array(reply).ok_or("COMMAND did not answer an array")?;
+        let mut commands = HashMap::with_capacity(entries.len());
+        for entry in entries {
+            let (name, info) = parse_info(entry)?;
+            commands.insert(name, info);
+        }
+        Ok(Self { commands })
+    }
+
+    /// The command called `name`, in any case.
+    pub(crate) fn get(&self, name: &[u8]) -> Option<&Info> {
+        self.commands.get(&name.to_ascii_lowercase())
+    }
+
+    /// How many commands the table holds.
+    pub(crate) fn len(&self) -> usize {
+        self.commands.len()
+    }
+}
+
+fn array(value: &Value) -> Option<&[Value]> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Some(items),
+        _ => None,
+    }
+}
+
+fn text(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes.to_ascii_lowercase()),
+        Value::SimpleString(s) => Some(s.to_ascii_lowercase().into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.to_ascii_lowercase().into_bytes()),
+        _ => None,
+    }
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        _ => text(value).and_then(|t| std::str::from_utf8(&t).ok()?.parse().ok()),
+    }
+}
+
+/// The fields of a map, given as a RESP3 map or a RESP2 array of pairs.
+fn fields(value: &Value) -> Option<Vec<(Vec<u8>, &Value)>> {
+    match value {
+        Value::Map(pairs) => Some(
+            pairs
+                .iter()
+                .filter_map(|(k, v)| Some((text(k)?, v)))
+                .collect(),
+        ),
+        Value::Array(items) => Some(
+            items
+                .chunks_exact(2)
+                .filter_map(|pair| Some((text(&pair[0])?, &pair[1])))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+fn field<'a>(fields: &'a [(Vec<u8>, &'a Value)], name: &str) -> Option<&'a Value> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name.as_bytes())
+        .map(|(_, v)| *v)
+}
+
+fn parse_info(entry: &Value) -> Result<(Vec<u8>, Info), String> {
+    let items = array(entry).ok_or("a COMMAND entry is not an array")?;
+    let name = items
+        .first()
+        .and_then(text)
+        .ok_or("a COMMAND entry has no name")?;
+    let arity = items.get(1).and_then(int).unwrap_or(0);
+    let mut flags = Flags::default();
+    for flag in items.get(2).and_then(array).unwrap_or_default() {
+        match text(flag).as_deref() {
+            Some(b"readonly") => flags.readonly = true,
+            Some(b"blocking") => flags.blocking = true,
+            Some(b"admin") => flags.admin = true,
+            _ => {}
+        }
+    }
+    let specs = items
+        .get(8)
+        .and_then(array)
+        .unwrap_or_default()
+        .iter()
+        .map(parse_spec)
+        .collect::<Option<Vec<_>>>();
+    let mut subcommands = HashMap::new();
+    for sub in items.get(9).and_then(array).unwrap_or_default() {
+        let (full, info) = parse_info(sub)?;
+        // `config|get` is found as `get` under `config`.
+        let short = match full.iter().position(|&b| b == b'|') {
+            Some(bar) => full[bar + 1..].to_vec(),
+            None => full,
+        };
+        subcommands.insert(short, info);
+    }
+    // Redis 7 names the subcommand's full name; a subcommand is found by its
+    // second argument.
+    let name = match name.iter().position(|&b| b == b'|') {
+        Some(bar) => name[..bar].to_vec(),
+        None => name,
+    };
+    Ok((
+        name,
+        Info {
+            arity,
+            flags,
+            specs,
+            subcommands,
+        },
+    ))
+}
+
+/// One key specification; `None` for a kind this table does not know.
+fn parse_spec(spec: &Value) -> Option<KeySpec> {
+    let spec = fields(spec)?;
+    let begin = fields(field(&spec, "begin_search")?)?;
+    let find = fields(field(&spec, "find_keys")?)?;
+    let begin_spec = fields(field(&begin, "spec")?)?;
+    let find_spec = fields(field(&find, "spec")?)?;
+    let begin = match text(field(&begin, "type")?)?.as_slice() {
+        b"index" => Begin::Index(usize::try_from(int(field(&begin_spec, "index")?)?).ok()?),
+        b"keyword" => Begin::Keyword {
+            keyword: text(field(&begin_spec, "keyword")?)?,
+            from: int(field(&begin_spec, "startfrom")?)?,
+        },
+        _ => return None,
+    };
+    let find = match text(field(&find, "type")?)?.as_slice() {
+        b"range" => Find::Range {
+            last: int(field(&find_spec, "lastkey")?)?,
+            step: usize::try_from(int(field(&find_spec, "keystep")?)?).ok()?,
+            limit: usize::try_from(int(field(&find_spec, "limit")?)?).ok()?,
+        },
+        b"keynum" => Find::Keynum {
+            count: usize::try_from(int(field(&find_spec, "keynumidx")?)?).ok()?,
+            first: usize::try_from(int(field(&find_spec, "firstkey")?)?).ok()?,
+            step: usize::try_from(int(field(&find_spec, "keystep")?)?).ok()?,
+        },
+        _ => return None,
+    };
+    Some(KeySpec { begin, find })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &str) -> Vec<Bytes> {
+        words
+            .split(' ')
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect()
+    }
+
+    fn keys(info: &Info, words: &str) -> Option<Vec<String>> {
+        info.keys(&args(words)).map(|keys| {
+            keys.iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect()
+        })
+    }
+
+    fn info(arity: i64, specs: Vec<KeySpec>) -> Info {
+        Info {
+            arity,
+            specs: Some(specs),
+            ..Info::default()
+        }
+    }
+
+    #[test]
+    fn ranges_take_every_step_up_to_the_last() {
+        let mset = info(
+            -3,
+            vec![KeySpec {
+                begin: Begin::Index(1),
+                find: Find::Range {
+                    last: -1,
+                    step: 2,
+                    limit: 0,
+                },
+            }],
+        );
+        assert_eq!(keys(&mset, "MSET a 1 b 2").unwrap(), ["a", "b"]);
+        let rename = info(
+            3,
+            vec![
+                KeySpec {
+                    begin: Begin::Index(1),
+                    find: Find::Range {
+                        last: 0,
+                        step: 1,
+                        limit: 0,
+                    },
+                },
+                KeySpec {
+                    begin: Begin::Index(2),
+                    find: Find::Range {
+                        last: 0,
+                        step: 1,
+                        limit: 0,
+                    },
+                },
+            ],
+        );
+        assert_eq!(keys(&rename, "RENAME a b").unwrap(), ["a", "b"]);
+        // BLPOP a b 0: every argument but the last.
+        let blpop = info(
+            -3,
+            vec![KeySpec {
+                begin: Begin::Index(1),
+                find: Find::Range {
+                    last: -2,
+                    step: 1,
+                    limit: 0,
+                },
+            }],
+        );
+        assert_eq!(keys(&blpop, "BLPOP a b 0").unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn keynum_counts_the_keys_and_keywords_find_where_they_begin() {
+        let eval = info(
+            -3,
+            vec![KeySpec {
+                begin: Begin::Index(2),
+                find: Find::Keynum {
+                    count: 0,
+                    first: 1,
+                    step: 1,
+                },
+            }],
+        );
+        assert_eq!(keys(&eval, "EVAL s 2 a b c").unwrap(), ["a", "b"]);
+        assert!(keys(&eval, "EVAL s x a").is_none(), "an unreadable count");
+        // XREAD COUNT 2 STREAMS s1 s2 0 0: half of what follows STREAMS.
+        let xread = info(
+            -4,
+            vec![KeySpec {
+                begin: Begin::Keyword {
+                    keyword: b"streams".to_vec(),
+                    from: 1,
+                },
+                find: Find::Range {
+                    last: -1,
+                    step: 1,
+                    limit: 2,
+                },
+            }],
+        );
+        assert_eq!(
+            keys(&xread, "XREAD COUNT 2 STREAMS s1 s2 0 0").unwrap(),
+            ["s1", "s2"]
+        );
+    }
+
+    #[test]
+    fn a_wrong_count_of_arguments_has_no_keys_and_unknown_specs_make_keys_unknown() {
+        let get = info(
+            2,
+            vec![KeySpec {
+                begin: Begin::Index(1),
+                find: Find::Range {
+                    last: 0,
+                    step: 1,
+                    limit: 0,
+                },
+            }],
+        );
+        assert_eq!(keys(&get, "GET").unwrap(), Vec::<String>::new());
+        let unknown = Info {
+            arity: -1,
+            specs: None,
+            ..Info::default()
+        };
+        assert!(keys(&unknown, "WHATEVER a").is_none());
+    }
+}

@@ -1,0 +1,402 @@
+//! Transparent mode (`--forward-commands`): every command the proxy does not
+//! answer itself goes to the backing Redis and its reply comes back as Redis
+//! sent it, while reads of a documented set are cached and dropped when their
+//! key changes.
+//!
+//! ```text
+//! request ─▶ classify (COMMAND's flags and key specifications)
+//!   ├─ GET, MGET, cached reads ─▶ the stack and cache (a miss runs the request on the shared path)
+//!   ├─ stateless ─▶ shared path: one pipelined connection per worker and protocol (`shared`)
+//!   │               its reply invalidates the keys it wrote, then reaches the client
+//!   ├─ MULTI, WATCH, blocking, SUBSCRIBE ─▶ a connection of the client's own while the state lasts
+//!   └─ admin commands ─▶ refused (unless --forward-admin-commands)
+//! ```
+//!
+//! A cached read is a [`Key`] that carries its whole request (see
+//! [`Key::query`]); the cache keeps it with the entries of the key it reads, so
+//! that a write to the key drops every reply cached for it.
+
+pub(crate) mod commands;
+pub(crate) mod frame;
+pub(crate) mod link;
+pub(crate) mod shared;
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::{Invalidation, InvalidationSink, Manager};
+use crate::cache::Cache;
+use crate::limit::Slots;
+use crate::lookup::{Error, Key};
+
+pub(crate) use commands::Table;
+pub(crate) use frame::Frame;
+pub(crate) use link::Link;
+pub(crate) use shared::Job;
+
+/// What a forwarded command's reply invalidates when it arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Nothing: a read.
+    Nothing,
+    /// Every cached entry of these keys, in every database.
+    Keys(Vec<Bytes>),
+    /// The whole cache: the command's keys cannot be known, or it changes
+    /// every key (`FLUSHALL`, `FLUSHDB`, `SWAPDB`).
+    All,
+}
+
+/// The read commands whose replies are cached: read-only, deterministic, and on
+/// one key, the first argument.
+pub const CACHED: &[&str] = &[
+    "hget",
+    "hmget",
+    "hgetall",
+    "hexists",
+    "hlen",
+    "hstrlen",
+    "hkeys",
+    "hvals",
+    "lrange",
+    "llen",
+    "lindex",
+    "smembers",
+    "sismember",
+    "smismember",
+    "scard",
+    "zrange",
+    "zrangebyscore",
+    "zrevrange",
+    "zscore",
+    "zmscore",
+    "zcard",
+    "zcount",
+    "zrank",
+    "zrevrank",
+    "exists",
+    "strlen",
+    "getrange",
+    "type",
+    "xlen",
+    "xrange",
+    "xrevrange",
+];
+
+/// Commands refused unless `--forward-admin-commands`, besides those Redis
+/// flags `admin`: they change every key or the server itself.
+const ADMIN: &[&str] = &[
+    "config",
+    "debug",
+    "shutdown",
+    "flushall",
+    "flushdb",
+    "swapdb",
+    "monitor",
+    "replicaof",
+    "slaveof",
+    "cluster",
+    "acl",
+    "module",
+    "save",
+    "bgsave",
+    "bgrewriteaof",
+    "migrate",
+    "failover",
+    "sync",
+    "psync",
+];
+
+/// Subcommands refused unless `--forward-admin-commands`.
+const ADMIN_SUBCOMMANDS: &[(&str, &str)] = &[
+    ("script", "kill"),
+    ("script", "flush"),
+    ("function", "kill"),
+    ("function", "flush"),
+    ("client", "kill"),
+    ("client", "pause"),
+];
+
+/// Commands that change every key of a database.
+const FLUSHING: &[&str] = &["flushall", "flushdb", "swapdb"];
+
+/// Commands that start a state on the connection: they and what follows run on
+/// a connection of the client's own until the state ends.
+const STATEFUL: &[&str] = &[
+    "multi",
+    "watch",
+    "subscribe",
+    "psubscribe",
+    "ssubscribe",
+    "monitor",
+    "wait",
+    "waitaof",
+];
+
+/// What a request does, for keeping a pipeline's reads and writes in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// A read through the cache.
+    Lookup,
+    /// May change data.
+    Write,
+    /// Neither: a read forwarded as it is, or a command answered by the proxy.
+    Neutral,
+}
+
+/// How one request is served.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Refused with this error, never sent.
+    Refuse(String),
+    /// Starts a state: served on a dedicated connection.
+    Dedicate,
+    /// A cached read of the key it names.
+    Cached,
+    /// Sent on the shared path; its reply invalidates `After`.
+    Shared(After),
+}
+
+/// Everything transparent mode shares: the backend, the command table, the
+/// cache to invalidate, and each worker's shared connections.
+pub(crate) struct Forwarding {
+    pub(crate) backend: Manager,
+    pub(crate) cache: Cache,
+    /// With `--invalidation tracking`: where what Redis says of changed keys goes.
+    pub(crate) tracking: Option<InvalidationSink>,
+    /// The database the URL names.
+    pub(crate) default_db: i64,
+    /// Whether admin commands are forwarded.
+    admin: bool,
+    table: OnceLock<Arc<Table>>,
+    loading: tokio::sync::Mutex<()>,
+    /// Per worker thread (and one for the others): the RESP2 and RESP3
+    /// forwarders.
+    lanes: Box<[[OnceLock<mpsc::UnboundedSender<Job>>; 2]]>,
+    /// Connections dedicated to one client.
+    pub(crate) dedicated: Slots,
+}
+
+/// How transparent mode is set up.
+pub(crate) struct Settings {
+    pub(crate) admin: bool,
+    pub(crate) max_dedicated: usize,
+    pub(crate) workers: usize,
+    pub(crate) tracking: Option<InvalidationSink>,
+}
+
+impl std::fmt::Debug for Forwarding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarding")
+            .field("admin", &self.admin)
+            .field("table", &self.table.get().map(|t| t.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarding {
+    pub(crate) fn new(backend: Manager, default_db: i64, cache: Cache, settings: Settings) -> Self {
+        Self {
+            backend,
+            cache,
+            tracking: settings.tracking,
+            default_db,
+            admin: settings.admin,
+            table: OnceLock::new(),
+            loading: tokio::sync::Mutex::new(()),
+            lanes: (0..=settings.workers).map(|_| Default::default()).collect(),
+            dedicated: Slots::new(settings.max_dedicated),
+        }
+    }
+
+    /// The backend's command table, once read.
+    pub(crate) fn table(&self) -> Option<&Arc<Table>> {
+        self.table.get()
+    }
+
+    /// Reads the command table from the backend, unless it was read already.
+    ///
+    /// # Errors
+    ///
+    /// Why the backend could not be asked.
+    pub(crate) async fn load(&self) -> Result<(), Error> {
+        let _one = self.loading.lock().await;
+        if self.table.get().is_some() {
+            return Ok(());
+        }
+        let mut link = Link::open(&self.backend, false, None, link::Tracking::Off).await?;
+        let mut request = BytesMut::new();
+        link::encode(&["COMMAND"], &mut request);
+        link.write(&request).await?;
+        let reply = tokio::time::timeout(self.backend.response_timeout(), link.read())
+            .await
+            .map_err(|_| Error::unavailable("no answer to COMMAND within --request-timeout"))??;
+        link.close().await;
+        let value = redis::parse_redis_value(&reply.bytes)
+            .map_err(|error| Error::unavailable(format!("unreadable COMMAND reply: {error}")))?;
+        let table = Table::from_reply(&value).map_err(Error::unavailable)?;
+        tracing::info!(commands = table.len(), "read the backend's command table");
+        let _ = self.table.set(Arc::new(table));
+        Ok(())
+    }
+
+    /// How `args` (a request, name first) is served, as user `may` allows its
+    /// keys. The table must have been read.
+    pub(crate) fn route(&self, args: &[Bytes], may: impl Fn(&[Bytes]) -> bool) -> Route {
+        let table = self.table.get().expect("routed after the table was read");
+        let name = args[0].to_ascii_lowercase();
+        let name = std::str::from_utf8(&name).unwrap_or("");
+        let Some(info) = table.get(name.as_bytes()) else {
+            // Unknown to Redis too: it says so.
+            return Route::Shared(After::Nothing);
+        };
+        let info = info.resolve(args);
+        let sub = args.get(1).map(|s| s.to_ascii_lowercase());
+        let admin_sub = ADMIN_SUBCOMMANDS
+            .iter()
+            .any(|(c, s)| *c == name && sub.as_deref() == Some(s.as_bytes()));
+        if !self.admin && (info.flags.admin || ADMIN.contains(&name) || admin_sub) {
+            return Route::Refuse(format!(
+                "ERR '{name}' is an admin command, which redis-proxy does not forward (see --forward-admin-commands)"
+            ));
+        }
+        let keys = info.keys(args);
+        let allowed = match &keys {
+            Some(keys) => may(keys),
+            None => may(&args[1..]),
+        };
+        if !allowed {
+            return Route::Refuse("NOPERM No permissions to access a key".into());
+        }
+        if STATEFUL.contains(&name) || info.flags.blocking {
+            return Route::Dedicate;
+        }
+        if CACHED.contains(&name)
+            && args.len() >= 2
+            && keys
+                .as_ref()
+                .is_some_and(|keys| keys.len() == 1 && keys[0] == args[1])
+            && !(name == "exists" && args.len() != 2)
+        {
+            return Route::Cached;
+        }
+        Route::Shared(self.after(name, info, keys))
+    }
+
+    /// What `args` does (see [`Class`]).
+    pub(crate) fn class(&self, args: &[Bytes]) -> Class {
+        let name = args[0].to_ascii_lowercase();
+        let name = std::str::from_utf8(&name).unwrap_or("");
+        if CACHED.contains(&name) {
+            return Class::Lookup;
+        }
+        match self
+            .table
+            .get()
+            .and_then(|table| table.get(name.as_bytes()))
+        {
+            Some(info) if info.resolve(args).flags.readonly => Class::Neutral,
+            Some(_) => Class::Write,
+            None => Class::Neutral,
+        }
+    }
+
+    /// What a forwarded command invalidates: nothing for a read, its keys for a
+    /// write, everything when they cannot be known or it flushes.
+    fn after(&self, name: &str, info: &commands::Info, keys: Option<Vec<Bytes>>) -> After {
+        if FLUSHING.contains(&name) {
+            return After::All;
+        }
+        if info.flags.readonly {
+            return After::Nothing;
+        }
+        match keys {
+            Some(keys) if keys.is_empty() => After::Nothing,
+            Some(keys) => After::Keys(keys),
+            None => After::All,
+        }
+    }
+
+    /// What a write invalidates, for a command routed elsewhere than the shared
+    /// path (inside a transaction).
+    pub(crate) fn invalidates(&self, args: &[Bytes]) -> After {
+        let Some(table) = self.table.get() else {
+            return After::All;
+        };
+        let name = args[0].to_ascii_lowercase();
+        let name = std::str::from_utf8(&name).unwrap_or("");
+        match table.get(name.as_bytes()) {
+            Some(info) => {
+                let info = info.resolve(args);
+                self.after(name, info, info.keys(args))
+            }
+            None => After::Nothing,
+        }
+    }
+
+    /// Invalidates what `after` says.
+    pub(crate) fn apply(&self, after: &After) {
+        match after {
+            After::Nothing => {}
+            After::Keys(keys) => self.cache.invalidate_everywhere(keys),
+            After::All => self.cache.flush(),
+        }
+    }
+
+    /// A push on a tracked connection: Redis's word on changed keys.
+    pub(crate) fn invalidated(&self, frame: &Frame) {
+        if let Some(sink) = &self.tracking {
+            match frame.invalidation() {
+                Some(Some(keys)) => sink(Invalidation::Keys(keys)),
+                Some(None) => sink(Invalidation::All),
+                None => {}
+            }
+        }
+    }
+
+    /// Sends `request` on the calling thread's shared connection for
+    /// `resp3`; the receiver gets the reply.
+    pub(crate) fn send(
+        self: &Arc<Self>,
+        resp3: bool,
+        request: Bytes,
+        db: Option<u16>,
+        after: After,
+    ) -> oneshot::Receiver<Result<Frame, Error>> {
+        let (reply, receiver) = oneshot::channel();
+        let job = Job {
+            request,
+            db,
+            after,
+            reply,
+        };
+        let others = self.lanes.len() - 1;
+        let lane = crate::worker::current().map_or(others, |worker| worker.min(others));
+        let sender = self.lanes[lane][usize::from(resp3)].get_or_init(|| {
+            let (sender, jobs) = mpsc::unbounded_channel();
+            tokio::spawn(shared::run(self.clone(), resp3, jobs));
+            sender
+        });
+        if let Err(mpsc::error::SendError(job)) = sender.send(job) {
+            let _ = job
+                .reply
+                .send(Err(Error::unavailable("the forwarding connection is gone")));
+        }
+        receiver
+    }
+
+    /// A cached read's miss: its request, run on the shared path. An error
+    /// reply is the client's answer but is not cached.
+    pub(crate) async fn fetch(self: Arc<Self>, key: Key) -> Result<Option<Bytes>, Error> {
+        let (db, resp3) = key.query_target().expect("a cached read's key");
+        let reply = self.send(resp3, key.name().clone(), db, After::Nothing);
+        let frame = reply
+            .await
+            .map_err(|_| Error::unavailable("the forwarding connection is gone"))??;
+        match frame.error_text() {
+            Some(error) => Err(Error::Reply(error.into())),
+            None => Ok(Some(frame.bytes)),
+        }
+    }
+}
