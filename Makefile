@@ -29,7 +29,7 @@ DC = $(COMPOSE) -p $(COMPOSE_PROJECT) -f $(COMPOSE_FILE)
 .DEFAULT_GOAL := help
 
 .PHONY: help build lint fmt test test-native test-docker unit clients examples doc compose-check \
-	run run-native run-docker bench soak clean
+	run run-native run-docker run-cluster bench soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -135,9 +135,14 @@ run-docker: ## Redis and the proxy with docker compose on 127.0.0.1 (Ctrl-C stop
 	$(DC) down --remove-orphans >/dev/null 2>&1 || true; \
 	exit $$status
 
-bench: ## Benchmark hits, misses, memory and transparent mode against redis-server, twemproxy, webdis and bare hyper (ratios)
+run-cluster: build ## A local Redis Cluster (3 primaries, 3 replicas on 7000-7005) and the proxy in cluster mode
+	@command -v redis-server >/dev/null || { echo "make run-cluster needs redis-server and redis-cli (apt-get install redis-server)" >&2; exit 1; }
+	@scripts/run-cluster.sh target/release/redis-proxy $(ARGS)
+
+bench: ## Benchmark hits, misses, memory, transparent and cluster modes against redis-server, twemproxy, webdis and bare hyper (ratios)
 	scripts/bench.sh
 	scripts/bench-forward.sh
+	scripts/bench-cluster.sh
 
 soak: ## Mixed HTTP+RESP load with churn for SOAK_SECONDS (300), sampling RSS and fds
 	scripts/soak.sh

@@ -19,6 +19,7 @@
 //! [`crate::Error::Timeout`].
 
 mod batch;
+mod cluster;
 mod health;
 mod pool;
 mod url;
@@ -35,6 +36,7 @@ use tower::Service;
 
 use crate::lookup::Key;
 
+pub use cluster::ReadFrom;
 pub use health::{Health, run_pinger};
 pub use url::RedisUrl;
 
@@ -119,6 +121,10 @@ struct Options {
     tracking: Option<InvalidationSink>,
     /// TLS for a `rediss://` URL; `None` with one: the system's roots.
     tls: Option<crate::tls::ClientTls>,
+    /// Every connection runs `READONLY` first (a cluster replica read from).
+    readonly: bool,
+    /// The URL names a Redis Cluster's seed nodes; reads go where this says.
+    cluster: Option<ReadFrom>,
 }
 
 /// How a [`RedisService`] is made: [`RedisService::builder`].
@@ -179,6 +185,14 @@ impl RedisServiceBuilder {
         self
     }
 
+    /// The URL names the seed nodes of a Redis Cluster (comma-separated): keys
+    /// are read from the node that serves their slot, from a replica with
+    /// [`ReadFrom::ReplicaPreferred`].
+    pub(crate) fn cluster(mut self, read_from: ReadFrom) -> Self {
+        self.options.cluster = Some(read_from);
+        self
+    }
+
     /// Turns on server-assisted invalidation: every connection speaks RESP3 and
     /// runs `CLIENT TRACKING ON` before it is used, and what Redis says about
     /// changed keys goes to `sink`.
@@ -202,6 +216,18 @@ impl RedisServiceBuilder {
         }
         if !url.is_tls() {
             self.options.tls = None;
+        }
+        if let Some(read_from) = self.options.cluster.take() {
+            let seeds = url.nodes();
+            let service = RedisService::new(&seeds[0], self.options.clone())?;
+            let cluster = cluster::Cluster::new(seeds, self.options, read_from);
+            let _ = service.shared.cluster.set(Arc::new(cluster));
+            return Ok(service);
+        }
+        if url.nodes().len() > 1 {
+            return Err(crate::Error::unavailable(
+                "the Redis URL names several nodes: only a cluster (--redis-mode cluster) has several",
+            ));
         }
         RedisService::new(&url, self.options).map_err(Into::into)
     }
@@ -232,6 +258,9 @@ struct Shared {
     manager: Manager,
     /// Transparent mode, when on: what cached reads other than `GET` run on.
     forwarding: std::sync::OnceLock<Arc<crate::forward::Forwarding>>,
+    /// With `--redis-mode cluster`: the cluster every key is read from (the
+    /// lanes above are then the first seed's, unused for keys).
+    cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
 }
 
 /// What one thread's misses go through: a pool and a batch queue of its own.
@@ -255,6 +284,8 @@ impl RedisService {
                 response_timeout: Duration::from_secs(5),
                 tracking: None,
                 tls: None,
+                readonly: false,
+                cluster: None,
             },
         }
     }
@@ -298,6 +329,7 @@ impl RedisService {
                 errors: metrics::counter!("redis_proxy_backend_errors_total"),
                 manager,
                 forwarding: std::sync::OnceLock::new(),
+                cluster: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -345,6 +377,14 @@ impl RedisService {
     /// Whether a request could be served now: a pooled connection answers
     /// `PING`. What readiness reports.
     async fn check(&self) -> Result<(), Error> {
+        if let Some(cluster) = self.shared.cluster.get() {
+            return cluster.check().await;
+        }
+        self.check_node().await
+    }
+
+    /// [`RedisService::check`] of this one node.
+    async fn check_node(&self) -> Result<(), Error> {
         let mut handle = self.connection().await?.handle();
         handle.query::<String>(&redis::cmd("PING")).await.map(drop)
     }
@@ -361,6 +401,14 @@ impl RedisService {
     }
 
     async fn get(self, key: Key) -> Result<Option<Bytes>, crate::Error> {
+        if let Some(cluster) = self.shared.cluster.get() {
+            return cluster.clone().get(key).await;
+        }
+        self.get_from_node(key).await
+    }
+
+    /// A read of `key` from this one node (see [`RedisService::get`]).
+    async fn get_from_node(self, key: Key) -> Result<Option<Bytes>, crate::Error> {
         let start = std::time::Instant::now();
         if key.query_target().is_some() {
             let Some(forwarding) = self.shared.forwarding.get() else {
@@ -488,6 +536,10 @@ impl RedisService {
     /// Redis's error reply (`ERR DB index is out of range`) as
     /// [`crate::Error::Reply`], or why Redis could not be asked.
     pub async fn check_database(&self, db: u16) -> Result<(), crate::Error> {
+        if self.shared.cluster.get().is_some() {
+            // Redis Cluster has database 0 only.
+            return Err(Error::Reply("ERR SELECT is not allowed in cluster mode".into()).into());
+        }
         let mut handle = self.connection().await?.handle();
         let mut pipeline = redis::pipe();
         pipeline
@@ -508,6 +560,27 @@ impl RedisService {
     /// The database the URL names, which keys without one are read in.
     pub fn default_db(&self) -> i64 {
         self.shared.default_db
+    }
+}
+
+impl RedisService {
+    /// `ASKING` then `GET key` on one connection: a read of a slot being
+    /// imported by this node (after an `ASK` redirection).
+    async fn get_asking(&self, key: &Key) -> Result<Option<Bytes>, crate::Error> {
+        let mut handle = self.connection().await?.handle();
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("ASKING")
+            .cmd("GET")
+            .arg(&key[..])
+            .ignore_errors();
+        let replies: Vec<redis::RedisResult<redis::Value>> =
+            handle.query_pipeline(&pipeline).await?;
+        match replies.into_iter().nth(1) {
+            Some(Ok(value)) => value_of(value).map_err(Into::into),
+            Some(Err(error)) => Err(Error::from_redis(&error).into()),
+            None => Err(Error::Connection("no reply to GET after ASKING".into()).into()),
+        }
     }
 }
 

@@ -48,6 +48,8 @@ pub(crate) struct Manager {
     /// TLS to Redis (`rediss://`): the proxy runs the TLS handshake and hands
     /// redis-rs the encrypted stream.
     tls: Option<crate::tls::ClientTls>,
+    /// Connections run `READONLY` (a cluster replica read from).
+    readonly: bool,
 }
 
 impl std::fmt::Debug for Manager {
@@ -109,6 +111,7 @@ impl Manager {
                 ping_timeout: options.connect_timeout,
             }),
             tls: options.tls.clone(),
+            readonly: options.readonly,
         })
     }
 
@@ -253,6 +256,21 @@ impl Manager {
             }
         };
         tokio::spawn(driver);
+        if self.readonly {
+            // A cluster replica answers reads of its primary's slots only after
+            // READONLY.
+            let readonly = redis::cmd("READONLY");
+            let readonly = readonly.query_async::<()>(&mut connection);
+            match tokio::time::timeout(self.handshake_timeout, readonly).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(Error::from_redis(&error)),
+                Err(_) => {
+                    return Err(Error::Unavailable(
+                        "no answer to READONLY within --request-timeout".into(),
+                    ));
+                }
+            }
+        }
         if self.tracking.is_some() {
             // Before the connection reads its first key: every key read on it is
             // tracked, or the connection is never used.

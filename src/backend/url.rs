@@ -20,11 +20,36 @@ impl RedisUrl {
     ///
     /// Returns redis-rs's reason when it does not accept the URL.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let url = Self(url.to_owned());
-        url.plain()
-            .into_connection_info()
-            .map_err(|e| e.to_string())?;
-        Ok(url)
+        // A cluster's seed nodes are a comma-separated list: each must parse.
+        for one in url.split(',') {
+            let one = Self(one.trim().to_owned());
+            one.plain()
+                .into_connection_info()
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Self(url.to_owned()))
+    }
+
+    /// Each URL of a comma-separated list (a cluster's seed nodes); the URL
+    /// itself when it is one.
+    pub fn nodes(&self) -> Vec<RedisUrl> {
+        self.0
+            .split(',')
+            .map(|one| Self(one.trim().to_owned()))
+            .collect()
+    }
+
+    /// The URL of the node at `addr` (`host:port`), with this URL's scheme and
+    /// credentials and no database: how a cluster's other nodes are reached.
+    pub(crate) fn with_address(&self, addr: &str) -> RedisUrl {
+        let url = &self.nodes()[0].0;
+        let scheme_end = url.find("://").map_or(0, |i| i + 3);
+        let rest = &url[scheme_end..];
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let userinfo = rest[..authority_end]
+            .rfind('@')
+            .map_or("", |at| &rest[..=at]);
+        Self(format!("{}{userinfo}{addr}", &url[..scheme_end]))
     }
 
     /// Whether the URL asks for TLS (`rediss://`).
@@ -61,6 +86,14 @@ impl RedisUrl {
     /// redis://secret@host              ->  redis://***@host
     /// ```
     pub fn redacted(&self) -> String {
+        if self.0.contains(',') {
+            return self
+                .nodes()
+                .iter()
+                .map(RedisUrl::redacted)
+                .collect::<Vec<_>>()
+                .join(",");
+        }
         let url = &self.0;
         let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
             return url.clone();
@@ -149,6 +182,28 @@ mod tests {
         assert_eq!(url.plain(), "redis://:pw@h:6390/2");
         assert_eq!(url.db(), 2);
         assert!(!RedisUrl::parse("redis://h:1").unwrap().is_tls());
+    }
+
+    #[test]
+    fn a_list_of_seed_nodes_is_parsed_and_redacted_node_by_node() {
+        let url = RedisUrl::parse("redis://:pw@10.0.0.1:7000,redis://:pw@10.0.0.2:7000").unwrap();
+        assert_eq!(url.nodes().len(), 2);
+        assert_eq!(
+            url.redacted(),
+            "redis://:***@10.0.0.1:7000,redis://:***@10.0.0.2:7000"
+        );
+        assert_eq!(
+            url.with_address("10.0.0.9:7005").as_str(),
+            "redis://:pw@10.0.0.9:7005"
+        );
+        assert_eq!(
+            RedisUrl::parse("rediss://h:1/0")
+                .unwrap()
+                .with_address("h2:2")
+                .as_str(),
+            "rediss://h2:2"
+        );
+        assert!(RedisUrl::parse("redis://h:1,nonsense").is_err());
     }
 
     #[test]

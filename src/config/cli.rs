@@ -191,6 +191,16 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_dedicated_connections: Option<u64>,
+
+    /// standalone: --redis-url names one Redis; cluster: the seed nodes of a Redis Cluster, comma-separated [env: REDIS_PROXY_REDIS_MODE] [default: standalone]
+    #[arg(long, value_name = "MODE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_mode: Option<super::RedisMode>,
+
+    /// In cluster mode, where cache misses are read from: primary, or replica-preferred [env: REDIS_PROXY_READ_FROM] [default: primary]
+    #[arg(long, value_name = "WHERE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_from: Option<super::ReadFrom>,
 }
 
 /// A secret given as a flag: passed on as given to the configuration, shown as

@@ -111,6 +111,10 @@ pub struct Config {
     /// In transparent mode, backend connections held for one client's state
     /// (`MULTI`, a blocking read, subscriptions) at most.
     pub max_dedicated_connections: NonZeroUsize,
+    /// Whether `redis_url` names one Redis or a Redis Cluster's seed nodes.
+    pub redis_mode: RedisMode,
+    /// In cluster mode, where cache misses are read from.
+    pub read_from: ReadFrom,
 }
 
 /// One named user (`[[users]]` in the TOML file), as a Redis ACL user.
@@ -177,6 +181,8 @@ impl Default for Config {
             forward_commands: false,
             forward_admin_commands: false,
             max_dedicated_connections: NonZeroUsize::new(256).expect("non-zero"),
+            redis_mode: RedisMode::Standalone,
+            read_from: ReadFrom::Primary,
         }
     }
 }
@@ -191,6 +197,46 @@ pub enum InvalidationMode {
     /// Redis's `CLIENT TRACKING` evicts a changed key within milliseconds; the
     /// TTL still applies.
     Tracking,
+}
+
+/// What the Redis URL names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One Redis (a primary, or a replica the proxy only reads).
+    #[default]
+    Standalone,
+    /// A Redis Cluster: the URL names one or more seed nodes, comma-separated.
+    Cluster,
+}
+
+/// Which cluster nodes cache misses are read from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadFrom {
+    /// The primary that owns the key's slot.
+    #[default]
+    Primary,
+    /// A replica of it (`READONLY`), the primary when there is none.
+    ReplicaPreferred,
+}
+
+impl std::fmt::Display for RedisMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RedisMode::Standalone => "standalone",
+            RedisMode::Cluster => "cluster",
+        })
+    }
+}
+
+impl std::fmt::Display for ReadFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadFrom::Primary => "primary",
+            ReadFrom::ReplicaPreferred => "replica-preferred",
+        })
+    }
 }
 
 /// How log lines are written.
@@ -343,6 +389,8 @@ impl Config {
         "forward_commands",
         "forward_admin_commands",
         "max_dedicated_connections",
+        "redis_mode",
+        "read_from",
     ];
 
     /// Options whose values are always text, read from the environment as is
@@ -403,7 +451,29 @@ impl Config {
             )));
         }
         self.validate_tls()?;
+        self.validate_cluster()?;
         self.validate_users()
+    }
+
+    fn validate_cluster(&self) -> Result<(), Error> {
+        let invalid = |message: &str| Err(Error::Invalid(message.to_owned()));
+        match self.redis_mode {
+            RedisMode::Standalone if self.redis_url.nodes().len() > 1 => invalid(
+                "--redis-url (env REDIS_PROXY_REDIS_URL, TOML `redis_url`) names several nodes: only a cluster has several (--redis-mode cluster)",
+            ),
+            RedisMode::Standalone if self.read_from != ReadFrom::Primary => invalid(
+                "--read-from (env REDIS_PROXY_READ_FROM, TOML `read_from`) applies to a cluster only (--redis-mode cluster)",
+            ),
+            RedisMode::Cluster if self.forward_commands => invalid(
+                "--forward-commands is not supported with --redis-mode cluster: transparent mode needs one Redis",
+            ),
+            RedisMode::Cluster if self.redis_url.nodes().iter().any(|url| url.db() != 0) => {
+                invalid(
+                    "--redis-url (env REDIS_PROXY_REDIS_URL, TOML `redis_url`): a cluster has database 0 only",
+                )
+            }
+            _ => Ok(()),
+        }
     }
 
     fn validate_tls(&self) -> Result<(), Error> {

@@ -325,6 +325,18 @@ pub(crate) fn describe() {
         "Transparent mode: backend connections dedicated to one client's state."
     );
     describe_counter!(
+        "redis_proxy_cluster_node_requests_total",
+        "Cluster mode: reads sent to each node, redirections included."
+    );
+    describe_counter!(
+        "redis_proxy_cluster_node_errors_total",
+        "Cluster mode: reads that found a node unreachable."
+    );
+    describe_counter!(
+        "redis_proxy_cluster_refreshes_total",
+        "Cluster mode: slot maps read (CLUSTER SLOTS)."
+    );
+    describe_counter!(
         AUTH_FAILURES,
         "Authentications refused: wrong password, unknown or disabled user."
     );

@@ -17,7 +17,7 @@ use crate::admin::{self, Gauges, Render};
 use crate::auth::Access;
 use crate::backend::{self, Health, Invalidation, InvalidationSink, RedisService};
 use crate::cache::Cache;
-use crate::config::{Config, InvalidationMode, ListenAddr};
+use crate::config::{Config, InvalidationMode, ListenAddr, ReadFrom, RedisMode};
 use crate::forward::{self, Forwarding};
 use crate::http::{self, Hyper};
 use crate::layers::{Stack, StackBuilder};
@@ -158,6 +158,12 @@ impl Proxy {
             .workers(workers);
         if config.invalidation == InvalidationMode::Tracking {
             backend = backend.tracking(invalidation_sink(cache.clone()));
+        }
+        if config.redis_mode == RedisMode::Cluster {
+            backend = backend.cluster(match config.read_from {
+                ReadFrom::Primary => backend::ReadFrom::Primary,
+                ReadFrom::ReplicaPreferred => backend::ReadFrom::ReplicaPreferred,
+            });
         }
         if config.redis_url.is_tls() {
             let files = ClientFiles {
@@ -458,6 +464,9 @@ fn log_startup(
         resp = %resp,
         admin = %admin,
         redis_url = %config.redis_url,
+        redis_mode = %config.redis_mode,
+        read_from = %config.read_from,
+        forward_commands = config.forward_commands,
         cache_ttl = %humantime::format_duration(config.cache_ttl),
         cache_capacity = config.cache_capacity.get(),
         cache_max_bytes = %config.effective_cache_max_bytes(),

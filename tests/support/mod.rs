@@ -4,11 +4,13 @@
 //! client would.
 #![allow(dead_code, unused_imports)] // each test file uses a different part of the harness
 
+mod cluster;
 mod pki;
 mod proxy;
 mod redis_server;
 mod relay;
 
+pub use cluster::RedisCluster;
 pub use pki::{Pki, TlsStream, tls_connect};
 pub use proxy::{Proxy, ProxyBuilder};
 pub use redis_server::{RedisServer, TlsRedisServer};

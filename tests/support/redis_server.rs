@@ -59,6 +59,13 @@ impl RedisServer {
         );
     }
 
+    /// Whether the server process is still running.
+    pub fn is_running(&self) -> bool {
+        // A killed child stays a zombie until it is waited for.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .is_ok_and(|stat| stat.split_whitespace().nth(2) != Some("Z"))
+    }
+
     /// The server's port.
     pub fn port(&self) -> u16 {
         self.port

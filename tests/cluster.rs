@@ -1,0 +1,381 @@
+//! Redis Cluster as the backing store (`--redis-mode cluster`), against a real
+//! cluster of three primaries and three replicas: keys read from the node that
+//! owns their slot, `MOVED` and `ASK` followed, a failover and a resharding
+//! served through, tracking on every node, two proxies kept coherent, reads
+//! from replicas.
+
+mod support;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{Proxy, ProxyBuilder, RedisCluster, http_get, wait_until};
+
+fn proxy(cluster: &RedisCluster, extra: impl FnOnce(ProxyBuilder) -> ProxyBuilder) -> Proxy {
+    let builder = ProxyBuilder::new(&cluster.seeds()).arg("--redis-mode", "cluster");
+    extra(builder).start()
+}
+
+fn resp_get(proxy: &Proxy, key: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(key)
+        .query(&mut proxy.redis_client())
+        .expect("GET through the proxy")
+}
+
+fn wait_ready(proxy: &Proxy) {
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            http_get(proxy.admin_addr(), "/readyz").0 == 200
+        }),
+        "the proxy did not become ready"
+    );
+}
+
+#[test]
+fn keys_on_every_primary_are_read_over_http_and_resp_and_mget_spans_them() {
+    let cluster = RedisCluster::start();
+    let keys = cluster.key_per_primary("k");
+    for key in &keys {
+        cluster.set(key, &format!("value of {key}"));
+    }
+    cluster.set("{user7}.name", "ann");
+    cluster.set("{user7}.mail", "ann@example.com");
+    let proxy = proxy(&cluster, |b| b);
+    wait_ready(&proxy);
+    for key in &keys {
+        assert_eq!(
+            http_get(proxy.http_addr(), &format!("/{key}")),
+            (200, format!("value of {key}"))
+        );
+        assert_eq!(resp_get(&proxy, key), Some(format!("value of {key}")));
+    }
+    let mut client = proxy.redis_client();
+    let mut mget = redis::cmd("MGET");
+    for key in keys.iter().rev() {
+        mget.arg(key);
+    }
+    mget.arg("missing").arg("{user7}.name").arg("{user7}.mail");
+    let values: Vec<Option<String>> = mget.query(&mut client).unwrap();
+    let mut expected: Vec<Option<String>> = keys
+        .iter()
+        .rev()
+        .map(|k| Some(format!("value of {k}")))
+        .collect();
+    expected.extend([None, Some("ann".into()), Some("ann@example.com".into())]);
+    assert_eq!(values, expected, "in the client's order");
+    // Each primary served its own keys, and hash tags kept two keys together.
+    for key in &keys {
+        assert!(
+            cluster.node_of(key).calls("get") >= 1,
+            "{key} read from its node"
+        );
+    }
+    assert_eq!(cluster.slot("{user7}.name"), cluster.slot("{user7}.mail"));
+    // SELECT has nothing to select in a cluster.
+    let refused: redis::RedisResult<()> = redis::cmd("SELECT").arg(1).query(&mut client);
+    assert!(refused.unwrap_err().to_string().contains("cluster"));
+}
+
+/// Moves `slot` from primary `from` to primary `to` with its keys, as
+/// `redis-cli --cluster reshard` does for each slot. With `finish: false` the
+/// slot is left migrating (keys moved, ownership not yet handed over).
+fn migrate(cluster: &RedisCluster, slot: u16, from: usize, to: usize, keys: &[&str], finish: bool) {
+    let (from_id, to_id) = (cluster.id(from), cluster.id(to));
+    let slot = slot.to_string();
+    let _: () = cluster.nodes[to].cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+    let _: () = cluster.nodes[from].cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+    let port = cluster.nodes[to].port().to_string();
+    for key in keys {
+        let _: () = cluster.nodes[from].cmd(&["MIGRATE", "127.0.0.1", &port, key, "0", "5000"]);
+    }
+    if finish {
+        for node in &cluster.nodes {
+            let _: redis::RedisResult<()> = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(&slot)
+                .arg("NODE")
+                .arg(&to_id)
+                .query(&mut node.client());
+        }
+    }
+}
+
+#[test]
+fn moved_and_ask_are_followed() {
+    let cluster = RedisCluster::start();
+    // Two keys in one slot: one read before the move, one after.
+    let (a, b, c) = ("{m}.a", "{m}.b", "{m}.c");
+    for key in [a, b, c] {
+        cluster.set(key, &format!("v-{key}"));
+    }
+    let slot = cluster.slot(a);
+    let from = cluster.owner(slot);
+    let to = (0..cluster.nodes.len())
+        .find(|&i| i != from && serves_slots(&cluster, i))
+        .expect("another primary");
+    let proxy = proxy(&cluster, |b| b);
+    wait_ready(&proxy);
+    assert_eq!(resp_get(&proxy, a), Some(format!("v-{a}")));
+    let refreshes = proxy
+        .metric("redis_proxy_cluster_refreshes_total")
+        .unwrap_or(0.0);
+
+    // ASK: the slot is migrating and key b has moved already: its old owner
+    // answers ASK, the new one serves it after ASKING, the map stays as it was.
+    migrate(&cluster, slot, from, to, &[b], false);
+    assert_eq!(resp_get(&proxy, b), Some(format!("v-{b}")));
+    assert!(
+        cluster.nodes[to].calls("asking") >= 1,
+        "ASKING sent to the importing node"
+    );
+
+    // MOVED: the slot has moved whole (its last keys with it); the proxy's map
+    // is out of date.
+    migrate(&cluster, slot, from, to, &[a, c], true);
+    assert_eq!(resp_get(&proxy, c), Some(format!("v-{c}")));
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            proxy
+                .metric("redis_proxy_cluster_refreshes_total")
+                .unwrap_or(0.0)
+                > refreshes
+        }),
+        "MOVED refreshes the slot map"
+    );
+    // Once refreshed, reads of the slot go straight to the new owner.
+    let moved_before = cluster.nodes[from].calls("get");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(resp_get(&proxy, "{m}.d"), None);
+    assert_eq!(
+        cluster.nodes[from].calls("get"),
+        moved_before,
+        "no longer asked"
+    );
+}
+
+/// Whether node `node` is a primary serving slots.
+fn serves_slots(cluster: &RedisCluster, node: usize) -> bool {
+    (0..16384u16)
+        .step_by(512)
+        .any(|slot| cluster.owner(slot) == node)
+}
+
+#[test]
+fn a_failed_primary_fails_fast_then_its_promoted_replica_serves() {
+    let mut cluster = RedisCluster::start();
+    let keys = cluster.key_per_primary("f");
+    for key in &keys {
+        cluster.set(key, "before");
+    }
+    // Replicas have the keys before the primary goes.
+    for node in &cluster.nodes {
+        let _: redis::RedisResult<i64> = redis::cmd("WAIT")
+            .arg(1)
+            .arg(1000)
+            .query(&mut node.client());
+    }
+    let proxy = proxy(&cluster, |b| b.arg("--cache-ttl", "100ms"));
+    wait_ready(&proxy);
+    let victim = cluster.owner(cluster.slot(&keys[0]));
+    cluster.nodes[victim].stop();
+    let start = Instant::now();
+    // Other primaries' keys are served throughout.
+    let mut failed_fast = false;
+    let mut not_ready = false;
+    let mut recovered = None;
+    while start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(
+            http_get(proxy.http_addr(), &format!("/{}", keys[1])),
+            (200, "before".into())
+        );
+        let asked = Instant::now();
+        let (status, _) = http_get(proxy.http_addr(), &format!("/{}", keys[0]));
+        if http_get(proxy.admin_addr(), "/readyz").0 == 503 {
+            not_ready = true;
+        }
+        if status == 502 {
+            assert!(
+                asked.elapsed() < Duration::from_secs(2),
+                "a dead node fails fast"
+            );
+            failed_fast = true;
+        } else if status == 200 {
+            recovered = Some(start.elapsed());
+            break;
+        }
+    }
+    assert!(
+        failed_fast,
+        "the dead primary's keys failed while it was down"
+    );
+    if recovered.is_none() {
+        let live = cluster.nodes.iter().position(|n| n.is_running()).unwrap();
+        let nodes: String = cluster.nodes[live].cmd(&["CLUSTER", "NODES"]);
+        eprintln!(
+            "victim {} nodes:\n{nodes}\nrefreshes {:?}",
+            cluster.nodes[victim].port(),
+            proxy.metric("redis_proxy_cluster_refreshes_total")
+        );
+    }
+    let recovered = recovered.expect("the promoted replica serves the slot");
+    assert!(not_ready, "readiness said a slot had no reachable primary");
+    assert!(recovered < Duration::from_secs(15), "{recovered:?}");
+    cluster.wait_ok();
+    wait_ready(&proxy);
+}
+
+#[test]
+fn resharding_under_load_gives_no_wrong_answer_and_no_error() {
+    let cluster = RedisCluster::start();
+    let keys: Vec<String> = (0..300).map(|i| format!("r:{i}")).collect();
+    for key in &keys {
+        cluster.set(key, &format!("v-{key}"));
+    }
+    let proxy = proxy(&cluster, |b| b.arg("--cache-ttl", "50ms"));
+    wait_ready(&proxy);
+    let (wrong, errors, reads) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (proxy, keys, wrong, errors, reads, done) =
+                (&proxy, &keys, &wrong, &errors, &reads, &done);
+            scope.spawn(move || {
+                let mut client = proxy.redis_client();
+                let mut i = t;
+                while !done.load(Ordering::SeqCst) {
+                    let key = &keys[i % keys.len()];
+                    match redis::cmd("GET")
+                        .arg(key)
+                        .query::<Option<String>>(&mut client)
+                    {
+                        Ok(Some(value)) if value == format!("v-{key}") => {}
+                        Ok(other) => {
+                            eprintln!("{key}: {other:?}");
+                            wrong.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(error) => {
+                            eprintln!("{key}: {error}");
+                            errors.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    i += 7;
+                }
+            });
+        }
+        let (from, to) = (cluster.owner(0), cluster.owner(16383));
+        let output = Command::new("redis-cli")
+            .args([
+                "--cluster",
+                "reshard",
+                &format!("127.0.0.1:{}", cluster.nodes[0].port()),
+            ])
+            .args([
+                "--cluster-from",
+                &cluster.id(from),
+                "--cluster-to",
+                &cluster.id(to),
+            ])
+            .args(["--cluster-slots", "1000", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster reshard");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        done.store(true, Ordering::SeqCst);
+    });
+    assert!(
+        reads.load(Ordering::SeqCst) > 1000,
+        "the load ran during the resharding"
+    );
+    assert_eq!(wrong.load(Ordering::SeqCst), 0, "wrong values");
+    assert_eq!(errors.load(Ordering::SeqCst), 0, "errors");
+}
+
+#[test]
+fn tracking_evicts_on_every_node_and_keeps_two_proxies_coherent() {
+    let cluster = RedisCluster::start();
+    let keys = cluster.key_per_primary("t");
+    for key in &keys {
+        cluster.set(key, "old");
+    }
+    let tracked = |b: ProxyBuilder| b.arg("--invalidation", "tracking").arg("--cache-ttl", "1h");
+    let (first, second) = (proxy(&cluster, tracked), proxy(&cluster, tracked));
+    wait_ready(&first);
+    wait_ready(&second);
+    for proxy in [&first, &second] {
+        for key in &keys {
+            assert_eq!(http_get(proxy.http_addr(), &format!("/{key}")).1, "old");
+        }
+    }
+    for key in &keys {
+        cluster.set(key, "new");
+    }
+    for proxy in [&first, &second] {
+        for key in &keys {
+            assert!(
+                wait_until(Duration::from_millis(500), || {
+                    http_get(proxy.http_addr(), &format!("/{key}")).1 == "new"
+                }),
+                "{key} still stale"
+            );
+        }
+    }
+}
+
+#[test]
+fn reads_go_to_replicas_when_asked() {
+    let cluster = RedisCluster::start();
+    let keys = cluster.key_per_primary("rep");
+    for key in &keys {
+        cluster.set(key, "v");
+    }
+    for node in &cluster.nodes {
+        let _: redis::RedisResult<i64> = redis::cmd("WAIT")
+            .arg(1)
+            .arg(1000)
+            .query(&mut node.client());
+    }
+    cluster.wait_replicas_listed();
+    let proxy = proxy(&cluster, |b| b.arg("--read-from", "replica-preferred"));
+    wait_ready(&proxy);
+    for key in &keys {
+        assert_eq!(resp_get(&proxy, key), Some("v".into()));
+    }
+    for key in &keys {
+        let primary = cluster.owner(cluster.slot(key));
+        let replica = cluster.replica_of(primary);
+        assert!(
+            cluster.nodes[replica].calls("get") >= 1,
+            "{key} read from its replica"
+        );
+        assert_eq!(
+            cluster.nodes[primary].calls("get"),
+            0,
+            "{key} not read from its primary"
+        );
+    }
+}
+
+#[test]
+fn transparent_mode_and_several_nodes_in_standalone_mode_are_refused_at_startup() {
+    let output = ProxyBuilder::new("redis://127.0.0.1:7000,redis://127.0.0.1:7001")
+        .run_to_exit(Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--redis-mode cluster"));
+    let output = ProxyBuilder::new("redis://127.0.0.1:7000")
+        .arg("--redis-mode", "cluster")
+        .flag("--forward-commands")
+        .run_to_exit(Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(2));
+}
