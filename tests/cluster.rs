@@ -368,14 +368,154 @@ fn reads_go_to_replicas_when_asked() {
 }
 
 #[test]
-fn transparent_mode_and_several_nodes_in_standalone_mode_are_refused_at_startup() {
+fn several_nodes_in_standalone_mode_are_refused_at_startup() {
     let output = ProxyBuilder::new("redis://127.0.0.1:7000,redis://127.0.0.1:7001")
         .run_to_exit(Duration::from_secs(10));
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--redis-mode cluster"));
-    let output = ProxyBuilder::new("redis://127.0.0.1:7000")
-        .arg("--redis-mode", "cluster")
-        .flag("--forward-commands")
-        .run_to_exit(Duration::from_secs(10));
-    assert_eq!(output.status.code(), Some(2));
+}
+
+fn transparent(cluster: &RedisCluster) -> Proxy {
+    proxy(cluster, |b| b.flag("--forward-commands"))
+}
+
+/// Sends `args` through the proxy and returns the reply, errors as `Err`.
+fn run(proxy: &Proxy, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(&mut proxy.redis_client())
+}
+
+#[test]
+fn transparent_mode_routes_every_command_to_the_node_of_its_slot() {
+    let cluster = RedisCluster::start();
+    let proxy = transparent(&cluster);
+    wait_ready(&proxy);
+    let keys = cluster.key_per_primary("w");
+    let mut client = proxy.redis_client();
+    for key in &keys {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("v1")
+            .query(&mut client)
+            .unwrap();
+        let direct: String = cluster.node_of(key).cmd(&["GET", key]);
+        assert_eq!(direct, "v1", "{key} written on its own node");
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{key}:h"))
+            .arg("f")
+            .arg("a")
+            .query(&mut client)
+            .unwrap();
+    }
+    // Cached reads are fetched from their key's node once, and dropped by writes.
+    let hkey = format!("{}:h", keys[0]);
+    for _ in 0..3 {
+        let got: String = redis::cmd("HGET")
+            .arg(&hkey)
+            .arg("f")
+            .query(&mut client)
+            .unwrap();
+        assert_eq!(got, "a");
+    }
+    assert_eq!(cluster.node_of(&hkey).calls("hget"), 1);
+    let _: () = redis::cmd("HSET")
+        .arg(&hkey)
+        .arg("f")
+        .arg("b")
+        .query(&mut client)
+        .unwrap();
+    let got: String = redis::cmd("HGET")
+        .arg(&hkey)
+        .arg("f")
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(got, "b");
+    // Keys of several slots in one command: Redis Cluster's own refusal.
+    let crossslot = run(&proxy, &["MSET", &keys[0], "x", &keys[1], "y"]).unwrap_err();
+    assert_eq!(crossslot.code(), Some("CROSSSLOT"), "{crossslot}");
+    let _ = run(&proxy, &["MSET", "{tag}a", "1", "{tag}b", "2"]).unwrap();
+    // A transaction and a blocking read on one slot's keys.
+    let replies: Vec<redis::Value> = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("{tag}n")
+        .arg(1)
+        .cmd("INCR")
+        .arg("{tag}n")
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(replies[1], redis::Value::Int(2));
+    let owner = cluster.owner(cluster.slot("{tag}q"));
+    let port = cluster.nodes[owner].port();
+    let pusher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut direct = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: i64 = redis::cmd("RPUSH")
+            .arg("{tag}q")
+            .arg("job")
+            .query(&mut direct)
+            .unwrap();
+    });
+    let popped: (String, String) = redis::cmd("BLPOP")
+        .arg("{tag}q")
+        .arg(5)
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(popped.1, "job");
+    pusher.join().unwrap();
+}
+
+#[test]
+fn transparent_mode_follows_a_slot_that_moved() {
+    let cluster = RedisCluster::start();
+    let proxy = transparent(&cluster);
+    wait_ready(&proxy);
+    let (a, b) = ("{mv}.a", "{mv}.b");
+    let _ = run(&proxy, &["SET", a, "1"]).unwrap();
+    let slot = cluster.slot(a);
+    let from = cluster.owner(slot);
+    let to = (0..cluster.nodes.len())
+        .find(|&i| i != from && serves_slots(&cluster, i))
+        .expect("another primary");
+    migrate(&cluster, slot, from, to, &[a], true);
+    // The proxy's map still says `from`: MOVED sends the write on to `to`.
+    let _ = run(&proxy, &["SET", b, "2"]).unwrap();
+    let direct: String = cluster.nodes[to].cmd(&["GET", b]);
+    assert_eq!(direct, "2");
+    assert_eq!(run(&proxy, &["INCR", a]).unwrap(), redis::Value::Int(2));
+}
+
+#[test]
+fn redis_py_through_a_transparent_proxy_over_a_cluster_gets_what_redis_answers() {
+    let cluster = RedisCluster::start();
+    let proxy = transparent(&cluster);
+    wait_ready(&proxy);
+    let direct = support::RedisServer::start();
+    let transcript = |port: u16| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let output = Command::new("python3")
+            .arg(dir.join("tests/clients/redis_py_forwarding.py"))
+            .arg(port.to_string())
+            .env("PYTHONPATH", dir.join("target/clients/python"))
+            .env("KEY_TAG", "1")
+            .output()
+            .expect("run redis-py");
+        assert!(
+            output.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let expected = transcript(direct.port());
+    let got = transcript(proxy.resp_addr().port());
+    assert!(expected.lines().count() > 20);
+    assert_eq!(got, expected);
 }

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use redis::Value;
 use tokio::time::Instant;
 
-use super::{Error, Options, RedisService, RedisUrl};
+use super::{Error, Manager, Options, RedisService, RedisUrl};
 use crate::lookup::Key;
 
 /// Slots in a Redis Cluster.
@@ -184,7 +184,7 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    pub(crate) fn new(seeds: Vec<RedisUrl>, options: Options, read_from: ReadFrom) -> Self {
+    pub(super) fn new(seeds: Vec<RedisUrl>, options: Options, read_from: ReadFrom) -> Self {
         Self {
             seeds,
             timeout: options.response_timeout,
@@ -285,7 +285,7 @@ impl Cluster {
     /// Refreshes in the background: at once, or [`REFRESH_SPACING`] after the
     /// last refresh when that was a moment ago; requests meanwhile join the
     /// one pending.
-    fn refresh_soon(self: &Arc<Self>) {
+    pub(crate) fn refresh_soon(self: &Arc<Self>) {
         if self.pending.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -392,6 +392,74 @@ impl Cluster {
         Err(crate::Error::unavailable(format!(
             "redis cluster: more than {MAX_REDIRECTS} redirections for one key"
         )))
+    }
+
+    /// The primary serving `slot` (any primary for `None`: a command without
+    /// keys), as `host:port` and how to connect to it; the map is read first
+    /// if it never was.
+    pub(crate) async fn primary(&self, slot: Option<u16>) -> Result<(String, Manager), Error> {
+        if self.routes().map.owners.is_empty() {
+            self.refresh().await?;
+        }
+        self.primary_now(slot)
+    }
+
+    /// [`Cluster::primary`] from the map as it is, without reading it.
+    pub(crate) fn primary_now(&self, slot: Option<u16>) -> Result<(String, Manager), Error> {
+        let routes = self.routes();
+        let shard = match slot {
+            Some(slot) => routes
+                .map
+                .owners
+                .get(usize::from(slot))
+                .copied()
+                .flatten()
+                .map(usize::from),
+            None => (!routes.nodes.is_empty()).then_some(0),
+        };
+        let node = shard
+            .and_then(|shard| routes.nodes.get(shard))
+            .map(|shard| shard[0].clone())
+            .ok_or_else(|| Error::Unavailable("redis cluster: no node serves the slot".into()))?;
+        Ok((node.addr.clone(), node.service.manager().clone()))
+    }
+
+    /// Calls `f` with the address and connector of the primary serving `slot`
+    /// (any primary for `None`), under the map's read lock: nothing is
+    /// cloned unless `f` does. Without one, `job` comes back with the error.
+    pub(crate) fn with_primary<J>(
+        &self,
+        slot: Option<u16>,
+        f: impl FnOnce(&str, &Manager, J),
+        job: J,
+    ) -> Result<(), (Error, J)> {
+        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+        let shard = match slot {
+            Some(slot) => routes
+                .map
+                .owners
+                .get(usize::from(slot))
+                .copied()
+                .flatten()
+                .map(usize::from),
+            None => (!routes.nodes.is_empty()).then_some(0),
+        };
+        match shard.and_then(|shard| routes.nodes.get(shard)) {
+            Some(shard) => {
+                f(&shard[0].addr, shard[0].service.manager(), job);
+                Ok(())
+            }
+            None => Err((
+                Error::Unavailable("redis cluster: no node serves the slot".into()),
+                job,
+            )),
+        }
+    }
+
+    /// How to connect to the node at `addr` (a redirection's target).
+    pub(crate) fn manager_at(&self, addr: &str) -> Result<Manager, Error> {
+        let routes = self.routes();
+        Ok(self.node(addr, &routes.map)?.service.manager().clone())
     }
 
     /// Whether every slot is served by a primary that answers `PING`; the map

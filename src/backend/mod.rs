@@ -36,7 +36,8 @@ use tower::Service;
 
 use crate::lookup::Key;
 
-pub use cluster::ReadFrom;
+pub(crate) use cluster::Cluster;
+pub use cluster::{ReadFrom, slot};
 pub use health::{Health, run_pinger};
 pub use url::RedisUrl;
 
@@ -394,6 +395,11 @@ impl RedisService {
         &self.shared.manager
     }
 
+    /// The cluster behind the service, in cluster mode.
+    pub(crate) fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.shared.cluster.get().cloned()
+    }
+
     /// Serves cached reads other than `GET` (see [`Key::query`]) through
     /// transparent mode's shared connections.
     pub(crate) fn set_forwarding(&self, forwarding: Arc<crate::forward::Forwarding>) {
@@ -401,7 +407,9 @@ impl RedisService {
     }
 
     async fn get(self, key: Key) -> Result<Option<Bytes>, crate::Error> {
-        if let Some(cluster) = self.shared.cluster.get() {
+        if let Some(cluster) = self.shared.cluster.get()
+            && key.query_target().is_none()
+        {
             return cluster.clone().get(key).await;
         }
         self.get_from_node(key).await

@@ -464,9 +464,6 @@ impl Config {
             RedisMode::Standalone if self.read_from != ReadFrom::Primary => invalid(
                 "--read-from (env REDIS_PROXY_READ_FROM, TOML `read_from`) applies to a cluster only (--redis-mode cluster)",
             ),
-            RedisMode::Cluster if self.forward_commands => invalid(
-                "--forward-commands is not supported with --redis-mode cluster: transparent mode needs one Redis",
-            ),
             RedisMode::Cluster if self.redis_url.nodes().iter().any(|url| url.db() != 0) => {
                 invalid(
                     "--redis-url (env REDIS_PROXY_REDIS_URL, TOML `redis_url`): a cluster has database 0 only",

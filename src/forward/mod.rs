@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backend::{Invalidation, InvalidationSink, Manager};
+use crate::backend::{Cluster, Invalidation, InvalidationSink, Manager};
 use crate::cache::Cache;
 use crate::limit::Slots;
 use crate::lookup::{Error, Key};
@@ -154,9 +154,17 @@ pub(crate) enum Route {
     Dedicate,
     /// A cached read of the key it names.
     Cached,
-    /// Sent on the shared path; its reply invalidates `After`.
-    Shared(After),
+    /// Sent on the shared path, to the node of `slot` (in a cluster); its reply
+    /// invalidates `after`.
+    Shared { after: After, slot: Option<u16> },
 }
+
+/// Redis Cluster's reply to keys of several slots in one command.
+const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
+/// One thread's forwarders, by node (`host:port`; empty with one Redis) and
+/// protocol (RESP3 or not).
+type Forwarders = std::collections::HashMap<String, [Option<mpsc::UnboundedSender<Job>>; 2]>;
 
 /// Everything transparent mode shares: the backend, the command table, the
 /// cache to invalidate, and each worker's shared connections.
@@ -171,9 +179,11 @@ pub(crate) struct Forwarding {
     admin: bool,
     table: OnceLock<Arc<Table>>,
     loading: tokio::sync::Mutex<()>,
-    /// Per worker thread (and one for the others): the RESP2 and RESP3
-    /// forwarders.
-    lanes: Box<[[OnceLock<mpsc::UnboundedSender<Job>>; 2]]>,
+    /// Per worker thread (and one for the others): the forwarders by node and
+    /// protocol (RESP3 or not).
+    lanes: Box<[std::sync::Mutex<Forwarders>]>,
+    /// In cluster mode: the cluster whose nodes commands are routed to by slot.
+    pub(crate) cluster: Option<Arc<Cluster>>,
     /// Connections dedicated to one client.
     pub(crate) dedicated: Slots,
 }
@@ -184,6 +194,7 @@ pub(crate) struct Settings {
     pub(crate) max_dedicated: usize,
     pub(crate) workers: usize,
     pub(crate) tracking: Option<InvalidationSink>,
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 impl std::fmt::Debug for Forwarding {
@@ -207,6 +218,7 @@ impl Forwarding {
             loading: tokio::sync::Mutex::new(()),
             lanes: (0..=settings.workers).map(|_| Default::default()).collect(),
             dedicated: Slots::new(settings.max_dedicated),
+            cluster: settings.cluster,
         }
     }
 
@@ -225,7 +237,11 @@ impl Forwarding {
         if self.table.get().is_some() {
             return Ok(());
         }
-        let mut link = Link::open(&self.backend, false, None, link::Tracking::Off).await?;
+        let (_, backend) = match &self.cluster {
+            Some(cluster) => cluster.primary(None).await.map_err(Error::from)?,
+            None => (String::new(), self.backend.clone()),
+        };
+        let mut link = Link::open(&backend, false, None, link::Tracking::Off).await?;
         let mut request = BytesMut::new();
         link::encode(&["COMMAND"], &mut request);
         link.write(&request).await?;
@@ -249,7 +265,10 @@ impl Forwarding {
         let name = std::str::from_utf8(&name).unwrap_or("");
         let Some(info) = table.get(name.as_bytes()) else {
             // Unknown to Redis too: it says so.
-            return Route::Shared(After::Nothing);
+            return Route::Shared {
+                after: After::Nothing,
+                slot: None,
+            };
         };
         let info = info.resolve(args);
         let sub = args.get(1).map(|s| s.to_ascii_lowercase());
@@ -269,6 +288,10 @@ impl Forwarding {
         if !allowed {
             return Route::Refuse("NOPERM No permissions to access a key".into());
         }
+        let slot = match self.slot_of(keys.as_deref().unwrap_or_default()) {
+            Ok(slot) => slot,
+            Err(crossslot) => return Route::Refuse(crossslot.into()),
+        };
         if STATEFUL.contains(&name) || info.flags.blocking {
             return Route::Dedicate;
         }
@@ -281,7 +304,49 @@ impl Forwarding {
         {
             return Route::Cached;
         }
-        Route::Shared(self.after(name, info, keys))
+        Route::Shared {
+            after: self.after(name, info, keys),
+            slot,
+        }
+    }
+
+    /// In cluster mode, the one slot of `keys` (`None` without keys); Redis
+    /// Cluster's `CROSSSLOT` error when they span several. Always `None` with
+    /// one Redis.
+    pub(crate) fn slot_of(&self, keys: &[Bytes]) -> Result<Option<u16>, &'static str> {
+        if self.cluster.is_none() {
+            return Ok(None);
+        }
+        let mut slots = keys.iter().map(|key| crate::backend::slot(key));
+        let Some(first) = slots.next() else {
+            return Ok(None);
+        };
+        if slots.all(|slot| slot == first) {
+            Ok(Some(first))
+        } else {
+            Err(CROSSSLOT)
+        }
+    }
+
+    /// The slot of the keys `args` names (see [`Forwarding::slot_of`]).
+    pub(crate) fn slot_of_args(&self, args: &[Bytes]) -> Result<Option<u16>, &'static str> {
+        if self.cluster.is_none() {
+            return Ok(None);
+        }
+        let keys = self.table.get().and_then(|table| {
+            let info = table.get(&args[0])?;
+            info.resolve(args).keys(args)
+        });
+        self.slot_of(keys.as_deref().unwrap_or_default())
+    }
+
+    /// The node commands for `slot` go to: the one Redis, or in a cluster the
+    /// primary that serves the slot (any primary for `None`).
+    pub(crate) fn node(&self, slot: Option<u16>) -> Result<(String, Manager), Error> {
+        match &self.cluster {
+            Some(cluster) => cluster.primary_now(slot).map_err(Error::from),
+            None => Ok((String::new(), self.backend.clone())),
+        }
     }
 
     /// What `args` does (see [`Class`]).
@@ -355,14 +420,15 @@ impl Forwarding {
         }
     }
 
-    /// Sends `request` on the calling thread's shared connection for
-    /// `resp3`; the receiver gets the reply.
+    /// Sends `request` on the calling thread's shared connection for `resp3`
+    /// to the node of `slot`; the receiver gets the reply.
     pub(crate) fn send(
         self: &Arc<Self>,
         resp3: bool,
         request: Bytes,
         db: Option<u16>,
         after: After,
+        slot: Option<u16>,
     ) -> oneshot::Receiver<Result<Frame, Error>> {
         let (reply, receiver) = oneshot::channel();
         let job = Job {
@@ -370,27 +436,74 @@ impl Forwarding {
             db,
             after,
             reply,
+            asking: false,
+            redirects: 0,
         };
+        let sent = match &self.cluster {
+            None => {
+                self.send_job(resp3, "", || self.backend.clone(), job);
+                Ok(())
+            }
+            Some(cluster) => cluster
+                .with_primary(
+                    slot,
+                    |addr, manager, job| self.send_job(resp3, addr, || manager.clone(), job),
+                    job,
+                )
+                .map_err(|(error, job)| (Error::from(error), job)),
+        };
+        if let Err((error, job)) = sent {
+            let _ = job.reply.send(Err(error));
+        }
+        receiver
+    }
+
+    /// Hands `job` to the calling thread's forwarder for the node at `addr`
+    /// (empty with one Redis), starting it, with a connection from `manager`,
+    /// on first use.
+    pub(crate) fn send_job(
+        self: &Arc<Self>,
+        resp3: bool,
+        addr: &str,
+        manager: impl FnOnce() -> Manager,
+        job: Job,
+    ) {
         let others = self.lanes.len() - 1;
         let lane = crate::worker::current().map_or(others, |worker| worker.min(others));
-        let sender = self.lanes[lane][usize::from(resp3)].get_or_init(|| {
-            let (sender, jobs) = mpsc::unbounded_channel();
-            tokio::spawn(shared::run(self.clone(), resp3, jobs));
-            sender
-        });
+        let sender = {
+            let mut forwarders = self.lanes[lane]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let senders = match forwarders.get_mut(addr) {
+                Some(senders) => senders,
+                None => forwarders.entry(addr.to_owned()).or_default(),
+            };
+            senders[usize::from(resp3)]
+                .get_or_insert_with(|| {
+                    let (sender, jobs) = mpsc::unbounded_channel();
+                    let forwarder =
+                        shared::run(self.clone(), addr.to_owned(), manager(), resp3, jobs);
+                    tokio::spawn(forwarder);
+                    sender
+                })
+                .clone()
+        };
         if let Err(mpsc::error::SendError(job)) = sender.send(job) {
             let _ = job
                 .reply
                 .send(Err(Error::unavailable("the forwarding connection is gone")));
         }
-        receiver
     }
 
     /// A cached read's miss: its request, run on the shared path. An error
     /// reply is the client's answer but is not cached.
     pub(crate) async fn fetch(self: Arc<Self>, key: Key) -> Result<Option<Bytes>, Error> {
         let (db, resp3) = key.query_target().expect("a cached read's key");
-        let reply = self.send(resp3, key.name().clone(), db, After::Nothing);
+        let slot = key
+            .subject()
+            .map(|subject| self.slot_of(&[subject]).ok().flatten())
+            .unwrap_or_default();
+        let reply = self.send(resp3, key.name().clone(), db, After::Nothing, slot);
         let frame = reply
             .await
             .map_err(|_| Error::unavailable("the forwarding connection is gone"))??;

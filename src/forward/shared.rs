@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use super::frame::Frame;
 use super::link::{self, Link, Tracking};
 use super::{After, Forwarding};
+use crate::backend::Manager;
 use crate::lookup::Error;
 
 /// One forwarded request.
@@ -35,29 +36,40 @@ pub(crate) struct Job {
     pub(crate) after: After,
     /// Where the reply goes.
     pub(crate) reply: oneshot::Sender<Result<Frame, Error>>,
+    /// Sent after `ASKING` (an `ASK` redirection in a cluster).
+    pub(crate) asking: bool,
+    /// Redirections followed so far.
+    pub(crate) redirects: u8,
 }
+
+/// Redirections one forwarded command follows at most.
+const MAX_REDIRECTS: u8 = 5;
 
 /// What a reply on the connection answers.
 enum Waiting {
-    /// A `SELECT` the forwarder put in front of a request.
+    /// A `SELECT` or `ASKING` the forwarder put in front of a request.
     Select,
-    Job {
-        after: After,
-        reply: oneshot::Sender<Result<Frame, Error>>,
-        sent: Instant,
-    },
+    /// A request; it is kept to be sent again should a cluster redirect it.
+    Job { job: Job, sent: Instant },
 }
 
-/// Runs the forwarder of one worker thread and protocol until every sender is
-/// gone.
+/// Runs the forwarder of one worker thread, node (`addr`, reached with
+/// `backend`) and protocol until every sender is gone.
 pub(crate) async fn run(
     forwarding: Arc<Forwarding>,
+    addr: String,
+    backend: Manager,
     resp3: bool,
     mut jobs: mpsc::UnboundedReceiver<Job>,
 ) {
-    let timeout = forwarding.backend.response_timeout();
+    let timeout = backend.response_timeout();
+    let node = Node {
+        forwarding: &forwarding,
+        addr: &addr,
+        resp3,
+    };
     while let Some(first) = jobs.recv().await {
-        let (mut link, lost) = match connect(&forwarding, resp3).await {
+        let (mut link, lost) = match connect(&forwarding, &backend, resp3).await {
             Ok(opened) => opened,
             Err(error) => {
                 let _ = first.reply.send(Err(error.clone()));
@@ -78,7 +90,7 @@ pub(crate) async fn run(
             &mut out,
         );
         let failure = serve(
-            &forwarding,
+            &node,
             &mut link,
             lost,
             &mut jobs,
@@ -89,8 +101,8 @@ pub(crate) async fn run(
         )
         .await;
         for waiting in waiting.drain(..) {
-            if let Waiting::Job { reply, .. } = waiting {
-                let _ = reply.send(Err(failure.clone()));
+            if let Waiting::Job { job, .. } = waiting {
+                let _ = job.reply.send(Err(failure.clone()));
             }
         }
         if forwarding.tracking.is_some() {
@@ -106,6 +118,7 @@ pub(crate) async fn run(
 /// connection its invalidations go to: the receiver fires when that one fails.
 async fn connect(
     forwarding: &Arc<Forwarding>,
+    backend: &Manager,
     resp3: bool,
 ) -> Result<(Link, Option<oneshot::Receiver<()>>), Error> {
     let (tracking, lost) = match (&forwarding.tracking, resp3) {
@@ -113,7 +126,7 @@ async fn connect(
         (Some(_), true) => (Tracking::Own, None),
         (Some(sink), false) => {
             let (mut lost_tx, lost) = oneshot::channel::<()>();
-            let mut listener = Link::open(&forwarding.backend, true, None, Tracking::Off).await?;
+            let mut listener = Link::open(backend, true, None, Tracking::Off).await?;
             let id = listener.id;
             let sink = sink.clone();
             tokio::spawn(async move {
@@ -137,7 +150,7 @@ async fn connect(
             (Tracking::Redirect(id), Some(lost))
         }
     };
-    let link = Link::open(&forwarding.backend, resp3, None, tracking).await?;
+    let link = Link::open(backend, resp3, None, tracking).await?;
     Ok((link, lost))
 }
 
@@ -155,10 +168,13 @@ fn queue(
         waiting.push_back(Waiting::Select);
         *selected = job.db;
     }
+    if job.asking {
+        link::encode(&["ASKING"], out);
+        waiting.push_back(Waiting::Select);
+    }
     out.extend_from_slice(&job.request);
     waiting.push_back(Waiting::Job {
-        after: job.after,
-        reply: job.reply,
+        job,
         sent: Instant::now(),
     });
 }
@@ -166,7 +182,7 @@ fn queue(
 /// Carries jobs until the connection fails; returns why.
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    forwarding: &Forwarding,
+    node: &Node<'_>,
     link: &mut Link,
     mut lost: Option<oneshot::Receiver<()>>,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
@@ -186,7 +202,7 @@ async fn serve(
         loop {
             match link.take() {
                 Ok(Some(frame)) => {
-                    if let Err(error) = answer(forwarding, frame, waiting) {
+                    if let Err(error) = answer(node, frame, waiting) {
                         return error;
                     }
                 }
@@ -204,9 +220,9 @@ async fn serve(
         tokio::select! {
             job = jobs.recv() => match job {
                 Some(job) => {
-                    queue(forwarding.default_db, job, selected, waiting, out);
+                    queue(node.forwarding.default_db, job, selected, waiting, out);
                     while let Ok(job) = jobs.try_recv() {
-                        queue(forwarding.default_db, job, selected, waiting, out);
+                        queue(node.forwarding.default_db, job, selected, waiting, out);
                     }
                 }
                 None => return Error::unavailable("the proxy is stopping"),
@@ -234,12 +250,18 @@ async fn serve(
     }
 }
 
-/// Hands one frame to whoever waits for it; pushes are invalidations.
-fn answer(
-    forwarding: &Forwarding,
-    frame: Frame,
-    waiting: &mut VecDeque<Waiting>,
-) -> Result<(), Error> {
+/// The node a forwarder serves.
+struct Node<'a> {
+    forwarding: &'a Arc<Forwarding>,
+    addr: &'a str,
+    resp3: bool,
+}
+
+/// Hands one frame to whoever waits for it; pushes are invalidations. In a
+/// cluster, a `MOVED` or `ASK` reply sends the request on to the node it names
+/// (the request did not run: nothing is invalidated).
+fn answer(node: &Node<'_>, frame: Frame, waiting: &mut VecDeque<Waiting>) -> Result<(), Error> {
+    let forwarding = node.forwarding;
     if link::is_push(&frame) {
         forwarding.invalidated(&frame);
         return Ok(());
@@ -249,11 +271,38 @@ fn answer(
             Some(error) => Err(Error::unavailable(format!("SELECT failed: {error}"))),
             None => Ok(()),
         },
-        Some(Waiting::Job { after, reply, .. }) => {
-            forwarding.apply(&after);
-            let _ = reply.send(Ok(frame));
+        Some(Waiting::Job { mut job, .. }) => {
+            if let (Some(cluster), Some(error)) = (&forwarding.cluster, frame.error_text())
+                && job.redirects < MAX_REDIRECTS
+                && let Some((asking, target)) = redirection(&error)
+                && target != node.addr
+                && let Ok(manager) = cluster.manager_at(target)
+            {
+                if !asking {
+                    cluster.refresh_soon();
+                }
+                job.asking = asking;
+                job.redirects += 1;
+                forwarding.send_job(node.resp3, target, || manager, job);
+                return Ok(());
+            }
+            forwarding.apply(&job.after);
+            let _ = job.reply.send(Ok(frame));
             Ok(())
         }
         None => Err(link::lost("a reply nobody asked for")),
     }
+}
+
+/// `MOVED slot host:port` → `(false, host:port)`; `ASK slot host:port` →
+/// `(true, host:port)`.
+fn redirection(error: &str) -> Option<(bool, &str)> {
+    let mut words = error.split_whitespace();
+    let asking = match words.next()? {
+        "MOVED" => false,
+        "ASK" => true,
+        _ => return None,
+    };
+    words.next()?;
+    Some((asking, words.next()?))
 }

@@ -168,10 +168,10 @@ impl Session {
             Route::Refuse(_) => "refused",
             Route::Dedicate => "dedicated",
             Route::Cached => "cached",
-            Route::Shared(_) => "shared",
+            Route::Shared { .. } => "shared",
         };
         crate::metrics::record_forwarded(&args[0], path);
-        let after = match route {
+        let (after, slot) = match route {
             Route::Refuse(error) => return Planned::Reply(Reply::error(error), self.protocol),
             Route::Dedicate => return Planned::Dedicate(args),
             Route::Cached => {
@@ -183,13 +183,14 @@ impl Session {
                     keys.push_back(key);
                     return Planned::Cached;
                 }
-                crate::forward::After::Nothing
+                let slot = forwarding.slot_of(&args[1..2]).ok().flatten();
+                (crate::forward::After::Nothing, slot)
             }
-            Route::Shared(after) => after,
+            Route::Shared { after, slot } => (after, slot),
         };
         let mut request = bytes::BytesMut::new();
         link::encode(&args, &mut request);
-        Planned::Forward(forwarding.send(resp3, request.freeze(), self.db, after))
+        Planned::Forward(forwarding.send(resp3, request.freeze(), self.db, after, slot))
     }
 
     /// The database the connection reads (`None`: the backend's own).

@@ -187,6 +187,7 @@ impl Proxy {
                     workers,
                     tracking: (config.invalidation == InvalidationMode::Tracking)
                         .then(|| invalidation_sink(cache.clone())),
+                    cluster: backend.cluster(),
                 },
             ));
             backend.set_forwarding(forwarding.clone());

@@ -4,8 +4,11 @@ every answer; the two transcripts must be equal.
 
 Usage: redis_py_forwarding.py PORT
 Runs with protocol 2, then 3, against an empty database. Messages go through a
-second client of the same PORT (pub/sub, BLPOP wake-up, WATCH conflict).
+second client of the same PORT (pub/sub, BLPOP wake-up, WATCH conflict). With
+KEY_TAG=1 every key carries one hash tag per protocol, so that a Redis Cluster
+serves each run's keys from one slot, as a cluster client's transactions need.
 """
+import os
 import sys
 import threading
 import time
@@ -22,7 +25,7 @@ def note(label, value):
 for protocol in (2, 3):
     r = redis.Redis(host="127.0.0.1", port=port, protocol=protocol, socket_timeout=10)
     other = redis.Redis(host="127.0.0.1", port=port, protocol=protocol, socket_timeout=10)
-    p = f"p{protocol}:"
+    p = f"{{p{protocol}}}:" if os.environ.get("KEY_TAG") else f"p{protocol}:"
     note("ping", r.ping())
 
     # Strings.

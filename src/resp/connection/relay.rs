@@ -100,12 +100,49 @@ where
             return self.flush().await;
         };
         let resp3 = protocol == Protocol::Resp3;
-        let opened = Link::open(
-            &forwarding.backend,
-            resp3,
-            self.session.db(),
-            link::Tracking::Off,
-        );
+        // In a cluster the connection goes to the node of the state's keys. A
+        // MULTI has none: it is answered here, and the connection opened for
+        // the first command queued after it.
+        let mut first = vec![first];
+        let deferred = forwarding.cluster.is_some() && first[0][0].eq_ignore_ascii_case(b"multi");
+        if deferred {
+            Reply::OK.encode(protocol, &mut self.output);
+            self.flush().await?;
+            loop {
+                let args = match self.decoder.decode(&mut self.input) {
+                    Ok(Some(args)) => args,
+                    Ok(None) => {
+                        self.read(stop).await?;
+                        continue;
+                    }
+                    Err(error) => return Err(Close::Protocol(error)),
+                };
+                let name = args[0].to_ascii_lowercase();
+                match &name[..] {
+                    // Nothing was queued: nothing to run.
+                    b"exec" => Reply::Array(Vec::new()).encode(protocol, &mut self.output),
+                    b"discard" => Reply::OK.encode(protocol, &mut self.output),
+                    _ => {
+                        first.push(args);
+                        break;
+                    }
+                }
+                return self.flush().await;
+            }
+        }
+        let keyed = first.last().expect("a request");
+        let slot = match forwarding.slot_of_args(keyed) {
+            Ok(slot) => slot,
+            Err(crossslot) if !deferred => {
+                Reply::error(crossslot).encode(protocol, &mut self.output);
+                return self.flush().await;
+            }
+            Err(_) => None,
+        };
+        let opened = async {
+            let (_, backend) = forwarding.node(slot)?;
+            Link::open(&backend, resp3, self.session.db(), link::Tracking::Off).await
+        };
         let mut link = match opened.await {
             Ok(link) => link,
             Err(error) => {
@@ -114,21 +151,31 @@ where
             }
         };
         crate::metrics::dedicated_connections(1);
-        let served = self.relay_on(&mut link, first, stop).await;
+        let served = self.relay_on(&mut link, first, deferred, stop).await;
         crate::metrics::dedicated_connections(-1);
         link.close().await;
         served
     }
 
+    /// Relays `first` (a `MULTI` already answered when `answered_multi`) and
+    /// what follows on `link` until the state ends.
     async fn relay_on(
         &mut self,
         link: &mut Link,
-        first: Vec<Bytes>,
+        first: Vec<Vec<Bytes>>,
+        answered_multi: bool,
         stop: &tokio_util::sync::CancellationToken,
     ) -> Result<(), Close> {
         let mut state = State::default();
         let mut out = BytesMut::new();
-        self.relay_request(first, &mut state, &mut out);
+        for (i, request) in first.into_iter().enumerate() {
+            self.relay_request(request, &mut state, &mut out);
+            if i == 0 && answered_multi {
+                // The client has had its +OK.
+                state.expect.pop_back();
+                state.expect.push_back(Expect::Swallow);
+            }
+        }
         loop {
             // Requests already received go first, whole pipelines at a time.
             while !state.quit {
