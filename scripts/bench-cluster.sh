@@ -22,7 +22,6 @@ proxy=${BENCH_PROXY:-target/release/redis-proxy}
 script=bench-cluster
 source scripts/lib.sh
 need_packages redis-server=redis-server redis-benchmark=redis-tools
-hz=$(getconf CLK_TCK)
 
 cargo build --release --locked --quiet --bin redis-proxy
 dir=target/bench-cluster
@@ -84,9 +83,6 @@ for port in "$hit_port" "$single_port"; do
   redis-benchmark -p "$port" -t get -r 1000 -n 20000 -c 20 -q > /dev/null 2>&1
 done
 
-ticks() { local sum=0 pid; for pid in "$@"; do sum=$((sum + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done; echo "$sum"; }
-per_request() { awk -v t="$1" -v n="$2" -v hz="$hz" 'BEGIN { printf "%.3f", t / hz * 1e6 / n }'; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # run PIPELINE "PIDS" ARGS... -> "rps cpu_us_per_request"
 run() {
@@ -112,11 +108,6 @@ for ((round = 1; round <= rounds; round++)); do
   done
 done
 column() { printf '%s' "${samples[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
-paired() {
-  paste <(printf '%s' "$1" | awk -v c="$3" 'NF { print $c }') \
-    <(printf '%s' "$2" | awk -v c="$3" 'NF { print $c }') \
-    | awk '{ print $1 / $2 }' | median | awk '{ printf "%.2f", $1 }'
-}
 
 printf '\nCluster mode (3 primaries), GET of 1,000 keys of 100 bytes, -c 50, median of %s rounds\n\n' "$rounds"
 printf '%-6s %-44s %12s %13s\n' "-P" "target" "requests/s" "CPU us/req"

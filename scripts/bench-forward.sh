@@ -23,8 +23,6 @@ proxy=${BENCH_PROXY:-target/release/redis-proxy}
 script=bench-forward
 source scripts/lib.sh
 need_packages redis-server=redis-server redis-benchmark=redis-tools nutcracker=nutcracker
-nutcracker=$(command -v nutcracker || echo /usr/sbin/nutcracker)
-hz=$(getconf CLK_TCK)
 
 cargo build --release --locked --quiet --bin redis-proxy
 dir=target/bench-forward
@@ -45,26 +43,8 @@ proxy_pid=$!
 pids+=("$proxy_pid")
 wait_port "$proxy_port"
 
-nut_port=$(free_port)
-cat > "$dir/nutcracker.yml" <<YML
-bench:
-  listen: 127.0.0.1:$nut_port
-  hash: fnv1a_64
-  distribution: ketama
-  redis: true
-  auto_eject_hosts: false
-  server_connections: 1
-  servers:
-    - 127.0.0.1:$redis_port:1
-YML
-"$nutcracker" -c "$dir/nutcracker.yml" -o "$dir/nutcracker.log" -s "$(free_port)" &
-nut_pid=$!
-pids+=("$nut_pid")
-wait_port "$nut_port"
+start_nutcracker "$redis_port" "$dir"
 
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-per_request() { awk -v t="$1" -v n="$2" -v hz="$hz" 'BEGIN { printf "%.3f", t / hz * 1e6 / n }'; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # write_run TEST PORT PIPELINE PID -> "rps cpu_us_per_request"
 write_run() {
@@ -114,11 +94,6 @@ for ((round = 1; round <= rounds; round++)); do
   samples[redis/mixed]+="$(mixed_run "$redis_port" "$redis_pid")"$'\n'
 done
 column() { printf '%s' "${samples[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
-paired() {
-  paste <(printf '%s' "$1" | awk -v c="$3" 'NF { print $c }') \
-    <(printf '%s' "$2" | awk -v c="$3" 'NF { print $c }') \
-    | awk '{ print $1 / $2 }' | median | awk '{ printf "%.2f", $1 }'
-}
 
 printf '\nTransparent mode (--forward-commands), median of %s rounds; redis-proxy one thread per core (%s), nutcracker and redis-server single event loops\n\n' \
   "$rounds" "$(nproc)"

@@ -54,7 +54,6 @@ script=bench
 source scripts/lib.sh
 need_packages redis-server=redis-server redis-benchmark=redis-tools nutcracker=nutcracker \
   webdis=webdis wrk=wrk
-nutcracker=$(command -v nutcracker || echo /usr/sbin/nutcracker)
 hz=$(getconf CLK_TCK)
 
 cargo build --release --locked --quiet --bin redis-proxy --example bare_hyper
@@ -111,22 +110,7 @@ webdis_pid=$!
 pids+=("$webdis_pid")
 wait_port "$webdis_port"
 
-nut_port=$(free_port)
-cat > "$dir/nutcracker.yml" <<YML
-bench:
-  listen: 127.0.0.1:$nut_port
-  hash: fnv1a_64
-  distribution: ketama
-  redis: true
-  auto_eject_hosts: false
-  server_connections: 1
-  servers:
-    - 127.0.0.1:$redis_port:1
-YML
-"$nutcracker" -c "$dir/nutcracker.yml" -o "$dir/nutcracker.log" -s "$(free_port)" &
-nut_pid=$!
-pids+=("$nut_pid")
-wait_port "$nut_port"
+start_nutcracker "$redis_port" "$dir"
 
 # 1,000 keys of 100 bytes: key:000000000000 .. key:000000000999, as -r 1000 names them.
 redis-benchmark -p "$redis_port" -t set -r "$keys" -d "$size" -n 50000 -c 20 -q > /dev/null
@@ -134,10 +118,6 @@ redis-benchmark -p "$redis_port" -t set -r "$keys" -d "$size" -n 50000 -c 20 -q 
 # Warm the proxy's cache so every measured GET is a hit.
 redis-benchmark -p "$proxy_port" -t get -r "$keys" -n 20000 -c 20 -q > /dev/null 2>&1
 
-# CPU time of a process, all threads, in clock ticks (utime + stime).
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-# Microseconds of CPU per request: ticks over a run / requests.
-per_request() { awk -v t="$1" -v n="$2" -v hz="$hz" 'BEGIN { printf "%.3f", t / hz * 1e6 / n }'; }
 
 # resp_run TARGET PORT PIPELINE PID -> "rps p50 p99 cpu_us_per_request"
 resp_run() {
@@ -180,7 +160,6 @@ for ((round = 1; round <= rounds; round++)); do
   done
   samples[proxy-misses/1]+="$(resp_run proxy-misses "$miss_port" 1 "$miss_pid")"$'\n'
 done
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 column() { printf '%s' "${samples[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
 
 if [[ -n $workers ]]; then
@@ -298,13 +277,6 @@ printf '  redis-proxy RSS:          %s bytes per cached entry (%s entries held)\
 
 # --- the targets: ratios of CPU per request (memory: of bytes per entry) ----------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-# paired SAMPLES_A SAMPLES_B COLUMN: the median over rounds of A's figure over
-# B's in the same round, so that a slow round weighs on both sides alike.
-paired() {
-  paste <(printf '%s' "$1" | awk -v c="$3" 'NF { print $c }') \
-    <(printf '%s' "$2" | awk -v c="$3" 'NF { print $c }') \
-    | awk '{ print $1 / $2 }' | median | awk '{ printf "%.2f", $1 }'
-}
 verdict() { awk -v r="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=") ? r >= t : r <= t; print ok ? "met" : "MISSED" }'; }
 row() { printf '  %-44s %6s   %s %-5s %s\n' "$1" "$2" "$3" "$4" "$(verdict "$2" "$3" "$4")"; }
 printf '\nTargets (CPU per request, proxy over peer, median of per-round ratios):\n'

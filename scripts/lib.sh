@@ -1,4 +1,4 @@
-# Helpers shared by scripts/bench.sh and scripts/soak.sh. Source it after setting
+# Helpers shared by the bench scripts, scripts/soak.sh and scripts/run-cluster.sh. Source it after setting
 # `script` to the caller's name (used in messages).
 
 # Installs the Debian packages that provide missing commands, when root; else
@@ -37,3 +37,46 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
+
+# --- measuring (the bench scripts) ---------------------------------------------
+
+# CPU time of processes, all their threads, in clock ticks (utime + stime), summed.
+ticks() {
+  local sum=0 pid
+  for pid in "$@"; do sum=$((sum + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done
+  echo "$sum"
+}
+# Microseconds of CPU per request: ticks over a run / requests.
+per_request() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz * 1e6 / n }'; }
+# The median of the numbers on standard input, one a line.
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+# paired SAMPLES_A SAMPLES_B COLUMN: the median over rounds of A's figure over
+# B's in the same round, so that a slow round weighs on both sides alike.
+paired() {
+  paste <(printf '%s' "$1" | awk -v c="$3" 'NF { print $c }') \
+    <(printf '%s' "$2" | awk -v c="$3" 'NF { print $c }') \
+    | awk '{ print $1 / $2 }' | median | awk '{ printf "%.2f", $1 }'
+}
+
+# start_nutcracker REDIS_PORT DIR: twemproxy in front of that Redis, one server
+# connection, as it is usually run; sets nut_port and nut_pid.
+start_nutcracker() {
+  local nutcracker
+  nutcracker=$(command -v nutcracker || echo /usr/sbin/nutcracker)
+  nut_port=$(free_port)
+  cat > "$2/nutcracker.yml" <<YML
+bench:
+  listen: 127.0.0.1:$nut_port
+  hash: fnv1a_64
+  distribution: ketama
+  redis: true
+  auto_eject_hosts: false
+  server_connections: 1
+  servers:
+    - 127.0.0.1:$1:1
+YML
+  "$nutcracker" -c "$2/nutcracker.yml" -o "$2/nutcracker.log" -s "$(free_port)" &
+  nut_pid=$!
+  pids+=("$nut_pid")
+  wait_port "$nut_port"
+}

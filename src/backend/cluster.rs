@@ -158,6 +158,26 @@ struct Routes {
     nodes: Vec<Vec<Arc<Node>>>,
 }
 
+impl Routes {
+    /// The primary serving `slot`; any primary (the first shard's) for `None`.
+    fn primary(&self, slot: Option<u16>) -> Result<&Arc<Node>, Error> {
+        let shard = match slot {
+            Some(slot) => self
+                .map
+                .owners
+                .get(usize::from(slot))
+                .copied()
+                .flatten()
+                .map(usize::from),
+            None => (!self.nodes.is_empty()).then_some(0),
+        };
+        shard
+            .and_then(|shard| self.nodes.get(shard))
+            .map(|shard| &shard[0])
+            .ok_or_else(|| Error::Unavailable("redis cluster: no node serves the slot".into()))
+    }
+}
+
 /// A Redis Cluster: its slot map and a service per node.
 pub(crate) struct Cluster {
     seeds: Vec<RedisUrl>,
@@ -407,20 +427,7 @@ impl Cluster {
     /// [`Cluster::primary`] from the map as it is, without reading it.
     pub(crate) fn primary_now(&self, slot: Option<u16>) -> Result<(String, Manager), Error> {
         let routes = self.routes();
-        let shard = match slot {
-            Some(slot) => routes
-                .map
-                .owners
-                .get(usize::from(slot))
-                .copied()
-                .flatten()
-                .map(usize::from),
-            None => (!routes.nodes.is_empty()).then_some(0),
-        };
-        let node = shard
-            .and_then(|shard| routes.nodes.get(shard))
-            .map(|shard| shard[0].clone())
-            .ok_or_else(|| Error::Unavailable("redis cluster: no node serves the slot".into()))?;
+        let node = routes.primary(slot)?;
         Ok((node.addr.clone(), node.service.manager().clone()))
     }
 
@@ -434,25 +441,12 @@ impl Cluster {
         job: J,
     ) -> Result<(), (Error, J)> {
         let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
-        let shard = match slot {
-            Some(slot) => routes
-                .map
-                .owners
-                .get(usize::from(slot))
-                .copied()
-                .flatten()
-                .map(usize::from),
-            None => (!routes.nodes.is_empty()).then_some(0),
-        };
-        match shard.and_then(|shard| routes.nodes.get(shard)) {
-            Some(shard) => {
-                f(&shard[0].addr, shard[0].service.manager(), job);
+        match routes.primary(slot) {
+            Ok(node) => {
+                f(&node.addr, node.service.manager(), job);
                 Ok(())
             }
-            None => Err((
-                Error::Unavailable("redis cluster: no node serves the slot".into()),
-                job,
-            )),
+            Err(error) => Err((error, job)),
         }
     }
 

@@ -156,14 +156,7 @@ impl Manager {
     /// `rediss://`) within the connect timeout, no handshake. The forwarding
     /// path speaks RESP on it itself (see `crate::forward`).
     pub(crate) async fn open_raw(&self) -> Result<Box<dyn RawStream>, Error> {
-        let (host, port) = match self.info.addr() {
-            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
-            other => {
-                return Err(Error::Unavailable(format!(
-                    "cannot connect to {other}: only redis:// addresses are supported"
-                )));
-            }
-        };
+        let (host, port) = self.host_port()?;
         let stream = self.connect_tcp(&host, port).await?;
         match &self.tls {
             None => Ok(Box::new(stream)),
@@ -197,15 +190,18 @@ impl Manager {
         self.handshake_timeout
     }
 
+    /// The host and port the URL names.
+    fn host_port(&self) -> Result<(String, u16), Error> {
+        match self.info.addr() {
+            ConnectionAddr::Tcp(host, port) => Ok((host.clone(), *port)),
+            other => Err(Error::Unavailable(format!(
+                "cannot connect to {other}: only redis:// addresses are supported"
+            ))),
+        }
+    }
+
     async fn open(&self) -> Result<MultiplexedConnection, Error> {
-        let (host, port) = match self.info.addr() {
-            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
-            other => {
-                return Err(Error::Unavailable(format!(
-                    "cannot connect to {other}: only redis:// addresses are supported"
-                )));
-            }
-        };
+        let (host, port) = self.host_port()?;
         let stream = self.connect_tcp(&host, port).await?;
         // The connection's driver task: its type differs with the stream's.
         type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -259,35 +255,36 @@ impl Manager {
         if self.readonly {
             // A cluster replica answers reads of its primary's slots only after
             // READONLY.
-            let readonly = redis::cmd("READONLY");
-            let readonly = readonly.query_async::<()>(&mut connection);
-            match tokio::time::timeout(self.handshake_timeout, readonly).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(Error::from_redis(&error)),
-                Err(_) => {
-                    return Err(Error::Unavailable(
-                        "no answer to READONLY within --request-timeout".into(),
-                    ));
-                }
-            }
+            self.set_up(&mut connection, redis::cmd("READONLY"), "READONLY")
+                .await?;
         }
         if self.tracking.is_some() {
             // Before the connection reads its first key: every key read on it is
             // tracked, or the connection is never used.
             let mut tracking = redis::cmd("CLIENT");
             tracking.arg("TRACKING").arg("ON");
-            let tracking = tracking.query_async::<()>(&mut connection);
-            match tokio::time::timeout(self.handshake_timeout, tracking).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(Error::from_redis(&error)),
-                Err(_) => {
-                    return Err(Error::Unavailable(
-                        "no answer to CLIENT TRACKING ON within --request-timeout".into(),
-                    ));
-                }
-            }
+            self.set_up(&mut connection, tracking, "CLIENT TRACKING ON")
+                .await?;
         }
         Ok(connection)
+    }
+
+    /// Runs `command` on a new connection before it is used, within the
+    /// handshake's bound.
+    async fn set_up(
+        &self,
+        connection: &mut MultiplexedConnection,
+        command: redis::Cmd,
+        name: &str,
+    ) -> Result<(), Error> {
+        let run = command.query_async::<()>(connection);
+        match tokio::time::timeout(self.handshake_timeout, run).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(Error::from_redis(&error)),
+            Err(_) => Err(Error::Unavailable(format!(
+                "no answer to {name} within --request-timeout"
+            ))),
+        }
     }
 }
 
