@@ -25,11 +25,12 @@ HAVE_DOCKER = $(shell docker info >/dev/null 2>&1 && echo yes)
 COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
 	elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; fi)
 DC = $(COMPOSE) -p $(COMPOSE_PROJECT) -f $(COMPOSE_FILE)
+DCC = $(COMPOSE) -p $(COMPOSE_PROJECT)-cluster -f docker/cluster-compose.yml
 
 .DEFAULT_GOAL := help
 
 .PHONY: help build lint fmt test test-native test-docker unit clients examples doc compose-check \
-	run run-native run-docker run-cluster bench soak clean
+	run run-native run-docker run-cluster run-cluster-native run-cluster-docker bench soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -101,10 +102,12 @@ examples: ## Build the library examples
 doc: ## Build the API docs (warnings are errors)
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
 
-compose-check: ## Validate docker/docker-compose.yml without an engine (skipped without docker-compose)
+compose-check: ## Validate the compose files without an engine (skipped without docker-compose)
 	@if [ -n "$(COMPOSE)" ]; then \
 		echo "$(DC) --profile test config -q"; \
 		$(DC) --profile test config -q; \
+		echo "$(DCC) config -q"; \
+		$(DCC) config -q; \
 	else \
 		echo "compose-check: skipped (neither docker compose nor docker-compose is installed)"; \
 	fi
@@ -135,9 +138,28 @@ run-docker: ## Redis and the proxy with docker compose on 127.0.0.1 (Ctrl-C stop
 	$(DC) down --remove-orphans >/dev/null 2>&1 || true; \
 	exit $$status
 
-run-cluster: build ## A local Redis Cluster (3 primaries, 3 replicas on 7000-7005) and the proxy in cluster mode
-	@command -v redis-server >/dev/null || { echo "make run-cluster needs redis-server and redis-cli (apt-get install redis-server)" >&2; exit 1; }
+run-cluster: ## A Redis Cluster (3 primaries, 3 replicas) and the proxy in cluster mode: natively, else with docker compose
+ifeq ($(HAVE_CARGO)$(HAVE_REDIS),yesyes)
+	@$(MAKE) --no-print-directory run-cluster-native
+else
+	@if [ "$(HAVE_DOCKER)" = yes ]; then \
+		$(MAKE) --no-print-directory run-cluster-docker; \
+	else \
+		echo "make run-cluster needs cargo and redis-server, or a running Docker engine with docker compose." >&2; exit 1; \
+	fi
+endif
+
+run-cluster-native: build ## Six local redis-servers on 7000-7005 and the proxy (data in target/cluster-run)
 	@scripts/run-cluster.sh target/release/redis-proxy $(ARGS)
+
+run-cluster-docker: ## The cluster and the proxy with docker compose on 127.0.0.1 (Ctrl-C stops and removes them)
+	@[ -n "$(COMPOSE)" ] || { echo "make run-cluster-docker: docker compose (or docker-compose) is needed" >&2; exit 1; }
+	@stopped=; trap 'stopped=yes' INT TERM; status=0; \
+	echo "$(DCC) up --build --exit-code-from proxy"; \
+	$(DCC) up --build --exit-code-from proxy || status=$$?; \
+	if [ -n "$$stopped" ]; then status=0; fi; \
+	$(DCC) down --remove-orphans >/dev/null 2>&1 || true; \
+	exit $$status
 
 bench: ## Benchmark hits, misses, memory, transparent and cluster modes against redis-server, twemproxy, webdis and bare hyper (ratios)
 	scripts/bench.sh

@@ -178,51 +178,56 @@ fn a_failed_primary_fails_fast_then_its_promoted_replica_serves() {
     }
     let proxy = proxy(&cluster, |b| b.arg("--cache-ttl", "100ms"));
     wait_ready(&proxy);
-    let victim = cluster.owner(cluster.slot(&keys[0]));
+    let slot = cluster.slot(&keys[0]);
+    let victim = cluster.owner(slot);
     cluster.nodes[victim].stop();
     let start = Instant::now();
-    // Other primaries' keys are served throughout.
-    let mut failed_fast = false;
-    let mut not_ready = false;
-    let mut recovered = None;
-    while start.elapsed() < Duration::from_secs(20) {
+    // Other primaries' keys are served throughout; the dead primary's fail
+    // fast until the cluster has promoted its replica, and succeed within a
+    // moment of it.
+    let (mut failed_fast, mut not_ready) = (false, false);
+    let (mut promoted, mut recovered) = (None, None);
+    let mut last = (0, String::new());
+    while start.elapsed() < Duration::from_secs(45) {
         std::thread::sleep(Duration::from_millis(150));
         assert_eq!(
             http_get(proxy.http_addr(), &format!("/{}", keys[1])),
             (200, "before".into())
         );
+        if promoted.is_none() && cluster.owner(slot) != victim {
+            promoted = Some(start.elapsed());
+        }
         let asked = Instant::now();
-        let (status, _) = http_get(proxy.http_addr(), &format!("/{}", keys[0]));
+        last = http_get(proxy.http_addr(), &format!("/{}", keys[0]));
         if http_get(proxy.admin_addr(), "/readyz").0 == 503 {
             not_ready = true;
         }
-        if status == 502 {
-            assert!(
-                asked.elapsed() < Duration::from_secs(2),
-                "a dead node fails fast"
-            );
-            failed_fast = true;
-        } else if status == 200 {
-            recovered = Some(start.elapsed());
-            break;
+        match last.0 {
+            502 => {
+                assert!(
+                    asked.elapsed() < Duration::from_secs(2),
+                    "a dead node fails fast"
+                );
+                failed_fast = true;
+            }
+            200 => {
+                recovered = Some(start.elapsed());
+                break;
+            }
+            _ => {}
         }
     }
+    let promoted = promoted.expect("the cluster promoted the replica");
+    let recovered = recovered.unwrap_or_else(|| panic!("never served again; last answer {last:?}"));
     assert!(
         failed_fast,
         "the dead primary's keys failed while it was down"
     );
-    if recovered.is_none() {
-        let live = cluster.nodes.iter().position(|n| n.is_running()).unwrap();
-        let nodes: String = cluster.nodes[live].cmd(&["CLUSTER", "NODES"]);
-        eprintln!(
-            "victim {} nodes:\n{nodes}\nrefreshes {:?}",
-            cluster.nodes[victim].port(),
-            proxy.metric("redis_proxy_cluster_refreshes_total")
-        );
-    }
-    let recovered = recovered.expect("the promoted replica serves the slot");
     assert!(not_ready, "readiness said a slot had no reachable primary");
-    assert!(recovered < Duration::from_secs(15), "{recovered:?}");
+    assert!(
+        recovered < promoted + Duration::from_secs(3),
+        "served {recovered:?} after the kill, the cluster promoted at {promoted:?}"
+    );
     cluster.wait_ok();
     wait_ready(&proxy);
 }

@@ -24,6 +24,10 @@ impl RedisCluster {
                     &bus,
                     "--cluster-node-timeout",
                     "1000",
+                    // A replica takes over however long since it last heard
+                    // from its primary (a loaded test machine is slow).
+                    "--cluster-replica-validity-factor",
+                    "0",
                     // Replicas sync at once instead of waiting for others.
                     "--repl-diskless-sync-delay",
                     "0",
