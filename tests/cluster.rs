@@ -169,12 +169,10 @@ fn a_failed_primary_fails_fast_then_its_promoted_replica_serves() {
     for key in &keys {
         cluster.set(key, "before");
     }
-    // Replicas have the keys before the primary goes.
-    for node in &cluster.nodes {
-        let _: redis::RedisResult<i64> = redis::cmd("WAIT")
-            .arg(1)
-            .arg(1000)
-            .query(&mut node.client());
+    // Replicas have the keys before the primary goes (replication is
+    // asynchronous: a key not yet copied would be lost with its primary).
+    for key in &keys {
+        cluster.wait_replicated(key, "before");
     }
     let proxy = proxy(&cluster, |b| b.arg("--cache-ttl", "100ms"));
     wait_ready(&proxy);
@@ -345,11 +343,8 @@ fn reads_go_to_replicas_when_asked() {
     for key in &keys {
         cluster.set(key, "v");
     }
-    for node in &cluster.nodes {
-        let _: redis::RedisResult<i64> = redis::cmd("WAIT")
-            .arg(1)
-            .arg(1000)
-            .query(&mut node.client());
+    for key in &keys {
+        cluster.wait_replicated(key, "v");
     }
     cluster.wait_replicas_listed();
     let proxy = proxy(&cluster, |b| b.arg("--read-from", "replica-preferred"));

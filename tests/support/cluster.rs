@@ -12,33 +12,41 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// One cluster-enabled node, its bus on a free port of its own (another
+    /// is tried when that one is taken by the time the node starts).
+    fn node() -> RedisServer {
+        for _ in 0..5 {
+            let bus = free_port().to_string();
+            let started = RedisServer::try_start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus,
+                "--cluster-node-timeout",
+                "1000",
+                // A replica takes over however long since it last heard from
+                // its primary (a loaded test machine is slow).
+                "--cluster-replica-validity-factor",
+                "0",
+                // Replicas sync at once instead of waiting for others.
+                "--repl-diskless-sync-delay",
+                "0",
+                // Slots of a failed primary stop; the others go on serving.
+                "--cluster-require-full-coverage",
+                "no",
+                "--appendonly",
+                "no",
+            ]);
+            if let Some(node) = started {
+                return node;
+            }
+        }
+        panic!("a cluster node did not start");
+    }
+
     /// Starts six nodes and joins them: three primaries, one replica each.
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| {
-                let bus = free_port().to_string();
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus,
-                    "--cluster-node-timeout",
-                    "1000",
-                    // A replica takes over however long since it last heard
-                    // from its primary (a loaded test machine is slow).
-                    "--cluster-replica-validity-factor",
-                    "0",
-                    // Replicas sync at once instead of waiting for others.
-                    "--repl-diskless-sync-delay",
-                    "0",
-                    // Slots of a failed primary stop; the others go on serving.
-                    "--cluster-require-full-coverage",
-                    "no",
-                    "--appendonly",
-                    "no",
-                ])
-            })
-            .collect();
+        let nodes: Vec<RedisServer> = (0..6).map(|_| Self::node()).collect();
         let addresses: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
@@ -183,6 +191,21 @@ impl RedisCluster {
             }
         }
         found.into_iter().map(|(_, key)| key).collect()
+    }
+
+    /// Waits until the replica of `key`'s primary holds `value` for it.
+    pub fn wait_replicated(&self, key: &str, value: &str) {
+        let replica = self.replica_of(self.owner(self.slot(key)));
+        let copied = wait_until(Duration::from_secs(10), || {
+            let (_, got): ((), Option<String>) = redis::pipe()
+                .cmd("READONLY")
+                .cmd("GET")
+                .arg(key)
+                .query(&mut self.nodes[replica].client())
+                .expect("read the replica");
+            got.as_deref() == Some(value)
+        });
+        assert!(copied, "{key} did not reach its replica");
     }
 
     /// The node's cluster id.
