@@ -182,7 +182,12 @@ impl Table {
 
     /// The command called `name`, in any case.
     pub(crate) fn get(&self, name: &[u8]) -> Option<&Info> {
-        self.commands.get(&name.to_ascii_lowercase())
+        self.get_lowercase(&name.to_ascii_lowercase())
+    }
+
+    /// [`Table::get`] of a name already in lower case: no copy.
+    pub(crate) fn get_lowercase(&self, name: &[u8]) -> Option<&Info> {
+        self.commands.get(name)
     }
 
     /// How many commands the table holds.

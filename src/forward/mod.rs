@@ -263,7 +263,7 @@ impl Forwarding {
         let table = self.table.get().expect("routed after the table was read");
         let name = args[0].to_ascii_lowercase();
         let name = std::str::from_utf8(&name).unwrap_or("");
-        let Some(info) = table.get(name.as_bytes()) else {
+        let Some(info) = table.get_lowercase(name.as_bytes()) else {
             // Unknown to Redis too: it says so.
             return Route::Shared {
                 after: After::Nothing,
@@ -359,7 +359,7 @@ impl Forwarding {
         match self
             .table
             .get()
-            .and_then(|table| table.get(name.as_bytes()))
+            .and_then(|table| table.get_lowercase(name.as_bytes()))
         {
             Some(info) if info.resolve(args).flags.readonly => Class::Neutral,
             Some(_) => Class::Write,
@@ -391,7 +391,7 @@ impl Forwarding {
         };
         let name = args[0].to_ascii_lowercase();
         let name = std::str::from_utf8(&name).unwrap_or("");
-        match table.get(name.as_bytes()) {
+        match table.get_lowercase(name.as_bytes()) {
             Some(info) => {
                 let info = info.resolve(args);
                 self.after(name, info, info.keys(args))
