@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use support::{Proxy, ProxyBuilder, RedisServer};
@@ -102,15 +102,6 @@ fn redis_benchmark_runs_to_completion_with_and_without_pipelining() {
     }
 }
 
-fn python_path() -> PathBuf {
-    let path = manifest_dir().join("target/clients/python");
-    assert!(
-        path.join("redis").exists(),
-        "redis-py is not installed: run `make clients`"
-    );
-    path
-}
-
 #[test]
 fn redis_py_works_with_protocol_2_and_3() {
     let (_redis, proxy) = seeded();
@@ -118,7 +109,7 @@ fn redis_py_works_with_protocol_2_and_3() {
     let output = run(Command::new("python3")
         .arg(script)
         .arg(proxy.resp_addr().port().to_string())
-        .env("PYTHONPATH", python_path()));
+        .env("PYTHONPATH", support::python_path()));
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         text.contains("protocol 2: ok") && text.contains("protocol 3: ok"),

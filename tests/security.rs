@@ -457,21 +457,12 @@ fn redis_cli_authenticates_with_a_password_and_with_user_and_pass() {
     assert!(cli(&["-a", "wrong", "GET", "app:1"]).contains("NOAUTH"));
 }
 
-fn python_path() -> PathBuf {
-    let path = manifest_dir().join("target/clients/python");
-    assert!(
-        path.join("redis").exists(),
-        "redis-py is not installed: run `make clients`"
-    );
-    path
-}
-
 fn python_check(port: u16, ca: Option<&Path>) -> String {
     let mut command = Command::new("python3");
     command
         .arg(manifest_dir().join("tests/clients/redis_py_security.py"))
         .arg(port.to_string())
-        .env("PYTHONPATH", python_path());
+        .env("PYTHONPATH", support::python_path());
     if let Some(ca) = ca {
         command.arg(ca);
     }

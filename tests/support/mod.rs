@@ -19,6 +19,16 @@ pub use relay::Relay;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
+/// Where `make clients` installs redis-py, for `PYTHONPATH`.
+pub fn python_path() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/clients/python");
+    assert!(
+        path.join("redis").exists(),
+        "redis-py is not installed: run `make clients`"
+    );
+    path
+}
+
 /// A port that was free a moment ago (the caller must cope with losing a race).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
