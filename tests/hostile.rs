@@ -184,11 +184,38 @@ fn a_low_open_files_limit_lowers_the_connection_limits_and_refuses_beyond() {
     drop(held);
 }
 
+/// A connection to a `--maxclients 1` Redis. Redis frees a closed
+/// connection's slot asynchronously: until the last one's is gone (the
+/// startup probe's), a new connection is refused at its first command.
+fn only_client(redis: &RedisServer) -> redis::Connection {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let refused = match redis::Client::open(redis.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        {
+            Ok(mut conn) => match redis::cmd("PING").query::<String>(&mut conn) {
+                Ok(_) => return conn,
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "Redis's only slot stays taken: {refused}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn readiness_and_misses_carry_redis_own_reason_when_it_refuses_connections() {
     let redis = RedisServer::start_with(&["--maxclients", "1"]);
-    redis.set("k", "v");
-    let occupant = redis.client(); // Redis's only client slot
+    let mut occupant = only_client(&redis); // Redis's only client slot
+    redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query::<()>(&mut occupant)
+        .unwrap();
     // One worker: each worker keeps connections of its own, and Redis allows one.
     let proxy = ProxyBuilder::new(&redis.url())
         .arg("--worker-threads", 1)
@@ -217,7 +244,13 @@ fn readiness_and_misses_carry_redis_own_reason_when_it_refuses_connections() {
 #[test]
 fn a_proxy_on_the_only_client_slot_serves_requests_and_says_it_is_ready() {
     let redis = RedisServer::start_with(&["--maxclients", "1"]);
-    redis.set("k", "v");
+    let mut setter = only_client(&redis);
+    redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query::<()>(&mut setter)
+        .unwrap();
+    drop(setter);
     let proxy = ProxyBuilder::new(&redis.url())
         .arg("--worker-threads", 1)
         .start();
