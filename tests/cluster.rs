@@ -519,3 +519,95 @@ fn redis_py_through_a_transparent_proxy_over_a_cluster_gets_what_redis_answers()
     assert!(expected.lines().count() > 20);
     assert_eq!(got, expected);
 }
+
+#[test]
+fn keyless_commands_reach_every_primary_and_scan_walks_them_all() {
+    let cluster = RedisCluster::start();
+    let proxy = proxy(&cluster, |b| {
+        b.flag("--forward-commands")
+            .flag("--forward-admin-commands")
+    });
+    wait_ready(&proxy);
+    let mut client = proxy.redis_client();
+    let mut keys: Vec<String> = (0..40).map(|i| format!("spread:{i}")).collect();
+    keys.sort();
+    for key in &keys {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("v")
+            .query(&mut client)
+            .unwrap();
+    }
+    let primaries: Vec<usize> = (0..cluster.nodes.len())
+        .filter(|&node| serves_slots(&cluster, node))
+        .collect();
+    assert_eq!(primaries.len(), 3);
+    for &node in &primaries {
+        let held: i64 = cluster.nodes[node].cmd(&["DBSIZE"]);
+        assert!(held > 0, "every primary holds some of the keys");
+    }
+
+    // DBSIZE sums the primaries'; KEYS gathers them.
+    assert_eq!(run(&proxy, &["DBSIZE"]).unwrap(), redis::Value::Int(40));
+    let mut listed: Vec<String> = redis::cmd("KEYS")
+        .arg("spread:*")
+        .query(&mut client)
+        .unwrap();
+    listed.sort();
+    assert_eq!(listed, keys);
+
+    // SCAN goes from primary to primary: every key once, then cursor 0.
+    let (mut cursor, mut seen, mut pages) = ("0".to_owned(), Vec::new(), 0);
+    loop {
+        let (next, page): (String, Vec<String>) = redis::cmd("SCAN")
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(5)
+            .query(&mut client)
+            .unwrap();
+        seen.extend(page);
+        pages += 1;
+        assert!(pages < 200, "SCAN never ended");
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    seen.sort();
+    assert_eq!(seen, keys);
+    assert!(pages > 3, "a page at least per primary");
+    let invalid = run(&proxy, &["SCAN", "1023"]).unwrap_err();
+    assert!(invalid.to_string().contains("invalid cursor"), "{invalid}");
+
+    // A script loaded through the proxy runs on every primary's keys.
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return redis.call('GET', KEYS[1])")
+        .query(&mut client)
+        .unwrap();
+    for key in cluster.key_per_primary("spread") {
+        let got: String = redis::cmd("EVALSHA")
+            .arg(&sha)
+            .arg(1)
+            .arg(&key)
+            .query(&mut client)
+            .unwrap();
+        assert_eq!(got, "v", "{key}");
+    }
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .arg("0000000000000000000000000000000000000000")
+        .query(&mut client)
+        .unwrap();
+    assert_eq!(exists, [1, 0]);
+
+    // FLUSHALL empties every primary, and the proxy's cache with them.
+    assert_eq!(resp_get(&proxy, "spread:1").as_deref(), Some("v"));
+    assert_eq!(run(&proxy, &["FLUSHALL"]).unwrap(), redis::Value::Okay);
+    for &node in &primaries {
+        assert_eq!(cluster.nodes[node].cmd::<i64>(&["DBSIZE"]), 0);
+    }
+    assert_eq!(resp_get(&proxy, "spread:1"), None);
+    assert_eq!(run(&proxy, &["DBSIZE"]).unwrap(), redis::Value::Int(0));
+}

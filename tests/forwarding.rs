@@ -333,9 +333,14 @@ fn admin_commands_are_refused_unless_asked_and_unknown_ones_get_redis_errors() {
     let redis = RedisServer::start();
     let proxy = transparent(&redis).start();
     let mut raw = Raw::connect(&proxy);
-    raw.send(&[&["CONFIG", "GET", "save"], &["FLUSHALL"], &["NOSUCH", "x"]]);
+    raw.send(&[
+        &["CONFIG", "GET", "save"],
+        &["FLUSHALL"],
+        &["NOSUCH", "x"],
+        &["SLOWLOG", "GET"],
+    ]);
     let mut all = String::new();
-    while all.matches("\r\n").count() < 3 {
+    while all.matches("\r\n").count() < 4 {
         all.push_str(&raw.read(1));
     }
     let lines: Vec<&str> = all.lines().collect();
@@ -350,6 +355,11 @@ fn admin_commands_are_refused_unless_asked_and_unknown_ones_get_redis_errors() {
     assert_eq!(
         lines[2],
         "-ERR unknown command 'NOSUCH', with args beginning with: 'x' "
+    );
+    // Flagged `admin` on the subcommand, not on `SLOWLOG` itself.
+    assert!(
+        lines[3].starts_with("-ERR 'slowlog' is an admin command"),
+        "{all}"
     );
     assert_eq!(redis.calls("config"), 0);
 

@@ -450,6 +450,21 @@ impl Cluster {
         }
     }
 
+    /// Every primary that serves slots, as `host:port` and how to connect to
+    /// it, in address order: the order stays while the primaries do (a `SCAN`
+    /// cursor counts on it).
+    pub(crate) fn primaries(&self) -> Vec<(String, Manager)> {
+        let routes = self.routes();
+        let mut primaries: Vec<_> = routes
+            .nodes
+            .iter()
+            .filter_map(|shard| shard.first())
+            .map(|node| (node.addr.clone(), node.service.manager().clone()))
+            .collect();
+        primaries.sort_by(|a, b| a.0.cmp(&b.0));
+        primaries
+    }
+
     /// How to connect to the node at `addr` (a redirection's target).
     pub(crate) fn manager_at(&self, addr: &str) -> Result<Manager, Error> {
         let routes = self.routes();

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use redis::Value;
 
+use super::spread::Combine;
+
 /// Flags of a command that decide how it is forwarded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Flags {
@@ -69,6 +71,9 @@ pub(crate) struct Info {
     specs: Option<Vec<KeySpec>>,
     /// Subcommands by lower-case name (`get` for `CONFIG GET`).
     subcommands: HashMap<Vec<u8>, Info>,
+    /// In a cluster: sent to every primary, the replies combined so (from the
+    /// command's tips); `None`: sent to one node.
+    pub(crate) spread: Option<Combine>,
 }
 
 impl Info {
@@ -268,22 +273,25 @@ fn parse_info(entry: &Value) -> Result<(Vec<u8>, Info), String> {
         .iter()
         .map(parse_spec)
         .collect::<Option<Vec<_>>>();
+    let tips: Vec<Vec<u8>> = items
+        .get(7)
+        .and_then(array)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(text)
+        .collect();
+    let spread = Combine::from_tips(&tips);
     let mut subcommands = HashMap::new();
     for sub in items.get(9).and_then(array).unwrap_or_default() {
+        // Redis 7 gives a subcommand's full name, `config|get`; it is found
+        // as `get` under `config`, by the request's second argument.
         let (full, info) = parse_info(sub)?;
-        // `config|get` is found as `get` under `config`.
         let short = match full.iter().position(|&b| b == b'|') {
             Some(bar) => full[bar + 1..].to_vec(),
             None => full,
         };
         subcommands.insert(short, info);
     }
-    // Redis 7 names the subcommand's full name; a subcommand is found by its
-    // second argument.
-    let name = match name.iter().position(|&b| b == b'|') {
-        Some(bar) => name[..bar].to_vec(),
-        None => name,
-    };
     Ok((
         name,
         Info {
@@ -291,6 +299,7 @@ fn parse_info(entry: &Value) -> Result<(Vec<u8>, Info), String> {
             flags,
             specs,
             subcommands,
+            spread,
         },
     ))
 }
@@ -351,6 +360,107 @@ mod tests {
             specs: Some(specs),
             ..Info::default()
         }
+    }
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    fn list(items: Vec<Value>) -> Value {
+        Value::Array(items)
+    }
+
+    /// A `COMMAND` entry: name, arity, flags, first/last/step, categories,
+    /// tips, key specifications, subcommands.
+    fn entry(
+        name: &str,
+        arity: i64,
+        flags: &[&str],
+        tips: &[&str],
+        specs: Vec<Value>,
+        subs: Vec<Value>,
+    ) -> Value {
+        let words = |w: &[&str]| list(w.iter().map(|w| bulk(w)).collect());
+        list(vec![
+            bulk(name),
+            Value::Int(arity),
+            words(flags),
+            Value::Int(0),
+            Value::Int(0),
+            Value::Int(0),
+            list(vec![]),
+            words(tips),
+            list(specs),
+            list(subs),
+        ])
+    }
+
+    #[test]
+    fn subcommands_are_found_by_the_second_argument_with_their_own_keys_and_tips() {
+        let key_at_2 = list(vec![
+            bulk("begin_search"),
+            list(vec![
+                bulk("type"),
+                bulk("index"),
+                bulk("spec"),
+                list(vec![bulk("index"), Value::Int(2)]),
+            ]),
+            bulk("find_keys"),
+            list(vec![
+                bulk("type"),
+                bulk("range"),
+                bulk("spec"),
+                list(vec![
+                    bulk("lastkey"),
+                    Value::Int(0),
+                    bulk("keystep"),
+                    Value::Int(1),
+                    bulk("limit"),
+                    Value::Int(0),
+                ]),
+            ]),
+        ]);
+        let encoding = entry(
+            "object|encoding",
+            3,
+            &["readonly"],
+            &[],
+            vec![key_at_2],
+            vec![],
+        );
+        let load = entry(
+            "script|load",
+            3,
+            &["noscript"],
+            &["request_policy:all_nodes", "response_policy:all_succeeded"],
+            vec![],
+            vec![],
+        );
+        let reply = list(vec![
+            entry("object", -2, &[], &[], vec![], vec![encoding]),
+            entry("script", -2, &[], &[], vec![], vec![load]),
+            entry(
+                "dbsize",
+                1,
+                &["readonly"],
+                &["request_policy:all_shards", "response_policy:agg_sum"],
+                vec![],
+                vec![],
+            ),
+        ]);
+        let table = Table::from_reply(&reply).unwrap();
+        assert_eq!(table.len(), 3);
+
+        let object = args("OBJECT ENCODING k");
+        let info = table.get(b"OBJECT").unwrap().resolve(&object);
+        assert!(info.flags.readonly);
+        assert_eq!(keys(info, "OBJECT ENCODING k").unwrap(), ["k"]);
+
+        let load = args("SCRIPT LOAD body");
+        let info = table.get(b"script").unwrap().resolve(&load);
+        assert_eq!(info.spread, Some(Combine::AllSucceeded));
+        assert_eq!(table.get(b"script").unwrap().spread, None);
+        assert_eq!(table.get(b"dbsize").unwrap().spread, Some(Combine::Sum));
     }
 
     #[test]

@@ -186,7 +186,7 @@ fn find_crlf(b: &[u8], from: usize) -> Option<usize> {
 }
 
 /// The number on the line starting at `at`, and where the next line begins.
-fn line(b: &[u8], at: usize) -> Option<(i64, usize)> {
+pub(super) fn line(b: &[u8], at: usize) -> Option<(i64, usize)> {
     let eol = find_crlf(b, at)?;
     let n = std::str::from_utf8(&b[at..eol]).ok()?.parse().ok()?;
     Some((n, eol + 2))
@@ -194,7 +194,7 @@ fn line(b: &[u8], at: usize) -> Option<(i64, usize)> {
 
 /// A string element at `at` (its bytes, `None` if it is not a string) and
 /// where the next element begins.
-fn element(b: &[u8], at: usize) -> Option<(Option<&[u8]>, usize)> {
+pub(super) fn element(b: &[u8], at: usize) -> Option<(Option<&[u8]>, usize)> {
     let end = scan(b, at, 0).ok()??;
     match b.get(at)? {
         b'$' => {

@@ -9,6 +9,8 @@
 //!   ├─ stateless ─▶ shared path: one pipelined connection per worker and protocol (`shared`)
 //!   │               its reply invalidates the keys it wrote, then reaches the client
 //!   ├─ MULTI, WATCH, blocking, SUBSCRIBE ─▶ a connection of the client's own while the state lasts
+//!   ├─ keyless, in a cluster: DBSIZE, KEYS, FLUSHALL, SCRIPT ─▶ every primary, replies combined (`spread`)
+//!   │                         SCAN ─▶ the primaries one after another
 //!   └─ admin commands ─▶ refused (unless --forward-admin-commands)
 //! ```
 //!
@@ -20,6 +22,7 @@ pub(crate) mod commands;
 pub(crate) mod frame;
 pub(crate) mod link;
 pub(crate) mod shared;
+pub(crate) mod spread;
 
 use std::sync::{Arc, OnceLock};
 
@@ -35,6 +38,7 @@ pub(crate) use commands::Table;
 pub(crate) use frame::Frame;
 pub(crate) use link::Link;
 pub(crate) use shared::Job;
+use spread::Combine;
 
 /// What a forwarded command's reply invalidates when it arrives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +161,11 @@ pub(crate) enum Route {
     /// Sent on the shared path, to the node of `slot` (in a cluster); its reply
     /// invalidates `after`.
     Shared { after: After, slot: Option<u16> },
+    /// In a cluster: sent on the shared paths to every primary, the replies
+    /// combined; each invalidates `after`.
+    Everywhere { after: After, combine: Combine },
+    /// In a cluster: `SCAN`, on the primary its cursor names.
+    Scan,
 }
 
 /// Redis Cluster's reply to keys of several slots in one command.
@@ -295,6 +304,17 @@ impl Forwarding {
         if STATEFUL.contains(&name) || info.flags.blocking {
             return Route::Dedicate;
         }
+        if self.cluster.is_some() && keys.as_ref().is_some_and(Vec::is_empty) {
+            if name == "scan" {
+                return Route::Scan;
+            }
+            if let Some(combine) = info.spread {
+                return Route::Everywhere {
+                    after: self.after(name, info, keys),
+                    combine,
+                };
+            }
+        }
         if CACHED.contains(&name)
             && args.len() >= 2
             && keys
@@ -430,15 +450,7 @@ impl Forwarding {
         after: After,
         slot: Option<u16>,
     ) -> oneshot::Receiver<Result<Frame, Error>> {
-        let (reply, receiver) = oneshot::channel();
-        let job = Job {
-            request,
-            db,
-            after,
-            reply,
-            asking: false,
-            redirects: 0,
-        };
+        let (job, receiver) = Job::new(request, db, after);
         let sent = match &self.cluster {
             None => {
                 self.send_job(resp3, "", || self.backend.clone(), job);
@@ -456,6 +468,84 @@ impl Forwarding {
             let _ = job.reply.send(Err(error));
         }
         receiver
+    }
+
+    /// Sends `request` to every primary of the cluster (see [`Route::Everywhere`]);
+    /// the receiver gets their replies combined.
+    pub(crate) fn send_everywhere(
+        self: &Arc<Self>,
+        resp3: bool,
+        request: Bytes,
+        db: Option<u16>,
+        after: After,
+        combine: Combine,
+    ) -> oneshot::Receiver<Result<Frame, Error>> {
+        let (reply, receiver) = oneshot::channel();
+        let replies: Vec<_> = self
+            .primaries()
+            .into_iter()
+            .map(|(addr, manager)| {
+                let (job, reply) = Job::new(request.clone(), db, after.clone());
+                self.send_job(resp3, &addr, || manager, job);
+                reply
+            })
+            .collect();
+        tokio::spawn(async move {
+            let mut frames = Vec::with_capacity(replies.len());
+            for next in replies {
+                match next.await {
+                    Ok(Ok(frame)) => frames.push(frame),
+                    Ok(Err(error)) => return drop(reply.send(Err(error))),
+                    Err(_) => return drop(reply.send(Err(gone()))),
+                }
+            }
+            let _ = reply.send(Ok(combine.apply(frames)));
+        });
+        receiver
+    }
+
+    /// `SCAN` in a cluster: `args` sent to the primary its cursor names, with
+    /// that primary's own cursor, and the reply's cursor made to go on from
+    /// there (see [`spread::scan_reply`]).
+    pub(crate) fn scan(
+        self: &Arc<Self>,
+        resp3: bool,
+        mut args: Vec<Bytes>,
+        db: Option<u16>,
+    ) -> oneshot::Receiver<Result<Frame, Error>> {
+        let (reply, receiver) = oneshot::channel();
+        let mut primaries = self.primaries();
+        let nodes = primaries.len();
+        let place = args
+            .get(1)
+            .and_then(|cursor| spread::split_cursor(cursor))
+            .filter(|&(node, _)| node < nodes && nodes <= spread::MAX_SCAN_NODES);
+        let Some((node, cursor)) = place else {
+            let _ = reply.send(Ok(spread::error("ERR invalid cursor")));
+            return receiver;
+        };
+        args[1] = Bytes::from(cursor.to_string());
+        let mut request = BytesMut::new();
+        link::encode(&args, &mut request);
+        let (addr, manager) = primaries.swap_remove(node);
+        let (job, page) = Job::new(request.freeze(), db, After::Nothing);
+        self.send_job(resp3, &addr, || manager, job);
+        tokio::spawn(async move {
+            let page = match page.await {
+                Ok(page) => page.map(|page| spread::scan_reply(page, node, nodes)),
+                Err(_) => Err(gone()),
+            };
+            let _ = reply.send(page);
+        });
+        receiver
+    }
+
+    /// Every primary, in address order (empty with one Redis).
+    fn primaries(&self) -> Vec<(String, Manager)> {
+        self.cluster
+            .as_ref()
+            .map(|cluster| cluster.primaries())
+            .unwrap_or_default()
     }
 
     /// Hands `job` to the calling thread's forwarder for the node at `addr`
@@ -489,9 +579,7 @@ impl Forwarding {
                 .clone()
         };
         if let Err(mpsc::error::SendError(job)) = sender.send(job) {
-            let _ = job
-                .reply
-                .send(Err(Error::unavailable("the forwarding connection is gone")));
+            let _ = job.reply.send(Err(gone()));
         }
     }
 
@@ -504,12 +592,15 @@ impl Forwarding {
             .map(|subject| self.slot_of(&[subject]).ok().flatten())
             .unwrap_or_default();
         let reply = self.send(resp3, key.name().clone(), db, After::Nothing, slot);
-        let frame = reply
-            .await
-            .map_err(|_| Error::unavailable("the forwarding connection is gone"))??;
+        let frame = reply.await.map_err(|_| gone())??;
         match frame.error_text() {
             Some(error) => Err(Error::Reply(error.into())),
             None => Ok(Some(frame.bytes)),
         }
     }
+}
+
+/// A forwarded request whose forwarder went away before answering.
+fn gone() -> Error {
+    Error::unavailable("the forwarding connection is gone")
 }

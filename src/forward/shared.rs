@@ -42,6 +42,26 @@ pub(crate) struct Job {
     pub(crate) redirects: u8,
 }
 
+impl Job {
+    /// A job for `request`, and where its reply will come.
+    pub(crate) fn new(
+        request: Bytes,
+        db: Option<u16>,
+        after: After,
+    ) -> (Self, oneshot::Receiver<Result<Frame, Error>>) {
+        let (reply, receiver) = oneshot::channel();
+        let job = Self {
+            request,
+            db,
+            after,
+            reply,
+            asking: false,
+            redirects: 0,
+        };
+        (job, receiver)
+    }
+}
+
 /// Redirections one forwarded command follows at most.
 const MAX_REDIRECTS: u8 = 5;
 

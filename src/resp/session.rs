@@ -169,6 +169,8 @@ impl Session {
             Route::Dedicate => "dedicated",
             Route::Cached => "cached",
             Route::Shared { .. } => "shared",
+            Route::Everywhere { .. } => "everywhere",
+            Route::Scan => "scan",
         };
         crate::metrics::record_forwarded(&args[0], path);
         let (after, slot) = match route {
@@ -187,6 +189,15 @@ impl Session {
                 (crate::forward::After::Nothing, slot)
             }
             Route::Shared { after, slot } => (after, slot),
+            Route::Everywhere { after, combine } => {
+                let mut request = bytes::BytesMut::new();
+                link::encode(&args, &mut request);
+                let request = request.freeze();
+                return Planned::Forward(
+                    forwarding.send_everywhere(resp3, request, self.db, after, combine),
+                );
+            }
+            Route::Scan => return Planned::Forward(forwarding.scan(resp3, args, self.db)),
         };
         let mut request = bytes::BytesMut::new();
         link::encode(&args, &mut request);

@@ -1,0 +1,367 @@
+//! Keyless commands over a Redis Cluster. A command that Redis's command tips
+//! mark `request_policy:all_shards` (or `all_nodes`) goes to every primary,
+//! and the replies become one as its `response_policy` says: `DBSIZE` sums,
+//! `KEYS` gathers, `FLUSHALL` and `SCRIPT LOAD` succeed everywhere or fail,
+//! `SCRIPT EXISTS` says 1 where every primary has the script. `SCAN` walks the
+//! primaries one after another, the primary's place carried in the cursor.
+//!
+//! Commands whose replies combine in a way of their own (`response_policy:special`:
+//! `INFO`, `MEMORY STATS`) still go to one primary, as do keyless commands
+//! without tips.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::frame::{self, Frame, Kind};
+
+/// How the replies of every primary become one reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Combine {
+    /// No policy: arrays are joined into one (`KEYS`); of other replies, the
+    /// first that is not null (`RANDOMKEY`).
+    Gather,
+    /// `all_succeeded`: the first reply, unless one is an error.
+    AllSucceeded,
+    /// `one_succeeded`: the first reply that is not an error.
+    OneSucceeded,
+    /// `agg_sum` of integers.
+    Sum,
+    /// `agg_min` of integers.
+    Min,
+    /// `agg_max` of integers.
+    Max,
+    /// `agg_logical_and` of integers, or of arrays of them element by element.
+    And,
+    /// `agg_logical_or`, as `And`.
+    Or,
+}
+
+impl Combine {
+    /// What a command's tips (lower case) ask for; `None` unless it goes to
+    /// every shard and its replies combine in one of the ways above.
+    pub(crate) fn from_tips(tips: &[Vec<u8>]) -> Option<Self> {
+        let everywhere = tips
+            .iter()
+            .any(|tip| tip == b"request_policy:all_shards" || tip == b"request_policy:all_nodes");
+        if !everywhere {
+            return None;
+        }
+        let policy = tips
+            .iter()
+            .find_map(|tip| tip.strip_prefix(b"response_policy:"));
+        Some(match policy {
+            None => Self::Gather,
+            Some(b"all_succeeded") => Self::AllSucceeded,
+            Some(b"one_succeeded") => Self::OneSucceeded,
+            Some(b"agg_sum") => Self::Sum,
+            Some(b"agg_min") => Self::Min,
+            Some(b"agg_max") => Self::Max,
+            Some(b"agg_logical_and") => Self::And,
+            Some(b"agg_logical_or") => Self::Or,
+            Some(_) => return None,
+        })
+    }
+
+    /// One reply from every primary's, in the primaries' order. An error
+    /// answers for all, but for `OneSucceeded`; a reply of an unexpected shape
+    /// is passed on as the first primary sent it.
+    pub(crate) fn apply(self, replies: Vec<Frame>) -> Frame {
+        let Some(first) = replies.first() else {
+            return error("ERR redis cluster: no primary to send the command to");
+        };
+        if self == Self::OneSucceeded {
+            return replies
+                .iter()
+                .find(|reply| reply.kind != Kind::Error)
+                .unwrap_or(first)
+                .clone();
+        }
+        if let Some(failed) = replies.iter().find(|reply| reply.kind == Kind::Error) {
+            return failed.clone();
+        }
+        let combined = match self {
+            Self::Gather => Some(gather(&replies)),
+            Self::AllSucceeded | Self::OneSucceeded => None,
+            Self::Sum => fold(&replies, |a, b| a.saturating_add(b)),
+            Self::Min => fold(&replies, i64::min),
+            Self::Max => fold(&replies, i64::max),
+            Self::And => logical(&replies, |a, b| a && b),
+            Self::Or => logical(&replies, |a, b| a || b),
+        };
+        combined.unwrap_or_else(|| first.clone())
+    }
+}
+
+/// An error reply.
+pub(crate) fn error(text: &str) -> Frame {
+    Frame {
+        bytes: Bytes::from(format!("-{text}\r\n")),
+        kind: Kind::Error,
+    }
+}
+
+fn reply(bytes: BytesMut) -> Frame {
+    Frame {
+        bytes: bytes.freeze(),
+        kind: Kind::Reply,
+    }
+}
+
+/// Arrays (or sets) of one type joined into one; else the first reply that is
+/// not null.
+fn gather(replies: &[Frame]) -> Frame {
+    let kind = replies[0].bytes[0];
+    let parts: Option<Vec<(i64, usize)>> = replies
+        .iter()
+        .map(|r| match r.bytes.first() {
+            Some(&k) if k == kind && matches!(k, b'*' | b'~') => frame::line(&r.bytes, 1),
+            _ => None,
+        })
+        .collect();
+    let Some(parts) = parts.filter(|parts| parts.iter().all(|(n, _)| *n >= 0)) else {
+        return replies
+            .iter()
+            .find(|r| !matches!(&r.bytes[..], b"$-1\r\n" | b"*-1\r\n" | b"_\r\n"))
+            .unwrap_or(&replies[0])
+            .clone();
+    };
+    let count: i64 = parts.iter().map(|(n, _)| n).sum();
+    let size: usize = replies.iter().map(|r| r.bytes.len()).sum();
+    let mut out = BytesMut::with_capacity(size + 24);
+    out.put_u8(kind);
+    out.put_slice(format!("{count}\r\n").as_bytes());
+    for (r, (_, body)) in replies.iter().zip(parts) {
+        out.put_slice(&r.bytes[body..]);
+    }
+    reply(out)
+}
+
+/// An integer reply's value.
+fn integer(frame: &Frame) -> Option<i64> {
+    match frame.bytes.first() {
+        Some(b':') => frame::line(&frame.bytes, 1).map(|(n, _)| n),
+        _ => None,
+    }
+}
+
+/// An array of integers' values.
+fn integers(frame: &Frame) -> Option<Vec<i64>> {
+    let b = &frame.bytes[..];
+    if b.first() != Some(&b'*') {
+        return None;
+    }
+    let (n, mut at) = frame::line(b, 1)?;
+    let mut values = Vec::with_capacity(usize::try_from(n).ok()?);
+    for _ in 0..n {
+        if b.get(at) != Some(&b':') {
+            return None;
+        }
+        let (value, next) = frame::line(b, at + 1)?;
+        values.push(value);
+        at = next;
+    }
+    Some(values)
+}
+
+fn fold(replies: &[Frame], f: impl Fn(i64, i64) -> i64) -> Option<Frame> {
+    let values = replies.iter().map(integer).collect::<Option<Vec<_>>>()?;
+    let value = values.into_iter().reduce(f)?;
+    Some(reply(BytesMut::from(format!(":{value}\r\n").as_bytes())))
+}
+
+fn logical(replies: &[Frame], f: impl Fn(bool, bool) -> bool) -> Option<Frame> {
+    if let Some(values) = replies.iter().map(integer).collect::<Option<Vec<_>>>() {
+        let value = values.into_iter().map(|v| v != 0).reduce(&f)?;
+        return Some(reply(BytesMut::from(if value {
+            &b":1\r\n"[..]
+        } else {
+            b":0\r\n"
+        })));
+    }
+    let arrays = replies.iter().map(integers).collect::<Option<Vec<_>>>()?;
+    let len = arrays[0].len();
+    if arrays.iter().any(|a| a.len() != len) {
+        return None;
+    }
+    let mut out = BytesMut::new();
+    out.put_slice(format!("*{len}\r\n").as_bytes());
+    for i in 0..len {
+        let value = arrays.iter().map(|a| a[i] != 0).reduce(&f)?;
+        out.put_slice(if value { b":1\r\n" } else { b":0\r\n" });
+    }
+    Some(reply(out))
+}
+
+/// The low bits of a `SCAN` cursor through the proxy: which primary (its place
+/// in address order) the scan is at. The rest is that primary's own cursor.
+const NODE_BITS: u32 = 10;
+
+/// The most primaries a `SCAN` can walk.
+pub(crate) const MAX_SCAN_NODES: usize = 1 << NODE_BITS;
+
+/// A client's `SCAN` cursor as the primary's place and its own cursor;
+/// `None` when it is not a cursor.
+pub(crate) fn split_cursor(cursor: &[u8]) -> Option<(usize, u64)> {
+    let cursor: u64 = std::str::from_utf8(cursor).ok()?.parse().ok()?;
+    let node = (cursor & (MAX_SCAN_NODES as u64 - 1)) as usize;
+    Some((node, cursor >> NODE_BITS))
+}
+
+/// The `SCAN` reply of the primary at `node` (of `nodes`), with the cursor the
+/// client goes on from: that primary's next one, the next primary's start when
+/// it is done, 0 after the last.
+pub(crate) fn scan_reply(page: Frame, node: usize, nodes: usize) -> Frame {
+    let b = &page.bytes[..];
+    let parsed = (|| {
+        if page.kind != Kind::Reply || b.first() != Some(&b'*') {
+            return None;
+        }
+        let (2, at) = frame::line(b, 1)? else {
+            return None;
+        };
+        let (cursor, rest) = frame::element(b, at)?;
+        let cursor: u64 = std::str::from_utf8(cursor?).ok()?.parse().ok()?;
+        Some((cursor, rest))
+    })();
+    let Some((cursor, rest)) = parsed else {
+        return page;
+    };
+    let next = if cursor != 0 {
+        if cursor >> (u64::BITS - NODE_BITS) != 0 {
+            return error("ERR a node's SCAN cursor is too large for redis-proxy to carry");
+        }
+        cursor << NODE_BITS | node as u64
+    } else if node + 1 < nodes {
+        node as u64 + 1
+    } else {
+        0
+    };
+    let next = next.to_string();
+    let mut out = BytesMut::with_capacity(b.len() + 24);
+    out.put_slice(format!("*2\r\n${}\r\n{next}\r\n", next.len()).as_bytes());
+    out.put_slice(&b[rest..]);
+    reply(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(bytes: &str) -> Frame {
+        let mut input = BytesMut::from(bytes.as_bytes());
+        let frame = frame::take(&mut input).unwrap().unwrap();
+        assert!(input.is_empty(), "one frame: {bytes:?}");
+        frame
+    }
+
+    fn combine(how: Combine, replies: &[&str]) -> String {
+        let replies = replies.iter().map(|r| frame(r)).collect();
+        String::from_utf8(how.apply(replies).bytes.to_vec()).unwrap()
+    }
+
+    fn tips(tips: &[&str]) -> Option<Combine> {
+        let tips: Vec<Vec<u8>> = tips.iter().map(|t| t.as_bytes().to_vec()).collect();
+        Combine::from_tips(&tips)
+    }
+
+    #[test]
+    fn tips_name_the_commands_sent_everywhere_and_how_replies_combine() {
+        assert_eq!(
+            tips(&["request_policy:all_shards", "response_policy:agg_sum"]),
+            Some(Combine::Sum)
+        );
+        assert_eq!(
+            tips(&["request_policy:all_shards", "nondeterministic_output_order"]),
+            Some(Combine::Gather)
+        );
+        assert_eq!(
+            tips(&["request_policy:all_nodes", "response_policy:all_succeeded"]),
+            Some(Combine::AllSucceeded)
+        );
+        assert_eq!(
+            tips(&["request_policy:all_shards", "response_policy:special"]),
+            None
+        );
+        assert_eq!(
+            tips(&["nondeterministic_output", "request_policy:special"]),
+            None
+        );
+        assert_eq!(tips(&[]), None);
+    }
+
+    #[test]
+    fn replies_combine_as_their_policy_says() {
+        assert_eq!(
+            combine(Combine::Sum, &[":3\r\n", ":0\r\n", ":4\r\n"]),
+            ":7\r\n"
+        );
+        assert_eq!(combine(Combine::Min, &[":3\r\n", ":1\r\n"]), ":1\r\n");
+        assert_eq!(combine(Combine::Max, &[":3\r\n", ":1\r\n"]), ":3\r\n");
+        assert_eq!(
+            combine(
+                Combine::Gather,
+                &[
+                    "*2\r\n$1\r\na\r\n$1\r\nb\r\n",
+                    "*0\r\n",
+                    "*1\r\n$1\r\nc\r\n"
+                ]
+            ),
+            "*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"
+        );
+        assert_eq!(
+            combine(Combine::Gather, &["$-1\r\n", "$1\r\nk\r\n"]),
+            "$1\r\nk\r\n"
+        );
+        assert_eq!(combine(Combine::Gather, &["_\r\n", "_\r\n"]), "_\r\n");
+        assert_eq!(
+            combine(Combine::And, &["*2\r\n:1\r\n:1\r\n", "*2\r\n:1\r\n:0\r\n"]),
+            "*2\r\n:1\r\n:0\r\n"
+        );
+        assert_eq!(combine(Combine::Or, &[":0\r\n", ":1\r\n"]), ":1\r\n");
+        assert_eq!(
+            combine(Combine::AllSucceeded, &["+OK\r\n", "+OK\r\n"]),
+            "+OK\r\n"
+        );
+        // An error answers for all, but where one success is enough.
+        assert_eq!(
+            combine(Combine::AllSucceeded, &["+OK\r\n", "-ERR no\r\n"]),
+            "-ERR no\r\n"
+        );
+        assert_eq!(
+            combine(Combine::Sum, &[":1\r\n", "-ERR no\r\n"]),
+            "-ERR no\r\n"
+        );
+        assert_eq!(
+            combine(Combine::OneSucceeded, &["-ERR no\r\n", "+OK\r\n"]),
+            "+OK\r\n"
+        );
+        // A shape the policy does not expect passes as the first node sent it.
+        assert_eq!(combine(Combine::Sum, &["+x\r\n", ":1\r\n"]), "+x\r\n");
+    }
+
+    #[test]
+    fn scan_cursors_carry_the_primary_and_walk_them_in_order() {
+        assert_eq!(split_cursor(b"0"), Some((0, 0)));
+        assert_eq!(split_cursor(b"x"), None);
+        let cursor = |reply: Frame| {
+            let b = reply.bytes.to_vec();
+            let text = String::from_utf8(b).unwrap();
+            text.split("\r\n").nth(2).unwrap().to_owned()
+        };
+        let page = |c: &str| frame(&format!("*2\r\n${}\r\n{c}\r\n*1\r\n$1\r\nk\r\n", c.len()));
+        // The node's own cursor goes on, with the node in the low bits.
+        let next = cursor(scan_reply(page("17"), 2, 3));
+        assert_eq!(split_cursor(next.as_bytes()), Some((2, 17)));
+        // A node done: the next node from its start, then 0 after the last.
+        assert_eq!(cursor(scan_reply(page("0"), 0, 3)), "1");
+        assert_eq!(cursor(scan_reply(page("0"), 2, 3)), "0");
+        // The keys are passed on as they came.
+        let whole = scan_reply(page("0"), 0, 3).bytes;
+        assert!(whole.ends_with(b"*1\r\n$1\r\nk\r\n"));
+        let error = scan_reply(frame("-ERR invalid cursor\r\n"), 0, 3);
+        assert_eq!(&error.bytes[..], b"-ERR invalid cursor\r\n");
+        assert_eq!(
+            scan_reply(page(&u64::MAX.to_string()), 0, 3).kind,
+            Kind::Error
+        );
+    }
+}
