@@ -578,6 +578,11 @@ fn keyless_commands_reach_every_primary_and_scan_walks_them_all() {
     assert!(pages > 3, "a page at least per primary");
     let invalid = run(&proxy, &["SCAN", "1023"]).unwrap_err();
     assert!(invalid.to_string().contains("invalid cursor"), "{invalid}");
+    let bare = run(&proxy, &["SCAN"]).unwrap_err();
+    assert!(
+        bare.to_string().contains("wrong number of arguments"),
+        "{bare}"
+    );
 
     // A script loaded through the proxy runs on every primary's keys.
     let sha: String = redis::cmd("SCRIPT")

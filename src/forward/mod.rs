@@ -513,12 +513,16 @@ impl Forwarding {
         mut args: Vec<Bytes>,
         db: Option<u16>,
     ) -> oneshot::Receiver<Result<Frame, Error>> {
+        if args.len() < 2 {
+            // Redis's own word on a wrong number of arguments.
+            let mut request = BytesMut::new();
+            link::encode(&args, &mut request);
+            return self.send(resp3, request.freeze(), db, After::Nothing, None);
+        }
         let (reply, receiver) = oneshot::channel();
         let mut primaries = self.primaries();
         let nodes = primaries.len();
-        let place = args
-            .get(1)
-            .and_then(|cursor| spread::split_cursor(cursor))
+        let place = spread::split_cursor(&args[1])
             .filter(|&(node, _)| node < nodes && nodes <= spread::MAX_SCAN_NODES);
         let Some((node, cursor)) = place else {
             let _ = reply.send(Ok(spread::error("ERR invalid cursor")));
