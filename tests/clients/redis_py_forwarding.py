@@ -161,5 +161,12 @@ for protocol in (2, 3):
         if r.hget(p + "rywh", "f") != str(i).encode():
             stale += 1
     note("stale reads", stale)
+
+    # The whole keyspace (in a cluster: every primary's). SCAN may repeat a
+    # key by its contract, so its keys are compared as a set.
+    note("keys", sorted(r.keys(p + "*")))
+    note("scan", sorted(set(r.scan_iter(match=p + "*", count=3))))
+    note("dbsize", r.dbsize())
+    note("script exists", r.script_exists(r.script_load("return 1"), "0" * 40))
     r.close()
     other.close()
