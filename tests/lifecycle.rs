@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use redis_proxy::config::Config;
-use support::{ProxyBuilder, RedisServer, free_port, is_listening};
+use support::{ProxyBuilder, RedisServer, free_port, is_listening, wait_until};
 
 fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
@@ -185,11 +185,19 @@ fn worker_threads_sets_how_many_threads_serve() {
             .query(&mut proxy.redis_client())
             .unwrap();
         assert_eq!(value, "v");
-        let workers = thread_names(proxy.pid())
-            .into_iter()
-            .filter(|name| name == "tokio-rt-worker")
-            .count();
-        assert_eq!(workers, threads, "{:?}", thread_names(proxy.pid()));
+        // A new thread names itself once it runs: until then it bears the
+        // process's name.
+        let workers = || {
+            thread_names(proxy.pid())
+                .into_iter()
+                .filter(|name| name == "tokio-rt-worker")
+                .count()
+        };
+        assert!(
+            wait_until(Duration::from_secs(5), || workers() == threads),
+            "{threads} workers asked: {:?}",
+            thread_names(proxy.pid())
+        );
     }
 }
 
