@@ -48,11 +48,8 @@ for _ in $(seq 100); do
 done
 sleep 1
 
-single=$(free_port)
-redis-server --port "$single" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-  --logfile single.log &
-pids+=("$!")
-wait_port "$single"
+start_redis "$dir" single.log
+single=$redis_port
 
 seeds="redis://${nodes[0]},redis://${nodes[1]},redis://${nodes[2]}"
 start_proxy() { # PORT FLAGS... -> pid

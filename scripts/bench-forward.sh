@@ -28,12 +28,7 @@ cargo build --release --locked --quiet --bin redis-proxy
 dir=target/bench-forward
 rm -rf "$dir" && mkdir -p "$dir"
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-  --logfile redis.log &
-redis_pid=$!
-pids+=("$redis_pid")
-wait_port "$redis_port"
+start_redis "$dir" redis.log
 
 proxy_port=$(free_port)
 RUST_LOG=warn "$proxy" --forward-commands --redis-url "redis://127.0.0.1:$redis_port" \

@@ -69,12 +69,7 @@ if [[ -n $workers ]]; then
   webdis_threads="\"threads\": $workers,"
 fi
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-  --logfile redis.log &
-redis_pid=$!
-pids+=("$redis_pid")
-wait_port "$redis_port"
+start_redis "$dir" redis.log
 
 proxy_port=$(free_port)
 proxy_http=$(free_port)
@@ -232,11 +227,8 @@ done
 
 # --- memory: 1,000,000 entries ---------------------------------------------------
 entries=${BENCH_MEMORY_KEYS:-1000000}
-mem_redis=$(free_port)
-redis-server --port "$mem_redis" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-  --logfile redis-mem.log &
-pids+=($!)
-wait_port "$mem_redis"
+start_redis "$dir" redis-mem.log
+mem_redis=$redis_port
 mem_proxy=$(free_port)
 mem_admin=$(free_port)
 RUST_LOG=warn "$proxy" "${proxy_threads[@]}" --redis-url "redis://127.0.0.1:$mem_redis" \

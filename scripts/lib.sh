@@ -30,6 +30,17 @@ wait_port() {
   exit 1
 }
 
+# start_redis DIR LOGFILE: a Redis on a free loopback port, without persistence,
+# stopped when the script exits; sets redis_port and redis_pid.
+start_redis() {
+  redis_port=$(free_port)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$1" \
+    --logfile "$2" &
+  redis_pid=$!
+  pids+=("$redis_pid")
+  wait_port "$redis_port"
+}
+
 # Background processes started with `pids+=($!)` are stopped when the script exits.
 pids=()
 cleanup() {

@@ -36,10 +36,7 @@ dir=target/soak
 rm -rf "$dir" && mkdir -p "$dir"
 
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --logfile redis.log &
-pids+=($!)
-wait_port "$redis_port"
+start_redis "$dir" redis.log
 redis-benchmark -p "$redis_port" -t set -r 10000 -d 100 -n 200000 -c 20 -q > /dev/null
 # 200 values of 1 MB: big:000000000000 .. big:000000000199, as -r 200 names them.
 python3 - "$redis_port" <<'PY'
