@@ -27,13 +27,41 @@ pub(crate) use glob::Pattern;
 /// The length of a SHA-256 digest.
 const DIGEST: usize = 32;
 
-/// An authenticated user: what it may read.
+/// An authenticated user: what it may read, and in transparent mode which
+/// channels it may use and whether it may run scripts.
 #[derive(Debug)]
 pub(crate) struct User {
     name: String,
     password: [u8; DIGEST],
     keys: Vec<Pattern>,
+    /// One of the key patterns is `*`: every key is the user's.
+    all_keys: bool,
     enabled: bool,
+    /// The user's key patterns do not bind its scripts (`scripts = true`).
+    scripts: bool,
+    channels: Channels,
+}
+
+/// The pub/sub channels a user may subscribe and publish to.
+#[derive(Debug)]
+struct Channels {
+    /// One of the patterns is `*`: every channel, and any `PSUBSCRIBE` pattern.
+    all: bool,
+    /// Each pattern, parsed (for channels) and as written (for `PSUBSCRIBE`
+    /// patterns, which Redis compares literally).
+    patterns: Vec<(Pattern, Box<[u8]>)>,
+}
+
+impl Channels {
+    fn new(patterns: &[String]) -> Self {
+        Self {
+            all: patterns.iter().any(|p| p == "*"),
+            patterns: patterns
+                .iter()
+                .map(|p| (Pattern::new(p), p.as_bytes().into()))
+                .collect(),
+        }
+    }
 }
 
 impl User {
@@ -44,7 +72,7 @@ impl User {
 
     /// Whether the user may read `key`: one of its patterns matches it.
     pub(crate) fn may_read(&self, key: &[u8]) -> bool {
-        self.keys.iter().any(|pattern| pattern.matches(key))
+        self.all_keys || self.keys.iter().any(|pattern| pattern.matches(key))
     }
 
     /// Whether the user may read every one of `keys` (a multi-key read is
@@ -53,13 +81,50 @@ impl User {
         keys.all(|key| self.may_read(key))
     }
 
-    /// Every key, for everyone: the user of a proxy without authentication.
+    /// Whether every key is the user's (its patterns include `*`).
+    pub(crate) fn has_all_keys(&self) -> bool {
+        self.all_keys
+    }
+
+    /// Whether the user may run server-side code (scripts, functions): code
+    /// names keys where the proxy cannot check them, so only a user whose
+    /// patterns cover every key, or one given `scripts = true`, may.
+    pub(crate) fn may_run_scripts(&self) -> bool {
+        self.all_keys || self.scripts
+    }
+
+    /// Whether the user may subscribe or publish to `channel`; with `pattern`,
+    /// whether it may `PSUBSCRIBE` the pattern `channel`, which Redis allows
+    /// only when it is one of the user's patterns as written (a pattern of
+    /// the client's could match channels the user's patterns do not).
+    pub(crate) fn may_use_channel(&self, channel: &[u8], pattern: bool) -> bool {
+        let channels = &self.channels;
+        channels.all
+            || channels.patterns.iter().any(|(parsed, text)| {
+                if pattern {
+                    **text == *channel
+                } else {
+                    parsed.matches(channel)
+                }
+            })
+    }
+
+    /// Every key and channel, for everyone: the user of a proxy without
+    /// authentication.
     fn anyone() -> Self {
+        Self::unrestricted("default".to_owned(), [0; DIGEST])
+    }
+
+    /// A user who may read every key and use every channel.
+    fn unrestricted(name: String, password: [u8; DIGEST]) -> Self {
         Self {
-            name: "default".to_owned(),
-            password: [0; DIGEST],
+            name,
+            password,
             keys: vec![Pattern::new("*")],
+            all_keys: true,
             enabled: true,
+            scripts: true,
+            channels: Channels::new(&["*".to_owned()]),
         }
     }
 }
@@ -115,12 +180,8 @@ impl Access {
             .map(|user| (user.name.clone(), Arc::new(user_from(user))))
             .collect();
         if let Some(password) = &config.client_password {
-            let default = User {
-                name: "default".to_owned(),
-                password: sha256(password.expose().as_bytes()),
-                keys: vec![Pattern::new("*")],
-                enabled: true,
-            };
+            let default =
+                User::unrestricted("default".to_owned(), sha256(password.expose().as_bytes()));
             users.insert(default.name.clone(), Arc::new(default));
         }
         Self {
@@ -179,11 +240,22 @@ fn user_from(config: &UserConfig) -> User {
         (None, Some(hash)) => hex_digest(hash.expose()).expect("validated by Config::load"),
         (None, None) => unreachable!("validated by Config::load"),
     };
+    let all_keys = config.keys.iter().any(|k| k == "*");
+    let channels = match &config.channels {
+        Some(channels) => Channels::new(channels),
+        // As Redis 7 (`acl-pubsub-default resetchannels`), but every channel
+        // for a user who may read every key anyway.
+        None if all_keys => Channels::new(&["*".to_owned()]),
+        None => Channels::new(&[]),
+    };
     User {
         name: config.name.clone(),
         password,
         keys: config.keys.iter().map(|k| Pattern::new(k)).collect(),
+        all_keys,
         enabled: config.enabled,
+        scripts: config.scripts,
+        channels,
     }
 }
 
@@ -240,7 +312,58 @@ mod tests {
             password_sha256: None,
             keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             enabled: true,
+            scripts: false,
+            channels: None,
         }
+    }
+
+    #[test]
+    fn restricted_users_run_no_scripts_and_use_only_their_channels() {
+        let mut scripted = user("scripted", "pw", &["s:*"]);
+        scripted.scripts = true;
+        let mut news = user("news", "pw", &["n:*"]);
+        news.channels = Some(vec!["news.*".to_owned(), "alerts".to_owned()]);
+        let access = Access::from_config(&config(
+            Some("root"),
+            vec![
+                user("app", "pw", &["app:*"]),
+                user("all", "pw", &["*"]),
+                scripted,
+                news,
+            ],
+        ));
+        let login = |name: &str, password: &[u8]| {
+            access
+                .authenticate(Front::Resp, peer(), name.as_bytes(), password)
+                .unwrap()
+        };
+        let (app, all, scripted, news) = (
+            login("app", b"pw"),
+            login("all", b"pw"),
+            login("scripted", b"pw"),
+            login("news", b"pw"),
+        );
+        let default = login("default", b"root");
+        assert!(!app.may_run_scripts());
+        assert!(all.may_run_scripts() && default.may_run_scripts());
+        assert!(scripted.may_run_scripts());
+        // No channels by default for a user with key patterns...
+        assert!(!app.may_use_channel(b"any", false));
+        assert!(!app.may_use_channel(b"*", true));
+        // ...every channel for one who reads every key.
+        assert!(all.may_use_channel(b"any", false) && all.may_use_channel(b"x*", true));
+        assert!(news.may_use_channel(b"news.sport", false));
+        assert!(news.may_use_channel(b"alerts", false));
+        assert!(!news.may_use_channel(b"__keyspace@0__:n:1", false));
+        assert!(
+            news.may_use_channel(b"news.*", true),
+            "one of its own patterns"
+        );
+        assert!(
+            !news.may_use_channel(b"news.s*", true),
+            "not literally one of them"
+        );
+        assert!(!news.may_use_channel(b"*", true));
     }
 
     #[test]

@@ -135,7 +135,22 @@ pub struct UserConfig {
     /// A disabled user cannot authenticate.
     #[serde(default = "enabled")]
     pub enabled: bool,
+    /// Transparent mode: this user's key patterns do not bind its scripts. A
+    /// script names keys inside its code, where the proxy cannot see them, so
+    /// a user with key patterns other than `*` may run scripts and functions
+    /// (Redis's `@scripting` commands) only with this set.
+    #[serde(default)]
+    pub scripts: bool,
+    /// Transparent mode: Redis glob patterns of the pub/sub channels the user
+    /// may subscribe and publish to (keyspace notifications included). Unset:
+    /// every channel for a user whose keys are `["*"]`, none otherwise (as
+    /// Redis 7's `acl-pubsub-default resetchannels`).
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
 }
+
+/// The SHA-256 of the empty string: a `password_sha256` of no password.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 fn all_keys() -> Vec<String> {
     vec!["*".to_owned()]
@@ -533,12 +548,20 @@ impl Config {
             if !names.insert(user.name.as_str()) {
                 return invalid("a second user of that name");
             }
-            if user.name == "default" && self.client_password.is_some() {
+            if user.name == "default" {
                 return invalid(
-                    "user `default` is also given a password by --client-password; set it in one place",
+                    "user `default` is the one --client-password (env REDIS_PROXY_CLIENT_PASSWORD, TOML `client_password`) sets; give the named user another name",
                 );
             }
             match (&user.password, &user.password_sha256) {
+                (Some(password), None) if password.expose().is_empty() => {
+                    return invalid("an empty password would let anyone in as this user");
+                }
+                (None, Some(hash)) if hash.expose().eq_ignore_ascii_case(EMPTY_SHA256) => {
+                    return invalid(
+                        "password_sha256 is the digest of the empty password, which would let anyone in as this user",
+                    );
+                }
                 (Some(_), None) => {}
                 (None, Some(hash)) => {
                     let hash = hash.expose();
@@ -832,13 +855,35 @@ mod tests {
             let err = with_toml("bad-users", toml).unwrap_err().to_string();
             assert!(err.contains(problem), "{toml}: {err}");
         }
-        let err = with_toml(
-            "default-twice",
-            "client_password = \"y\"\n[[users]]\nname = \"default\"\npassword = \"x\"\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("set it in one place"), "{err}");
+        for (name, toml) in [
+            (
+                "default-twice",
+                "client_password = \"y\"\n[[users]]\nname = \"default\"\npassword = \"x\"\n",
+            ),
+            (
+                "default-alone",
+                "[[users]]\nname = \"default\"\npassword = \"x\"\n",
+            ),
+        ] {
+            let err = with_toml(name, toml).unwrap_err().to_string();
+            assert!(
+                err.contains("user `default` is the one --client-password"),
+                "{err}"
+            );
+        }
+        for (name, toml) in [
+            (
+                "empty-password",
+                "[[users]]\nname = \"a\"\npassword = \"\"\n",
+            ),
+            (
+                "empty-digest",
+                &format!("[[users]]\nname = \"a\"\npassword_sha256 = \"{EMPTY_SHA256}\"\n"),
+            ),
+        ] {
+            let err = with_toml(name, toml).unwrap_err().to_string();
+            assert!(err.contains("let anyone in"), "{name}: {err}");
+        }
     }
 
     #[test]

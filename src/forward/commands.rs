@@ -23,6 +23,9 @@ pub(crate) struct Flags {
     pub(crate) blocking: bool,
     /// `admin`: refused unless admin commands are forwarded.
     pub(crate) admin: bool,
+    /// In the ACL category `@scripting`: runs server-side code (or manages
+    /// it), whose keys the proxy cannot see.
+    pub(crate) scripting: bool,
 }
 
 /// Where a key specification's keys begin.
@@ -59,6 +62,9 @@ enum Find {
 struct KeySpec {
     begin: Begin,
     find: Find,
+    /// Redis's `not_key` flag: the argument places the command in a cluster
+    /// (a shard channel) but is no key, so key permissions do not apply.
+    not_key: bool,
 }
 
 /// One command (or subcommand) as Redis describes it.
@@ -104,12 +110,22 @@ impl Info {
     /// known. Keys beyond the arguments given are not invented; a malformed
     /// request has the keys that can be found, and Redis refuses it anyway.
     pub(crate) fn keys(&self, args: &[Bytes]) -> Option<Vec<Bytes>> {
+        self.find_keys(args, true)
+    }
+
+    /// The keys of `args` that key permissions apply to: [`Info::keys`]
+    /// without the arguments Redis flags `not_key` (shard channels).
+    pub(crate) fn access_keys(&self, args: &[Bytes]) -> Option<Vec<Bytes>> {
+        self.find_keys(args, false)
+    }
+
+    fn find_keys(&self, args: &[Bytes], not_keys: bool) -> Option<Vec<Bytes>> {
         let specs = self.specs.as_ref()?;
         let mut keys = Vec::new();
         if !self.arity_fits(args.len()) {
             return Some(keys);
         }
-        for spec in specs {
+        for spec in specs.iter().filter(|spec| not_keys || !spec.not_key) {
             let Some(begin) = begin(&spec.begin, args) else {
                 continue;
             };
@@ -266,6 +282,12 @@ fn parse_info(entry: &Value) -> Result<(Vec<u8>, Info), String> {
             _ => {}
         }
     }
+    flags.scripting = items
+        .get(6)
+        .and_then(array)
+        .unwrap_or_default()
+        .iter()
+        .any(|category| text(category).as_deref() == Some(b"@scripting"));
     let specs = items
         .get(8)
         .and_then(array)
@@ -332,7 +354,16 @@ fn parse_spec(spec: &Value) -> Option<KeySpec> {
         },
         _ => return None,
     };
-    Some(KeySpec { begin, find })
+    let not_key = field(&spec, "flags")
+        .and_then(array)
+        .unwrap_or_default()
+        .iter()
+        .any(|flag| text(flag).as_deref() == Some(b"not_key"));
+    Some(KeySpec {
+        begin,
+        find,
+        not_key,
+    })
 }
 
 #[cfg(test)]
@@ -474,6 +505,7 @@ mod tests {
                     step: 2,
                     limit: 0,
                 },
+                not_key: false,
             }],
         );
         assert_eq!(keys(&mset, "MSET a 1 b 2").unwrap(), ["a", "b"]);
@@ -487,6 +519,7 @@ mod tests {
                         step: 1,
                         limit: 0,
                     },
+                    not_key: false,
                 },
                 KeySpec {
                     begin: Begin::Index(2),
@@ -495,6 +528,7 @@ mod tests {
                         step: 1,
                         limit: 0,
                     },
+                    not_key: false,
                 },
             ],
         );
@@ -509,6 +543,7 @@ mod tests {
                     step: 1,
                     limit: 0,
                 },
+                not_key: false,
             }],
         );
         assert_eq!(keys(&blpop, "BLPOP a b 0").unwrap(), ["a", "b"]);
@@ -525,6 +560,7 @@ mod tests {
                     first: 1,
                     step: 1,
                 },
+                not_key: false,
             }],
         );
         assert_eq!(keys(&eval, "EVAL s 2 a b c").unwrap(), ["a", "b"]);
@@ -542,6 +578,7 @@ mod tests {
                     step: 1,
                     limit: 2,
                 },
+                not_key: false,
             }],
         );
         assert_eq!(
@@ -561,6 +598,7 @@ mod tests {
                     step: 1,
                     limit: 0,
                 },
+                not_key: false,
             }],
         );
         assert_eq!(keys(&get, "GET").unwrap(), Vec::<String>::new());
@@ -570,5 +608,60 @@ mod tests {
             ..Info::default()
         };
         assert!(keys(&unknown, "WHATEVER a").is_none());
+    }
+
+    #[test]
+    fn scripting_commands_and_shard_channels_are_known_from_the_table() {
+        let entry_with = |name: &str, categories: &[&str], specs: Vec<Value>| {
+            let mut entry = entry(name, -2, &[], &[], specs, vec![]);
+            if let Value::Array(items) = &mut entry {
+                items[6] = list(categories.iter().map(|c| bulk(c)).collect());
+            }
+            entry
+        };
+        let channel_spec = list(vec![
+            bulk("flags"),
+            list(vec![bulk("not_key")]),
+            bulk("begin_search"),
+            list(vec![
+                bulk("type"),
+                bulk("index"),
+                bulk("spec"),
+                list(vec![bulk("index"), Value::Int(1)]),
+            ]),
+            bulk("find_keys"),
+            list(vec![
+                bulk("type"),
+                bulk("range"),
+                bulk("spec"),
+                list(vec![
+                    bulk("lastkey"),
+                    Value::Int(0),
+                    bulk("keystep"),
+                    Value::Int(1),
+                    bulk("limit"),
+                    Value::Int(0),
+                ]),
+            ]),
+        ]);
+        let reply = list(vec![
+            entry_with("eval", &["@slow", "@scripting"], vec![]),
+            entry_with("get", &["@read", "@string"], vec![]),
+            entry_with("spublish", &["@pubsub"], vec![channel_spec]),
+        ]);
+        let table = Table::from_reply(&reply).unwrap();
+        assert!(table.get(b"EVAL").unwrap().flags.scripting);
+        assert!(!table.get(b"get").unwrap().flags.scripting);
+        let spublish = table.get(b"spublish").unwrap();
+        assert_eq!(
+            keys(spublish, "SPUBLISH ch msg").unwrap(),
+            ["ch"],
+            "placed by it"
+        );
+        assert_eq!(
+            spublish.access_keys(&args("SPUBLISH ch msg")).unwrap(),
+            Vec::<Bytes>::new(),
+            "but it is no key"
+        );
     }
 }

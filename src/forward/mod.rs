@@ -21,6 +21,7 @@
 pub(crate) mod commands;
 pub(crate) mod frame;
 pub(crate) mod link;
+mod permissions;
 pub(crate) mod shared;
 pub(crate) mod spread;
 
@@ -29,6 +30,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::User;
 use crate::backend::{Cluster, Invalidation, InvalidationSink, Manager};
 use crate::cache::Cache;
 use crate::limit::Slots;
@@ -266,9 +268,9 @@ impl Forwarding {
         Ok(())
     }
 
-    /// How `args` (a request, name first) is served, as user `may` allows its
-    /// keys. The table must have been read.
-    pub(crate) fn route(&self, args: &[Bytes], may: impl Fn(&[Bytes]) -> bool) -> Route {
+    /// How `args` (a request, name first) is served to `user`. The table must
+    /// have been read.
+    pub(crate) fn route(&self, args: &[Bytes], user: &User) -> Route {
         let table = self.table.get().expect("routed after the table was read");
         let name = args[0].to_ascii_lowercase();
         let name = std::str::from_utf8(&name).unwrap_or("");
@@ -289,14 +291,10 @@ impl Forwarding {
                 "ERR '{name}' is an admin command, which redis-proxy does not forward (see --forward-admin-commands)"
             ));
         }
-        let keys = info.keys(args);
-        let allowed = match &keys {
-            Some(keys) => may(keys),
-            None => may(&args[1..]),
-        };
-        if !allowed {
-            return Route::Refuse("NOPERM No permissions to access a key".into());
+        if let Some(refusal) = permissions::check(name, info, args, user) {
+            return Route::Refuse(refusal);
         }
+        let keys = info.keys(args);
         let slot = match self.slot_of(keys.as_deref().unwrap_or_default()) {
             Ok(slot) => slot,
             Err(crossslot) => return Route::Refuse(crossslot.into()),

@@ -65,7 +65,7 @@ pub(super) struct Session {
 }
 
 /// The reply to a command sent before authenticating.
-const NOAUTH: &str = "NOAUTH Authentication required.";
+pub(super) const NOAUTH: &str = "NOAUTH Authentication required.";
 /// The reply to wrong credentials, or those of a disabled user.
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 /// The reply to a read of a key outside the user's patterns.
@@ -161,9 +161,8 @@ impl Session {
                 self.protocol,
             );
         }
-        let may = |keys: &[Bytes]| user.may_read_all(keys.iter().map(|k| &k[..]));
         let resp3 = self.protocol == Protocol::Resp3;
-        let route = forwarding.route(&args, may);
+        let route = forwarding.route(&args, user);
         let path = match route {
             Route::Refuse(_) => "refused",
             Route::Dedicate => "dedicated",

@@ -306,12 +306,14 @@ where
             }
             _ => {}
         }
-        let user = self.session.user().cloned();
-        let may = |keys: &[Bytes]| {
-            user.as_ref()
-                .is_some_and(|user| user.may_read_all(keys.iter().map(|k| &k[..])))
+        let refusal = match self.session.user() {
+            Some(user) => match forwarding.route(&args, user) {
+                Route::Refuse(error) => Some(error),
+                _ => None,
+            },
+            None => Some(super::super::session::NOAUTH.to_owned()),
         };
-        if let Route::Refuse(error) = forwarding.route(&args, may) {
+        if let Some(error) = refusal {
             if state.multi {
                 state.poisoned = true;
             }
