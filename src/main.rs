@@ -11,6 +11,7 @@ use redis_proxy::config::{Cli, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    ignore_hangups_until_handled();
     return_large_allocations_at_once();
     let cli = Cli::parse();
     // Before anything is bound: a bad option stops the process here.
@@ -68,6 +69,19 @@ fn main() -> ExitCode {
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(()) => ExitCode::FAILURE,
+    }
+}
+
+/// Ignores SIGHUP from the first instruction on: its default action ends the
+/// process, and service managers and logrotate send it whenever they reload,
+/// without asking whether the proxy has started. The handler that reloads
+/// certificates replaces this once the runtime runs.
+fn ignore_hangups_until_handled() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN runs no code of ours
+    // in the handler; it is done before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
 }
 

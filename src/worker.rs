@@ -4,9 +4,9 @@
 //!
 //! A work-stealing runtime moves tasks between threads and wakes sleeping
 //! threads to run them: a cached `GET` then pays for futex and event-descriptor
-//! system calls and for cache lines handed between cores. Here every listener
-//! has one socket per worker (`SO_REUSEPORT`, the kernel spreading new
-//! connections over them), and a connection lives and dies on the worker that
+//! system calls and for cache lines handed between cores. Here every worker's
+//! event loop watches each listener's one socket, the first one free accepts a
+//! new connection, and a connection lives and dies on the worker that
 //! accepted it, with the backend connections its misses use (see
 //! `RedisService`'s lanes). What the workers share (the cache, the limits, the
 //! backend's batches per lane) is built for that: reads of the cache take a

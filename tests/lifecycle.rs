@@ -269,3 +269,102 @@ fn a_parallel_limit_above_the_client_limit_is_warned_about() {
         "{logs}"
     );
 }
+
+/// Starts a proxy whose HTTP and RESP listeners are on fixed ports.
+fn on_ports(redis: &RedisServer, http: u16, resp: u16) -> ProxyBuilder {
+    ProxyBuilder::new(&redis.url())
+        .arg("--http-addr", addr(http))
+        .arg("--resp-addr", addr(resp))
+}
+
+#[test]
+fn an_address_held_by_another_process_stops_the_proxy_at_startup() {
+    let redis = RedisServer::start();
+    let (http, resp) = (free_port(), free_port());
+    let first = on_ports(&redis, http, resp).start();
+    // A second proxy on the first one's addresses, with an admin port of its own.
+    let output = on_ports(&redis, http, resp).run_to_exit(Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--http-addr") && stderr.contains("in use"),
+        "{stderr}"
+    );
+    // Every client still reaches the first proxy.
+    for _ in 0..30 {
+        let mut conn = support::RawConn::connect(first.resp_addr());
+        conn.send(b"PING\r\n").expect(b"+PONG\r\n");
+    }
+    // A plain socket holding the RESP port stops it too.
+    let held = std::net::TcpListener::bind(addr(free_port())).unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    let output = on_ports(&redis, free_port(), held_port).run_to_exit(Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--resp-addr") && stderr.contains("in use"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn one_address_for_two_of_the_proxys_listeners_is_a_configuration_error() {
+    let port = free_port();
+    let err = rejected(
+        ProxyBuilder::bare()
+            .arg("--http-addr", addr(port))
+            .arg("--resp-addr", addr(port)),
+    );
+    assert!(
+        err.contains("--http-addr") && err.contains("--resp-addr") && err.contains("own"),
+        "{err}"
+    );
+    let err = rejected(
+        ProxyBuilder::bare()
+            .arg("--http-addr", format!("0.0.0.0:{port}"))
+            .arg("--admin-addr", addr(port)),
+    );
+    assert!(err.contains("--admin-addr"), "{err}");
+    assert!(!is_listening(addr(port).parse().unwrap()));
+}
+
+/// How long the binary takes from being started to having run `main` to its
+/// end, at its quickest: `--version` exits right after parsing the flags. A
+/// signal sent later than that reaches a `main` that has begun.
+fn time_to_main() -> Duration {
+    (0..3)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            ProxyBuilder::bare()
+                .flag("--version")
+                .run_to_exit(Duration::from_secs(10));
+            started.elapsed()
+        })
+        .min()
+        .unwrap()
+}
+
+#[test]
+fn a_sighup_right_after_start_does_not_stop_the_proxy() {
+    let redis = RedisServer::start();
+    let builder = ProxyBuilder::new(&redis.url());
+    // Past the loader, but well before the proxy has finished starting.
+    let delay = time_to_main() * 3 / 2;
+    for attempt in 0..10 {
+        let mut child = builder.spawn_quiet();
+        std::thread::sleep(delay);
+        for _ in 0..6 {
+            // SAFETY: signalling a child this test started and has not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let status = child.try_wait().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            status.is_none(),
+            "attempt {attempt}: a SIGHUP {delay:?} after start ended it: {status:?}"
+        );
+    }
+}

@@ -465,9 +465,32 @@ impl Config {
                 option_names(key)
             )));
         }
+        self.validate_listeners()?;
         self.validate_tls()?;
         self.validate_cluster()?;
         self.validate_users()
+    }
+
+    /// Two of the proxy's own listeners on one address would take each other's
+    /// clients (or fail to bind): refused before anything is bound.
+    fn validate_listeners(&self) -> Result<(), Error> {
+        let listeners = [
+            ("http_addr", &self.http_addr),
+            ("resp_addr", &self.resp_addr),
+            ("admin_addr", &self.admin_addr),
+        ];
+        for (i, (a, first)) in listeners.iter().enumerate() {
+            for (b, second) in &listeners[i + 1..] {
+                if first.overlaps(second) {
+                    return Err(Error::Invalid(format!(
+                        "{} and {} are both {first}: each listener needs an address of its own",
+                        option_names(a),
+                        option_names(b)
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_cluster(&self) -> Result<(), Error> {

@@ -34,6 +34,18 @@ impl ListenAddr {
         self.port
     }
 
+    /// Whether binding both would bind one address twice: the same port (not
+    /// 0, which picks a free one) on the same host, or on a host and the
+    /// wildcard address that covers it.
+    pub fn overlaps(&self, other: &ListenAddr) -> bool {
+        let wildcard = |host: &str| matches!(host, "0.0.0.0" | "::" | "");
+        self.port != 0
+            && self.port == other.port
+            && (self.host.eq_ignore_ascii_case(&other.host)
+                || wildcard(&self.host)
+                || wildcard(&other.host))
+    }
+
     /// Resolves the host to the address to bind.
     ///
     /// # Errors

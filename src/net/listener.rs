@@ -12,9 +12,15 @@ use tokio::net::{TcpListener, TcpStream};
 use super::Stats;
 use crate::limit::Slots;
 
-/// A bound address: `sockets` sockets on it with `SO_REUSEPORT`, so that each
-/// worker accepts on its own and the kernel spreads new connections over them,
-/// and `max_connections` connection slots that all of them share.
+/// A bound address: one listening socket, handed to each of `sockets`
+/// workers as a descriptor of its own, and `max_connections` connection slots
+/// that all of them share.
+///
+/// The socket is bound without `SO_REUSEPORT`: with it, a second process of
+/// the same user could bind the same address and silently take a share of the
+/// connections. Every worker's event loop watches the one socket, and whichever
+/// is free first accepts a new connection; a connection then lives on the
+/// worker that accepted it.
 #[derive(Debug)]
 pub(crate) struct Listener {
     sockets: Vec<std::net::TcpListener>,
@@ -44,13 +50,13 @@ impl Listener {
                 *spare = std::fs::File::open("/dev/null").ok();
             }
         }
-        let first = bind_one(addr, sockets > 1)?;
-        // Port 0 binds a port chosen by the system: the others share it.
+        let first = bind_one(addr)?;
         let local = first.local_addr()?;
-        let mut bound = vec![first];
+        let mut bound = Vec::with_capacity(sockets.max(1));
         for _ in 1..sockets {
-            bound.push(bind_one(local, true)?);
+            bound.push(first.try_clone()?);
         }
+        bound.push(first);
         Ok(Self {
             sockets: bound,
             local,
@@ -74,7 +80,7 @@ impl Listener {
         &self.stats
     }
 
-    /// One [`Acceptor`] per socket, each to be run by its worker.
+    /// One [`Acceptor`] per worker, each with its own descriptor of the socket.
     pub(crate) fn into_acceptors(self) -> Vec<Acceptor> {
         self.sockets
             .into_iter()
@@ -183,14 +189,12 @@ impl Accepting {
 /// The descriptor kept spare for telling a client the process is out of them.
 static SPARE: Mutex<Option<std::fs::File>> = Mutex::new(None);
 
-/// A listening socket on `addr`, sharing its port with others when `share`.
-fn bind_one(addr: SocketAddr, share: bool) -> io::Result<std::net::TcpListener> {
+/// A listening socket on `addr`, which no other socket may share.
+fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    // As every server does, so a restart can bind while old connections linger.
+    // As every server does, so a restart can bind while old connections
+    // linger in TIME_WAIT. (On Linux it lets no one bind a listening port.)
     socket.set_reuse_address(true)?;
-    if share {
-        socket.set_reuse_port(true)?;
-    }
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     socket.set_nonblocking(true)?;

@@ -117,6 +117,16 @@ impl ProxyBuilder {
             .expect("spawn redis-proxy")
     }
 
+    /// Starts the binary and returns at once, its output discarded: for tests
+    /// of what happens before it is ready.
+    pub fn spawn_quiet(&self) -> Child {
+        self.command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-proxy")
+    }
+
     /// Runs the binary to completion (for options that should make it exit).
     pub fn run_to_exit(&self, timeout: Duration) -> Output {
         let mut child = self.spawn();
