@@ -52,63 +52,66 @@ impl Key {
     pub fn db(&self) -> Option<u16> {
         self.db
     }
+}
 
-    /// A cached read other than `GET` (transparent mode): the whole request
-    /// (`HGET key field` as RESP) in database `db`, answered in RESP3 or RESP2.
-    /// The cache keeps it apart from every `GET` key by its database: indexes
-    /// from [`QUERY_DB`] up are no database's. `None` for a database the
-    /// encoding has no room for.
-    pub(crate) fn query(db: Option<u16>, resp3: bool, request: Bytes) -> Option<Self> {
-        let index = match db {
-            None => OWN_DB,
-            Some(db) if db < OWN_DB => db,
-            Some(_) => return None,
-        };
-        let resp3 = if resp3 { QUERY_RESP3 } else { 0 };
-        Some(Self {
-            name: request,
-            db: Some(QUERY_DB | resp3 | index),
-        })
-    }
+/// A cached read other than `GET` (transparent mode): a whole read request,
+/// its reply cached as Redis sent it.
+///
+/// The cache keeps it apart from every `GET` key and from the same request in
+/// another database or protocol, and with the entries of the key it reads, so
+/// that a change of that key drops it. Neither the stack nor the cache looks
+/// inside the request: it is what the backend is sent.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Query {
+    db: Option<u16>,
+    resp3: bool,
+    key: Bytes,
+    request: Bytes,
+}
 
-    /// For a cached read: the database it reads and whether it is answered in
-    /// RESP3.
-    pub(crate) fn query_target(&self) -> Option<(Option<u16>, bool)> {
-        let db = self.db.filter(|db| db & QUERY_DB != 0)?;
-        let index = db & OWN_DB;
-        Some(((index != OWN_DB).then_some(index), db & QUERY_RESP3 != 0))
-    }
-
-    /// For a cached read: the key it reads, the second element of its request.
-    pub(crate) fn subject(&self) -> Option<Bytes> {
-        self.query_target()?;
-        let b = &self.name[..];
-        // *N\r\n$len\r\nNAME\r\n$len\r\nKEY\r\n
-        let mut at = b.iter().position(|&c| c == b'\n')? + 1;
-        for i in 0..2 {
-            let eol = at + b[at..].iter().position(|&c| c == b'\n')?;
-            let len: usize = std::str::from_utf8(b.get(at + 1..eol - 1)?)
-                .ok()?
-                .parse()
-                .ok()?;
-            let start = eol + 1;
-            if i == 1 {
-                return Some(self.name.slice(start..start + len));
-            }
-            at = start + len + 2;
+impl Query {
+    /// `request` (encoded as the backend is sent it) reads `key` in database
+    /// `db` (`None`: the backend's own); its reply is wanted in RESP3 when
+    /// `resp3`, else RESP2.
+    pub fn new(db: Option<u16>, resp3: bool, key: Bytes, request: Bytes) -> Self {
+        Self {
+            db,
+            resp3,
+            key,
+            request,
         }
-        None
+    }
+
+    /// The database it reads (`None`: the backend's own).
+    pub fn db(&self) -> Option<u16> {
+        self.db
+    }
+
+    /// Whether its reply is wanted in RESP3.
+    pub fn resp3(&self) -> bool {
+        self.resp3
+    }
+
+    /// The key it reads.
+    pub fn key(&self) -> &Bytes {
+        &self.key
+    }
+
+    /// The request, as the backend is sent it.
+    pub fn request(&self) -> &Bytes {
+        &self.request
     }
 }
 
-/// The first database index that is a cached read's, not a database (see
-/// [`Key::query`]); `SELECT` refuses indexes from [`OWN_DB`] up.
-pub(crate) const QUERY_DB: u16 = 0x8000;
-/// In a cached read's database: answered in RESP3.
-const QUERY_RESP3: u16 = 0x4000;
-/// In a cached read's database: the backend's own (and the first index
-/// `SELECT` refuses).
-pub(crate) const OWN_DB: u16 = 0x3FFF;
+impl std::fmt::Debug for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Query")
+            .field("db", &self.db)
+            .field("key", &self.key)
+            .field("resp3", &self.resp3)
+            .finish_non_exhaustive()
+    }
+}
 
 impl std::ops::Deref for Key {
     type Target = [u8];
@@ -135,6 +138,26 @@ impl std::fmt::Debug for Key {
         match self.db {
             Some(db) => write!(f, "Key({db}, {:?})", self.name),
             None => write!(f, "Key({:?})", self.name),
+        }
+    }
+}
+
+/// What a front-end asks the stack for, one entry at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Request {
+    /// The value of a key (`GET`; each key of an `MGET`).
+    Get(Key),
+    /// Transparent mode: a cached read other than `GET`.
+    Query(Query),
+}
+
+impl Request {
+    /// The name of the key the request reads, for traces.
+    pub fn key_name(&self) -> &[u8] {
+        match self {
+            Request::Get(key) => key.name(),
+            Request::Query(query) => query.key(),
         }
     }
 }
@@ -274,25 +297,6 @@ mod tests {
         assert_eq!(error.to_string(), "redis unavailable: connection refused");
         let cause = std::error::Error::source(&error).expect("a cause");
         assert_eq!(cause.to_string(), "refused");
-    }
-
-    #[test]
-    fn a_cached_read_knows_its_database_protocol_and_key() {
-        let request = Bytes::from_static(b"*3\r\n$4\r\nHGET\r\n$5\r\nuser1\r\n$4\r\nname\r\n");
-        let key = Key::query(Some(3), true, request.clone()).unwrap();
-        assert_eq!(key.query_target(), Some((Some(3), true)));
-        assert_eq!(key.subject().unwrap(), Bytes::from("user1"));
-        let own = Key::query(None, false, request.clone()).unwrap();
-        assert_eq!(own.query_target(), Some((None, false)));
-        assert_ne!(own, key);
-        assert_ne!(
-            own,
-            Key::in_db(None, request.clone()),
-            "apart from a GET of the same bytes"
-        );
-        assert!(Key::query(Some(OWN_DB), false, request).is_none());
-        assert_eq!(Key::from("k").query_target(), None);
-        assert_eq!(Key::from("k").subject(), None);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use redis::RedisError;
 use tower::Service;
 
-use crate::lookup::Key;
+use crate::lookup::{Key, Query};
 
 pub(crate) use cluster::Cluster;
 pub use cluster::{ReadFrom, slot};
@@ -400,34 +400,36 @@ impl RedisService {
         self.shared.cluster.get().cloned()
     }
 
-    /// Serves cached reads other than `GET` (see [`Key::query`]) through
+    /// Serves cached reads other than `GET` (see [`Query`]) through
     /// transparent mode's shared connections.
     pub(crate) fn set_forwarding(&self, forwarding: Arc<crate::forward::Forwarding>) {
         let _ = self.shared.forwarding.set(forwarding);
     }
 
     async fn get(self, key: Key) -> Result<Option<Bytes>, crate::Error> {
-        if let Some(cluster) = self.shared.cluster.get()
-            && key.query_target().is_none()
-        {
+        if let Some(cluster) = self.shared.cluster.get() {
             return cluster.clone().get(key).await;
         }
         self.get_from_node(key).await
     }
 
+    /// A cached read other than `GET`: its request, run through transparent
+    /// mode's shared connections.
+    async fn query(self, query: Query) -> Result<Option<Bytes>, crate::Error> {
+        let start = std::time::Instant::now();
+        let Some(forwarding) = self.shared.forwarding.get() else {
+            return Err(crate::Error::internal(
+                "a cached read without transparent mode",
+            ));
+        };
+        let result = forwarding.clone().fetch(query).await;
+        self.shared.latency.record(start.elapsed().as_secs_f64());
+        result
+    }
+
     /// A read of `key` from this one node (see [`RedisService::get`]).
     async fn get_from_node(self, key: Key) -> Result<Option<Bytes>, crate::Error> {
         let start = std::time::Instant::now();
-        if key.query_target().is_some() {
-            let Some(forwarding) = self.shared.forwarding.get() else {
-                return Err(crate::Error::internal(
-                    "a cached read without transparent mode",
-                ));
-            };
-            let result = forwarding.clone().fetch(key).await;
-            self.shared.latency.record(start.elapsed().as_secs_f64());
-            return result;
-        }
         let (reply, first) = self.lane().queue.join(key);
         if first {
             tokio::spawn(self.clone().flush());
@@ -617,5 +619,19 @@ impl Service<Key> for RedisService {
 
     fn call(&mut self, key: Key) -> Self::Future {
         Box::pin(self.clone().get(key))
+    }
+}
+
+impl Service<Query> for RedisService {
+    type Response = Option<Bytes>;
+    type Error = crate::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Option<Bytes>, crate::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, query: Query) -> Self::Future {
+        Box::pin(self.clone().query(query))
     }
 }

@@ -1,16 +1,21 @@
 //! The read-through cache: a shared [`Cache`] handle, and the Tower
 //! [`CacheLayer`]/[`CacheService`] that serves hits from it and sends misses on
-//! (see `service` for coalescing).
+//! (see `service` for coalescing, `flights` for the fetches in flight).
 //!
-//! The store behind the handle is one of two policies ([`CachePolicy`]): exact
-//! LRU (the default, see `lru`) or quick_cache's S3-FIFO (see `s3fifo`). Both
-//! hold at most a number of keys and of bytes (names plus values), and every
-//! entry lives for one TTL. Each store synchronizes itself; the exact-LRU store
-//! lets hits on different threads proceed without writing to any memory they
-//! share.
+//! The store behind the handle is one implementation of the
+//! [`eviction::Store`] trait, picked by [`CachePolicy`]: exact LRU (the
+//! default, `lru`) or quick_cache's S3-FIFO (`s3fifo`). Both hold at most a
+//! number of keys and of bytes, and every entry lives for one TTL. Each store
+//! synchronizes itself; the exact-LRU store lets hits on different threads
+//! proceed without writing to any memory they share.
+//!
+//! The cache holds two kinds of entry ([`Read`]): the value of a key (`GET`),
+//! and in transparent mode the reply to a whole read request ([`Query`]),
+//! kept with the entries of the key it reads. Neither is parsed here.
 
+mod eviction;
+mod flights;
 mod lru;
-mod policy;
 mod s3fifo;
 mod service;
 
@@ -20,13 +25,50 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::lookup::{Key, Lookup, Source};
+use crate::lookup::{Key, Lookup, Query, Source};
 
-pub use policy::{CachePolicy, Stats};
+pub use eviction::{CachePolicy, Stats};
 pub use service::{CacheLayer, CacheService, ResponseFuture};
 
-use policy::Store;
-use service::Flights;
+use eviction::{Space, Store};
+use flights::Flights;
+
+/// One entry the cache answers: the value of a key, or the reply to a read
+/// request (transparent mode).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Read {
+    /// `GET`'s: the value of a key.
+    Key(Key),
+    /// A cached read other than `GET`: its reply as Redis sent it.
+    Query(Query),
+}
+
+impl Read {
+    /// Where the entry lives in the store, and its name there.
+    fn space_name(&self) -> (Space, &[u8]) {
+        match self {
+            Read::Key(key) => (Space::Keys(key.db()), key.name()),
+            Read::Query(query) => Self::space_of(query),
+        }
+    }
+
+    /// Where a cached read's reply lives in the store: its request is its name.
+    fn space_of(query: &Query) -> (Space, &[u8]) {
+        let space = Space::Replies {
+            db: query.db(),
+            resp3: query.resp3(),
+        };
+        (space, query.request())
+    }
+
+    /// The name of the key the entry holds or reads.
+    fn key_name(&self) -> &[u8] {
+        match self {
+            Read::Key(key) => key.name(),
+            Read::Query(query) => query.key(),
+        }
+    }
+}
 
 /// A cheap, cloneable handle to one shared store (LRU or S3-FIFO, one TTL) and
 /// to the fetches in flight for it.
@@ -41,7 +83,7 @@ pub struct Cache {
 
 #[derive(Debug)]
 struct Shared {
-    store: Store,
+    store: Box<dyn Store>,
     flights: Mutex<Flights>,
     ttl: Duration,
     max_value_bytes: usize,
@@ -93,9 +135,18 @@ impl CacheBuilder {
 
     /// An empty cache.
     pub fn build(self) -> Cache {
+        let capacity = self.capacity.max(1);
+        let store: Box<dyn Store> = match self.policy {
+            CachePolicy::Lru => Box::new(lru::SharedLru::new(capacity, self.max_bytes, self.ttl)),
+            CachePolicy::S3Fifo => Box::new(s3fifo::S3Fifo::with_max_bytes(
+                capacity,
+                self.max_bytes,
+                self.ttl,
+            )),
+        };
         Cache {
             shared: Arc::new(Shared {
-                store: Store::new(self.policy, self.capacity.max(1), self.max_bytes, self.ttl),
+                store,
                 flights: Mutex::default(),
                 ttl: self.ttl,
                 max_value_bytes: self.max_value_bytes,
@@ -129,7 +180,7 @@ impl Cache {
 
     /// How many fetches are in flight.
     pub fn fetches_in_flight(&self) -> usize {
-        self.flights().live.len()
+        self.flights().len()
     }
 
     /// Drops `keys` (the backend said they changed), with every reply cached
@@ -141,12 +192,11 @@ impl Cache {
         // Lock order, everywhere: flights, then the store.
         let mut flights = self.flights();
         for key in keys {
-            self.shared.store.remove(key);
-            flights.detach(key);
-            for query in flights.queries.remove(key.name()).unwrap_or_default() {
-                self.shared.store.remove(&query);
-                flights.detach(&query);
-            }
+            let read = Read::Key(key.clone());
+            let (space, name) = read.space_name();
+            self.store().remove(space, name);
+            flights.detach(&read);
+            self.drop_queries(&mut flights, key.name());
         }
     }
 
@@ -156,46 +206,54 @@ impl Cache {
     pub fn invalidate_everywhere(&self, names: &[Bytes]) {
         let mut flights = self.flights();
         for name in names {
-            self.shared.store.remove_everywhere(name);
-            for query in flights.queries.remove(name).unwrap_or_default() {
-                self.shared.store.remove(&query);
-                flights.detach(&query);
-            }
+            self.store().remove_everywhere(name);
+            self.drop_queries(&mut flights, name);
         }
-        let fetching: Vec<Key> = flights
-            .live
-            .keys()
-            .filter(|key| names.iter().any(|name| name == key.name()))
-            .cloned()
-            .collect();
-        for key in &fetching {
-            flights.detach(key);
+        flights.detach_all(|read| {
+            matches!(read, Read::Key(_)) && names.iter().any(|name| name[..] == *read.key_name())
+        });
+    }
+
+    /// Drops every cached read of the key called `name`, and detaches their
+    /// fetches.
+    fn drop_queries(&self, flights: &mut Flights, name: &[u8]) {
+        for query in flights.take_queries(name) {
+            let (space, name) = Read::space_of(&query);
+            self.store().remove(space, name);
+            flights.detach(&Read::Query(query));
         }
     }
 
     /// Drops every entry and keeps every fetch in flight from caching.
     pub fn flush(&self) {
         let mut flights = self.flights();
-        self.shared.store.clear();
-        flights.queries.clear();
-        let fetching: Vec<Key> = flights.live.keys().cloned().collect();
-        for key in &fetching {
-            flights.detach(key);
-        }
+        self.store().clear();
+        flights.clear_queries();
+        flights.detach_all(|_| true);
     }
 
     /// The live value of `key`, now the most recently used, and how long it
     /// stays fresh.
     pub fn get(&self, key: &Key) -> Option<(Bytes, Duration)> {
-        let lookup = self.lookup(key)?;
+        let lookup = self.lookup(&Read::Key(key.clone()))?;
         Some((lookup.value?, lookup.fresh_for))
     }
 
-    /// The live value of `key` as a hit's answer, with the digest the store
+    /// The live entry of `read` as a hit's answer, with the digest the store
     /// keeps for a large value.
-    pub(crate) fn lookup(&self, key: &Key) -> Option<Lookup> {
+    pub(crate) fn lookup(&self, read: &Read) -> Option<Lookup> {
+        let (space, name) = read.space_name();
+        self.lookup_at(space, name)
+    }
+
+    /// [`Cache::lookup`] of a key, borrowed: the hit path makes no entry.
+    pub(crate) fn lookup_key(&self, key: &Key) -> Option<Lookup> {
+        self.lookup_at(Space::Keys(key.db()), key.name())
+    }
+
+    fn lookup_at(&self, space: Space, name: &[u8]) -> Option<Lookup> {
         let now = Instant::now();
-        let found = self.shared.store.get(key, now)?;
+        let found = self.store().get(space, name, now)?;
         let fresh_for = found.expires_at.saturating_duration_since(now);
         Some(Lookup {
             value: Some(found.value),
@@ -210,30 +268,27 @@ impl Cache {
     /// byte limit is not stored (and any older value of `key` goes): returns
     /// whether it was stored.
     pub fn insert(&self, key: &Key, value: &Bytes) -> bool {
+        self.store_read(&Read::Key(key.clone()), value)
+    }
+
+    /// [`Cache::insert`] of either kind of entry.
+    fn store_read(&self, read: &Read, value: &Bytes) -> bool {
+        let (space, name) = read.space_name();
         if value.len() > self.shared.max_value_bytes {
-            self.shared.store.remove(key);
+            self.store().remove(space, name);
             return false;
         }
-        self.shared.store.insert(key, value, Instant::now())
+        self.store().insert(space, name, value, Instant::now())
     }
 
     /// Removes every expired entry now; returns how many went. Expired entries
     /// are never served, but they hold memory until they are read, pushed out,
-    /// or swept by this.
+    /// or swept by this. The index of cached reads is pruned of what the store
+    /// no longer holds.
     pub fn reclaim_expired(&self) -> usize {
-        {
-            // The index of cached reads keeps keys whose entries the policy has
-            // evicted since; past a bound, the cached reads are dropped with
-            // it (they are fetched again), so it cannot grow without end.
-            let mut flights = self.flights();
-            if flights.queries.len() > self.shared.store.len() + 1024 {
-                let queries = std::mem::take(&mut flights.queries);
-                for query in queries.into_values().flatten() {
-                    self.shared.store.remove(&query);
-                }
-            }
-        }
-        self.shared.store.reclaim_expired(Instant::now())
+        let now = Instant::now();
+        self.flights().prune(self.store(), now);
+        self.store().reclaim_expired(now)
     }
 
     /// Sweeps expired entries every `interval`, for ever: spawn it beside the
@@ -253,12 +308,12 @@ impl Cache {
 
     /// Entries stored, counting expired ones not yet reclaimed.
     pub fn len(&self) -> usize {
-        self.shared.store.len()
+        self.store().len()
     }
 
-    /// Names plus values of every entry, in bytes.
+    /// What the entries cost, in the bytes the byte capacity counts.
     pub fn bytes(&self) -> usize {
-        self.shared.store.bytes()
+        self.store().bytes()
     }
 
     /// Whether no entry is stored.
@@ -268,11 +323,15 @@ impl Cache {
 
     /// Hits, misses, evictions and expirations so far.
     pub fn stats(&self) -> Stats {
-        self.shared.store.stats()
+        self.store().stats()
     }
 
     fn ttl(&self) -> Duration {
         self.shared.ttl
+    }
+
+    fn store(&self) -> &dyn Store {
+        &*self.shared.store
     }
 
     fn flights(&self) -> MutexGuard<'_, Flights> {
@@ -330,13 +389,13 @@ mod tests {
         for policy in [CachePolicy::Lru, CachePolicy::S3Fifo] {
             let cache = Cache::builder().policy(policy).build();
             let (large, small) = (Key::from("large"), Key::from("small"));
-            let value = Bytes::from(vec![b'x'; policy::DIGEST_AT]);
+            let value = Bytes::from(vec![b'x'; eviction::DIGEST_AT]);
             cache.insert(&large, &value);
             cache.insert(&small, &Bytes::from("v"));
-            let hit = cache.lookup(&large).unwrap();
+            let hit = cache.lookup(&Read::Key(large)).unwrap();
             assert_eq!(hit.digest, Some(crate::lookup::digest(&value)), "{policy}");
             assert_eq!(hit.digest(), Some(crate::lookup::digest(&value)));
-            let hit = cache.lookup(&small).unwrap();
+            let hit = cache.lookup(&Read::Key(small)).unwrap();
             assert_eq!(
                 hit.digest, None,
                 "{policy}: a small value is hashed when read"
@@ -358,5 +417,43 @@ mod tests {
         cache.invalidate_everywhere(&[Bytes::from("k")]);
         assert!(cache.get(&plain).is_none());
         assert!(cache.get(&in_two).is_none());
+    }
+
+    #[test]
+    fn a_query_is_kept_apart_from_a_key_of_the_same_bytes_and_from_other_protocols() {
+        let cache = Cache::default();
+        let request = Bytes::from_static(b"HGET u1 name");
+        let resp2 = Read::Query(Query::new(None, false, "u1".into(), request.clone()));
+        let resp3 = Read::Query(Query::new(None, true, "u1".into(), request.clone()));
+        assert!(cache.store_read(&resp2, &Bytes::from("$1\r\nx\r\n")));
+        assert!(cache.lookup(&resp3).is_none());
+        assert!(cache.get(&Key::new(request)).is_none());
+        assert!(cache.lookup(&resp2).is_some());
+    }
+
+    #[test]
+    fn the_index_of_cached_reads_keeps_no_more_than_the_store_holds() {
+        let cache = Cache::new(10, Duration::from_secs(60));
+        for i in 0..1000 {
+            let query = Query::new(
+                None,
+                false,
+                Bytes::from(format!("k{i}")),
+                Bytes::from(format!("HLEN k{i}")),
+            );
+            let read = Read::Query(query);
+            let flights::Join::Lead(id) = cache.flights().join(&read, cache.store()) else {
+                panic!("a fetch of its own");
+            };
+            cache.flights().land(&read, id);
+            cache.store_read(&read, &Bytes::from(":1\r\n"));
+            cache.reclaim_expired();
+        }
+        let indexed = cache.flights().indexed();
+        assert!(
+            indexed <= 2 * cache.len() + 1,
+            "{indexed} indexed, {} stored",
+            cache.len()
+        );
     }
 }

@@ -27,12 +27,12 @@ use bytes::Bytes;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use tokio::time::Instant;
 
-use super::policy::{Found, Stats, kept_digest};
+use super::eviction::{Found, Space, Stats, Store, kept_digest};
 
 /// One key's share of the weight capacity.
 const UNIT: u64 = 1024;
 
-type Name = (Option<u16>, Bytes);
+type Name = (Space, Bytes);
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -87,8 +87,9 @@ pub(crate) struct S3Fifo {
     entries: Inner,
     ttl: Duration,
     max_bytes: usize,
-    /// The databases that have held entries (see `Lru::remove_everywhere`).
-    dbs: Mutex<Vec<Option<u16>>>,
+    /// The databases whose keys have held entries (see
+    /// `Lru::remove_everywhere`).
+    dbs: Mutex<Vec<Space>>,
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
@@ -132,10 +133,10 @@ impl S3Fifo {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The live entry `name` in `db`; `None` when absent or expired (an expired
-    /// entry is removed on the way).
-    pub(crate) fn get_in(&self, db: Option<u16>, name: &[u8], now: Instant) -> Option<Found> {
-        let key = (db, Bytes::copy_from_slice(name));
+    /// The live entry `name` in `space`; `None` when absent or expired (an
+    /// expired entry is removed on the way).
+    fn get_in(&self, space: Space, name: &[u8], now: Instant) -> Option<Found> {
+        let key = (space, Bytes::copy_from_slice(name));
         match self.entries.get(&key) {
             Some(entry) if entry.expires_at > now => {
                 Self::count(&self.hits, 1);
@@ -158,27 +159,22 @@ impl S3Fifo {
         }
     }
 
-    /// Stores `value` under `name` in `db`, expiring one TTL after `now`, making
-    /// room as S3-FIFO decides. A value that alone exceeds the byte capacity is
-    /// not stored, and the key's old entry goes. Returns whether it was stored.
-    pub(crate) fn insert_in(
-        &self,
-        db: Option<u16>,
-        name: &[u8],
-        value: &Bytes,
-        now: Instant,
-    ) -> bool {
+    /// Stores `value` under `name` in `space`, expiring one TTL after `now`,
+    /// making room as S3-FIFO decides. A value that alone exceeds the byte
+    /// capacity is not stored, and the key's old entry goes. Returns whether it
+    /// was stored.
+    fn insert_in(&self, space: Space, name: &[u8], value: &Bytes, now: Instant) -> bool {
         // A key parsed from a client's request is a slice of that connection's read
         // buffer; a copy of its own keeps the cache from pinning the buffer.
-        let key = (db, Bytes::copy_from_slice(name));
+        let key = (space, Bytes::copy_from_slice(name));
         if name.len().saturating_add(value.len()) > self.max_bytes {
             self.entries.remove(&key);
             return false;
         }
         {
             let mut dbs = self.dbs.lock().unwrap_or_else(PoisonError::into_inner);
-            if !dbs.contains(&db) {
-                dbs.push(db);
+            if matches!(space, Space::Keys(_)) && !dbs.contains(&space) {
+                dbs.push(space);
             }
         }
         let mut evictions = Evictions {
@@ -196,32 +192,47 @@ impl S3Fifo {
         Self::count(&self.expirations, evictions.expired);
         true
     }
+}
 
-    /// Drops `name` in `db` if it is stored.
-    pub(crate) fn remove_in(&self, db: Option<u16>, name: &[u8]) {
-        self.entries.remove(&(db, Bytes::copy_from_slice(name)));
+impl Store for S3Fifo {
+    fn get(&self, space: Space, name: &[u8], now: Instant) -> Option<Found> {
+        self.get_in(space, name, now)
+    }
+
+    fn contains(&self, space: Space, name: &[u8], now: Instant) -> bool {
+        self.entries
+            .peek(&(space, Bytes::copy_from_slice(name)))
+            .is_some_and(|entry| entry.expires_at > now)
+    }
+
+    fn insert(&self, space: Space, name: &[u8], value: &Bytes, now: Instant) -> bool {
+        self.insert_in(space, name, value, now)
+    }
+
+    fn remove(&self, space: Space, name: &[u8]) {
+        self.entries.remove(&(space, Bytes::copy_from_slice(name)));
     }
 
     /// Drops `name` in every database that has held entries.
-    pub(crate) fn remove_everywhere(&self, name: &[u8]) {
+    fn remove_everywhere(&self, name: &[u8]) {
         let dbs = self
             .dbs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        for db in dbs {
-            self.remove_in(db, name);
+        for space in dbs {
+            self.remove(space, name);
         }
     }
 
     /// Drops every entry.
-    pub(crate) fn clear(&self) {
+    fn clear(&self) {
         self.entries.clear();
     }
 
     /// Removes every expired entry (a sweep of the whole cache: S3-FIFO keeps
     /// no order by expiry); returns how many went.
-    pub(crate) fn reclaim_expired(&self, now: Instant) -> usize {
+    fn reclaim_expired(&self, now: Instant) -> usize {
         let before = self.entries.len();
         self.entries.retain(|_, entry| entry.expires_at > now);
         let reclaimed = before.saturating_sub(self.entries.len());
@@ -230,12 +241,12 @@ impl S3Fifo {
     }
 
     /// Entries stored, expired ones not yet reclaimed included.
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Names plus values of every entry, in bytes.
-    pub(crate) fn bytes(&self) -> usize {
+    fn bytes(&self) -> usize {
         self.entries
             .iter()
             .map(|((_, name), entry)| name.len() + entry.value.len())
@@ -243,7 +254,7 @@ impl S3Fifo {
     }
 
     /// What the store has done so far.
-    pub(crate) fn stats(&self) -> Stats {
+    fn stats(&self) -> Stats {
         Stats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
@@ -251,18 +262,20 @@ impl S3Fifo {
             expirations: self.expirations.load(Ordering::Relaxed),
         }
     }
+}
 
+impl S3Fifo {
     /// See [`S3Fifo::get_in`], in the backend's own database.
     #[cfg(test)]
     fn get(&self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)> {
-        self.get_in(None, key, now)
+        self.get_in(Space::Keys(None), key, now)
             .map(|found| (found.value, found.expires_at))
     }
 
     /// See [`S3Fifo::insert_in`], in the backend's own database.
     #[cfg(test)]
     fn insert(&self, key: Bytes, value: Bytes, now: Instant) {
-        self.insert_in(None, &key, &value, now);
+        self.insert_in(Space::Keys(None), &key, &value, now);
     }
 }
 
@@ -329,12 +342,15 @@ mod tests {
     fn large_values_keep_their_digest_and_small_ones_none() {
         let now = Instant::now();
         let s = S3Fifo::new(8, TTL);
-        let large = Bytes::from(vec![7u8; super::super::lru::SHARE_AT]);
+        let large = Bytes::from(vec![7u8; crate::cache::eviction::DIGEST_AT]);
         s.insert(Bytes::from("large"), large.clone(), now);
         s.insert(Bytes::from("small"), Bytes::from("v"), now);
-        let found = s.get_in(None, b"large", now).unwrap();
+        let found = s.get_in(Space::Keys(None), b"large", now).unwrap();
         assert_eq!(found.digest, Some(crate::lookup::digest(&large)));
-        assert_eq!(s.get_in(None, b"small", now).unwrap().digest, None);
+        assert_eq!(
+            s.get_in(Space::Keys(None), b"small", now).unwrap().digest,
+            None
+        );
     }
 
     #[test]
@@ -346,7 +362,12 @@ mod tests {
         }
         assert!(s.bytes() <= 10_000 + 1000, "{} bytes", s.bytes());
         assert!(s.len() <= 11, "{} entries", s.len());
-        assert!(!s.insert_in(None, b"huge", &Bytes::from(vec![0u8; 20_000]), now));
+        assert!(!s.insert_in(
+            Space::Keys(None),
+            b"huge",
+            &Bytes::from(vec![0u8; 20_000]),
+            now
+        ));
         assert!(s.get(b"huge", now).is_none());
     }
 

@@ -14,9 +14,9 @@
 //!   └─ admin commands ─▶ refused (unless --forward-admin-commands)
 //! ```
 //!
-//! A cached read is a [`Key`] that carries its whole request (see
-//! [`Key::query`]); the cache keeps it with the entries of the key it reads, so
-//! that a write to the key drops every reply cached for it.
+//! A cached read is a [`Query`] that carries its whole request; the cache
+//! keeps it with the entries of the key it reads, so that a write to the key
+//! drops every reply cached for it.
 
 pub(crate) mod commands;
 pub(crate) mod frame;
@@ -34,7 +34,7 @@ use crate::auth::User;
 use crate::backend::{Cluster, Invalidation, InvalidationSink, Manager};
 use crate::cache::Cache;
 use crate::limit::Slots;
-use crate::lookup::{Error, Key};
+use crate::lookup::{Error, Query};
 
 pub(crate) use commands::Table;
 pub(crate) use frame::Frame;
@@ -587,13 +587,18 @@ impl Forwarding {
 
     /// A cached read's miss: its request, run on the shared path. An error
     /// reply is the client's answer but is not cached.
-    pub(crate) async fn fetch(self: Arc<Self>, key: Key) -> Result<Option<Bytes>, Error> {
-        let (db, resp3) = key.query_target().expect("a cached read's key");
-        let slot = key
-            .subject()
-            .map(|subject| self.slot_of(&[subject]).ok().flatten())
-            .unwrap_or_default();
-        let reply = self.send(resp3, key.name().clone(), db, After::Nothing, slot);
+    pub(crate) async fn fetch(self: Arc<Self>, query: Query) -> Result<Option<Bytes>, Error> {
+        let slot = self
+            .slot_of(std::slice::from_ref(query.key()))
+            .ok()
+            .flatten();
+        let reply = self.send(
+            query.resp3(),
+            query.request().clone(),
+            query.db(),
+            After::Nothing,
+            slot,
+        );
         let frame = reply.await.map_err(|_| gone())??;
         match frame.error_text() {
             Some(error) => Err(Error::Reply(error.into())),

@@ -56,7 +56,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::cache::Cache;
-use crate::lookup::{Error, Key, Lookup};
+use crate::lookup::{Error, Key, Lookup, Query, Request};
 
 pub use crate::cache::{CacheLayer, CacheService, ResponseFuture as CacheResponseFuture};
 pub use client_limit::{ClientLimit, ClientLimitLayer};
@@ -153,7 +153,8 @@ pub struct Stack<B> {
     inner: Inner<B>,
 }
 
-type Inner<B> = Trace<ClientLimit<Timeout<ParallelLimit<CacheService<B>>>>>;
+/// The layers, outermost first.
+pub type Inner<B> = Trace<ClientLimit<Timeout<ParallelLimit<CacheService<B>>>>>;
 
 impl<B> Stack<B> {
     /// The cache this stack reads through.
@@ -192,7 +193,7 @@ where
     type Future = ResponseFuture<B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
+        Service::<Key>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, key: Key) -> Self::Future {
@@ -202,28 +203,48 @@ where
     }
 }
 
-pin_project! {
-    /// The future of [`Stack`]: ready at once for a cache hit.
-    pub struct ResponseFuture<B>
-    where
-        B: Service<Key, Response = Option<Bytes>>,
-        B: Clone,
-        B: Send,
-        B: 'static,
-        B::Error: Into<Error>,
-        B::Future: Send,
-        B::Future: 'static,
-    {
-        #[pin]
-        inner: <Inner<B> as Service<Key>>::Future,
+/// What the front-ends ask of a stack over a backend that serves every kind
+/// of [`Request`] (as [`crate::RedisService`] does).
+impl<B> Service<Request> for Stack<B>
+where
+    B: Service<Key, Response = Option<Bytes>, Error = Error>
+        + Service<Query, Response = Option<Bytes>, Error = Error>
+        + Clone
+        + Send
+        + 'static,
+    <B as Service<Key>>::Future: Send + 'static,
+    <B as Service<Query>>::Future: Send + 'static,
+{
+    type Response = Lookup;
+    type Error = Error;
+    type Future = ResponseFuture<B, Request>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Service::<Request>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        ResponseFuture {
+            inner: self.inner.call(request),
+        }
     }
 }
 
-impl<B> Future for ResponseFuture<B>
+pin_project! {
+    /// The future of [`Stack`] for a request of type `R`: ready at once for a
+    /// cache hit.
+    pub struct ResponseFuture<B, R = Key>
+    where
+        Inner<B>: Service<R>,
+    {
+        #[pin]
+        inner: <Inner<B> as Service<R>>::Future,
+    }
+}
+
+impl<B, R> Future for ResponseFuture<B, R>
 where
-    B: Service<Key, Response = Option<Bytes>> + Clone + Send + 'static,
-    B::Error: Into<Error>,
-    B::Future: Send + 'static,
+    Inner<B>: Service<R, Response = Lookup, Error = Error>,
 {
     type Output = Result<Lookup, Error>;
 
@@ -232,11 +253,9 @@ where
     }
 }
 
-impl<B> std::fmt::Debug for ResponseFuture<B>
+impl<B, R> std::fmt::Debug for ResponseFuture<B, R>
 where
-    B: Service<Key, Response = Option<Bytes>> + Clone + Send + 'static,
-    B::Error: Into<Error>,
-    B::Future: Send + 'static,
+    Inner<B>: Service<R>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("stack::ResponseFuture")

@@ -14,7 +14,25 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tracing::Span;
 
-use crate::lookup::{Key, Lookup};
+use crate::lookup::{Key, Lookup, Request};
+
+/// What a trace names its request by.
+pub trait Traced {
+    /// The name of the key the request reads.
+    fn key_name(&self) -> &[u8];
+}
+
+impl Traced for Key {
+    fn key_name(&self) -> &[u8] {
+        self.name()
+    }
+}
+
+impl Traced for Request {
+    fn key_name(&self) -> &[u8] {
+        Request::key_name(self)
+    }
+}
 
 /// Traces every request to the inner service.
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,10 +59,11 @@ impl<S> Trace<S> {
     }
 }
 
-impl<S> Service<Key> for Trace<S>
+impl<S, R> Service<R> for Trace<S>
 where
-    S: Service<Key, Response = Lookup>,
+    S: Service<R, Response = Lookup>,
     S::Error: std::fmt::Display,
+    R: Traced,
 {
     type Response = Lookup;
     type Error = S::Error;
@@ -54,12 +73,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, key: Key) -> Self::Future {
-        let span = tracing::debug_span!("request", key = %String::from_utf8_lossy(&key));
+    fn call(&mut self, request: R) -> Self::Future {
+        let span = tracing::debug_span!(
+            "request",
+            key = %String::from_utf8_lossy(request.key_name())
+        );
         let start = (!span.is_disabled()).then(Instant::now);
         let future = {
             let _entered = span.enter();
-            self.inner.call(key)
+            self.inner.call(request)
         };
         ResponseFuture {
             future,

@@ -36,7 +36,7 @@ use super::{FREE_INPUT, Resp};
 use crate::forward::Class;
 
 mod relay;
-use crate::lookup::{Error, Key, Lookup};
+use crate::lookup::{Error, Lookup, Request};
 use crate::metrics::Tally;
 
 /// Why a connection is closed.
@@ -143,7 +143,7 @@ pub(super) async fn serve<S, T>(
     resp: &Resp<S>,
     stop: tokio_util::sync::CancellationToken,
 ) where
-    S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
+    S: Service<Request, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -171,7 +171,7 @@ pub(super) async fn serve<S, T>(
     connection.close(close).await;
 }
 
-struct Connection<'a, S: Service<Key>, T> {
+struct Connection<'a, S: Service<Request>, T> {
     stream: T,
     resp: &'a Resp<S>,
     /// The connection's own handle to the stack, so that a lookup costs no clone.
@@ -196,7 +196,7 @@ struct Connection<'a, S: Service<Key>, T> {
 
 impl<S, T> Connection<'_, S, T>
 where
-    S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
+    S: Service<Request, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -650,7 +650,7 @@ mod tests {
         }
     }
 
-    impl Service<Key> for FakeStack {
+    impl Service<Request> for FakeStack {
         type Response = Lookup;
         type Error = Error;
         type Future = std::pin::Pin<Box<dyn Future<Output = Result<Lookup, Error>> + Send>>;
@@ -662,7 +662,10 @@ mod tests {
             std::task::Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, key: Key) -> Self::Future {
+        fn call(&mut self, request: Request) -> Self::Future {
+            let Request::Get(key) = request else {
+                panic!("only keys are looked up here: {request:?}");
+            };
             let this = self.clone();
             Box::pin(async move {
                 let now = this.running.fetch_add(1, Ordering::SeqCst) + 1;

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use tower::Service;
 
-use crate::lookup::{Error, Key, Lookup};
+use crate::lookup::{Error, Lookup, Request};
 
 /// Homes are added this many at a time, as a connection first needs them.
 const HOMES_PER_BLOCK: usize = 8;
@@ -25,7 +25,7 @@ const HOMES_PER_BLOCK: usize = 8;
 /// at most `window` lookups started and not yet taken.
 pub(super) struct Lookups<F> {
     /// Keys not yet looked up.
-    pub(super) keys: VecDeque<Key>,
+    pub(super) keys: VecDeque<Request>,
     started: VecDeque<Started>,
     homes: Homes<F>,
 }
@@ -78,7 +78,7 @@ where
         window: usize,
     ) -> Poll<Option<Result<Lookup, Error>>>
     where
-        S: Service<Key, Response = Lookup, Error = Error, Future = F>,
+        S: Service<Request, Response = Lookup, Error = Error, Future = F>,
     {
         while self.started.len() < window {
             let Some(key) = self.keys.pop_front() else {

@@ -46,7 +46,7 @@ use tower::Service;
 use crate::auth::Access;
 use crate::cache::Cache;
 use crate::limit::Slots;
-use crate::lookup::{Error, Key, Lookup};
+use crate::lookup::{Error, Lookup, Request};
 use crate::metrics::Counting;
 use crate::net::{Protocol, Stats, Stream};
 
@@ -130,11 +130,8 @@ impl Databases {
         if index == self.default {
             return Ok(None);
         }
-        // Indexes from OWN_DB up name no database the cache can tell apart
-        // from its cached reads (see `Key::query`); no Redis has that many.
         u16::try_from(index)
             .ok()
-            .filter(|&index| index < crate::lookup::OWN_DB)
             .map(Some)
             .ok_or_else(|| Reply::error("ERR DB index is out of range"))
     }
@@ -244,7 +241,7 @@ impl<S> Resp<S> {
 
 impl<S> Protocol for Resp<S>
 where
-    S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
+    S: Service<Request, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
 {
     fn name(&self) -> &'static str {

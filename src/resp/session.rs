@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::auth::{Front, User};
 use crate::forward::{Frame, Route, link};
-use crate::lookup::{Error, Key};
+use crate::lookup::{Error, Key, Query, Request};
 
 /// The version `HELLO` and `INFO` report: the Redis command set the proxy follows.
 pub const REDIS_VERSION: &str = "7.0.0";
@@ -96,7 +96,7 @@ impl Session {
     pub(super) fn plan<S>(
         &mut self,
         command: Command,
-        keys: &mut VecDeque<Key>,
+        keys: &mut VecDeque<Request>,
         resp: &Resp<S>,
     ) -> Planned {
         let Some(user) = &self.user else {
@@ -104,12 +104,16 @@ impl Session {
         };
         let reply = match command {
             Command::Get(name) if user.may_read(&name) => {
-                keys.push_back(Key::in_db(self.db, name));
+                keys.push_back(Request::Get(Key::in_db(self.db, name)));
                 return Planned::Get(self.protocol);
             }
             Command::MGet(names) if user.may_read_all(names.iter().map(|n| &n[..])) => {
                 let n = names.len();
-                keys.extend(names.into_iter().map(|name| Key::in_db(self.db, name)));
+                keys.extend(
+                    names
+                        .into_iter()
+                        .map(|name| Request::Get(Key::in_db(self.db, name))),
+                );
                 return Planned::MGet(n, self.protocol);
             }
             Command::Get(_) | Command::MGet(_) => Reply::error(NOPERM),
@@ -147,7 +151,7 @@ impl Session {
     fn forward<S>(
         &mut self,
         mut args: Vec<Bytes>,
-        keys: &mut VecDeque<Key>,
+        keys: &mut VecDeque<Request>,
         resp: &Resp<S>,
     ) -> Planned {
         let (Some(forwarding), Some(user)) = (&resp.forwarding, &self.user) else {
@@ -180,12 +184,9 @@ impl Session {
                 args[0] = Bytes::from(args[0].to_ascii_uppercase());
                 let mut request = bytes::BytesMut::new();
                 link::encode(&args, &mut request);
-                if let Some(key) = Key::query(self.db, resp3, request.freeze()) {
-                    keys.push_back(key);
-                    return Planned::Cached;
-                }
-                let slot = forwarding.slot_of(&args[1..2]).ok().flatten();
-                (crate::forward::After::Nothing, slot)
+                let query = Query::new(self.db, resp3, args[1].clone(), request.freeze());
+                keys.push_back(Request::Query(query));
+                return Planned::Cached;
             }
             Route::Shared { after, slot } => (after, slot),
             Route::Everywhere { after, combine } => {

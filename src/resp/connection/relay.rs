@@ -20,7 +20,7 @@ use tower::Service;
 
 use super::{Bound, Close, Connection};
 use crate::forward::{After, Frame, Link, Route, link};
-use crate::lookup::{Error, Key, Lookup};
+use crate::lookup::{Error, Lookup, Request};
 use crate::resp::command::Command;
 use crate::resp::output::Sink;
 use crate::resp::reply::{Protocol, Reply};
@@ -81,7 +81,7 @@ const SUBSCRIBING: &[&[u8]] = &[
 
 impl<S, T> Connection<'_, S, T>
 where
-    S: Service<Key, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
+    S: Service<Request, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
     T: AsyncRead + AsyncWrite + Unpin,
 {

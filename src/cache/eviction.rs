@@ -1,0 +1,145 @@
+//! What every eviction policy provides, and the types they share: the
+//! [`Store`] trait that the cache holds one implementation of, where an entry
+//! lives ([`Space`]), what a read finds ([`Found`]) and the counters
+//! ([`Stats`]).
+//!
+//! Shaped as pingora's `EvictionManager`: this module knows no policy. Each
+//! policy (`lru`, `s3fifo`) implements [`Store`] in a module of its own that
+//! imports only this one, and the cache picks one by [`CachePolicy`] when it
+//! is built. A new policy is one more file and one more arm there.
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+/// Where an entry lives: the keys of one database (what `GET` reads), or the
+/// replies cached for transparent mode's reads in one database and protocol.
+/// Equal names in different spaces are different entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Space {
+    /// Values of keys in a database (`None`: the backend's own).
+    Keys(Option<u16>),
+    /// Replies to whole read requests, as Redis sent them in RESP3 or RESP2,
+    /// read in a database (`None`: the backend's own).
+    Replies { db: Option<u16>, resp3: bool },
+}
+
+/// A live entry as a read finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub(crate) value: Bytes,
+    pub(crate) expires_at: Instant,
+    /// The value's digest, kept for values of [`DIGEST_AT`] bytes and more.
+    pub(crate) digest: Option<u64>,
+}
+
+/// Values of at least this many bytes are stored with their digest (see
+/// [`crate::Lookup::digest`]): hashing them on every read would cost more than
+/// the eight bytes. Also where the LRU store starts sharing values with
+/// readers instead of copying them.
+pub(crate) const DIGEST_AT: usize = 2048;
+
+/// The digest a store keeps for `value`, if any.
+pub(crate) fn kept_digest(value: &[u8]) -> Option<u64> {
+    (value.len() >= DIGEST_AT).then(|| crate::lookup::digest(value))
+}
+
+/// Counters of what a store did since it was created.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Reads that found a live entry.
+    pub hits: u64,
+    /// Reads that found nothing, or an expired entry.
+    pub misses: u64,
+    /// Live entries removed to make room.
+    pub evictions: u64,
+    /// Entries removed because their TTL had passed.
+    pub expirations: u64,
+}
+
+/// A store of entries with a capacity in keys and in bytes and one TTL,
+/// synchronizing itself: what the cache holds.
+///
+/// Every operation is O(1) on average unless it says otherwise. An expired
+/// entry is never found: it acts as if it had never been stored.
+pub(crate) trait Store: Send + Sync + std::fmt::Debug {
+    /// The live entry `name` in `space`, now the most recently used.
+    fn get(&self, space: Space, name: &[u8], now: Instant) -> Option<Found>;
+
+    /// Whether `name` in `space` is stored and live, without counting a read
+    /// or changing its place.
+    fn contains(&self, space: Space, name: &[u8], now: Instant) -> bool;
+
+    /// Stores a copy of `name` with `value` in `space`, for one TTL from
+    /// `now`, making room as the policy decides. A value that alone exceeds
+    /// the byte capacity is not stored, and the old entry of `name` goes.
+    /// Returns whether it was stored.
+    fn insert(&self, space: Space, name: &[u8], value: &Bytes, now: Instant) -> bool;
+
+    /// Drops `name` in `space`, if it is stored.
+    fn remove(&self, space: Space, name: &[u8]);
+
+    /// Drops `name` in every database's keys (Redis's invalidations name keys,
+    /// not databases): O(databases that have held entries).
+    fn remove_everywhere(&self, name: &[u8]);
+
+    /// Drops every entry.
+    fn clear(&self);
+
+    /// Removes every expired entry; returns how many went. Readers wait for a
+    /// bounded step of it at most.
+    fn reclaim_expired(&self, now: Instant) -> usize;
+
+    /// Entries stored, expired ones not yet reclaimed included.
+    fn len(&self) -> usize;
+
+    /// What the entries cost, in the bytes the byte capacity counts.
+    fn bytes(&self) -> usize;
+
+    /// What the store has done so far.
+    fn stats(&self) -> Stats;
+}
+
+/// What a cache evicts when it is full (`--cache-policy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CachePolicy {
+    /// Exact least-recently-used (`lru`).
+    #[default]
+    Lru,
+    /// quick_cache's S3-FIFO (`s3fifo`): scan-resistant.
+    S3Fifo,
+}
+
+impl CachePolicy {
+    /// Every policy, as named in configuration.
+    pub const NAMES: &'static [&'static str] = &["lru", "s3fifo"];
+
+    /// The policy's name in configuration: `lru` or `s3fifo`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CachePolicy::Lru => "lru",
+            CachePolicy::S3Fifo => "s3fifo",
+        }
+    }
+}
+
+impl std::fmt::Display for CachePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CachePolicy {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "lru" => Ok(CachePolicy::Lru),
+            "s3fifo" => Ok(CachePolicy::S3Fifo),
+            other => Err(format!(
+                "unknown cache policy `{other}`, expected one of: {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! [`CacheLayer`]/[`CacheService`]: hits from the [`Cache`], misses from the
+//! inner service (normally [`crate::RedisService`]), found values stored.
+//! Keys (`GET`) and, in transparent mode, whole read requests ([`Query`]) are
+//! served alike; only what the inner service is asked differs.
+//!
+//! A hit is answered without touching the inner service; its future is ready at
+//! once and allocates nothing. Absence is not cached: a key missing in the
+//! backend is asked for again next time.
+//!
+//! Concurrent misses for one key are coalesced: the first starts the fetch,
+//! registers it in the cache's in-flight table and drives it; later misses wait
+//! for that fetch instead of starting another. N concurrent misses cost one
+//! backend request, and every waiter gets the same value or the same error. A
+//! waiter that gives up (its client left, or its timeout passed) only stops
+//! waiting: the fetch goes on for the others and still fills the cache. The
+//! in-flight entry is removed when the fetch ends, however it ends: with a
+//! value, an error, a panic of the inner service (every waiter gets
+//! [`Error::Internal`], and the next miss fetches afresh) or the runtime
+//! shutting down.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use pin_project_lite::pin_project;
+use tokio::sync::watch;
+use tower::{Layer, Service};
+
+use super::flights::{Join, Outcome};
+use super::{Cache, Read};
+use crate::lookup::{Error, Key, Lookup, Query, Request, Source};
+
+/// Wraps a backend service with a read-through [`Cache`].
+#[derive(Debug, Clone)]
+pub struct CacheLayer {
+    cache: Cache,
+}
+
+impl CacheLayer {
+    /// A layer whose services all share `cache`.
+    pub fn new(cache: Cache) -> Self {
+        Self { cache }
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService::new(inner, self.cache.clone())
+    }
+}
+
+/// Serves a key from the cache, or from the inner service on a miss.
+///
+/// The inner service answers `Option<Bytes>`: the value, or `None` when the key
+/// does not exist; its errors map into [`Error`].
+#[derive(Debug, Clone)]
+pub struct CacheService<S> {
+    inner: S,
+    cache: Cache,
+}
+
+impl<S> CacheService<S> {
+    /// Wraps `inner` with `cache`.
+    pub fn new(inner: S, cache: Cache) -> Self {
+        Self { inner, cache }
+    }
+
+    /// The cache this service reads and fills.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S> CacheService<S> {
+    /// A miss of `read`: joins the fetch of it in flight, or leads one that
+    /// asks the inner service for `request`.
+    fn miss<R>(&mut self, read: Read, request: R) -> ResponseFuture
+    where
+        S: Service<R, Response = Option<Bytes>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Error>,
+        R: Send + 'static,
+    {
+        let ttl = self.cache.ttl();
+        let joined = self.cache.flights().join(&read, self.cache.store());
+        match joined {
+            Join::Wait(done) => ResponseFuture::miss(Box::pin(wait(done, ttl))),
+            Join::Lead(id) => {
+                // The ready service goes to the fetch; a fresh clone stays behind.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let fetch = Box::pin(fetch(inner, request, read, id, self.cache.clone()));
+                ResponseFuture::lead(Lead {
+                    fetch: Some(fetch),
+                    ttl,
+                })
+            }
+        }
+    }
+}
+
+impl<S> Service<Key> for CacheService<S>
+where
+    S: Service<Key, Response = Option<Bytes>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Error>,
+{
+    type Response = Lookup;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Service::<Key>::poll_ready(&mut self.inner, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, key: Key) -> Self::Future {
+        if let Some(hit) = self.cache.lookup_key(&key) {
+            return ResponseFuture::hit(hit);
+        }
+        self.miss(Read::Key(key.clone()), key)
+    }
+}
+
+/// Every kind of request: a key as above, and transparent mode's cached reads,
+/// whose request the inner service runs and whose reply (as Redis sent it) is
+/// what is cached.
+impl<S> Service<Request> for CacheService<S>
+where
+    S: Service<Key, Response = Option<Bytes>, Error = Error>
+        + Service<Query, Response = Option<Bytes>, Error = Error>
+        + Clone
+        + Send
+        + 'static,
+    <S as Service<Key>>::Future: Send + 'static,
+    <S as Service<Query>>::Future: Send + 'static,
+{
+    type Response = Lookup;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // Both are always ready (the stack's backends wait inside the call).
+        Service::<Key>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match request {
+            Request::Get(key) => Service::<Key>::call(self, key),
+            Request::Query(query) => {
+                let read = Read::Query(query.clone());
+                if let Some(hit) = self.cache.lookup(&read) {
+                    return ResponseFuture::hit(hit);
+                }
+                self.miss(read, query)
+            }
+        }
+    }
+}
+
+/// A fetch in progress, as the leader drives it.
+type Fetch = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// The miss that started a fetch. It drives the fetch itself (no task to spawn,
+/// no wake-up from another task); dropped before the fetch ends (its client left,
+/// or its timeout passed), it hands the fetch to a task of its own, so the other
+/// waiters still get their answer and the cache is still filled.
+struct Lead {
+    fetch: Option<Fetch>,
+    ttl: Duration,
+}
+
+impl Future for Lead {
+    type Output = Result<Lookup, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fetch = self.fetch.as_mut().expect("polled after completion");
+        let outcome = std::task::ready!(fetch.as_mut().poll(cx));
+        self.fetch = None;
+        Poll::Ready(lookup(outcome, self.ttl))
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        if let Some(fetch) = self.fetch.take() {
+            // Outside a runtime (it is shutting down) the fetch is dropped; its
+            // landing guard then removes the in-flight entry and the waiters see
+            // the fetch abandoned.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(fetch);
+            }
+        }
+    }
+}
+
+/// Fetches `key` with the ready `inner` service, stores a found value, tells
+/// every waiter, and returns the outcome to the leader driving it (see [`Lead`]).
+///
+/// A panic of the inner service is caught here, once: it becomes the outcome
+/// every waiter receives, and the fetch itself never panics, so neither its
+/// leader nor a task it was handed to polls a panicked future again.
+async fn fetch<S, R>(mut inner: S, request: R, read: Read, id: u64, cache: Cache) -> Outcome
+where
+    S: Service<R, Response = Option<Bytes>>,
+    S::Error: Into<Error>,
+{
+    /// Removes the in-flight entry if the fetch ends without landing (the
+    /// runtime shutting down): waiters then see their channel close.
+    struct Landing<'a> {
+        read: &'a Read,
+        id: u64,
+        cache: &'a Cache,
+        landed: bool,
+    }
+    impl Drop for Landing<'_> {
+        fn drop(&mut self) {
+            if !self.landed {
+                self.cache.flights().land(self.read, self.id);
+            }
+        }
+    }
+    let mut landing = Landing {
+        read: &read,
+        id,
+        cache: &cache,
+        landed: false,
+    };
+    let call = AssertUnwindSafe(async { inner.call(request).await.map_err(Into::into) });
+    let outcome = match call.catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let reason = panic_message(&panic);
+            let key = String::from_utf8_lossy(read.key_name());
+            tracing::error!(%key, %reason, "the backend panicked");
+            Err(Error::internal(format!("the backend panicked: {reason}")))
+        }
+    };
+    landing.landed = true;
+    // Checked, stored and landed under the flights lock: an invalidation cannot
+    // slip in between, and a miss arriving after it finds the value in the cache.
+    let flight = {
+        let mut flights = cache.flights();
+        let flight = flights.land(&read, id);
+        if let Ok(Some(value)) = &outcome
+            && flight.as_ref().is_some_and(|flight| flight.may_cache())
+        {
+            cache.store_read(&read, value);
+        }
+        flight
+    };
+    if let Some(flight) = flight {
+        flight.publish(&outcome);
+    }
+    outcome
+}
+
+/// The text of a panic's payload, when it is one.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+/// Waits for a fetch to end and takes its outcome.
+async fn wait(mut done: watch::Receiver<Option<Outcome>>, ttl: Duration) -> Result<Lookup, Error> {
+    let outcome = match done.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().expect("waited for Some"),
+        Err(_) => return Err(Error::unavailable("the fetch was abandoned")),
+    };
+    lookup(outcome, ttl)
+}
+
+/// What a waiter answers for a fetch's outcome: a value fetched just now, fresh
+/// for the whole `ttl`, or the fetch's error.
+fn lookup(outcome: Outcome, ttl: Duration) -> Result<Lookup, Error> {
+    outcome.map(|value| Lookup {
+        value,
+        source: Source::Backend,
+        fresh_for: ttl,
+        age: Duration::ZERO,
+        digest: None,
+    })
+}
+
+/// The boxed future of a miss that waits for another miss's fetch.
+type Miss = Pin<Box<dyn Future<Output = Result<Lookup, Error>> + Send>>;
+
+pin_project! {
+    /// The future of [`CacheService`]: ready at once on a hit; the first miss for a
+    /// key drives the fetch ([`Lead`]); later misses wait for it (boxed: a miss
+    /// costs a network round trip anyway).
+    pub struct ResponseFuture {
+        #[pin]
+        state: State,
+    }
+}
+
+impl ResponseFuture {
+    fn hit(lookup: Lookup) -> Self {
+        Self {
+            state: State::Hit {
+                lookup: Some(lookup),
+            },
+        }
+    }
+
+    fn lead(lead: Lead) -> Self {
+        Self {
+            state: State::Lead { lead },
+        }
+    }
+
+    fn miss(wait: Miss) -> Self {
+        Self {
+            state: State::Miss { wait },
+        }
+    }
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.state {
+            State::Hit { .. } => "ResponseFuture::Hit",
+            State::Lead { .. } => "ResponseFuture::Lead",
+            State::Miss { .. } => "ResponseFuture::Miss",
+        })
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        Hit { lookup: Option<Lookup> },
+        Lead { lead: Lead },
+        Miss { wait: Miss },
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Lookup, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Hit { lookup } => {
+                Poll::Ready(Ok(lookup.take().expect("polled after completion")))
+            }
+            StateProj::Lead { lead } => Pin::new(lead).poll(cx),
+            StateProj::Miss { wait } => wait.as_mut().poll(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
