@@ -142,24 +142,83 @@ impl std::fmt::Debug for Key {
     }
 }
 
-/// What a front-end asks the stack for, one entry at a time.
+/// Transparent mode: a command sent to Redis as the client sent it, its reply
+/// relayed as Redis sent it.
+///
+/// It says where it goes and what it may change; the cache drops what it may
+/// change once its outcome is known, or could be anything (it failed, timed
+/// out, or was abandoned).
+#[derive(Debug, Clone)]
+pub(crate) struct Command {
+    /// The command's name, in lower case, for traces.
+    pub(crate) name: Bytes,
+    /// The request, as Redis is sent it.
+    pub(crate) request: Bytes,
+    /// The database it runs in (`None`: the backend's own).
+    pub(crate) db: Option<u16>,
+    /// Whether its reply is wanted in RESP3.
+    pub(crate) resp3: bool,
+    pub(crate) target: Target,
+    pub(crate) writes: Writes,
+    /// Redis flags it `readonly`: safe to send again should its connection
+    /// break before the reply.
+    pub(crate) read_only: bool,
+}
+
+/// Where a [`Command`] goes.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// To the node of its keys' slot (`None`: any node; with one Redis, it).
+    Slot(Option<u16>),
+    /// To every primary of a cluster, the replies combined.
+    Everywhere(crate::protocol::Combine),
+    /// `SCAN` over a cluster's primaries, its arguments to be given the
+    /// cursor of the primary it names.
+    Scan(Vec<Bytes>),
+}
+
+/// What a command may change, to drop from the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Request {
+pub(crate) enum Writes {
+    /// Nothing: a read.
+    Nothing,
+    /// These keys, in every database.
+    Keys(Vec<Bytes>),
+    /// Anything: its keys cannot be known, or it changes every key
+    /// (`FLUSHALL`, `FLUSHDB`, `SWAPDB`).
+    All,
+}
+
+/// What a front-end asks the stack for, one at a time.
+#[derive(Debug, Clone)]
+pub(crate) enum Request {
     /// The value of a key (`GET`; each key of an `MGET`).
     Get(Key),
     /// Transparent mode: a cached read other than `GET`.
     Query(Query),
+    /// Transparent mode: a command forwarded to Redis.
+    Command(Command),
 }
 
 impl Request {
-    /// The name of the key the request reads, for traces.
-    pub fn key_name(&self) -> &[u8] {
+    /// What the request is about, for traces: the key it reads, or the
+    /// command's name.
+    pub(crate) fn key_name(&self) -> &[u8] {
         match self {
             Request::Get(key) => key.name(),
             Request::Query(query) => query.key(),
+            Request::Command(command) => &command.name,
         }
     }
+}
+
+/// The stack's answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// A key's value, or a cached read's reply (as Redis sent it).
+    Lookup(Lookup),
+    /// A forwarded command's reply, as Redis sent it.
+    Reply(Bytes),
 }
 
 /// The answer to one key.

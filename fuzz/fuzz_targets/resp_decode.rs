@@ -10,7 +10,7 @@
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use redis_protocol::resp2::types::BytesFrame;
-use redis_proxy::resp::decode::Decoder;
+use redis_proxy::protocol::Decoder;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&chunk, input)) = data.split_first() else {

@@ -1,6 +1,7 @@
 //! Whether the backing Redis can serve requests now: a pinger task
-//! ([`run_pinger`]) pings it every second through the request pool and records
-//! the answer in a [`Health`] that readiness probes read.
+//! ([`run_pinger`]) on each worker asks the topology every second through
+//! that worker's own lanes (the connections its requests use) and records the
+//! answer in a [`Health`] that readiness probes read.
 //!
 //! Readiness is not checked per probe: a probe storm never becomes a Redis storm,
 //! and the answer is at most about a second old.
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::RedisService;
+use super::Backend;
 
 /// How often Redis is pinged.
 pub const PING_INTERVAL: Duration = Duration::from_secs(1);
@@ -74,17 +75,17 @@ impl Health {
     }
 }
 
-/// Checks every [`PING_INTERVAL`] that a request could be served now: a
-/// connection from the request pool of this thread's lane answers `PING` (so a
-/// pool that cannot connect, say to a Redis at its `maxclients`, is not ready,
-/// with Redis's reason). Each check is bounded by `timeout`; the result goes to
-/// `health` under `lane`. Run one on each worker, for its lane.
-pub async fn run_pinger(backend: RedisService, health: Health, lane: usize, timeout: Duration) {
+/// Checks every [`PING_INTERVAL`] that a request could be served now: the
+/// calling thread's lane to each node answers `PING` (so a lane that cannot
+/// connect, say to a Redis at its `maxclients`, is not ready, with Redis's
+/// reason). Each check is bounded by `timeout`; the result goes to `health`
+/// under `lane`. Run one on each worker, for its lanes.
+pub(crate) async fn run_pinger(backend: Backend, health: Health, lane: usize, timeout: Duration) {
     let mut ticks = tokio::time::interval(PING_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let result = match tokio::time::timeout(timeout, backend.check()).await {
+        let result = match tokio::time::timeout(timeout, backend.ready()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!(

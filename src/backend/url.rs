@@ -1,31 +1,141 @@
 //! The backing Redis's address, validated when parsed and redacted when shown.
+//!
+//! ```text
+//! redis://[[user]:password@]host[:port][/db]      rediss:// for TLS
+//! redis://h1:7000,h2:7000                          several nodes (a cluster's seeds)
+//! ```
+//!
+//! The user and password are percent-decoded, as in any URL; a query
+//! (`?protocol=resp3`, as other clients take) is accepted and ignored: the
+//! proxy chooses each connection's protocol itself.
 
 use std::fmt;
 
-use redis::IntoConnectionInfo;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A `redis://` or `rediss://` URL that redis-rs accepts.
+/// A `redis://` or `rediss://` URL, or a comma-separated list of them.
 ///
 /// `Display` and `Debug` hide the password, so the URL can be logged as is.
-/// TLS (`rediss://`) is the proxy's own (see `tls`): redis-rs is handed the
-/// encrypted stream and the URL's `redis://` form.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl(String);
+
+/// What one node's URL says: where it is and how to log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Parts {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) user: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) db: i64,
+    pub(crate) tls: bool,
+}
+
+impl Parts {
+    /// `host:port` (an IPv6 host in brackets).
+    pub(crate) fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The form a URL must have, for error messages.
+const FORM: &str = "redis://[user:password@]host[:port][/db] (rediss:// for TLS)";
+
+/// Parses one node's URL.
+fn parse_one(url: &str) -> Result<Parts, String> {
+    let (tls, rest) = match url.split_once("://") {
+        Some(("redis", rest)) => (false, rest),
+        Some(("rediss", rest)) => (true, rest),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "`{}` has the scheme {scheme}://; a Redis URL is {FORM}",
+                RedisUrl(url.to_owned()).redacted()
+            ));
+        }
+        None => return Err(format!("`{url}` is not a Redis URL; write {FORM}")),
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((userinfo, hostport)) => (Some(userinfo), hostport),
+        None => (None, authority),
+    };
+    let (user, password) = match userinfo {
+        None => (None, None),
+        Some(info) => match info.split_once(':') {
+            Some((user, password)) => (non_empty(user), Some(decode(password)?)),
+            // `redis://secret@host`: a lone userinfo is the password, as
+            // redis-cli reads it.
+            None => (None, Some(decode(info)?)),
+        },
+    };
+    let user = user.map(decode).transpose()?;
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("`{hostport}`: an IPv6 host is written [address]"))?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match hostport.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (hostport, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(format!(
+            "`{}` names no host; write {FORM}",
+            RedisUrl(url.to_owned()).redacted()
+        ));
+    }
+    let port = match port {
+        None | Some("") => 6379,
+        Some(port) => port
+            .parse()
+            .map_err(|_| format!("`{port}` is not a port number (0-65535)"))?,
+    };
+    let db = match path.trim_end_matches('/') {
+        "" => 0,
+        db => db
+            .parse::<i64>()
+            .ok()
+            .filter(|db| *db >= 0)
+            .ok_or_else(|| format!("`/{db}` is not a database number"))?,
+    };
+    Ok(Parts {
+        host: host.to_owned(),
+        port,
+        user,
+        password,
+        db,
+        tls,
+    })
+}
+
+fn non_empty(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// Percent-decodes a user or password.
+fn decode(text: &str) -> Result<String, String> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(|text| text.into_owned())
+        .map_err(|_| "the user or password is not UTF-8 once percent-decoded".to_owned())
+}
 
 impl RedisUrl {
     /// Parses and validates a URL.
     ///
     /// # Errors
     ///
-    /// Returns redis-rs's reason when it does not accept the URL.
+    /// What is wrong with it, and the form expected.
     pub fn parse(url: &str) -> Result<Self, String> {
-        // A cluster's seed nodes are a comma-separated list: each must parse.
         for one in url.split(',') {
-            let one = Self(one.trim().to_owned());
-            one.plain()
-                .into_connection_info()
-                .map_err(|e| e.to_string())?;
+            parse_one(one.trim())?;
         }
         Ok(Self(url.to_owned()))
     }
@@ -37,6 +147,12 @@ impl RedisUrl {
             .split(',')
             .map(|one| Self(one.trim().to_owned()))
             .collect()
+    }
+
+    /// What the first node's URL says.
+    pub(crate) fn parts(&self) -> Parts {
+        parse_one(self.0.split(',').next().unwrap_or_default().trim())
+            .expect("validated when parsed")
     }
 
     /// The URL of the node at `addr` (`host:port`), with this URL's scheme and
@@ -57,21 +173,9 @@ impl RedisUrl {
         self.0.starts_with("rediss://")
     }
 
-    /// The URL with `rediss://` written `redis://`: what redis-rs, which is
-    /// handed an encrypted stream, reads the address and settings from.
-    pub(crate) fn plain(&self) -> String {
-        match self.0.strip_prefix("rediss://") {
-            Some(rest) => format!("redis://{rest}"),
-            None => self.0.clone(),
-        }
-    }
-
     /// The database the URL names (`/2`), or 0.
     pub fn db(&self) -> i64 {
-        self.plain()
-            .as_str()
-            .into_connection_info()
-            .map_or(0, |info| info.redis_settings().db())
+        self.parts().db
     }
 
     /// The URL as given, password included: for connecting, never for logging.
@@ -179,9 +283,24 @@ mod tests {
     fn rediss_is_tls_and_read_as_redis() {
         let url = RedisUrl::parse("rediss://:pw@h:6390/2").unwrap();
         assert!(url.is_tls());
-        assert_eq!(url.plain(), "redis://:pw@h:6390/2");
         assert_eq!(url.db(), 2);
+        assert_eq!(url.parts().address(), "h:6390");
         assert!(!RedisUrl::parse("redis://h:1").unwrap().is_tls());
+    }
+
+    #[test]
+    fn every_part_is_read_and_credentials_are_percent_decoded() {
+        let parts = RedisUrl::parse("redis://app%40x:p%3Aw@[::1]:7000/3?protocol=resp3")
+            .unwrap()
+            .parts();
+        assert_eq!(parts.host, "::1");
+        assert_eq!(parts.port, 7000);
+        assert_eq!(parts.address(), "[::1]:7000");
+        assert_eq!(parts.user.as_deref(), Some("app@x"));
+        assert_eq!(parts.password.as_deref(), Some("p:w"));
+        assert_eq!(parts.db, 3);
+        let bare = RedisUrl::parse("redis://localhost").unwrap().parts();
+        assert_eq!((bare.port, bare.user, bare.password), (6379, None, None));
     }
 
     #[test]
@@ -207,8 +326,27 @@ mod tests {
     }
 
     #[test]
-    fn non_redis_scheme_is_rejected() {
-        assert!(RedisUrl::parse("http://example.com").is_err());
+    fn a_wrong_url_is_told_the_form_it_should_have() {
+        let http = RedisUrl::parse("http://example.com").unwrap_err();
+        assert!(
+            http.contains("http://") && http.contains("redis://[user:password@]host"),
+            "{http}"
+        );
+        let bare = RedisUrl::parse("127.0.0.1:6379").unwrap_err();
+        assert!(
+            bare.contains("is not a Redis URL; write redis://"),
+            "{bare}"
+        );
+        assert!(
+            RedisUrl::parse("redis://h:port")
+                .unwrap_err()
+                .contains("not a port")
+        );
+        assert!(
+            RedisUrl::parse("redis://h/x")
+                .unwrap_err()
+                .contains("database")
+        );
         assert!(RedisUrl::parse("not a url").is_err());
     }
 }

@@ -9,10 +9,8 @@
 
 use std::collections::HashMap;
 
+use crate::protocol::{Combine, Value};
 use bytes::Bytes;
-use redis::Value;
-
-use super::spread::Combine;
 
 /// Flags of a command that decide how it is forwarded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -218,45 +216,20 @@ impl Table {
 }
 
 fn array(value: &Value) -> Option<&[Value]> {
-    match value {
-        Value::Array(items) | Value::Set(items) => Some(items),
-        _ => None,
-    }
+    value.items()
 }
 
 fn text(value: &Value) -> Option<Vec<u8>> {
-    match value {
-        Value::BulkString(bytes) => Some(bytes.to_ascii_lowercase()),
-        Value::SimpleString(s) => Some(s.to_ascii_lowercase().into_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.to_ascii_lowercase().into_bytes()),
-        _ => None,
-    }
+    value.text_lowercase()
 }
 
 fn int(value: &Value) -> Option<i64> {
-    match value {
-        Value::Int(n) => Some(*n),
-        _ => text(value).and_then(|t| std::str::from_utf8(&t).ok()?.parse().ok()),
-    }
+    value.int()
 }
 
 /// The fields of a map, given as a RESP3 map or a RESP2 array of pairs.
 fn fields(value: &Value) -> Option<Vec<(Vec<u8>, &Value)>> {
-    match value {
-        Value::Map(pairs) => Some(
-            pairs
-                .iter()
-                .filter_map(|(k, v)| Some((text(k)?, v)))
-                .collect(),
-        ),
-        Value::Array(items) => Some(
-            items
-                .chunks_exact(2)
-                .filter_map(|pair| Some((text(&pair[0])?, &pair[1])))
-                .collect(),
-        ),
-        _ => None,
-    }
+    value.fields()
 }
 
 fn field<'a>(fields: &'a [(Vec<u8>, &'a Value)], name: &str) -> Option<&'a Value> {
@@ -394,7 +367,7 @@ mod tests {
     }
 
     fn bulk(text: &str) -> Value {
-        Value::BulkString(text.as_bytes().to_vec())
+        Value::Text(Bytes::copy_from_slice(text.as_bytes()))
     }
 
     fn list(items: Vec<Value>) -> Value {

@@ -56,13 +56,13 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::cache::Cache;
-use crate::lookup::{Error, Key, Lookup, Query, Request};
+use crate::lookup::{Answer, Command, Error, Key, Lookup, Query, Request};
 
 pub use crate::cache::{CacheLayer, CacheService, ResponseFuture as CacheResponseFuture};
 pub use client_limit::{ClientLimit, ClientLimitLayer};
 pub use parallel::{ParallelLimit, ParallelLimitLayer};
 pub use timeout::{Timeout, TimeoutLayer};
-pub use trace::{Trace, TraceLayer};
+pub use trace::{Answered, Trace, TraceLayer, Traced};
 
 /// Builds a [`Stack`] over a backend: the limits, the timeout and the cache.
 ///
@@ -204,18 +204,21 @@ where
 }
 
 /// What the front-ends ask of a stack over a backend that serves every kind
-/// of [`Request`] (as [`crate::RedisService`] does).
+/// of request (as [`crate::RedisService`] does): keys, cached reads and
+/// forwarded commands pass the same layers.
 impl<B> Service<Request> for Stack<B>
 where
     B: Service<Key, Response = Option<Bytes>, Error = Error>
         + Service<Query, Response = Option<Bytes>, Error = Error>
+        + Service<Command, Response = Bytes, Error = Error>
         + Clone
         + Send
         + 'static,
     <B as Service<Key>>::Future: Send + 'static,
     <B as Service<Query>>::Future: Send + 'static,
+    <B as Service<Command>>::Future: Send + 'static,
 {
-    type Response = Lookup;
+    type Response = Answer;
     type Error = Error;
     type Future = ResponseFuture<B, Request>;
 
@@ -244,9 +247,9 @@ pin_project! {
 
 impl<B, R> Future for ResponseFuture<B, R>
 where
-    Inner<B>: Service<R, Response = Lookup, Error = Error>,
+    Inner<B>: Service<R, Error = Error>,
 {
-    type Output = Result<Lookup, Error>;
+    type Output = Result<<Inner<B> as Service<R>>::Response, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.project().inner.poll(cx)

@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tracing::Span;
 
-use crate::lookup::{Key, Lookup, Request};
+use crate::lookup::{Answer, Key, Lookup, Request};
 
 /// What a trace names its request by.
 pub trait Traced {
@@ -31,6 +31,40 @@ impl Traced for Key {
 impl Traced for Request {
     fn key_name(&self) -> &[u8] {
         Request::key_name(self)
+    }
+}
+
+/// What a trace says of an answer.
+pub trait Answered {
+    /// `HIT`, `MISS`, or `FORWARDED`.
+    fn source(&self) -> &'static str;
+    /// Whether a value was found (a forwarded reply always is).
+    fn found(&self) -> bool;
+}
+
+impl Answered for Lookup {
+    fn source(&self) -> &'static str {
+        self.source.as_str()
+    }
+
+    fn found(&self) -> bool {
+        self.value.is_some()
+    }
+}
+
+impl Answered for Answer {
+    fn source(&self) -> &'static str {
+        match self {
+            Answer::Lookup(lookup) => lookup.source(),
+            Answer::Reply(_) => "FORWARDED",
+        }
+    }
+
+    fn found(&self) -> bool {
+        match self {
+            Answer::Lookup(lookup) => lookup.found(),
+            Answer::Reply(_) => true,
+        }
     }
 }
 
@@ -61,11 +95,12 @@ impl<S> Trace<S> {
 
 impl<S, R> Service<R> for Trace<S>
 where
-    S: Service<R, Response = Lookup>,
+    S: Service<R>,
+    S::Response: Answered,
     S::Error: std::fmt::Display,
     R: Traced,
 {
-    type Response = Lookup;
+    type Response = S::Response;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -102,9 +137,10 @@ pin_project! {
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
+impl<F, T, E> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<Lookup, E>>,
+    F: Future<Output = Result<T, E>>,
+    T: Answered,
     E: std::fmt::Display,
 {
     type Output = F::Output;
@@ -116,10 +152,10 @@ where
         if let Some(start) = this.start {
             let micros = start.elapsed().as_micros() as u64;
             match &output {
-                Ok(lookup) => tracing::debug!(
+                Ok(answer) => tracing::debug!(
                     micros,
-                    cache = lookup.source.as_str(),
-                    found = lookup.value.is_some(),
+                    cache = answer.source(),
+                    found = answer.found(),
                     "answered"
                 ),
                 Err(error) => tracing::debug!(micros, %error, "failed"),

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::Counter;
 
-use crate::lookup::{Error, Lookup, Source};
+use crate::lookup::{Answer, Error, Lookup, Source};
 
 /// Which front-end answered a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,21 +212,46 @@ pub(crate) struct Tally([u64; OUTCOMES.len()]);
 impl Tally {
     /// Counts one answered request.
     pub(crate) fn count(&mut self, result: &Result<Lookup, Error>) {
-        let outcome = match result {
-            Ok(Lookup { value: None, .. }) => 2,
-            Ok(Lookup {
+        match result {
+            Ok(lookup) => self.count_lookup(lookup),
+            Err(error) => self.count_error(error),
+        }
+    }
+
+    /// Counts one answered request of the stack: a lookup as
+    /// [`Tally::count`], a forwarded command only when it failed in the stack
+    /// (shed, timed out, backend unavailable); its reply is Redis's, counted
+    /// in `redis_proxy_forwarded_commands_total`.
+    pub(crate) fn count_answer(&mut self, result: &Result<Answer, Error>) {
+        match result {
+            Ok(Answer::Lookup(lookup)) => self.count_lookup(lookup),
+            Ok(Answer::Reply(_)) => {}
+            Err(error) => self.count_error(error),
+        }
+    }
+
+    fn count_lookup(&mut self, lookup: &Lookup) {
+        let outcome = match lookup {
+            Lookup { value: None, .. } => 2,
+            Lookup {
                 source: Source::Cache,
                 ..
-            }) => 0,
-            Ok(Lookup {
+            } => 0,
+            Lookup {
                 source: Source::Backend,
                 ..
-            }) => 1,
-            Err(Error::Overloaded) => SHED,
-            Err(Error::Timeout) => 4,
-            Err(error) if error.is_wrong_type() => 5,
-            Err(Error::Reply(_) | Error::Unavailable { .. }) => 6,
-            Err(_) => 7,
+            } => 1,
+        };
+        self.0[outcome] += 1;
+    }
+
+    fn count_error(&mut self, error: &Error) {
+        let outcome = match error {
+            Error::Overloaded => SHED,
+            Error::Timeout => 4,
+            error if error.is_wrong_type() => 5,
+            Error::Reply(_) | Error::Unavailable { .. } => 6,
+            _ => 7,
         };
         self.0[outcome] += 1;
     }

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 
-use super::reply::Reply;
+use crate::protocol::Reply;
 
 /// One parsed request.
 #[derive(Debug, Clone, PartialEq)]

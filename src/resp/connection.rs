@@ -20,23 +20,22 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use std::future::Future;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tower::Service;
 
 use super::command::Command;
-use super::decode::{Decoder, ProtocolError};
 use super::lookups::Lookups;
 use super::output::{Output, Sink};
-use super::reply::Reply;
 use super::session::{Planned, Session};
 use super::{FREE_INPUT, Resp};
 use crate::forward::Class;
+use crate::protocol::Reply;
+use crate::protocol::{Decoder, ProtocolError};
 
 mod relay;
-use crate::lookup::{Error, Lookup, Request};
+use crate::lookup::{Answer, Error, Lookup, Request};
 use crate::metrics::Tally;
 
 /// Why a connection is closed.
@@ -143,7 +142,7 @@ pub(super) async fn serve<S, T>(
     resp: &Resp<S>,
     stop: tokio_util::sync::CancellationToken,
 ) where
-    S: Service<Request, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
+    S: Service<Request, Response = Answer, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -196,7 +195,7 @@ struct Connection<'a, S: Service<Request>, T> {
 
 impl<S, T> Connection<'_, S, T>
 where
-    S: Service<Request, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
+    S: Service<Request, Response = Answer, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -246,8 +245,7 @@ where
         // Transparent mode: what the batch holds so far, to keep reads and
         // writes apart (see `Order`).
         let mut order = Order::default();
-        let mut forwarded = 0;
-        while self.lookups.keys.len() + forwarded < self.resp.max_keys {
+        while self.lookups.keys.len() < self.resp.max_keys {
             let args = match self.stash.take() {
                 Some(args) => Ok(Some(args)),
                 None => self.decoder.decode(&mut self.input),
@@ -272,7 +270,6 @@ where
                         batch.more = true;
                         return batch;
                     }
-                    forwarded += usize::from(matches!(planned, Planned::Forward(_)));
                     self.planned.push_back(planned);
                     if quit {
                         // Its +OK is the last reply; anything after it is ignored.
@@ -335,20 +332,17 @@ where
             let looking = lookups.is_busy();
             let stack = &mut self.stack;
             let window = self.resp.max_keys;
-            let planned = &mut self.planned;
-            let forwarding = matches!(planned.front(), Some(Planned::Forward(_)));
             tokio::select! {
                 biased;
                 result = std::future::poll_fn(|cx| lookups.poll_next(cx, stack, window)), if looking => {
                     let result = result.expect("a lookup for every read waiting for one");
-                    tally.count(&result);
+                    tally.count_answer(&result);
                     self.results.push(result);
                     // Results waiting for their turn are replies in all but name.
                     if self.output.pending() + self.results.bytes > self.resp.limits.output {
                         return Err(Close::Bound(Bound::Output));
                     }
                 }
-                () = std::future::poll_fn(|cx| forwarded(planned, cx)), if forwarding => {}
                 written = self.output.write_some(&mut self.stream), if write => {
                     written.map_err(|_| Close::Gone)?;
                 }
@@ -383,26 +377,23 @@ where
                     }
                     mget_reply(self.results.take(n)).encode(protocol, &mut self.output);
                 }
-                Planned::Cached => {
+                Planned::Relay => {
                     let Some(result) = self.results.pop() else {
                         return Ok(());
                     };
                     match result {
                         // The reply as Redis sent it.
-                        Ok(Lookup {
+                        Ok(Answer::Reply(reply))
+                        | Ok(Answer::Lookup(Lookup {
                             value: Some(reply), ..
-                        }) => self.output.put_value(&reply),
-                        Ok(_) => Reply::Null.encode(self.session.protocol, &mut self.output),
+                        })) => self.output.put_value(&reply),
+                        Ok(Answer::Lookup(_)) => {
+                            Reply::Null.encode(self.session.protocol, &mut self.output)
+                        }
                         Err(error) => {
                             error_reply(&error).encode(self.session.protocol, &mut self.output)
                         }
                     }
-                }
-                // Its reply is not in yet (see `forwarded`).
-                Planned::Forward(_) => return Ok(()),
-                Planned::Forwarded(Ok(frame)) => self.output.put_value(&frame.bytes),
-                Planned::Forwarded(Err(error)) => {
-                    error_reply(error).encode(self.session.protocol, &mut self.output);
                 }
                 Planned::Dedicate(_) => unreachable!("a dedicated command is never queued"),
                 &Planned::Select(db) => {
@@ -512,44 +503,27 @@ where
     }
 }
 
-/// Takes the reply of the forwarded command at the front of `planned` once it
-/// is in.
-fn forwarded(
-    planned: &mut VecDeque<Planned>,
-    cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<()> {
-    if let Some(front) = planned.front_mut()
-        && let Planned::Forward(reply) = front
-    {
-        let got = std::task::ready!(std::pin::Pin::new(reply).poll(cx));
-        *front = Planned::Forwarded(
-            got.unwrap_or_else(|_| Err(Error::unavailable("the forwarding connection is gone"))),
-        );
-    }
-    std::task::Poll::Ready(())
-}
-
 /// Lookup results waiting for their replies to be encoded, in key order, and
 /// the bytes of their values.
 #[derive(Default)]
 struct Results {
-    queue: VecDeque<Result<Lookup, Error>>,
+    queue: VecDeque<Result<Answer, Error>>,
     bytes: usize,
 }
 
 impl Results {
-    fn push(&mut self, result: Result<Lookup, Error>) {
+    fn push(&mut self, result: Result<Answer, Error>) {
         self.bytes += value_len(&result);
         self.queue.push_back(result);
     }
 
-    fn pop(&mut self) -> Option<Result<Lookup, Error>> {
+    fn pop(&mut self) -> Option<Result<Answer, Error>> {
         let result = self.queue.pop_front()?;
         self.bytes -= value_len(&result);
         Some(result)
     }
 
-    fn take(&mut self, n: usize) -> Vec<Result<Lookup, Error>> {
+    fn take(&mut self, n: usize) -> Vec<Result<Answer, Error>> {
         (0..n).filter_map(|_| self.pop()).collect()
     }
 
@@ -558,36 +532,41 @@ impl Results {
     }
 }
 
-fn value_len(result: &Result<Lookup, Error>) -> usize {
+fn value_len(result: &Result<Answer, Error>) -> usize {
     match result {
-        Ok(Lookup {
+        Ok(Answer::Lookup(Lookup {
             value: Some(value), ..
-        }) => value.len(),
+        }))
+        | Ok(Answer::Reply(value)) => value.len(),
         _ => 0,
     }
 }
 
-fn value_reply(lookup: Lookup) -> Reply {
-    match lookup.value {
-        Some(value) => Reply::Bulk(value),
-        None => Reply::Null,
+fn value_reply(answer: Answer) -> Reply {
+    match answer {
+        Answer::Lookup(Lookup {
+            value: Some(value), ..
+        }) => Reply::Bulk(value),
+        Answer::Lookup(_) => Reply::Null,
+        // A GET is never forwarded: its key goes through the cache.
+        Answer::Reply(_) => Reply::error("ERR unexpected reply"),
     }
 }
 
-fn get_reply(result: Result<Lookup, Error>) -> Reply {
+fn get_reply(result: Result<Answer, Error>) -> Reply {
     match result {
-        Ok(lookup) => value_reply(lookup),
+        Ok(answer) => value_reply(answer),
         Err(error) => error_reply(&error),
     }
 }
 
 /// The reply to `MGET`: an array of values, nil for a key holding another type
 /// (as Redis answers), or the first other error for the whole command.
-fn mget_reply(results: Vec<Result<Lookup, Error>>) -> Reply {
+fn mget_reply(results: Vec<Result<Answer, Error>>) -> Reply {
     let mut values = Vec::with_capacity(results.len());
     for result in results {
         match result {
-            Ok(lookup) => values.push(value_reply(lookup)),
+            Ok(answer) => values.push(value_reply(answer)),
             Err(error) if error.is_wrong_type() => values.push(Reply::Null),
             Err(error) => return error_reply(&error),
         }
@@ -651,9 +630,9 @@ mod tests {
     }
 
     impl Service<Request> for FakeStack {
-        type Response = Lookup;
+        type Response = Answer;
         type Error = Error;
-        type Future = std::pin::Pin<Box<dyn Future<Output = Result<Lookup, Error>> + Send>>;
+        type Future = std::pin::Pin<Box<dyn Future<Output = Result<Answer, Error>> + Send>>;
 
         fn poll_ready(
             &mut self,
@@ -702,7 +681,7 @@ mod tests {
                     }),
                 };
                 this.running.fetch_sub(1, Ordering::SeqCst);
-                result
+                result.map(Answer::Lookup)
             })
         }
     }

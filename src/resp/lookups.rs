@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use tower::Service;
 
-use crate::lookup::{Error, Lookup, Request};
+use crate::lookup::{Answer, Error, Request};
 
 /// Homes are added this many at a time, as a connection first needs them.
 const HOMES_PER_BLOCK: usize = 8;
@@ -32,7 +32,7 @@ pub(super) struct Lookups<F> {
 
 /// A lookup that was started: its result, or the home of its future.
 enum Started {
-    Done(Result<Lookup, Error>),
+    Done(Result<Answer, Error>),
     Waiting(usize),
 }
 
@@ -48,7 +48,7 @@ impl<F> Default for Lookups<F> {
 
 impl<F> Lookups<F>
 where
-    F: Future<Output = Result<Lookup, Error>>,
+    F: Future<Output = Result<Answer, Error>>,
 {
     /// Whether any key is still to be looked up or answered.
     pub(super) fn is_busy(&self) -> bool {
@@ -56,7 +56,7 @@ where
     }
 
     /// The next result, in key order, if it is in already.
-    pub(super) fn take_ready(&mut self) -> Option<Result<Lookup, Error>> {
+    pub(super) fn take_ready(&mut self) -> Option<Result<Answer, Error>> {
         match self.started.front()? {
             Started::Done(_) => match self.started.pop_front() {
                 Some(Started::Done(result)) => Some(result),
@@ -76,9 +76,9 @@ where
         cx: &mut Context<'_>,
         stack: &mut S,
         window: usize,
-    ) -> Poll<Option<Result<Lookup, Error>>>
+    ) -> Poll<Option<Result<Answer, Error>>>
     where
-        S: Service<Request, Response = Lookup, Error = Error, Future = F>,
+        S: Service<Request, Response = Answer, Error = Error, Future = F>,
     {
         while self.started.len() < window {
             let Some(key) = self.keys.pop_front() else {

@@ -25,11 +25,9 @@
 
 mod command;
 mod connection;
-pub mod decode;
 mod info;
 mod lookups;
 mod output;
-mod reply;
 mod session;
 
 use std::collections::HashMap;
@@ -46,12 +44,11 @@ use tower::Service;
 use crate::auth::Access;
 use crate::cache::Cache;
 use crate::limit::Slots;
-use crate::lookup::{Error, Lookup, Request};
+use crate::lookup::{Answer, Error, Request};
 use crate::metrics::Counting;
 use crate::net::{Protocol, Stats, Stream};
 
-pub use decode::{Decoder, ProtocolError};
-use reply::Reply;
+use crate::protocol::Reply;
 
 /// The Redis protocol over a stack `S`, with what every connection of one
 /// listener shares.
@@ -241,7 +238,7 @@ impl<S> Resp<S> {
 
 impl<S> Protocol for Resp<S>
 where
-    S: Service<Request, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
+    S: Service<Request, Response = Answer, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
 {
     fn name(&self) -> &'static str {

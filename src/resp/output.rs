@@ -9,28 +9,12 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
+pub(crate) use crate::protocol::Sink;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// Values at least this long are queued by reference rather than copied.
 pub(super) const REFERENCE_AT: usize = 16 * 1024;
-
-/// Where encoded replies go: a plain buffer (everything copied) or an [`Output`].
-pub(crate) trait Sink {
-    /// The buffer small pieces are encoded into.
-    fn buffer(&mut self) -> &mut BytesMut;
-
-    /// Appends a value: copied into the buffer, or queued by reference.
-    fn put_value(&mut self, value: &Bytes) {
-        self.buffer().extend_from_slice(value);
-    }
-}
-
-impl Sink for BytesMut {
-    fn buffer(&mut self) -> &mut BytesMut {
-        self
-    }
-}
 
 /// The replies of one connection not yet written, in order.
 #[derive(Debug, Default)]

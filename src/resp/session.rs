@@ -11,13 +11,13 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::command::{self, Command, Credentials, SUPPORTED, Spec, printable};
-use super::reply::{Protocol, Reply};
 use super::{Databases, Resp};
-use tokio::sync::oneshot;
+use crate::protocol::{Protocol, Reply};
 
 use crate::auth::{Front, User};
-use crate::forward::{Frame, Route, link};
-use crate::lookup::{Error, Key, Query, Request};
+use crate::forward::{Forwarding, Route};
+use crate::lookup::{Key, Query, Request, Target};
+use crate::protocol::encoded;
 
 /// The version `HELLO` and `INFO` report: the Redis command set the proxy follows.
 pub const REDIS_VERSION: &str = "7.0.0";
@@ -27,20 +27,16 @@ pub const REDIS_VERSION: &str = "7.0.0";
 pub(super) enum Planned {
     /// Answered already.
     Reply(Reply, Protocol),
-    /// The next lookup result answers it.
+    /// The next result answers it.
     Get(Protocol),
-    /// The next `n` lookup results answer it.
+    /// The next `n` results answer it.
     MGet(usize, Protocol),
     /// `SELECT` of a database not known yet: the backend is asked before the
     /// connection goes on, since every request after it reads that database.
     Select(u16),
-    /// Transparent mode: the next lookup result is a cached read's reply, as
-    /// Redis sent it.
-    Cached,
-    /// Transparent mode: a command sent on the shared path, its reply to come.
-    Forward(oneshot::Receiver<Result<Frame, Error>>),
-    /// The reply of a [`Planned::Forward`], in.
-    Forwarded(Result<Frame, Error>),
+    /// Transparent mode: the next result is a reply as Redis sent it (a
+    /// cached read's, or a forwarded command's).
+    Relay,
     /// Transparent mode: a command that starts a state (`MULTI`, `SUBSCRIBE`,
     /// a blocking read): it and what follows go to a connection of this
     /// client's own.
@@ -92,11 +88,12 @@ impl Session {
         }
     }
 
-    /// Turns a request into its plan: a read adds its keys to `keys`.
+    /// Turns a request into its plan: what the stack is asked goes to
+    /// `requests` (one per key of a read).
     pub(super) fn plan<S>(
         &mut self,
         command: Command,
-        keys: &mut VecDeque<Request>,
+        requests: &mut VecDeque<Request>,
         resp: &Resp<S>,
     ) -> Planned {
         let Some(user) = &self.user else {
@@ -104,12 +101,12 @@ impl Session {
         };
         let reply = match command {
             Command::Get(name) if user.may_read(&name) => {
-                keys.push_back(Request::Get(Key::in_db(self.db, name)));
+                requests.push_back(Request::Get(Key::in_db(self.db, name)));
                 return Planned::Get(self.protocol);
             }
             Command::MGet(names) if user.may_read_all(names.iter().map(|n| &n[..])) => {
                 let n = names.len();
-                keys.extend(
+                requests.extend(
                     names
                         .into_iter()
                         .map(|name| Request::Get(Key::in_db(self.db, name))),
@@ -142,7 +139,7 @@ impl Session {
             Command::Describe(args) => command_info(args),
             Command::Info(sections) => Reply::text(resp.info.text(&sections)),
             Command::Refused(reply) => reply,
-            Command::Forward(args) => return self.forward(args, keys, resp),
+            Command::Forward(args) => return self.forward(args, requests, resp),
         };
         Planned::Reply(reply, self.protocol)
     }
@@ -151,7 +148,7 @@ impl Session {
     fn forward<S>(
         &mut self,
         mut args: Vec<Bytes>,
-        keys: &mut VecDeque<Request>,
+        requests: &mut VecDeque<Request>,
         resp: &Resp<S>,
     ) -> Planned {
         let (Some(forwarding), Some(user)) = (&resp.forwarding, &self.user) else {
@@ -167,41 +164,44 @@ impl Session {
         }
         let resp3 = self.protocol == Protocol::Resp3;
         let route = forwarding.route(&args, user);
-        let path = match route {
+        let path = match &route {
             Route::Refuse(_) => "refused",
             Route::Dedicate => "dedicated",
             Route::Cached => "cached",
-            Route::Shared { .. } => "shared",
-            Route::Everywhere { .. } => "everywhere",
-            Route::Scan => "scan",
+            Route::Forward {
+                target: Target::Slot(_),
+                ..
+            } => "shared",
+            Route::Forward {
+                target: Target::Everywhere(_),
+                ..
+            } => "everywhere",
+            Route::Forward {
+                target: Target::Scan(_),
+                ..
+            } => "scan",
         };
         crate::metrics::record_forwarded(&args[0], path);
-        let (after, slot) = match route {
-            Route::Refuse(error) => return Planned::Reply(Reply::error(error), self.protocol),
-            Route::Dedicate => return Planned::Dedicate(args),
+        match route {
+            Route::Refuse(error) => Planned::Reply(Reply::error(error), self.protocol),
+            Route::Dedicate => Planned::Dedicate(args),
             Route::Cached => {
                 // One entry whatever the case the client wrote the name in.
                 args[0] = Bytes::from(args[0].to_ascii_uppercase());
-                let mut request = bytes::BytesMut::new();
-                link::encode(&args, &mut request);
-                let query = Query::new(self.db, resp3, args[1].clone(), request.freeze());
-                keys.push_back(Request::Query(query));
-                return Planned::Cached;
+                let query = Query::new(self.db, resp3, args[1].clone(), encoded(&args));
+                requests.push_back(Request::Query(query));
+                Planned::Relay
             }
-            Route::Shared { after, slot } => (after, slot),
-            Route::Everywhere { after, combine } => {
-                let mut request = bytes::BytesMut::new();
-                link::encode(&args, &mut request);
-                let request = request.freeze();
-                return Planned::Forward(
-                    forwarding.send_everywhere(resp3, request, self.db, after, combine),
-                );
+            Route::Forward {
+                target,
+                writes,
+                read_only,
+            } => {
+                let command = Forwarding::command(&args, self.db, resp3, target, writes, read_only);
+                requests.push_back(Request::Command(command));
+                Planned::Relay
             }
-            Route::Scan => return Planned::Forward(forwarding.scan(resp3, args, self.db)),
-        };
-        let mut request = bytes::BytesMut::new();
-        link::encode(&args, &mut request);
-        Planned::Forward(forwarding.send(resp3, request.freeze(), self.db, after, slot))
+        }
     }
 
     /// The database the connection reads (`None`: the backend's own).

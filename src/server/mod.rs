@@ -18,14 +18,14 @@ use crate::auth::Access;
 use crate::backend::{self, Health, Invalidation, InvalidationSink, RedisService};
 use crate::cache::Cache;
 use crate::config::{Config, InvalidationMode, ListenAddr, ReadFrom, RedisMode};
-use crate::forward::{self, Forwarding};
+use crate::forward::Forwarding;
 use crate::http::{self, Hyper};
 use crate::layers::{Stack, StackBuilder};
 use crate::metrics::{self, Requests};
 use crate::net::{self, Listener};
 use crate::resp::{self, Resp};
 use crate::task::AbortOnDrop;
-use crate::tls::{ClientFiles, ClientTls, ServerFiles, ServerTls};
+use crate::tls::{ServerFiles, ServerTls};
 use crate::worker::Workers;
 
 /// Connections the admin listener takes at most: probes and scrapers, not clients.
@@ -152,7 +152,6 @@ impl Proxy {
             _ => None,
         };
         let mut backend = RedisService::builder(config.redis_url.as_str())
-            .pool_size(config.redis_pool_size.get())
             .connect_timeout(config.redis_connect_timeout)
             .response_timeout(config.request_timeout)
             .workers(workers);
@@ -165,33 +164,20 @@ impl Proxy {
                 ReadFrom::ReplicaPreferred => backend::ReadFrom::ReplicaPreferred,
             });
         }
-        if config.redis_url.is_tls() {
-            let files = ClientFiles {
-                ca: config.redis_tls_ca.clone(),
-                cert_and_key: config
-                    .redis_tls_cert
-                    .clone()
-                    .zip(config.redis_tls_key.clone()),
-            };
-            backend = backend.tls(ClientTls::load(&files)?);
+        if let Some(ca) = &config.redis_tls_ca {
+            backend = backend.tls_ca(ca);
+        }
+        if let (Some(cert), Some(key)) = (&config.redis_tls_cert, &config.redis_tls_key) {
+            backend = backend.tls_client_certificate(cert, key);
         }
         let backend = backend.build().map_err(Error::Backend)?;
         let forwarding = config.forward_commands.then(|| {
-            let forwarding = Arc::new(Forwarding::new(
-                backend.manager().clone(),
-                backend.default_db(),
+            Arc::new(Forwarding::new(
+                backend.backend().clone(),
                 cache.clone(),
-                forward::Settings {
-                    admin: config.forward_admin_commands,
-                    max_dedicated: config.max_dedicated_connections.get(),
-                    workers,
-                    tracking: (config.invalidation == InvalidationMode::Tracking)
-                        .then(|| invalidation_sink(cache.clone())),
-                    cluster: backend.cluster(),
-                },
-            ));
-            backend.set_forwarding(forwarding.clone());
-            forwarding
+                config.forward_admin_commands,
+                config.max_dedicated_connections.get(),
+            ))
         });
         let mut stack = StackBuilder::new(backend)
             .client_limit(config.max_clients.get())
@@ -205,7 +191,15 @@ impl Proxy {
         // Every connection is a descriptor: the listeners take no more than the
         // open-files limit leaves room for (backend connections, refusals).
         let wanted = config.max_connections.get();
-        let others = 2 * config.redis_pool_size.get() as usize + 64;
+        // Beside the listeners: each worker's lanes (two protocols, and a
+        // tracking listener each), dedicated connections in transparent mode,
+        // and some spare.
+        let dedicated = if config.forward_commands {
+            config.max_dedicated_connections.get()
+        } else {
+            0
+        };
+        let others = 4 * workers + dedicated + 64;
         let fitted = net::fit_connections(&[wanted, wanted, ADMIN_CONNECTIONS.min(wanted)], others);
         let bind = |option, addr: ListenAddr, max_connections, sockets| async move {
             let bound = async {
@@ -312,7 +306,7 @@ impl Proxy {
                 AbortOnDrop(workers.spawn(
                     lane,
                     backend::run_pinger(
-                        stack.backend().clone(),
+                        stack.backend().backend().clone(),
                         health.clone(),
                         lane,
                         ping_timeout,

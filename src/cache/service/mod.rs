@@ -32,7 +32,8 @@ use tower::{Layer, Service};
 
 use super::flights::{Join, Outcome};
 use super::{Cache, Read};
-use crate::lookup::{Error, Key, Lookup, Query, Request, Source};
+use crate::lookup::{Answer, Command, Error, Key, Lookup, Query, Request, Source};
+use forwarded::Forwarded;
 
 /// Wraps a backend service with a read-through [`Cache`].
 #[derive(Debug, Clone)]
@@ -132,39 +133,77 @@ where
     }
 }
 
-/// Every kind of request: a key as above, and transparent mode's cached reads,
-/// whose request the inner service runs and whose reply (as Redis sent it) is
-/// what is cached.
+/// Every kind of request: a key as above, transparent mode's cached reads
+/// (whose request the inner service runs and whose reply, as Redis sent it,
+/// is what is cached), and forwarded commands (see `forwarded`).
 impl<S> Service<Request> for CacheService<S>
 where
     S: Service<Key, Response = Option<Bytes>, Error = Error>
         + Service<Query, Response = Option<Bytes>, Error = Error>
+        + Service<Command, Response = Bytes, Error = Error>
         + Clone
         + Send
         + 'static,
     <S as Service<Key>>::Future: Send + 'static,
     <S as Service<Query>>::Future: Send + 'static,
+    <S as Service<Command>>::Future: Send + 'static,
 {
-    type Response = Lookup;
+    type Response = Answer;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = RequestFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        // Both are always ready (the stack's backends wait inside the call).
+        // All are always ready (the stack's backends wait inside the call).
         Service::<Key>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        match request {
+        let read = match request {
             Request::Get(key) => Service::<Key>::call(self, key),
             Request::Query(query) => {
                 let read = Read::Query(query.clone());
-                if let Some(hit) = self.cache.lookup(&read) {
-                    return ResponseFuture::hit(hit);
+                match self.cache.lookup(&read) {
+                    Some(hit) => ResponseFuture::hit(hit),
+                    None => self.miss(read, query),
                 }
-                self.miss(read, query)
             }
+            Request::Command(command) => {
+                let writes = command.writes.clone();
+                let reply = Box::pin(Service::<Command>::call(&mut self.inner, command));
+                return RequestFuture::Forwarded {
+                    forwarded: Forwarded::new(reply, writes, self.cache.clone()),
+                };
+            }
+        };
+        RequestFuture::Read { read }
+    }
+}
+
+pin_project! {
+    /// The future of [`CacheService`] for a [`Request`].
+    #[project = RequestProj]
+    pub(crate) enum RequestFuture {
+        /// A key's value or a cached read.
+        Read { #[pin] read: ResponseFuture },
+        /// A forwarded command.
+        Forwarded { #[pin] forwarded: Forwarded },
+    }
+}
+
+impl Future for RequestFuture {
+    type Output = Result<Answer, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RequestProj::Read { read } => read.poll(cx).map_ok(Answer::Lookup),
+            RequestProj::Forwarded { forwarded } => forwarded.poll(cx).map_ok(Answer::Reply),
         }
+    }
+}
+
+impl std::fmt::Debug for RequestFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cache::RequestFuture")
     }
 }
 
@@ -365,5 +404,6 @@ impl Future for ResponseFuture {
     }
 }
 
+mod forwarded;
 #[cfg(test)]
 mod tests;

@@ -19,19 +19,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tower::Service;
 
 use super::{Bound, Close, Connection};
-use crate::forward::{After, Frame, Link, Route, link};
-use crate::lookup::{Error, Lookup, Request};
+use crate::backend::{Link, is_push};
+use crate::forward::Route;
+use crate::lookup::Writes;
+use crate::lookup::{Answer, Error, Request};
+use crate::protocol::Sink;
+use crate::protocol::{Frame, encode};
+use crate::protocol::{Protocol, Reply};
 use crate::resp::command::Command;
-use crate::resp::output::Sink;
-use crate::resp::reply::{Protocol, Reply};
 
 /// What the next reply from Redis answers, or a reply of the proxy's own
 /// waiting for its turn.
 enum Expect {
     /// Relayed to the client, after invalidating what it says.
-    Reply(After),
+    Reply(Writes),
     /// `EXEC` or `DISCARD`: the transaction (and any `WATCH`) ends.
-    End(After),
+    End(Writes),
     /// A `SELECT` of this database: the connection reads it from now on.
     Select(Option<u16>),
     /// Redis's reply is not the client's: dropped.
@@ -48,7 +51,7 @@ struct State {
     /// A command was refused inside the transaction: `EXEC` must fail.
     poisoned: bool,
     /// What the transaction's queued commands write.
-    queued: Vec<After>,
+    queued: Vec<Writes>,
     /// Channels and patterns subscribed, as Redis last counted them.
     subscriptions: i64,
     /// (Un)subscribe confirmations still to come.
@@ -81,7 +84,7 @@ const SUBSCRIBING: &[&[u8]] = &[
 
 impl<S, T> Connection<'_, S, T>
 where
-    S: Service<Request, Response = Lookup, Error = Error> + Clone + Send + Sync + 'static,
+    S: Service<Request, Response = Answer, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -104,7 +107,8 @@ where
         // MULTI has none: it is answered here, and the connection opened for
         // the first command queued after it.
         let mut first = vec![first];
-        let deferred = forwarding.cluster.is_some() && first[0][0].eq_ignore_ascii_case(b"multi");
+        let deferred =
+            forwarding.backend().spreads_keys() && first[0][0].eq_ignore_ascii_case(b"multi");
         if deferred {
             Reply::OK.encode(protocol, &mut self.output);
             self.flush().await?;
@@ -139,13 +143,13 @@ where
             }
             Err(_) => None,
         };
-        let opened = async {
-            let (_, backend) = forwarding.node(slot)?;
-            Link::open(&backend, resp3, self.session.db(), link::Tracking::Off).await
-        };
+        let opened = forwarding
+            .backend()
+            .dedicated(slot, resp3, self.session.db());
         let mut link = match opened.await {
             Ok(link) => link,
             Err(error) => {
+                let error = crate::Error::from(error);
                 Reply::error(format!("ERR {error}")).encode(protocol, &mut self.output);
                 return self.flush().await;
             }
@@ -290,7 +294,7 @@ where
                         state.subscriptions = 0;
                         state.monitor = false;
                         state.expect.push_back(Expect::Swallow);
-                        link::encode(&["RESET"], out);
+                        encode(&["RESET"], out);
                         self.session.reset(self.resp)
                     }
                     command => {
@@ -324,10 +328,10 @@ where
         match &name[..] {
             b"multi" => {
                 state.multi = true;
-                state.expect.push_back(Expect::Reply(After::Nothing));
+                state.expect.push_back(Expect::Reply(Writes::Nothing));
             }
             b"exec" if state.poisoned => {
-                link::encode(&["DISCARD"], out);
+                encode(&["DISCARD"], out);
                 state.expect.push_back(Expect::Swallow);
                 state.expect.push_back(local(Reply::error(
                     "EXECABORT Transaction discarded because of previous errors.",
@@ -343,7 +347,7 @@ where
                 let after = if name == b"exec" {
                     merge(queued)
                 } else {
-                    After::Nothing
+                    Writes::Nothing
                 };
                 state.multi = false;
                 state.watching = false;
@@ -352,15 +356,15 @@ where
             }
             b"watch" => {
                 state.watching = true;
-                state.expect.push_back(Expect::Reply(After::Nothing));
+                state.expect.push_back(Expect::Reply(Writes::Nothing));
             }
             b"unwatch" => {
                 state.watching = false;
-                state.expect.push_back(Expect::Reply(After::Nothing));
+                state.expect.push_back(Expect::Reply(Writes::Nothing));
             }
             b"monitor" => {
                 state.monitor = true;
-                state.expect.push_back(Expect::Reply(After::Nothing));
+                state.expect.push_back(Expect::Reply(Writes::Nothing));
             }
             b"select" => match self
                 .resp
@@ -368,7 +372,7 @@ where
                 .parse(args.get(1).map_or(&b""[..], |a| &a[..]))
             {
                 Ok(db) if !state.multi => state.expect.push_back(Expect::Select(db)),
-                Ok(_) => state.expect.push_back(Expect::Reply(After::Nothing)),
+                Ok(_) => state.expect.push_back(Expect::Reply(Writes::Nothing)),
                 Err(reply) => {
                     state.expect.push_back(local(reply));
                     return;
@@ -387,11 +391,11 @@ where
             }
             _ if state.multi => {
                 state.queued.push(after);
-                state.expect.push_back(Expect::Reply(After::Nothing));
+                state.expect.push_back(Expect::Reply(Writes::Nothing));
             }
             _ => state.expect.push_back(Expect::Reply(after)),
         }
-        link::encode(&args, out);
+        encode(&args, out);
     }
 
     /// One frame from Redis: a pub/sub message or push goes straight to the
@@ -409,7 +413,7 @@ where
             return;
         }
         let message = matches!(&pubsub, Some((kind, _)) if matches!(&kind[..], b"message" | b"pmessage" | b"smessage"));
-        if link::is_push(&frame) || (message && state.subscriptions > 0) {
+        if is_push(&frame) || (message && state.subscriptions > 0) {
             self.output.put_value(&frame.bytes);
             return;
         }
@@ -440,26 +444,26 @@ where
         self.emit_local(state);
     }
 
-    fn forwarding_apply(&self, after: &After) {
+    fn forwarding_apply(&self, writes: &Writes) {
         if let Some(forwarding) = &self.resp.forwarding {
-            forwarding.apply(after);
+            forwarding.apply(writes);
         }
     }
 }
 
 /// What a transaction's commands together invalidate.
-fn merge(queued: Vec<After>) -> After {
+fn merge(queued: Vec<Writes>) -> Writes {
     let mut keys = Vec::new();
     for after in queued {
         match after {
-            After::Nothing => {}
-            After::Keys(more) => keys.extend(more),
-            After::All => return After::All,
+            Writes::Nothing => {}
+            Writes::Keys(more) => keys.extend(more),
+            Writes::All => return Writes::All,
         }
     }
     if keys.is_empty() {
-        After::Nothing
+        Writes::Nothing
     } else {
-        After::Keys(keys)
+        Writes::Keys(keys)
     }
 }

@@ -13,7 +13,23 @@ use bytes::{BufMut, Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame as Frame2;
 use redis_protocol::resp3::types::{BytesFrame as Frame3, FrameMap};
 
-use super::output::Sink;
+/// Where replies are encoded: a buffer, or a connection's output that takes
+/// large values by reference.
+pub(crate) trait Sink {
+    /// The buffer small pieces are encoded into.
+    fn buffer(&mut self) -> &mut BytesMut;
+
+    /// Appends a value: copied into the buffer, or queued by reference.
+    fn put_value(&mut self, value: &Bytes) {
+        self.buffer().extend_from_slice(value);
+    }
+}
+
+impl Sink for BytesMut {
+    fn buffer(&mut self) -> &mut BytesMut {
+        self
+    }
+}
 
 /// The RESP version a connection speaks (switched by `HELLO`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,5 @@
-//! Where one reply ends, and the little the forwarding path needs to know about
-//! it, without building it: replies are relayed as the bytes Redis sent.
+//! Where one reply from Redis ends, and the little the proxy needs to know
+//! about it, without building it: replies are relayed as the bytes Redis sent.
 
 use bytes::{Bytes, BytesMut};
 
@@ -9,7 +9,7 @@ const MAX_DEPTH: usize = 64;
 
 /// What a reply is, as far as forwarding cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// An error reply (`-` or `!`).
     Error,
     /// A RESP3 push (`>`): out-of-band, not the reply to a request.
@@ -20,9 +20,11 @@ pub(crate) enum Kind {
 
 /// One complete reply, as Redis sent it.
 #[derive(Debug, Clone)]
-pub(crate) struct Frame {
-    pub(crate) bytes: Bytes,
-    pub(crate) kind: Kind,
+pub struct Frame {
+    /// The reply, as Redis sent it.
+    pub bytes: Bytes,
+    /// What it is.
+    pub kind: Kind,
 }
 
 impl Frame {
@@ -30,7 +32,7 @@ impl Frame {
     /// lower-cased first element and, when the third is an integer, that
     /// integer. This is how Redis shapes pub/sub messages and (un)subscribe
     /// confirmations: `[subscribe, channel, count]`.
-    pub(crate) fn pubsub(&self) -> Option<(Vec<u8>, Option<i64>)> {
+    pub fn pubsub(&self) -> Option<(Vec<u8>, Option<i64>)> {
         let b = &self.bytes[..];
         if !matches!(b.first(), Some(b'*' | b'>')) {
             return None;
@@ -54,7 +56,7 @@ impl Frame {
     /// What a tracking invalidation push says: `Some(None)` for "everything"
     /// (`FLUSHALL`, `FLUSHDB`), `Some(Some(keys))` for those keys; `None` when the
     /// frame is not an invalidation.
-    pub(crate) fn invalidation(&self) -> Option<Option<Vec<Bytes>>> {
+    pub fn invalidation(&self) -> Option<Option<Vec<Bytes>>> {
         let b = &self.bytes[..];
         if self.kind != Kind::Push {
             return None;
@@ -86,8 +88,37 @@ impl Frame {
         }
     }
 
+    /// What a `GET`-like reply holds: `Some(Some(value))` for a bulk string
+    /// (a slice of the frame, not a copy), `Some(None)` for nil, `None` for
+    /// anything else.
+    pub fn bulk(&self) -> Option<Option<Bytes>> {
+        let b = &self.bytes[..];
+        match b.first()? {
+            b'_' => Some(None),
+            b'$' => {
+                let (len, start) = line(b, 1)?;
+                if len < 0 {
+                    return Some(None);
+                }
+                let end = start.checked_add(usize::try_from(len).ok()?)?;
+                (end <= b.len()).then(|| Some(self.bytes.slice(start..end)))
+            }
+            _ => None,
+        }
+    }
+
+    /// A frame made of `bytes`, already known to be one whole reply.
+    pub fn new(bytes: Bytes) -> Self {
+        let kind = match bytes.first() {
+            Some(b'-' | b'!') => Kind::Error,
+            Some(b'>') => Kind::Push,
+            _ => Kind::Reply,
+        };
+        Self { bytes, kind }
+    }
+
     /// The error's text (without its `-`), for an error reply.
-    pub(crate) fn error_text(&self) -> Option<String> {
+    pub fn error_text(&self) -> Option<String> {
         if self.kind != Kind::Error {
             return None;
         }
@@ -186,7 +217,7 @@ fn find_crlf(b: &[u8], from: usize) -> Option<usize> {
 }
 
 /// The number on the line starting at `at`, and where the next line begins.
-pub(super) fn line(b: &[u8], at: usize) -> Option<(i64, usize)> {
+pub(crate) fn line(b: &[u8], at: usize) -> Option<(i64, usize)> {
     let eol = find_crlf(b, at)?;
     let n = std::str::from_utf8(&b[at..eol]).ok()?.parse().ok()?;
     Some((n, eol + 2))
@@ -194,7 +225,7 @@ pub(super) fn line(b: &[u8], at: usize) -> Option<(i64, usize)> {
 
 /// A string element at `at` (its bytes, `None` if it is not a string) and
 /// where the next element begins.
-pub(super) fn element(b: &[u8], at: usize) -> Option<(Option<&[u8]>, usize)> {
+pub(crate) fn element(b: &[u8], at: usize) -> Option<(Option<&[u8]>, usize)> {
     let end = scan(b, at, 0).ok()??;
     match b.get(at)? {
         b'$' => {
@@ -252,6 +283,20 @@ mod tests {
         assert!(take(&mut input).unwrap().is_none());
         assert_eq!(input.len(), partial.len(), "nothing is consumed");
         assert!(take(&mut BytesMut::from(&b"hello\r\n"[..])).is_err());
+    }
+
+    #[test]
+    fn bulk_replies_are_sliced_and_nil_is_none() {
+        for (bytes, expected) in [
+            (&b"$3\r\nabc\r\n"[..], Some(Some(Bytes::from("abc")))),
+            (b"$0\r\n\r\n", Some(Some(Bytes::new()))),
+            (b"$-1\r\n", Some(None)),
+            (b"_\r\n", Some(None)),
+            (b":1\r\n", None),
+        ] {
+            let frame = take(&mut BytesMut::from(bytes)).unwrap().unwrap();
+            assert_eq!(frame.bulk(), expected, "{bytes:?}");
+        }
     }
 
     #[test]

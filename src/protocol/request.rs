@@ -16,6 +16,8 @@
 //! and error texts are Redis's own.
 //!
 //! Argument bytes are split off the read buffer without copying.
+//!
+//! The other direction, a request the proxy sends Redis, is [`encode`].
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -296,6 +298,29 @@ pub fn split_args(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
         }
         args.push(Bytes::from(arg));
     }
+}
+
+/// Writes `args` as a RESP array of bulk strings: a request as the proxy sends
+/// it to Redis.
+pub fn encode<A: AsRef<[u8]>>(args: &[A], out: &mut BytesMut) {
+    out.extend_from_slice(b"*");
+    out.extend_from_slice(itoa::Buffer::new().format(args.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for arg in args {
+        let arg = arg.as_ref();
+        out.extend_from_slice(b"$");
+        out.extend_from_slice(itoa::Buffer::new().format(arg.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// [`encode`] into a buffer of its own.
+pub fn encoded<A: AsRef<[u8]>>(args: &[A]) -> Bytes {
+    let mut out = BytesMut::new();
+    encode(args, &mut out);
+    out.freeze()
 }
 
 #[cfg(test)]

@@ -1,13 +1,12 @@
-//! Keyless commands over a Redis Cluster. A command that Redis's command tips
-//! mark `request_policy:all_shards` (or `all_nodes`) goes to every primary,
-//! and the replies become one as its `response_policy` says: `DBSIZE` sums,
-//! `KEYS` gathers, `FLUSHALL` and `SCRIPT LOAD` succeed everywhere or fail,
-//! `SCRIPT EXISTS` says 1 where every primary has the script. `SCAN` walks the
-//! primaries one after another, the primary's place carried in the cursor.
+//! How the replies of several nodes to one command become one reply, as
+//! Redis's command tips say: a command marked `request_policy:all_shards` (or
+//! `all_nodes`) goes to every primary of a cluster, and its `response_policy`
+//! says how their replies combine: `DBSIZE` sums, `KEYS` gathers, `FLUSHALL`
+//! and `SCRIPT LOAD` succeed everywhere or fail, `SCRIPT EXISTS` says 1 where
+//! every primary has the script.
 //!
 //! Commands whose replies combine in a way of their own (`response_policy:special`:
-//! `INFO`, `MEMORY STATS`) still go to one primary, as do keyless commands
-//! without tips.
+//! `INFO`, `MEMORY STATS`) have no [`Combine`].
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -15,7 +14,7 @@ use super::frame::{self, Frame, Kind};
 
 /// How the replies of every primary become one reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Combine {
+pub enum Combine {
     /// No policy: arrays are joined into one (`KEYS`); of other replies, the
     /// first that is not null (`RANDOMKEY`).
     Gather,
@@ -38,7 +37,7 @@ pub(crate) enum Combine {
 impl Combine {
     /// What a command's tips (lower case) ask for; `None` unless it goes to
     /// every shard and its replies combine in one of the ways above.
-    pub(crate) fn from_tips(tips: &[Vec<u8>]) -> Option<Self> {
+    pub fn from_tips(tips: &[Vec<u8>]) -> Option<Self> {
         let everywhere = tips
             .iter()
             .any(|tip| tip == b"request_policy:all_shards" || tip == b"request_policy:all_nodes");
@@ -64,7 +63,7 @@ impl Combine {
     /// One reply from every primary's, in the primaries' order. An error
     /// answers for all, but for `OneSucceeded`; a reply of an unexpected shape
     /// is passed on as the first primary sent it.
-    pub(crate) fn apply(self, replies: Vec<Frame>) -> Frame {
+    pub fn apply(self, replies: Vec<Frame>) -> Frame {
         let Some(first) = replies.first() else {
             return error("ERR redis cluster: no primary to send the command to");
         };
@@ -92,18 +91,12 @@ impl Combine {
 }
 
 /// An error reply.
-pub(crate) fn error(text: &str) -> Frame {
-    Frame {
-        bytes: Bytes::from(format!("-{text}\r\n")),
-        kind: Kind::Error,
-    }
+pub fn error(text: &str) -> Frame {
+    Frame::new(Bytes::from(format!("-{text}\r\n")))
 }
 
-fn reply(bytes: BytesMut) -> Frame {
-    Frame {
-        bytes: bytes.freeze(),
-        kind: Kind::Reply,
-    }
+pub(crate) fn reply(bytes: BytesMut) -> Frame {
+    Frame::new(bytes.freeze())
 }
 
 /// Arrays (or sets) of one type joined into one; else the first reply that is
@@ -189,57 +182,6 @@ fn logical(replies: &[Frame], f: impl Fn(bool, bool) -> bool) -> Option<Frame> {
         out.put_slice(if value { b":1\r\n" } else { b":0\r\n" });
     }
     Some(reply(out))
-}
-
-/// The low bits of a `SCAN` cursor through the proxy: which primary (its place
-/// in address order) the scan is at. The rest is that primary's own cursor.
-const NODE_BITS: u32 = 10;
-
-/// The most primaries a `SCAN` can walk.
-pub(crate) const MAX_SCAN_NODES: usize = 1 << NODE_BITS;
-
-/// A client's `SCAN` cursor as the primary's place and its own cursor;
-/// `None` when it is not a cursor.
-pub(crate) fn split_cursor(cursor: &[u8]) -> Option<(usize, u64)> {
-    let cursor: u64 = std::str::from_utf8(cursor).ok()?.parse().ok()?;
-    let node = (cursor & (MAX_SCAN_NODES as u64 - 1)) as usize;
-    Some((node, cursor >> NODE_BITS))
-}
-
-/// The `SCAN` reply of the primary at `node` (of `nodes`), with the cursor the
-/// client goes on from: that primary's next one, the next primary's start when
-/// it is done, 0 after the last.
-pub(crate) fn scan_reply(page: Frame, node: usize, nodes: usize) -> Frame {
-    let b = &page.bytes[..];
-    let parsed = (|| {
-        if page.kind != Kind::Reply || b.first() != Some(&b'*') {
-            return None;
-        }
-        let (2, at) = frame::line(b, 1)? else {
-            return None;
-        };
-        let (cursor, rest) = frame::element(b, at)?;
-        let cursor: u64 = std::str::from_utf8(cursor?).ok()?.parse().ok()?;
-        Some((cursor, rest))
-    })();
-    let Some((cursor, rest)) = parsed else {
-        return page;
-    };
-    let next = if cursor != 0 {
-        if cursor >> (u64::BITS - NODE_BITS) != 0 {
-            return error("ERR a node's SCAN cursor is too large for redis-proxy to carry");
-        }
-        cursor << NODE_BITS | node as u64
-    } else if node + 1 < nodes {
-        node as u64 + 1
-    } else {
-        0
-    };
-    let next = next.to_string();
-    let mut out = BytesMut::with_capacity(b.len() + 24);
-    out.put_slice(format!("*2\r\n${}\r\n{next}\r\n", next.len()).as_bytes());
-    out.put_slice(&b[rest..]);
-    reply(out)
 }
 
 #[cfg(test)]
@@ -336,32 +278,5 @@ mod tests {
         );
         // A shape the policy does not expect passes as the first node sent it.
         assert_eq!(combine(Combine::Sum, &["+x\r\n", ":1\r\n"]), "+x\r\n");
-    }
-
-    #[test]
-    fn scan_cursors_carry_the_primary_and_walk_them_in_order() {
-        assert_eq!(split_cursor(b"0"), Some((0, 0)));
-        assert_eq!(split_cursor(b"x"), None);
-        let cursor = |reply: Frame| {
-            let b = reply.bytes.to_vec();
-            let text = String::from_utf8(b).unwrap();
-            text.split("\r\n").nth(2).unwrap().to_owned()
-        };
-        let page = |c: &str| frame(&format!("*2\r\n${}\r\n{c}\r\n*1\r\n$1\r\nk\r\n", c.len()));
-        // The node's own cursor goes on, with the node in the low bits.
-        let next = cursor(scan_reply(page("17"), 2, 3));
-        assert_eq!(split_cursor(next.as_bytes()), Some((2, 17)));
-        // A node done: the next node from its start, then 0 after the last.
-        assert_eq!(cursor(scan_reply(page("0"), 0, 3)), "1");
-        assert_eq!(cursor(scan_reply(page("0"), 2, 3)), "0");
-        // The keys are passed on as they came.
-        let whole = scan_reply(page("0"), 0, 3).bytes;
-        assert!(whole.ends_with(b"*1\r\n$1\r\nk\r\n"));
-        let error = scan_reply(frame("-ERR invalid cursor\r\n"), 0, 3);
-        assert_eq!(&error.bytes[..], b"-ERR invalid cursor\r\n");
-        assert_eq!(
-            scan_reply(page(&u64::MAX.to_string()), 0, 3).kind,
-            Kind::Error
-        );
     }
 }
