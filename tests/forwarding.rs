@@ -526,3 +526,51 @@ fn without_the_flag_writes_are_refused_as_before() {
     );
     assert_eq!(redis.calls("set"), 0);
 }
+
+#[test]
+fn forwarded_commands_count_toward_the_client_limit() {
+    let redis = RedisServer::start();
+    let addr = format!("127.0.0.1:{}", redis.port()).parse().unwrap();
+    let relay = support::Relay::start(addr, Duration::ZERO);
+    let proxy = ProxyBuilder::new(&relay.url())
+        .flag("--forward-commands")
+        .arg("--worker-threads", 1)
+        .arg("--max-clients", 1)
+        .arg("--request-timeout", "30s")
+        .start();
+    let mut warm = Raw::connect(&proxy);
+    warm.send(&[&["SET", "warm", "w"], &["GET", "warm"]]);
+    assert_eq!(warm.read(12), "+OK\r\n$1\r\nw\r\n");
+
+    // Redis one second away: the first SET holds the only client slot.
+    relay.set_delay(Duration::from_secs(1));
+    let mut clients: Vec<Raw> = (0..4).map(|_| Raw::connect(&proxy)).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let (key, value) = (format!("k{i}"), format!("v{i}"));
+        client.send(&[&["SET", &key, &value]]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refusal = "-ERR overloaded: too many requests in flight\r\n";
+    let replies: Vec<String> = clients
+        .iter_mut()
+        .map(|client| {
+            let first = client.read(1);
+            let rest = if first == "+" { 4 } else { refusal.len() - 1 };
+            first + &client.read(rest)
+        })
+        .collect();
+    assert_eq!(replies[0], "+OK\r\n", "{replies:?}");
+    assert!(replies[1..].iter().all(|r| r == refusal), "{replies:?}");
+    // And a cached GET beside a forwarded command is refused alike.
+    clients[0].send(&[&["SET", "k0", "again"]]);
+    std::thread::sleep(Duration::from_millis(100));
+    warm.send(&[&["GET", "warm"]]);
+    assert_eq!(warm.read(refusal.len()), refusal);
+    assert_eq!(clients[0].read(5), "+OK\r\n");
+    relay.set_delay(Duration::ZERO);
+    assert_eq!(
+        redis.calls("set"),
+        3,
+        "warm, k0 twice: refused SETs never reach Redis"
+    );
+}

@@ -107,6 +107,23 @@ impl Frame {
         }
     }
 
+    /// The elements of an array reply (`*`), each as Redis sent it; `None`
+    /// for anything else (a null array included).
+    pub fn elements(&self) -> Option<Vec<Bytes>> {
+        let b = &self.bytes[..];
+        if b.first() != Some(&b'*') {
+            return None;
+        }
+        let (n, mut at) = line(b, 1)?;
+        let mut elements = Vec::with_capacity(usize::try_from(n).ok()?);
+        for _ in 0..n {
+            let end = scan(b, at, 1).ok()??;
+            elements.push(self.bytes.slice(at..end));
+            at = end;
+        }
+        Some(elements)
+    }
+
     /// A frame made of `bytes`, already known to be one whole reply.
     pub fn new(bytes: Bytes) -> Self {
         let kind = match bytes.first() {
@@ -283,6 +300,23 @@ mod tests {
         assert!(take(&mut input).unwrap().is_none());
         assert_eq!(input.len(), partial.len(), "nothing is consumed");
         assert!(take(&mut BytesMut::from(&b"hello\r\n"[..])).is_err());
+    }
+
+    #[test]
+    fn an_array_is_split_into_its_elements() {
+        let frame = take(&mut BytesMut::from(
+            &b"*3\r\n+OK\r\n*1\r\n:1\r\n$-1\r\n"[..],
+        ))
+        .unwrap()
+        .unwrap();
+        let elements = frame.elements().unwrap();
+        assert_eq!(elements, ["+OK\r\n", "*1\r\n:1\r\n", "$-1\r\n"]);
+        let null = take(&mut BytesMut::from(&b"*-1\r\n"[..])).unwrap().unwrap();
+        assert_eq!(null.elements(), None, "a null array");
+        let error = take(&mut BytesMut::from(&b"-ERR x\r\n"[..]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(error.elements(), None);
     }
 
     #[test]

@@ -23,8 +23,10 @@
 //! (`request_timeout`), its pending replies (`client_output_limit`) and how long
 //! they may wait for the client to read them (`client_write_timeout`).
 
+mod client;
 mod command;
 mod connection;
+mod dedicated;
 mod info;
 mod lookups;
 mod output;
@@ -34,7 +36,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -58,9 +60,12 @@ pub(crate) struct Resp<S> {
     /// Keys one connection may have in flight at once.
     max_keys: usize,
     limits: Limits,
-    /// Unparsed input held by all connections, in bytes beyond what each may
-    /// hold for free.
-    input_held: AtomicUsize,
+    /// Unparsed input held by all connections, beyond what each may hold for
+    /// free.
+    input: client::InputBudget,
+    /// The stack's client slots: a dedicated session's requests hold one
+    /// each, as requests through the stack do.
+    client_slots: Slots,
     databases: Databases,
     info: info::Sources,
     next_id: AtomicU64,
@@ -187,6 +192,8 @@ pub(crate) struct Settings {
     pub(crate) access: Access,
     /// Transparent mode, when on.
     pub(crate) forwarding: Option<Arc<crate::forward::Forwarding>>,
+    /// The stack's client slots.
+    pub(crate) client_slots: Slots,
 }
 
 impl<S> Resp<S> {
@@ -198,7 +205,8 @@ impl<S> Resp<S> {
             requests,
             max_keys: (settings.limits.max_clients / 8).clamp(1, 64),
             limits: settings.limits,
-            input_held: AtomicUsize::new(0),
+            input: client::InputBudget::default(),
+            client_slots: settings.client_slots,
             databases: settings.databases,
             info: info::Sources {
                 cache,
@@ -211,28 +219,6 @@ impl<S> Resp<S> {
             access: settings.access,
             forwarding: settings.forwarding,
         }
-    }
-
-    /// Counts `more` bytes of unparsed input against the shared bound; `false`
-    /// (and nothing counted) when that would pass it.
-    fn hold_input(&self, more: usize) -> bool {
-        let held = &self.input_held;
-        let mut now = held.load(Ordering::Relaxed);
-        loop {
-            if now.saturating_add(more) > self.limits.input_total {
-                return false;
-            }
-            match held.compare_exchange_weak(now, now + more, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return true,
-                Err(actual) => now = actual,
-            }
-        }
-    }
-
-    /// Gives back `bytes` of unparsed input counted by [`Resp::hold_input`].
-    fn release_input(&self, bytes: usize) {
-        self.input_held.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 

@@ -365,6 +365,7 @@ impl Proxy {
                 port: resp_addr.port(),
                 access: access.clone(),
                 forwarding: forwarding.clone(),
+                client_slots: stack.client_slots().clone(),
             },
         ));
         // A client must send its request headers within the request timeout.

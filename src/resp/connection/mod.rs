@@ -1,0 +1,300 @@
+//! One client connection: decode a batch of pipelined requests, run them
+//! through the shared stack while writing the replies in order, repeat.
+//!
+//! A batch is every complete request already received, up to `max_keys`
+//! requests to the stack (a key of an `MGET` is one). They run concurrently,
+//! at most `max_keys` at a time (an `MGET` larger than that runs in waves),
+//! so one connection can never hold more than `max_keys` of the proxy's
+//! `max_clients` slots, however deep it pipelines. Replies are encoded as
+//! their results arrive and written while later ones are still being looked
+//! up; a client that reads keeps little pending, and one that does not read
+//! holds no client slot while its replies wait.
+//!
+//! In transparent mode a command that starts a state (`MULTI`, `SUBSCRIBE`,
+//! a blocking read) hands the connection to a dedicated session (see
+//! `super::dedicated`) until the state ends.
+
+mod batch;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+
+use super::Resp;
+use super::client::{Bound, Close};
+use super::command::Command;
+use super::lookups::Lookups;
+use super::session::{Planned, Session};
+use crate::lookup::{Answer, Error, Request};
+use crate::metrics::Tally;
+use crate::protocol::Reply;
+use batch::{Batch, Order, Results, get_reply, mget_reply, relayed};
+
+pub(super) use super::client::Client;
+
+/// Serves one connection until the client leaves, sends `QUIT`, breaks the
+/// protocol or a bound, or the proxy shuts down (in-flight replies are written
+/// first).
+pub(super) async fn serve<S, T>(
+    stream: T,
+    peer: SocketAddr,
+    local: SocketAddr,
+    resp: &Resp<S>,
+    stop: CancellationToken,
+) where
+    S: Service<Request, Response = Answer, Error = Error> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut connection = Connection {
+        client: Client::new(stream, resp.limits, &resp.input),
+        resp,
+        stack: resp.stack.clone(),
+        session: Session::new(
+            resp.next_id.fetch_add(1, Ordering::Relaxed),
+            peer,
+            local,
+            resp.access.initial(),
+        ),
+        planned: VecDeque::new(),
+        lookups: Lookups::default(),
+        results: Results::default(),
+        stash: None,
+        dedicate: None,
+    };
+    let close = connection.run(&stop).await;
+    let protocol = connection.session.protocol;
+    connection.client.close(close, protocol).await;
+}
+
+struct Connection<'a, S: Service<Request>, T> {
+    client: Client<'a, T>,
+    resp: &'a Resp<S>,
+    /// The connection's own handle to the stack, so that a lookup costs no clone.
+    stack: S,
+    session: Session,
+    // The batch being answered; kept between batches for their allocations.
+    planned: VecDeque<Planned>,
+    lookups: Lookups<S::Future>,
+    results: Results,
+    /// Transparent mode: a request decoded but left for the next batch, since
+    /// it may not run beside this batch's (a read after a write).
+    stash: Option<Vec<Bytes>>,
+    /// Transparent mode: a command that starts a state, served on a dedicated
+    /// connection once the batch before it is answered.
+    dedicate: Option<Vec<Bytes>>,
+}
+
+impl<S, T> Connection<'_, S, T>
+where
+    S: Service<Request, Response = Answer, Error = Error> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn run(&mut self, stop: &CancellationToken) -> Close {
+        loop {
+            if let Some(forwarding) = &self.resp.forwarding
+                && forwarding.table().is_none()
+                && let Err(error) = forwarding.load().await
+            {
+                tracing::warn!(%error, "cannot read the backend's command table");
+            }
+            let batch = self.decode();
+            if let Err(close) = self.answer().await {
+                return close;
+            }
+            if let Err(close) = self.client.flush().await {
+                return close;
+            }
+            if let Some(close) = batch.end {
+                return close;
+            }
+            if let Some(first) = self.dedicate.take() {
+                let dedicated = super::dedicated::serve(
+                    &mut self.client,
+                    &mut self.session,
+                    self.resp,
+                    first,
+                    stop,
+                );
+                if let Err(close) = dedicated.await {
+                    return close;
+                }
+            }
+            if let Err(close) = self.client.account_input() {
+                return close;
+            }
+            if batch.more {
+                continue;
+            }
+            if let Err(close) = self.client.read(stop).await {
+                return close;
+            }
+        }
+    }
+
+    /// Takes the complete requests at the front of the input as one batch: their
+    /// plans in `planned`, what the stack is asked in `lookups`.
+    fn decode(&mut self) -> Batch {
+        let forward = self.resp.forwarding.is_some();
+        // Transparent mode: what the batch holds so far, to keep reads and
+        // writes apart (see `Order`).
+        let mut order = Order::default();
+        while self.lookups.keys.len() < self.resp.max_keys {
+            let args = match self.stash.take() {
+                Some(args) => args,
+                None => match self.client.next_request() {
+                    Ok(Some(args)) => args,
+                    Ok(None) => return Batch::done(),
+                    Err(error) => return Batch::end(Close::Protocol(error)),
+                },
+            };
+            if forward && !order.admits(self.class(&args)) {
+                self.stash = Some(args);
+                return Batch::more();
+            }
+            let command = Command::parse(args, forward);
+            let quit = command == Command::Quit;
+            let planned = self
+                .session
+                .plan(command, &mut self.lookups.keys, self.resp);
+            match planned {
+                Planned::Dedicate(args) => {
+                    self.dedicate = Some(args);
+                    return Batch::more();
+                }
+                // Its +OK is the last reply; anything after it is ignored.
+                planned if quit => {
+                    self.planned.push_back(planned);
+                    return Batch::end(Close::Done);
+                }
+                // Requests after it read the database it selects, if it
+                // exists: they wait until the backend has said.
+                planned @ Planned::Select(_) => {
+                    self.planned.push_back(planned);
+                    return Batch::more();
+                }
+                planned => self.planned.push_back(planned),
+            }
+        }
+        Batch::more()
+    }
+
+    /// Transparent mode: whether a request reads through the cache, may write,
+    /// or neither.
+    fn class(&self, args: &[Bytes]) -> crate::forward::Class {
+        use crate::forward::Class;
+        let name = &args[0];
+        if name.eq_ignore_ascii_case(b"get") || name.eq_ignore_ascii_case(b"mget") {
+            return Class::Lookup;
+        }
+        if super::command::find(name).is_some() && !name.eq_ignore_ascii_case(b"command") {
+            return Class::Neutral;
+        }
+        match &self.resp.forwarding {
+            Some(forwarding) => forwarding.class(args),
+            None => Class::Neutral,
+        }
+    }
+
+    /// Runs the batch's requests and encodes every reply in order, writing what
+    /// is encoded while later ones are still being answered. Every answer is
+    /// counted in the request metrics, however soon it came.
+    async fn answer(&mut self) -> Result<(), Close> {
+        let mut tally = Tally::default();
+        let answered = self.answer_counted(&mut tally).await;
+        if !tally.is_empty() {
+            self.resp.requests.add(&tally);
+        }
+        answered
+    }
+
+    async fn answer_counted(&mut self, tally: &mut Tally) -> Result<(), Close> {
+        loop {
+            self.encode_ready(tally).await?;
+            if self.planned.is_empty() {
+                return Ok(());
+            }
+            let write = !self.client.output.is_empty();
+            let lookups = &mut self.lookups;
+            let looking = lookups.is_busy();
+            let stack = &mut self.stack;
+            let window = self.resp.max_keys;
+            tokio::select! {
+                biased;
+                result = std::future::poll_fn(|cx| lookups.poll_next(cx, stack, window)), if looking => {
+                    let result = result.expect("a lookup for every request waiting for one");
+                    tally.count_answer(&result);
+                    self.results.push(result);
+                    // Results waiting for their turn are replies in all but name.
+                    if self.client.output_over(self.results.bytes) {
+                        return Err(Close::Bound(Bound::Output));
+                    }
+                }
+                written = self.client.write_some(), if write => written?,
+            }
+        }
+    }
+
+    /// Encodes the planned replies whose results are in, front to back; a
+    /// database being selected is asked about here, in its turn.
+    async fn encode_ready(&mut self, tally: &mut Tally) -> Result<(), Close> {
+        // Results already in need no waiting: take them first.
+        while let Some(result) = self.lookups.take_ready() {
+            tally.count_answer(&result);
+            self.results.push(result);
+        }
+        let protocol = self.session.protocol;
+        while let Some(item) = self.planned.front() {
+            match item {
+                Planned::Reply(reply, protocol) => reply.encode(*protocol, &mut self.client.output),
+                Planned::Get(protocol) => {
+                    let Some(result) = self.results.pop() else {
+                        return Ok(());
+                    };
+                    get_reply(result).encode(*protocol, &mut self.client.output);
+                }
+                &Planned::MGet(n, protocol) => {
+                    // One array: encoded once every result is in. Until then the
+                    // results count toward the pending output.
+                    if self.client.output_over(self.results.bytes) {
+                        return Err(Close::Bound(Bound::Output));
+                    }
+                    if self.results.len() < n {
+                        return Ok(());
+                    }
+                    mget_reply(self.results.take(n)).encode(protocol, &mut self.client.output);
+                }
+                Planned::Relay => {
+                    let Some(result) = self.results.pop() else {
+                        return Ok(());
+                    };
+                    relayed(result, protocol, &mut self.client.output);
+                }
+                Planned::Dedicate(_) => unreachable!("a dedicated command is never queued"),
+                &Planned::Select(db) => {
+                    let reply = match self.resp.databases.ask(db).await {
+                        Ok(()) => {
+                            self.session.select(Some(db));
+                            Reply::OK
+                        }
+                        Err(reply) => reply,
+                    };
+                    reply.encode(protocol, &mut self.client.output);
+                }
+            }
+            self.planned.pop_front();
+            if self.client.output_over(0) {
+                return Err(Close::Bound(Bound::Output));
+            }
+        }
+        Ok(())
+    }
+}
