@@ -51,7 +51,6 @@ mod net;
 pub mod protocol;
 mod resp;
 mod server;
-mod task;
 mod tls;
 mod worker;
 

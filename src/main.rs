@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use redis_proxy::config::{Cli, Config, LogFormat};
+use tokio_util::task::AbortOnDropHandle;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -140,7 +141,7 @@ fn init_logging(format: LogFormat) {
 /// Re-reads the TLS certificate, key and client CA on every SIGHUP, until the
 /// returned task is dropped. Without TLS a SIGHUP is logged and ignored.
 #[cfg(unix)]
-fn reload_on_sighup(reloader: redis_proxy::TlsReloader) -> Option<AbortOnDrop> {
+fn reload_on_sighup(reloader: redis_proxy::TlsReloader) -> Option<AbortOnDropHandle<()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(hangup) => hangup,
@@ -149,7 +150,7 @@ fn reload_on_sighup(reloader: redis_proxy::TlsReloader) -> Option<AbortOnDrop> {
             return None;
         }
     };
-    Some(AbortOnDrop(tokio::spawn(async move {
+    Some(AbortOnDropHandle::new(tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             if !reloader.is_enabled() {
                 tracing::info!("SIGHUP: no TLS configured, nothing to reload");
@@ -169,17 +170,8 @@ fn reload_on_sighup(reloader: redis_proxy::TlsReloader) -> Option<AbortOnDrop> {
 }
 
 #[cfg(not(unix))]
-fn reload_on_sighup(_reloader: redis_proxy::TlsReloader) -> Option<AbortOnDrop> {
+fn reload_on_sighup(_reloader: redis_proxy::TlsReloader) -> Option<AbortOnDropHandle<()>> {
     None
-}
-
-/// Aborts its task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Registers for SIGTERM and SIGINT now, and returns a future that completes on

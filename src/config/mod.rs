@@ -19,7 +19,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-pub use crate::backend::RedisUrl;
+pub use crate::backend::{ReadFrom, RedisUrl};
 pub use crate::cache::CachePolicy;
 pub use cli::Cli;
 pub use values::{ByteSize, ListenAddr, Secret, memory_available};
@@ -225,31 +225,11 @@ pub enum RedisMode {
     Cluster,
 }
 
-/// Which cluster nodes cache misses are read from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReadFrom {
-    /// The primary that owns the key's slot.
-    #[default]
-    Primary,
-    /// A replica of it (`READONLY`), the primary when there is none.
-    ReplicaPreferred,
-}
-
 impl std::fmt::Display for RedisMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             RedisMode::Standalone => "standalone",
             RedisMode::Cluster => "cluster",
-        })
-    }
-}
-
-impl std::fmt::Display for ReadFrom {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ReadFrom::Primary => "primary",
-            ReadFrom::ReplicaPreferred => "replica-preferred",
         })
     }
 }

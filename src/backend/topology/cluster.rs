@@ -31,15 +31,51 @@ const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// after the one before.
 const REFRESH_SPACING: Duration = Duration::from_millis(100);
 
-/// Where reads go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where a cluster's reads go (`--read-from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum ReadFrom {
-    /// The primary that owns the slot.
+    /// The primary that owns the slot (`primary`).
     #[default]
     Primary,
     /// One of its replicas (with `READONLY`), the primary when it has none or
-    /// the replica cannot be reached.
+    /// the replica cannot be reached (`replica-preferred`).
     ReplicaPreferred,
+}
+
+impl ReadFrom {
+    /// Every choice, as named in configuration.
+    pub const NAMES: &'static [&'static str] = &["primary", "replica-preferred"];
+
+    /// The choice's name in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadFrom::Primary => "primary",
+            ReadFrom::ReplicaPreferred => "replica-preferred",
+        }
+    }
+}
+
+impl std::fmt::Display for ReadFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ReadFrom {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "primary" => Ok(ReadFrom::Primary),
+            "replica-preferred" => Ok(ReadFrom::ReplicaPreferred),
+            other => Err(format!(
+                "`{other}` is not one of: {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
 }
 
 /// Who serves each slot.

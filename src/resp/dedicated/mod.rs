@@ -255,7 +255,12 @@ where
     async fn lost(&mut self, error: &str) -> Result<(), Close> {
         self.forwarding.apply(&self.state.unanswered_writes());
         let protocol = self.session.protocol;
-        let awaited = self.state.expect.iter().filter(|e| e.sent_by_redis()).count();
+        let awaited = self
+            .state
+            .expect
+            .iter()
+            .filter(|e| e.sent_by_redis())
+            .count();
         for _ in 0..awaited.max(1) {
             Reply::error(error).encode(protocol, &mut self.client.output);
         }

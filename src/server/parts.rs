@@ -1,0 +1,176 @@
+//! Each part of the proxy made from the configuration: the cache, the
+//! listeners' TLS, the backend and transparent mode over it, the stack, the
+//! listeners themselves.
+
+use std::sync::Arc;
+
+use super::Error;
+use crate::backend::{Invalidation, InvalidationSink, RedisService};
+use crate::cache::Cache;
+use crate::config::{Config, InvalidationMode, ListenAddr, RedisMode};
+use crate::forward::Forwarding;
+use crate::layers::{Stack, StackBuilder};
+use crate::metrics;
+use crate::net::{self, Listener};
+use crate::tls::{ServerFiles, ServerTls};
+
+/// Connections the admin listener takes at most: probes and scrapers, not clients.
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// The worker threads to run: `--worker-threads`, else one per core.
+pub(super) fn worker_count(config: &Config) -> usize {
+    config.worker_threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n.get(),
+    )
+}
+
+/// An empty cache as configured.
+pub(super) fn cache(config: &Config) -> Cache {
+    Cache::builder()
+        .capacity(config.cache_capacity.get())
+        .ttl(config.cache_ttl)
+        .policy(config.cache_policy)
+        .max_bytes(config.effective_cache_max_bytes().bytes())
+        .max_value_bytes(config.effective_cache_max_value_bytes().bytes())
+        .build()
+}
+
+/// The listeners' TLS, when a certificate is configured.
+///
+/// # Errors
+///
+/// A file that cannot be used, naming its option.
+pub(super) fn server_tls(config: &Config) -> Result<Option<Arc<ServerTls>>, Error> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let (tls, loaded) = ServerTls::load(ServerFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: config.tls_client_ca.clone(),
+    })?;
+    tracing::info!(
+        certificate = %cert.display(),
+        expires = loaded.expires.as_deref().unwrap_or("unknown"),
+        client_certificates = config.tls_client_ca.is_some(),
+        "TLS on the HTTP and RESP listeners"
+    );
+    Ok(Some(Arc::new(tls)))
+}
+
+/// The backend as configured, invalidating `cache` with tracking.
+///
+/// # Errors
+///
+/// [`Error::Backend`] for a URL or TLS file that cannot be used.
+pub(super) fn backend(
+    config: &Config,
+    cache: &Cache,
+    workers: usize,
+) -> Result<RedisService, Error> {
+    let mut backend = RedisService::builder(config.redis_url.as_str())
+        .connect_timeout(config.redis_connect_timeout)
+        .response_timeout(config.request_timeout)
+        .workers(workers);
+    if config.invalidation == InvalidationMode::Tracking {
+        backend = backend.tracking(invalidation_sink(cache.clone()));
+    }
+    if config.redis_mode == RedisMode::Cluster {
+        backend = backend.cluster(config.read_from);
+    }
+    if let Some(ca) = &config.redis_tls_ca {
+        backend = backend.tls_ca(ca);
+    }
+    if let (Some(cert), Some(key)) = (&config.redis_tls_cert, &config.redis_tls_key) {
+        backend = backend.tls_client_certificate(cert, key);
+    }
+    backend.build().map_err(Error::Backend)
+}
+
+/// Transparent mode over `backend`, when it is on.
+pub(super) fn forwarding(
+    config: &Config,
+    backend: &RedisService,
+    cache: &Cache,
+) -> Option<Arc<Forwarding>> {
+    config.forward_commands.then(|| {
+        Arc::new(Forwarding::new(
+            backend.backend().clone(),
+            cache.clone(),
+            config.forward_admin_commands,
+            config.max_dedicated_connections.get(),
+        ))
+    })
+}
+
+/// The stack over `backend` with the configured limits.
+pub(super) fn stack(config: &Config, backend: RedisService, cache: Cache) -> Stack<RedisService> {
+    let mut stack = StackBuilder::new(backend)
+        .client_limit(config.max_clients.get())
+        .timeout(config.request_timeout)
+        .cache(cache);
+    if let Some(parallel) = config.max_parallel {
+        stack = stack.parallel_limit(parallel.get());
+    }
+    stack.build()
+}
+
+/// The HTTP, RESP and admin listeners, bound, their connection limits fitted
+/// to the open-files limit.
+///
+/// # Errors
+///
+/// [`Error::Bind`] naming the option of an address that cannot be bound.
+pub(super) async fn listeners(config: &Config, workers: usize) -> Result<[Listener; 3], Error> {
+    // Every connection is a descriptor: the listeners take no more than the
+    // open-files limit leaves room for. Beside them: each worker's lanes (two
+    // protocols, and a tracking listener each), dedicated connections in
+    // transparent mode, and some spare.
+    let wanted = config.max_connections.get();
+    let dedicated = if config.forward_commands {
+        config.max_dedicated_connections.get()
+    } else {
+        0
+    };
+    let others = 4 * workers + dedicated + 64;
+    let fitted = net::fit_connections(&[wanted, wanted, ADMIN_CONNECTIONS.min(wanted)], others);
+    // Every worker accepts on the two front-ends; the admin listener is the
+    // serving thread's.
+    Ok([
+        bind("--http-addr", &config.http_addr, fitted[0], workers).await?,
+        bind("--resp-addr", &config.resp_addr, fitted[1], workers).await?,
+        bind("--admin-addr", &config.admin_addr, fitted[2], 1).await?,
+    ])
+}
+
+async fn bind(
+    option: &'static str,
+    addr: &ListenAddr,
+    max_connections: usize,
+    workers: usize,
+) -> Result<Listener, Error> {
+    let bound = async {
+        let resolved = addr.resolve().await?;
+        Listener::bind(resolved, max_connections, workers)
+    };
+    bound.await.map_err(|source| Error::Bind {
+        option,
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Evicts what Redis says changed, and counts it.
+fn invalidation_sink(cache: Cache) -> InvalidationSink {
+    Arc::new(move |invalidation| match invalidation {
+        Invalidation::Keys(keys) => {
+            metrics::record_invalidation(Some(keys.len()));
+            cache.invalidate_everywhere(&keys);
+        }
+        Invalidation::All => {
+            metrics::record_invalidation(None);
+            cache.flush();
+        }
+    })
+}
