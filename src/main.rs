@@ -5,18 +5,16 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use redis_proxy::config::{Cli, Config, LogFormat};
+use redis_proxy::config::{Config, LogFormat};
 use tokio_util::task::AbortOnDropHandle;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     ignore_hangups_until_handled();
     return_large_allocations_at_once();
-    let cli = Cli::parse();
     // Before anything is bound: a bad option stops the process here.
-    let config = match Config::load(&cli) {
+    let config = match Config::from_args() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("redis-proxy: invalid configuration: {error}");
@@ -133,8 +131,8 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stdout)
         .with_ansi(std::io::stdout().is_terminal());
     match format {
-        LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().with_current_span(true).init(),
+        _ => builder.init(),
     }
 }
 

@@ -20,6 +20,26 @@ use super::{Backend, Error, InvalidationSink, RedisUrl, compact};
 use crate::lookup::{Command, Key, Query, Target};
 
 /// How a [`RedisService`] is made: [`RedisService::builder`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use redis_proxy::RedisService;
+/// use redis_proxy::config::ReadFrom;
+///
+/// # fn main() -> Result<(), redis_proxy::Error> {
+/// // One Redis over TLS, its certificate signed by our own CA.
+/// let tls = RedisService::builder("rediss://:secret@redis.internal:6380/0")
+///     .tls_ca("/etc/redis-proxy/redis-ca.pem")
+///     .response_timeout(Duration::from_millis(500))
+///     .build()?;
+/// // A Redis Cluster known by two of its nodes, reads from replicas.
+/// let cluster = RedisService::builder("redis://10.0.0.1:7000,redis://10.0.0.2:7000")
+///     .cluster(ReadFrom::ReplicaPreferred)
+///     .build()?;
+/// # let _ = (tls, cluster);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 #[must_use]
 pub struct RedisServiceBuilder {

@@ -90,6 +90,21 @@ struct Shared {
 }
 
 /// How a [`Cache`] is made: [`Cache::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use redis_proxy::{Cache, CachePolicy, Key};
+///
+/// let cache = Cache::builder()
+///     .capacity(100_000)
+///     .max_bytes(64 << 20)
+///     .ttl(Duration::from_secs(30))
+///     .policy(CachePolicy::S3Fifo)
+///     .build();
+/// cache.insert(&Key::from("user:1"), &Bytes::from("Ada"));
+/// assert_eq!(cache.get(&Key::from("user:1")).unwrap().0, "Ada");
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct CacheBuilder {

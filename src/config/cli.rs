@@ -26,7 +26,7 @@ use super::{InvalidationMode, LogFormat};
 // A flag given twice takes its last value, as wrapper scripts that append to a
 // command line expect.
 #[command(name = "redis-proxy", version, args_override_self = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// TOML configuration file with any of the keys below (underscored: cache_ttl)
     #[arg(long, env = "REDIS_PROXY_CONFIG", value_name = "FILE")]
     #[serde(skip)]

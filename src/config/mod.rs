@@ -9,19 +9,21 @@
 //! anything is bound, with a message that names the option and where it came from.
 
 mod cli;
+mod load;
+mod users;
+mod validate;
 mod values;
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use crate::backend::{ReadFrom, RedisUrl};
 pub use crate::cache::CachePolicy;
-pub use cli::Cli;
+use cli::Cli;
+pub use users::UserConfig;
 pub use values::{ByteSize, ListenAddr, Secret, memory_available};
 
 /// The prefix of every environment variable the proxy reads.
@@ -30,6 +32,7 @@ pub const ENV_PREFIX: &str = "REDIS_PROXY_";
 /// The effective configuration of one proxy process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
     /// The backing Redis: `redis://[user:pass@]host:port[/db]`.
     pub redis_url: RedisUrl,
@@ -117,49 +120,6 @@ pub struct Config {
     pub read_from: ReadFrom,
 }
 
-/// One named user (`[[users]]` in the TOML file), as a Redis ACL user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    /// The name clients authenticate with (`AUTH name password`).
-    pub name: String,
-    /// The password, in clear.
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// Or the SHA-256 of the password, in hex (as Redis ACL's `#<hash>`).
-    #[serde(default)]
-    pub password_sha256: Option<Secret>,
-    /// Redis glob patterns of the keys the user may read.
-    #[serde(default = "all_keys")]
-    pub keys: Vec<String>,
-    /// A disabled user cannot authenticate.
-    #[serde(default = "enabled")]
-    pub enabled: bool,
-    /// Transparent mode: this user's key patterns do not bind its scripts. A
-    /// script names keys inside its code, where the proxy cannot see them, so
-    /// a user with key patterns other than `*` may run scripts and functions
-    /// (Redis's `@scripting` commands) only with this set.
-    #[serde(default)]
-    pub scripts: bool,
-    /// Transparent mode: Redis glob patterns of the pub/sub channels the user
-    /// may subscribe and publish to (keyspace notifications included). Unset:
-    /// every channel for a user whose keys are `["*"]`, none otherwise (as
-    /// Redis 7's `acl-pubsub-default resetchannels`).
-    #[serde(default)]
-    pub channels: Option<Vec<String>>,
-}
-
-/// The SHA-256 of the empty string: a `password_sha256` of no password.
-const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-
-fn all_keys() -> Vec<String> {
-    vec!["*".to_owned()]
-}
-
-fn enabled() -> bool {
-    true
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -205,6 +165,7 @@ impl Default for Config {
 /// How cached entries learn that Redis changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum InvalidationMode {
     /// Entries live for the TTL whatever happens in Redis.
     #[default]
@@ -217,6 +178,7 @@ pub enum InvalidationMode {
 /// What the Redis URL names.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum RedisMode {
     /// One Redis (a primary, or a replica the proxy only reads).
     #[default]
@@ -237,6 +199,7 @@ impl std::fmt::Display for RedisMode {
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum LogFormat {
     /// Human-readable lines.
     Pretty,
@@ -278,6 +241,7 @@ impl std::fmt::Display for LogFormat {
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The file named by `--config` does not exist or cannot be read.
     #[error("config file {}: {source}", path.display())]
@@ -293,63 +257,6 @@ pub enum Error {
 }
 
 impl Config {
-    /// Merges defaults, the optional TOML file, the environment and the flags.
-    ///
-    /// # Errors
-    ///
-    /// Returns an error naming the option when the file is missing, a key in it is
-    /// unknown, or any value does not parse or is out of range.
-    pub fn load(cli: &Cli) -> Result<Self, Error> {
-        Self::load_from(cli, std::env::vars())
-    }
-
-    /// Like [`Config::load`], reading the environment from `vars` instead of the process.
-    ///
-    /// # Errors
-    ///
-    /// As for [`Config::load`].
-    pub fn load_from(
-        cli: &Cli,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, Error> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = &cli.config {
-            // `Toml::file` silently skips a missing file; a named file that is not
-            // there is a mistake the user wants to hear about.
-            std::fs::metadata(path).map_err(|source| Error::File {
-                path: path.clone(),
-                source,
-            })?;
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        // Only the documented keys are read: orchestrators inject variables such as
-        // `REDIS_PROXY_PORT` (Kubernetes service links) that are not ours.
-        let env = EnvSnapshot(
-            vars.into_iter()
-                .filter_map(|(key, value)| {
-                    let key = key.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
-                    Self::KEYS.contains(&key.as_str()).then_some((key, value))
-                })
-                .collect(),
-        );
-        let mut config: Config = figment
-            .merge(env)
-            .merge(Flags(cli))
-            .extract()
-            .map_err(describe)?;
-        // An empty password is no password, as Redis reads `requirepass ""`: a
-        // variable passed through empty (Compose does so) turns nothing on.
-        if config
-            .client_password
-            .as_ref()
-            .is_some_and(|p| p.expose().is_empty())
-        {
-            config.client_password = None;
-        }
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Every option's key, as used in TOML and (upper-cased) in the environment.
     pub const KEYS: &'static [&'static str] = &[
         "redis_url",
@@ -426,158 +333,6 @@ impl Config {
         warnings
     }
 
-    fn validate(&self) -> Result<(), Error> {
-        let zero = [
-            ("cache_ttl", self.cache_ttl.is_zero()),
-            ("request_timeout", self.request_timeout.is_zero()),
-            (
-                "redis_connect_timeout",
-                self.redis_connect_timeout.is_zero(),
-            ),
-            ("client_write_timeout", self.client_write_timeout.is_zero()),
-            ("client_output_limit", self.client_output_limit.0 == 0),
-            ("client_input_limit", self.client_input_limit.0 == 0),
-            ("cache_max_bytes", self.cache_max_bytes == Some(ByteSize(0))),
-        ];
-        if let Some((key, _)) = zero.into_iter().find(|(_, zero)| *zero) {
-            return Err(Error::Invalid(format!(
-                "{}: must be greater than zero",
-                option_names(key)
-            )));
-        }
-        self.validate_listeners()?;
-        self.validate_tls()?;
-        self.validate_cluster()?;
-        self.validate_users()
-    }
-
-    /// Two of the proxy's own listeners on one address would take each other's
-    /// clients (or fail to bind): refused before anything is bound.
-    fn validate_listeners(&self) -> Result<(), Error> {
-        let listeners = [
-            ("http_addr", &self.http_addr),
-            ("resp_addr", &self.resp_addr),
-            ("admin_addr", &self.admin_addr),
-        ];
-        for (i, (a, first)) in listeners.iter().enumerate() {
-            for (b, second) in &listeners[i + 1..] {
-                if first.overlaps(second) {
-                    return Err(Error::Invalid(format!(
-                        "{} and {} are both {first}: each listener needs an address of its own",
-                        option_names(a),
-                        option_names(b)
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_cluster(&self) -> Result<(), Error> {
-        let invalid = |message: &str| Err(Error::Invalid(message.to_owned()));
-        match self.redis_mode {
-            RedisMode::Standalone if self.redis_url.nodes().len() > 1 => invalid(
-                "--redis-url (env REDIS_PROXY_REDIS_URL, TOML `redis_url`) names several nodes: only a cluster has several (--redis-mode cluster)",
-            ),
-            RedisMode::Standalone if self.read_from != ReadFrom::Primary => invalid(
-                "--read-from (env REDIS_PROXY_READ_FROM, TOML `read_from`) applies to a cluster only (--redis-mode cluster)",
-            ),
-            RedisMode::Cluster if self.redis_url.nodes().iter().any(|url| url.db() != 0) => {
-                invalid(
-                    "--redis-url (env REDIS_PROXY_REDIS_URL, TOML `redis_url`): a cluster has database 0 only",
-                )
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn validate_tls(&self) -> Result<(), Error> {
-        let invalid = |message: String| Err(Error::Invalid(message));
-        let pairs = [
-            (
-                "tls_cert",
-                self.tls_cert.is_some(),
-                "tls_key",
-                self.tls_key.is_some(),
-            ),
-            (
-                "redis_tls_cert",
-                self.redis_tls_cert.is_some(),
-                "redis_tls_key",
-                self.redis_tls_key.is_some(),
-            ),
-        ];
-        for (a, has_a, b, has_b) in pairs {
-            if has_a != has_b {
-                let (given, missing) = if has_a { (a, b) } else { (b, a) };
-                return invalid(format!(
-                    "{} is set but {} is not: the certificate and its key go together",
-                    option_names(given),
-                    option_names(missing)
-                ));
-            }
-        }
-        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
-            return invalid(format!(
-                "{} needs {}: client certificates are asked for during a TLS handshake",
-                option_names("tls_client_ca"),
-                option_names("tls_cert")
-            ));
-        }
-        if !self.redis_url.is_tls()
-            && let Some(key) = [
-                ("redis_tls_ca", self.redis_tls_ca.is_some()),
-                ("redis_tls_cert", self.redis_tls_cert.is_some()),
-            ]
-            .into_iter()
-            .find_map(|(key, set)| set.then_some(key))
-        {
-            return invalid(format!(
-                "{} needs a rediss:// --redis-url (TLS to Redis)",
-                option_names(key)
-            ));
-        }
-        Ok(())
-    }
-
-    fn validate_users(&self) -> Result<(), Error> {
-        let mut names = std::collections::HashSet::new();
-        for (i, user) in self.users.iter().enumerate() {
-            let entry = format!("[[users]] entry {} (`{}`)", i + 1, user.name);
-            let invalid = |problem: &str| Err(Error::Invalid(format!("{entry}: {problem}")));
-            if user.name.is_empty() || user.name.bytes().any(|b| !(b'!'..=b'~').contains(&b)) {
-                return invalid("a name is printable ASCII without spaces, and not empty");
-            }
-            if !names.insert(user.name.as_str()) {
-                return invalid("a second user of that name");
-            }
-            if user.name == "default" {
-                return invalid(
-                    "user `default` is the one --client-password (env REDIS_PROXY_CLIENT_PASSWORD, TOML `client_password`) sets; give the named user another name",
-                );
-            }
-            match (&user.password, &user.password_sha256) {
-                (Some(password), None) if password.expose().is_empty() => {
-                    return invalid("an empty password would let anyone in as this user");
-                }
-                (None, Some(hash)) if hash.expose().eq_ignore_ascii_case(EMPTY_SHA256) => {
-                    return invalid(
-                        "password_sha256 is the digest of the empty password, which would let anyone in as this user",
-                    );
-                }
-                (Some(_), None) => {}
-                (None, Some(hash)) => {
-                    let hash = hash.expose();
-                    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return invalid("password_sha256 must be 64 hexadecimal digits");
-                    }
-                }
-                _ => return invalid("give exactly one of password and password_sha256"),
-            }
-        }
-        Ok(())
-    }
-
     /// Whether clients must authenticate: a password or users are configured.
     pub fn requires_auth(&self) -> bool {
         self.client_password.is_some() || !self.users.is_empty()
@@ -610,325 +365,5 @@ mod text {
     }
 }
 
-/// The proxy's variables from one snapshot of the environment, keys lower-cased
-/// and stripped of [`ENV_PREFIX`]. (`figment::providers::Env` reads the live process
-/// environment; a snapshot keeps loading a pure function of its inputs.)
-struct EnvSnapshot(Vec<(String, String)>);
-
-impl figment::Provider for EnvSnapshot {
-    fn metadata(&self) -> figment::Metadata {
-        figment::Metadata::named("environment variable")
-    }
-
-    fn data(
-        &self,
-    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
-        let dict = self
-            .0
-            .iter()
-            // Values are typed as `figment::providers::Env` types them: `10` is an
-            // integer, `60s` a string; a password is text whatever it looks like.
-            .map(|(key, value)| {
-                let value = if Config::TEXT_KEYS.contains(&key.as_str()) {
-                    figment::value::Value::from(value.clone())
-                } else {
-                    value.parse().expect("infallible")
-                };
-                (key.clone(), value)
-            })
-            .collect();
-        Ok(figment::Profile::Default.collect(dict))
-    }
-}
-
-/// The command-line flags as a figment source, under a name a user recognises.
-struct Flags<'a>(&'a Cli);
-
-impl figment::Provider for Flags<'_> {
-    fn metadata(&self) -> figment::Metadata {
-        figment::Metadata::named("command-line flag")
-    }
-
-    fn data(
-        &self,
-    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
-        Serialized::defaults(self.0).data()
-    }
-}
-
-/// The names one option goes by: flag, environment variable and TOML key.
-fn option_names(key: &str) -> String {
-    format!(
-        "--{} (env {ENV_PREFIX}{}, TOML `{key}`)",
-        key.replace('_', "-"),
-        key.to_ascii_uppercase()
-    )
-}
-
-/// Turns figment's error into one line per problem that names the option and
-/// the source the bad value came from.
-fn describe(error: figment::Error) -> Error {
-    let lines: Vec<String> = error
-        .into_iter()
-        .map(|e| {
-            let source = e
-                .metadata
-                .as_ref()
-                .map(|m| match &m.source {
-                    Some(src) => format!(" (from {} {src})", m.name),
-                    None => format!(" (from {})", m.name),
-                })
-                .unwrap_or_default();
-            match (e.path.first(), e.path.last()) {
-                (Some(first), _) if first == "users" => {
-                    format!("TOML `[[users]]`: {}{source}", e.kind)
-                }
-                (_, Some(key)) if Config::KEYS.contains(&key.as_str()) => {
-                    format!("{}: {}{source}", option_names(key), e.kind)
-                }
-                _ => format!("{}{source}", e.kind),
-            }
-        })
-        .collect();
-    Error::Invalid(lines.join("; "))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, Error> {
-        let cli = Cli::try_parse_from(std::iter::once("redis-proxy").chain(args.iter().copied()))
-            .expect("flags parse");
-        Config::load_from(
-            &cli,
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-    }
-
-    #[test]
-    fn defaults_match_the_documented_table() {
-        let config = load(&[], &[]).unwrap();
-        assert_eq!(config, Config::default());
-        assert_eq!(config.redis_url.as_str(), "redis://127.0.0.1:6379");
-        assert_eq!(config.cache_ttl, Duration::from_secs(60));
-        assert_eq!(config.effective_max_parallel().get(), 1024);
-    }
-
-    #[test]
-    fn transparent_mode_is_off_unless_a_flag_or_the_environment_turns_it_on() {
-        assert!(!load(&[], &[]).unwrap().forward_commands);
-        assert!(load(&["--forward-commands"], &[]).unwrap().forward_commands);
-        let from_env = load(
-            &[],
-            &[
-                ("REDIS_PROXY_FORWARD_COMMANDS", "true"),
-                ("REDIS_PROXY_MAX_DEDICATED_CONNECTIONS", "8"),
-            ],
-        )
-        .unwrap();
-        assert!(from_env.forward_commands);
-        assert!(!from_env.forward_admin_commands);
-        assert_eq!(from_env.max_dedicated_connections.get(), 8);
-        let flag_wins = load(
-            &["--forward-commands=false"],
-            &[("REDIS_PROXY_FORWARD_COMMANDS", "true")],
-        )
-        .unwrap();
-        assert!(!flag_wins.forward_commands);
-    }
-
-    #[test]
-    fn env_overrides_file_and_flag_overrides_env() {
-        let dir = std::env::temp_dir().join(format!("redis-proxy-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("proxy.toml");
-        std::fs::write(
-            &file,
-            "cache_ttl = \"10s\"\ncache_capacity = 7\nmax_clients = 3\n",
-        )
-        .unwrap();
-        let file = file.to_str().unwrap();
-
-        let from_file = load(&["--config", file], &[]).unwrap();
-        assert_eq!(from_file.cache_ttl, Duration::from_secs(10));
-        assert_eq!(from_file.cache_capacity.get(), 7);
-
-        let env = [
-            ("REDIS_PROXY_CACHE_TTL", "20s"),
-            ("REDIS_PROXY_MAX_CLIENTS", "4"),
-        ];
-        let from_env = load(&["--config", file], &env).unwrap();
-        assert_eq!(from_env.cache_ttl, Duration::from_secs(20));
-        assert_eq!(from_env.max_clients.get(), 4);
-        assert_eq!(from_env.cache_capacity.get(), 7);
-
-        let from_flag = load(&["--config", file, "--cache-ttl", "30s"], &env).unwrap();
-        assert_eq!(from_flag.cache_ttl, Duration::from_secs(30));
-        assert_eq!(from_flag.max_clients.get(), 4);
-    }
-
-    #[test]
-    fn unrelated_prefixed_variables_are_ignored() {
-        let config = load(&[], &[("REDIS_PROXY_PORT", "tcp://10.0.0.1:8080")]).unwrap();
-        assert_eq!(config, Config::default());
-    }
-
-    #[test]
-    fn zero_capacity_is_rejected_naming_the_option() {
-        let err = load(&["--cache-capacity", "0"], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--cache-capacity"), "{err}");
-    }
-
-    #[test]
-    fn bad_duration_in_env_names_the_variable() {
-        let err = load(&[], &[("REDIS_PROXY_CACHE_TTL", "soon")])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("REDIS_PROXY_CACHE_TTL"), "{err}");
-    }
-
-    #[test]
-    fn zero_timeout_is_rejected() {
-        let err = load(&["--request-timeout", "0s"], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--request-timeout"), "{err}");
-    }
-
-    #[test]
-    fn missing_file_is_an_error() {
-        let err = load(&["--config", "/nonexistent/proxy.toml"], &[]).unwrap_err();
-        assert!(matches!(err, Error::File { .. }), "{err}");
-    }
-
-    fn with_toml(name: &str, toml: &str) -> Result<Config, Error> {
-        let dir =
-            std::env::temp_dir().join(format!("redis-proxy-config-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("proxy.toml");
-        std::fs::write(&file, toml).unwrap();
-        load(&["--config", file.to_str().unwrap()], &[])
-    }
-
-    #[test]
-    fn users_are_read_from_toml_with_their_defaults() {
-        let config = with_toml(
-            "users",
-            "[[users]]\nname = \"app\"\npassword = \"pw\"\nkeys = [\"app:*\"]\n\n\
-             [[users]]\nname = \"ro\"\npassword_sha256 = \"30c952fab122c3f9759f02a6d95c3758b246b4fee239957b2d4fee46e26170c4\"\n",
-        )
-        .unwrap();
-        assert_eq!(config.users.len(), 2);
-        assert_eq!(config.users[0].keys, ["app:*"]);
-        assert_eq!(config.users[1].keys, ["*"]);
-        assert!(config.users[1].enabled);
-        assert!(config.requires_auth());
-        assert!(
-            !format!("{config:?}").contains("\"pw\""),
-            "secrets are not in Debug"
-        );
-    }
-
-    #[test]
-    fn bad_users_are_rejected_saying_which() {
-        for (toml, problem) in [
-            ("[[users]]\nname = \"a\"\n", "exactly one of password"),
-            (
-                "[[users]]\nname = \"a\"\npassword = \"x\"\npassword_sha256 = \"ab\"\n",
-                "exactly one of password",
-            ),
-            (
-                "[[users]]\nname = \"a\"\npassword_sha256 = \"xyz\"\n",
-                "64 hexadecimal",
-            ),
-            (
-                "[[users]]\nname = \"a b\"\npassword = \"x\"\n",
-                "printable ASCII",
-            ),
-            (
-                "[[users]]\nname = \"a\"\npassword = \"x\"\n[[users]]\nname = \"a\"\npassword = \"y\"\n",
-                "a second user",
-            ),
-            ("[[users]]\nname = \"a\"\npasword = \"x\"\n", "[[users]]"),
-        ] {
-            let err = with_toml("bad-users", toml).unwrap_err().to_string();
-            assert!(err.contains(problem), "{toml}: {err}");
-        }
-        for (name, toml) in [
-            (
-                "default-twice",
-                "client_password = \"y\"\n[[users]]\nname = \"default\"\npassword = \"x\"\n",
-            ),
-            (
-                "default-alone",
-                "[[users]]\nname = \"default\"\npassword = \"x\"\n",
-            ),
-        ] {
-            let err = with_toml(name, toml).unwrap_err().to_string();
-            assert!(
-                err.contains("user `default` is the one --client-password"),
-                "{err}"
-            );
-        }
-        for (name, toml) in [
-            (
-                "empty-password",
-                "[[users]]\nname = \"a\"\npassword = \"\"\n",
-            ),
-            (
-                "empty-digest",
-                &format!("[[users]]\nname = \"a\"\npassword_sha256 = \"{EMPTY_SHA256}\"\n"),
-            ),
-        ] {
-            let err = with_toml(name, toml).unwrap_err().to_string();
-            assert!(err.contains("let anyone in"), "{name}: {err}");
-        }
-    }
-
-    #[test]
-    fn a_password_of_digits_from_the_environment_stays_text() {
-        let config = load(&[], &[("REDIS_PROXY_CLIENT_PASSWORD", "007")]).unwrap();
-        assert_eq!(config.client_password.unwrap().expose(), "007");
-        let empty = load(&[], &[("REDIS_PROXY_CLIENT_PASSWORD", "")]).unwrap();
-        assert!(empty.client_password.is_none() && !empty.requires_auth());
-    }
-
-    #[test]
-    fn tls_files_go_in_pairs_and_backend_tls_needs_rediss() {
-        let err = load(&["--tls-cert", "c.pem"], &[]).unwrap_err().to_string();
-        assert!(err.contains("--tls-key"), "{err}");
-        let err = load(&["--tls-client-ca", "ca.pem"], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--tls-cert"), "{err}");
-        let err = load(
-            &["--redis-tls-key", "k.pem", "--redis-url", "rediss://h:1"],
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("--redis-tls-cert"), "{err}");
-        let err = load(&["--redis-tls-ca", "ca.pem"], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("rediss://"), "{err}");
-        let ok = load(
-            &["--redis-tls-ca", "ca.pem", "--redis-url", "rediss://h:1"],
-            &[],
-        )
-        .unwrap();
-        assert!(ok.redis_url.is_tls());
-    }
-
-    #[test]
-    fn bad_redis_url_is_rejected() {
-        let err = load(&["--redis-url", "http://example"], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--redis-url"), "{err}");
-    }
-}
+mod tests;

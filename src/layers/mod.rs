@@ -12,7 +12,7 @@
 //! Every limit is global: the stack is built once, and its clones share their
 //! slots and semaphores, whatever route, connection or protocol calls them. Only
 //! the client limit refuses; everything beneath it is always ready, so the
-//! parallel limit queues instead of shedding (see [`parallel`]).
+//! parallel limit queues instead of shedding (see [`ParallelLimit`]).
 //!
 //! Every layer speaks the protocol-neutral [`Error`]: the backend's errors are
 //! mapped into it once, by the cache, through the backend's `Into<Error>`.
@@ -42,7 +42,7 @@
 //! ```
 
 mod client_limit;
-pub mod parallel;
+mod parallel;
 mod timeout;
 mod trace;
 
@@ -60,7 +60,7 @@ use crate::lookup::{Answer, Command, Error, Key, Lookup, Query, Request};
 
 pub use crate::cache::{CacheLayer, CacheService, ResponseFuture as CacheResponseFuture};
 pub use client_limit::{ClientLimit, ClientLimitLayer};
-pub use parallel::{ParallelLimit, ParallelLimitLayer};
+pub use parallel::{ParallelLimit, ParallelLimitLayer, ResponseFuture as ParallelLimitFuture};
 pub use timeout::{Timeout, TimeoutLayer};
 pub use trace::{Answered, Trace, TraceLayer, Traced};
 

@@ -1,8 +1,8 @@
 //! RESP, spoken one way everywhere: what clients send the proxy and what the
-//! proxy sends Redis ([`request`]), what the proxy answers clients
-//! ([`reply`], encoded with `redis-protocol`), and what Redis answers the
-//! proxy ([`Frame`], cut where it ends and relayed as it came; [`Value`] for
-//! the few replies the proxy reads).
+//! proxy sends Redis ([`request`]), what the proxy answers clients (`reply`,
+//! encoded with `redis-protocol`), and what Redis answers the proxy
+//! (`Frame`, cut where it ends and relayed as it came; `Value` for the few
+//! replies the proxy reads).
 //!
 //! Both the front-end (`resp`) and the connection layer (`backend`) use this
 //! module, and it uses neither. Only the request decoder is public (for the

@@ -48,7 +48,25 @@ pub enum Error {
     Tls(#[from] crate::tls::Error),
 }
 
-/// A proxy with its listeners bound, ready to serve.
+/// A proxy with its listeners bound, ready to serve: what the `redis-proxy`
+/// binary runs.
+///
+/// ```no_run
+/// use redis_proxy::{Config, Proxy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::from_args_and_env(
+///     ["redis-proxy", "--redis-url", "redis://127.0.0.1:6379", "--resp-addr", "127.0.0.1:0"],
+///     std::env::vars(),
+/// )?;
+/// let proxy = Proxy::bind(config).await?;
+/// let [http, resp, admin] = proxy.local_addrs();
+/// println!("HTTP on {http}, RESP on {resp}, admin on {admin}");
+/// proxy.serve(async { tokio::signal::ctrl_c().await.unwrap() }).await?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Proxy {
     config: Config,
     stack: Stack<RedisService>,

@@ -1,0 +1,238 @@
+//! Merging, precedence and validation of the configuration.
+use super::users::EMPTY_SHA256;
+use super::*;
+use clap::Parser;
+
+fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, Error> {
+    let cli = Cli::try_parse_from(std::iter::once("redis-proxy").chain(args.iter().copied()))
+        .expect("flags parse");
+    Config::load_from(
+        &cli,
+        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+#[test]
+fn defaults_match_the_documented_table() {
+    let config = load(&[], &[]).unwrap();
+    assert_eq!(config, Config::default());
+    assert_eq!(config.redis_url.as_str(), "redis://127.0.0.1:6379");
+    assert_eq!(config.cache_ttl, Duration::from_secs(60));
+    assert_eq!(config.effective_max_parallel().get(), 1024);
+}
+
+#[test]
+fn transparent_mode_is_off_unless_a_flag_or_the_environment_turns_it_on() {
+    assert!(!load(&[], &[]).unwrap().forward_commands);
+    assert!(load(&["--forward-commands"], &[]).unwrap().forward_commands);
+    let from_env = load(
+        &[],
+        &[
+            ("REDIS_PROXY_FORWARD_COMMANDS", "true"),
+            ("REDIS_PROXY_MAX_DEDICATED_CONNECTIONS", "8"),
+        ],
+    )
+    .unwrap();
+    assert!(from_env.forward_commands);
+    assert!(!from_env.forward_admin_commands);
+    assert_eq!(from_env.max_dedicated_connections.get(), 8);
+    let flag_wins = load(
+        &["--forward-commands=false"],
+        &[("REDIS_PROXY_FORWARD_COMMANDS", "true")],
+    )
+    .unwrap();
+    assert!(!flag_wins.forward_commands);
+}
+
+#[test]
+fn env_overrides_file_and_flag_overrides_env() {
+    let dir = std::env::temp_dir().join(format!("redis-proxy-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.toml");
+    std::fs::write(
+        &file,
+        "cache_ttl = \"10s\"\ncache_capacity = 7\nmax_clients = 3\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+
+    let from_file = load(&["--config", file], &[]).unwrap();
+    assert_eq!(from_file.cache_ttl, Duration::from_secs(10));
+    assert_eq!(from_file.cache_capacity.get(), 7);
+
+    let env = [
+        ("REDIS_PROXY_CACHE_TTL", "20s"),
+        ("REDIS_PROXY_MAX_CLIENTS", "4"),
+    ];
+    let from_env = load(&["--config", file], &env).unwrap();
+    assert_eq!(from_env.cache_ttl, Duration::from_secs(20));
+    assert_eq!(from_env.max_clients.get(), 4);
+    assert_eq!(from_env.cache_capacity.get(), 7);
+
+    let from_flag = load(&["--config", file, "--cache-ttl", "30s"], &env).unwrap();
+    assert_eq!(from_flag.cache_ttl, Duration::from_secs(30));
+    assert_eq!(from_flag.max_clients.get(), 4);
+}
+
+#[test]
+fn unrelated_prefixed_variables_are_ignored() {
+    let config = load(&[], &[("REDIS_PROXY_PORT", "tcp://10.0.0.1:8080")]).unwrap();
+    assert_eq!(config, Config::default());
+}
+
+#[test]
+fn zero_capacity_is_rejected_naming_the_option() {
+    let err = load(&["--cache-capacity", "0"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--cache-capacity"), "{err}");
+}
+
+#[test]
+fn bad_duration_in_env_names_the_variable() {
+    let err = load(&[], &[("REDIS_PROXY_CACHE_TTL", "soon")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("REDIS_PROXY_CACHE_TTL"), "{err}");
+}
+
+#[test]
+fn zero_timeout_is_rejected() {
+    let err = load(&["--request-timeout", "0s"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--request-timeout"), "{err}");
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let err = load(&["--config", "/nonexistent/proxy.toml"], &[]).unwrap_err();
+    assert!(matches!(err, Error::File { .. }), "{err}");
+}
+
+fn with_toml(name: &str, toml: &str) -> Result<Config, Error> {
+    let dir =
+        std::env::temp_dir().join(format!("redis-proxy-config-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.toml");
+    std::fs::write(&file, toml).unwrap();
+    load(&["--config", file.to_str().unwrap()], &[])
+}
+
+#[test]
+fn users_are_read_from_toml_with_their_defaults() {
+    let config = with_toml(
+        "users",
+        "[[users]]\nname = \"app\"\npassword = \"pw\"\nkeys = [\"app:*\"]\n\n\
+         [[users]]\nname = \"ro\"\npassword_sha256 = \"30c952fab122c3f9759f02a6d95c3758b246b4fee239957b2d4fee46e26170c4\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.users.len(), 2);
+    assert_eq!(config.users[0].keys, ["app:*"]);
+    assert_eq!(config.users[1].keys, ["*"]);
+    assert!(config.users[1].enabled);
+    assert!(config.requires_auth());
+    assert!(
+        !format!("{config:?}").contains("\"pw\""),
+        "secrets are not in Debug"
+    );
+}
+
+#[test]
+fn bad_users_are_rejected_saying_which() {
+    for (toml, problem) in [
+        ("[[users]]\nname = \"a\"\n", "exactly one of password"),
+        (
+            "[[users]]\nname = \"a\"\npassword = \"x\"\npassword_sha256 = \"ab\"\n",
+            "exactly one of password",
+        ),
+        (
+            "[[users]]\nname = \"a\"\npassword_sha256 = \"xyz\"\n",
+            "64 hexadecimal",
+        ),
+        (
+            "[[users]]\nname = \"a b\"\npassword = \"x\"\n",
+            "printable ASCII",
+        ),
+        (
+            "[[users]]\nname = \"a\"\npassword = \"x\"\n[[users]]\nname = \"a\"\npassword = \"y\"\n",
+            "a second user",
+        ),
+        ("[[users]]\nname = \"a\"\npasword = \"x\"\n", "[[users]]"),
+    ] {
+        let err = with_toml("bad-users", toml).unwrap_err().to_string();
+        assert!(err.contains(problem), "{toml}: {err}");
+    }
+    for (name, toml) in [
+        (
+            "default-twice",
+            "client_password = \"y\"\n[[users]]\nname = \"default\"\npassword = \"x\"\n",
+        ),
+        (
+            "default-alone",
+            "[[users]]\nname = \"default\"\npassword = \"x\"\n",
+        ),
+    ] {
+        let err = with_toml(name, toml).unwrap_err().to_string();
+        assert!(
+            err.contains("user `default` is the one --client-password"),
+            "{err}"
+        );
+    }
+    for (name, toml) in [
+        (
+            "empty-password",
+            "[[users]]\nname = \"a\"\npassword = \"\"\n",
+        ),
+        (
+            "empty-digest",
+            &format!("[[users]]\nname = \"a\"\npassword_sha256 = \"{EMPTY_SHA256}\"\n"),
+        ),
+    ] {
+        let err = with_toml(name, toml).unwrap_err().to_string();
+        assert!(err.contains("let anyone in"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn a_password_of_digits_from_the_environment_stays_text() {
+    let config = load(&[], &[("REDIS_PROXY_CLIENT_PASSWORD", "007")]).unwrap();
+    assert_eq!(config.client_password.unwrap().expose(), "007");
+    let empty = load(&[], &[("REDIS_PROXY_CLIENT_PASSWORD", "")]).unwrap();
+    assert!(empty.client_password.is_none() && !empty.requires_auth());
+}
+
+#[test]
+fn tls_files_go_in_pairs_and_backend_tls_needs_rediss() {
+    let err = load(&["--tls-cert", "c.pem"], &[]).unwrap_err().to_string();
+    assert!(err.contains("--tls-key"), "{err}");
+    let err = load(&["--tls-client-ca", "ca.pem"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--tls-cert"), "{err}");
+    let err = load(
+        &["--redis-tls-key", "k.pem", "--redis-url", "rediss://h:1"],
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--redis-tls-cert"), "{err}");
+    let err = load(&["--redis-tls-ca", "ca.pem"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rediss://"), "{err}");
+    let ok = load(
+        &["--redis-tls-ca", "ca.pem", "--redis-url", "rediss://h:1"],
+        &[],
+    )
+    .unwrap();
+    assert!(ok.redis_url.is_tls());
+}
+
+#[test]
+fn bad_redis_url_is_rejected() {
+    let err = load(&["--redis-url", "http://example"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--redis-url"), "{err}");
+}
