@@ -285,88 +285,101 @@ pub(crate) fn dedicated_connections(change: i64) {
     metrics::gauge!("redis_proxy_dedicated_connections").increment(change as f64);
 }
 
+/// Every counter, and its `# HELP` line.
+const COUNTERS: &[(&str, &str)] = &[
+    (
+        "redis_proxy_requests_total",
+        "Requests answered, by protocol and outcome.",
+    ),
+    (
+        "redis_proxy_requests_shed_total",
+        "Requests refused at once beyond max_clients.",
+    ),
+    (
+        "redis_proxy_cache_hits_total",
+        "Reads answered from a live cache entry.",
+    ),
+    (
+        "redis_proxy_cache_misses_total",
+        "Reads that found no live entry.",
+    ),
+    (
+        "redis_proxy_cache_evictions_total",
+        "Live entries removed to make room.",
+    ),
+    (
+        "redis_proxy_cache_expirations_total",
+        "Entries removed after their TTL.",
+    ),
+    (
+        "redis_proxy_cache_invalidations_total",
+        "Keys dropped because Redis said they changed.",
+    ),
+    (
+        "redis_proxy_cache_flushes_total",
+        "Whole-cache flushes: FLUSHALL, or a lost tracking connection.",
+    ),
+    (
+        "redis_proxy_backend_errors_total",
+        "Requests to the backing Redis that failed.",
+    ),
+    (
+        "redis_proxy_forwarded_commands_total",
+        "Transparent mode: commands for the backend, by name and path (shared, cached, dedicated).",
+    ),
+    (
+        "redis_proxy_cluster_node_requests_total",
+        "Cluster mode: requests sent to each node, redirections included.",
+    ),
+    (
+        "redis_proxy_cluster_node_errors_total",
+        "Cluster mode: requests that found a node unreachable.",
+    ),
+    (
+        "redis_proxy_cluster_refreshes_total",
+        "Cluster mode: slot maps read (CLUSTER SLOTS).",
+    ),
+    (
+        AUTH_FAILURES,
+        "Authentications refused: wrong password, unknown or disabled user.",
+    ),
+    (
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed or did not finish within request_timeout.",
+    ),
+];
+
+/// Every gauge, and its `# HELP` line.
+const GAUGES: &[(&str, &str)] = &[
+    (
+        "redis_proxy_requests_in_flight",
+        "Requests holding a client slot.",
+    ),
+    (
+        "redis_proxy_connections",
+        "Open client connections, by listener.",
+    ),
+    (
+        "redis_proxy_cache_entries",
+        "Entries in the cache, expired ones not yet reclaimed included.",
+    ),
+    (
+        "redis_proxy_dedicated_connections",
+        "Transparent mode: backend connections dedicated to one client's state.",
+    ),
+];
+
 /// Describes every metric to the recorder installed now (its `# HELP` lines).
 pub(crate) fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "redis_proxy_requests_total",
-        "Requests answered, by protocol and outcome."
-    );
-    describe_counter!(
-        "redis_proxy_requests_shed_total",
-        "Requests refused at once beyond max_clients."
-    );
-    describe_gauge!(
-        "redis_proxy_requests_in_flight",
-        "Requests holding a client slot."
-    );
-    describe_gauge!(
-        "redis_proxy_connections",
-        "Open client connections, by listener."
-    );
-    describe_counter!(
-        "redis_proxy_cache_hits_total",
-        "Reads answered from a live cache entry."
-    );
-    describe_counter!(
-        "redis_proxy_cache_misses_total",
-        "Reads that found no live entry."
-    );
-    describe_counter!(
-        "redis_proxy_cache_evictions_total",
-        "Live entries removed to make room."
-    );
-    describe_counter!(
-        "redis_proxy_cache_expirations_total",
-        "Entries removed after their TTL."
-    );
-    describe_gauge!(
-        "redis_proxy_cache_entries",
-        "Entries in the cache, expired ones not yet reclaimed included."
-    );
-    describe_counter!(
-        "redis_proxy_cache_invalidations_total",
-        "Keys dropped because Redis said they changed."
-    );
-    describe_counter!(
-        "redis_proxy_cache_flushes_total",
-        "Whole-cache flushes: FLUSHALL, or a lost tracking connection."
-    );
-    describe_histogram!(
+    for &(name, help) in COUNTERS {
+        metrics::describe_counter!(name, help);
+    }
+    for &(name, help) in GAUGES {
+        metrics::describe_gauge!(name, help);
+    }
+    metrics::describe_histogram!(
         BACKEND_DURATION,
         metrics::Unit::Seconds,
-        "Time of one GET against the backing Redis, connection wait included."
-    );
-    describe_counter!(
-        "redis_proxy_backend_errors_total",
-        "GETs against the backing Redis that failed."
-    );
-    describe_counter!(
-        "redis_proxy_forwarded_commands_total",
-        "Transparent mode: commands for the backend, by name and path (shared, cached, dedicated)."
-    );
-    describe_gauge!(
-        "redis_proxy_dedicated_connections",
-        "Transparent mode: backend connections dedicated to one client's state."
-    );
-    describe_counter!(
-        "redis_proxy_cluster_node_requests_total",
-        "Cluster mode: reads sent to each node, redirections included."
-    );
-    describe_counter!(
-        "redis_proxy_cluster_node_errors_total",
-        "Cluster mode: reads that found a node unreachable."
-    );
-    describe_counter!(
-        "redis_proxy_cluster_refreshes_total",
-        "Cluster mode: slot maps read (CLUSTER SLOTS)."
-    );
-    describe_counter!(
-        AUTH_FAILURES,
-        "Authentications refused: wrong password, unknown or disabled user."
-    );
-    describe_counter!(
-        TLS_HANDSHAKE_FAILURES,
-        "TLS handshakes that failed or did not finish within request_timeout."
+        "Time of one request to the backing Redis, queueing on its connection included."
     );
 }

@@ -47,8 +47,26 @@ where
             }
             return;
         }
+        let Some(expect) = self.expect(&name, &args, writes, due, slot) else {
+            return;
+        };
+        self.state.expect.push_back(expect);
+        encode(&args, &mut self.out);
+    }
+
+    /// What the reply to `args` (command `name`) will answer, the state moved
+    /// as the command moves it; `None` when nothing is sent after all (a
+    /// spoilt transaction's `EXEC`) or the confirmations are counted instead.
+    fn expect(
+        &mut self,
+        name: &[u8],
+        args: &[Bytes],
+        writes: Writes,
+        due: super::state::Due,
+        slot: Option<crate::limit::Slot>,
+    ) -> Option<Expect> {
         let state = &mut self.state;
-        let expect = match &name[..] {
+        let expect = match name {
             b"multi" => {
                 state.multi = true;
                 Expect::Reply {
@@ -59,36 +77,22 @@ where
             }
             b"exec" if state.poisoned => {
                 self.abort_transaction();
-                return;
+                return None;
             }
-            b"exec" | b"discard" => {
-                let queued = std::mem::take(&mut state.queued);
-                let local = std::mem::take(&mut state.queued_local);
-                let exec = name == b"exec";
-                state.multi = false;
-                state.watching = false;
-                state.poisoned = false;
-                state.queued_count = 0;
-                Expect::End {
-                    writes: if exec { merge(queued) } else { Writes::Nothing },
-                    local: if exec { local } else { Vec::new() },
-                    due,
-                    _slot: slot,
-                }
-            }
-            _ if SUBSCRIBING.contains(&&name[..]) => {
-                self.subscribing(&args, due);
-                encode(&args, &mut self.out);
-                return;
+            b"exec" | b"discard" => self.end_transaction(name == b"exec", due, slot),
+            _ if SUBSCRIBING.contains(&name) => {
+                self.subscribing(args, due);
+                encode(args, &mut self.out);
+                return None;
             }
             _ => {
-                match &name[..] {
+                match name {
                     b"watch" => state.watching = true,
                     b"unwatch" => state.watching = false,
                     b"monitor" => state.monitor = true,
                     _ => {}
                 }
-                let writes = if state.multi && !matches!(&name[..], b"watch" | b"unwatch") {
+                let writes = if state.multi && !matches!(name, b"watch" | b"unwatch") {
                     state.queued.push(writes);
                     state.queued_count += 1;
                     Writes::Nothing
@@ -102,8 +106,29 @@ where
                 }
             }
         };
-        state.expect.push_back(expect);
-        encode(&args, &mut self.out);
+        Some(expect)
+    }
+
+    /// `EXEC` (`run`) or `DISCARD`: the transaction and any `WATCH` end.
+    fn end_transaction(
+        &mut self,
+        run: bool,
+        due: super::state::Due,
+        slot: Option<crate::limit::Slot>,
+    ) -> Expect {
+        let state = &mut self.state;
+        let queued = std::mem::take(&mut state.queued);
+        let local = std::mem::take(&mut state.queued_local);
+        state.multi = false;
+        state.watching = false;
+        state.poisoned = false;
+        state.queued_count = 0;
+        Expect::End {
+            writes: if run { merge(queued) } else { Writes::Nothing },
+            local: if run { local } else { Vec::new() },
+            due,
+            _slot: slot,
+        }
     }
 
     /// What only the proxy answers: who the client is, and leaving. Inside a
