@@ -41,6 +41,7 @@ mod auth;
 mod backend;
 mod cache;
 pub mod config;
+mod conn;
 mod forward;
 pub mod http;
 pub mod layers;

@@ -117,7 +117,7 @@ pub(crate) struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_input_limit: Option<String>,
 
-    /// Connections to the backing Redis [env: REDIS_PROXY_REDIS_POOL_SIZE] [default: 16]
+    /// Kept for compatibility, no effect: one pipelined connection per worker thread and protocol to each node [env: REDIS_PROXY_REDIS_POOL_SIZE] [default: 16]
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_pool_size: Option<u64>,

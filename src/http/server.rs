@@ -18,7 +18,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
-use crate::net::{Protocol, Stream};
+use crate::conn::{Protocol, Stream};
 
 /// What an HTTP client beyond the connection limit is told.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\

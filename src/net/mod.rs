@@ -28,16 +28,15 @@
 
 mod files;
 mod listener;
-mod stream;
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::conn::{Protocol, Stats, Stream};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +45,6 @@ use tracing::Instrument;
 
 pub(crate) use files::fit_connections;
 pub(crate) use listener::{Acceptor, Listener};
-pub(crate) use stream::Stream;
 
 /// A listener's TLS: the configuration, and how long a client may take over its
 /// handshake (a slow handshake holds a connection slot like a slow request).
@@ -54,35 +52,6 @@ pub(crate) use stream::Stream;
 pub(crate) struct Tls {
     pub(crate) server: Arc<crate::tls::ServerTls>,
     pub(crate) handshake_timeout: Duration,
-}
-
-/// What one kind of listener does with its connections.
-pub(crate) trait Protocol: Send + Sync + 'static {
-    /// The `protocol` field of each connection's span: `http`, `resp`, `admin`.
-    fn name(&self) -> &'static str;
-
-    /// What a client beyond the connection limit is sent before the connection
-    /// is closed.
-    fn refusal(&self) -> &'static [u8];
-
-    /// Serves one connection until the client leaves or breaks the protocol.
-    /// When `stop` is cancelled, it reads no new request, answers the ones in
-    /// flight and returns.
-    fn serve(
-        self: Arc<Self>,
-        stream: Stream,
-        peer: SocketAddr,
-        stop: CancellationToken,
-    ) -> impl Future<Output = ()> + Send;
-}
-
-/// Counts of what one listener accepted, for `INFO`.
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    /// Connections accepted, refused ones included.
-    pub(crate) received: AtomicU64,
-    /// Connections refused beyond the limit.
-    pub(crate) rejected: AtomicU64,
 }
 
 /// Accepts connections with `acceptor` until `stop` is cancelled, serving each

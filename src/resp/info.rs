@@ -18,8 +18,8 @@ use bytes::Bytes;
 
 use super::session::REDIS_VERSION;
 use crate::cache::Cache;
+use crate::conn::Stats;
 use crate::limit::Slots;
-use crate::net::Stats;
 
 /// Where the figures come from.
 pub(super) struct Sources {

@@ -45,10 +45,10 @@ use tower::Service;
 
 use crate::auth::Access;
 use crate::cache::Cache;
+use crate::conn::{Protocol, Stats, Stream};
 use crate::limit::Slots;
 use crate::lookup::{Answer, Error, Request};
 use crate::metrics::Counting;
-use crate::net::{Protocol, Stats, Stream};
 
 use crate::protocol::Reply;
 

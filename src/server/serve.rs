@@ -13,10 +13,11 @@ use tokio_util::task::AbortOnDropHandle;
 use super::{Error, Proxy, startup};
 use crate::admin::{self, Gauges};
 use crate::backend::{self, Health, RedisService};
+use crate::conn::Protocol;
 use crate::http::{self, Hyper};
 use crate::layers::Stack;
 use crate::metrics::{self, Requests};
-use crate::net::{self, Listener, Protocol};
+use crate::net::{self, Listener};
 use crate::resp::{self, Resp};
 use crate::worker::Workers;
 
