@@ -52,6 +52,8 @@ mod net;
 pub mod protocol;
 mod resp;
 mod server;
+#[cfg(test)]
+mod testing;
 mod tls;
 mod worker;
 

@@ -117,13 +117,7 @@ fn scan_reply(page: Frame, node: usize, nodes: usize) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(bytes: &str) -> Frame {
-        let mut input = BytesMut::from(bytes.as_bytes());
-        let frame = frame::take(&mut input).unwrap().unwrap();
-        assert!(input.is_empty(), "one frame: {bytes:?}");
-        frame
-    }
+    use crate::testing::frame;
 
     #[test]
     fn scan_cursors_carry_the_primary_and_walk_them_in_order() {

@@ -93,13 +93,7 @@ fn sort_patterns(args: &[Bytes]) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(words: &str) -> Vec<Bytes> {
-        words
-            .split(' ')
-            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
-            .collect()
-    }
+    use crate::testing::args;
 
     #[test]
     fn sort_options_that_read_other_keys_are_found() {

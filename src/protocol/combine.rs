@@ -187,13 +187,7 @@ fn logical(replies: &[Frame], f: impl Fn(bool, bool) -> bool) -> Option<Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(bytes: &str) -> Frame {
-        let mut input = BytesMut::from(bytes.as_bytes());
-        let frame = frame::take(&mut input).unwrap().unwrap();
-        assert!(input.is_empty(), "one frame: {bytes:?}");
-        frame
-    }
+    use crate::testing::frame;
 
     fn combine(how: Combine, replies: &[&str]) -> String {
         let replies = replies.iter().map(|r| frame(r)).collect();

@@ -1,13 +1,7 @@
 //! The command table read from `COMMAND` replies: key specifications,
 //! subcommands, tips, ACL categories.
 use super::*;
-
-fn args(words: &str) -> Vec<Bytes> {
-    words
-        .split(' ')
-        .map(|w| Bytes::copy_from_slice(w.as_bytes()))
-        .collect()
-}
+use crate::testing::args;
 
 fn keys(info: &Info, words: &str) -> Option<Vec<String>> {
     info.keys(&args(words)).map(|keys| {

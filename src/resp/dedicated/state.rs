@@ -167,13 +167,7 @@ pub(super) fn block_time(name: &[u8], args: &[Bytes]) -> Option<Option<Duration>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(words: &str) -> Vec<Bytes> {
-        words
-            .split(' ')
-            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
-            .collect()
-    }
+    use crate::testing::args;
 
     #[test]
     fn blocking_commands_block_for_their_own_timeout() {
