@@ -12,8 +12,8 @@
 # 5), so a slow moment of the shared machine weighs on both builds alike; each
 # row gives the median CPU per request of each build (user+system time from
 # /proc/PID/stat over requests served) and the median of the per-round ratios
-# after/before. Extra flags for both proxies: BENCH_ARGS (e.g.
-# "--forward-commands").
+# after/before. Extra flags for both proxies: BENCH_ARGS. BENCH_FORWARD=1 runs
+# both in transparent mode (--forward-commands) and adds forwarded SET rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,8 @@ requests=${BENCH_REQUESTS:-200000}
 rounds=${BENCH_ROUNDS:-5}
 http_seconds=${BENCH_HTTP_SECONDS:-4}
 read -r -a extra <<< "${BENCH_ARGS:-}"
+forward=${BENCH_FORWARD:-}
+[[ -n $forward ]] && extra+=(--forward-commands)
 keys=1000
 
 script=bench-builds
@@ -55,12 +57,12 @@ for name in before after; do
   redis-benchmark -p "${resp_port[$name]}" -t get -r "$keys" -n 20000 -c 20 -q > /dev/null 2>&1
 done
 
-# resp NAME PIPELINE -> "rps cpu_us_per_request"
+# resp NAME PIPELINE [TEST] -> "rps cpu_us_per_request"
 resp() {
   local t0 t1 n=$requests line
   (($2 > 1)) && n=$((requests * 8))
   t0=$(ticks "${pid[$1]}")
-  line=$(redis-benchmark -p "${resp_port[$1]}" -t get -r "$keys" -d 100 -c 50 -n "$n" -P "$2" --csv 2>/dev/null \
+  line=$(redis-benchmark -p "${resp_port[$1]}" -t "${3:-get}" -r "$keys" -d 100 -c 50 -n "$n" -P "$2" --csv 2>/dev/null \
     | awk -F, 'NR==2 { gsub(/"/, ""); print $2 }')
   t1=$(ticks "${pid[$1]}")
   echo "$line $(per_request $((t1 - t0)) "$n")"
@@ -88,15 +90,22 @@ for ((round = 1; round <= rounds; round++)); do
     samples[$side/P16]+="$(resp "$side" 16)"$'\n'
     samples[$side/http]+="$(http "$side")"$'\n'
     samples[$side/miss]+="$(resp "$side-miss" 1)"$'\n'
+    if [[ -n $forward ]]; then
+      samples[$side/set1]+="$(resp "$side" 1 set)"$'\n'
+      samples[$side/set16]+="$(resp "$side" 16 set)"$'\n'
+    fi
   done
 done
 
 column() { printf '%s' "${samples[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
 printf '\nbefore: %s\nafter:  %s\n%s rounds, default worker threads (%s cores)\n\n' "$before" "$after" "$rounds" "$(nproc)"
 printf '%-18s %14s %14s %10s %14s %14s\n' "row" "before us/req" "after us/req" "ratio" "before req/s" "after req/s"
-for row in P1 P16 http miss; do
+rows=(P1 P16 http miss)
+[[ -n $forward ]] && rows+=(set1 set16)
+for row in "${rows[@]}"; do
   case $row in
     P1) name="RESP hit -P 1" ;; P16) name="RESP hit -P 16" ;; http) name="HTTP hit" ;; miss) name="RESP miss -P 1" ;;
+    set1) name="SET -P 1" ;; set16) name="SET -P 16" ;;
   esac
   printf '%-18s %14s %14s %10s %14s %14s\n' "$name" "$(column "before/$row" 2)" "$(column "after/$row" 2)" \
     "$(paired "${samples[after/$row]}" "${samples[before/$row]}" 2)" \

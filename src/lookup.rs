@@ -150,7 +150,7 @@ impl std::fmt::Debug for Key {
 /// out, or was abandoned).
 #[derive(Debug, Clone)]
 pub(crate) struct Command {
-    /// The command's name, in lower case, for traces.
+    /// The command's name, as the client wrote it, for traces.
     pub(crate) name: Bytes,
     /// The request, as Redis is sent it.
     pub(crate) request: Bytes,

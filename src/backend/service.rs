@@ -284,6 +284,10 @@ impl RedisService {
             Target::Everywhere(how) => backend.send_everywhere(request, how).await,
             Target::Scan(args) => backend.scan(args, db, resp3).await,
         };
+        // Counted, not timed: the histogram is of misses, what a cache costs.
+        if frame.is_err() {
+            self.shared.errors.increment(1);
+        }
         Ok(frame?.bytes)
     }
 }

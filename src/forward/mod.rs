@@ -29,7 +29,7 @@ use crate::backend::{Backend, Outgoing};
 use crate::cache::Cache;
 use crate::limit::Slots;
 use crate::lookup::{Command, Error, Target, Writes};
-use crate::protocol::{Value, encoded};
+use crate::protocol::{Name, Value, encoded};
 
 pub(crate) use commands::Table;
 
@@ -222,8 +222,8 @@ impl Forwarding {
     /// have been read.
     pub(crate) fn route(&self, args: &[Bytes], user: &User) -> Route {
         let table = self.table.get().expect("routed after the table was read");
-        let name = args[0].to_ascii_lowercase();
-        let name = std::str::from_utf8(&name).unwrap_or("");
+        let lower = Name::lower(&args[0]);
+        let name = lower.as_str();
         let Some(info) = table.get_lowercase(name.as_bytes()) else {
             // Unknown to Redis too: it says so.
             return Route::Forward {
@@ -233,10 +233,12 @@ impl Forwarding {
             };
         };
         let info = info.resolve(args);
-        let sub = args.get(1).map(|s| s.to_ascii_lowercase());
-        let admin_sub = ADMIN_SUBCOMMANDS
-            .iter()
-            .any(|(c, s)| *c == name && sub.as_deref() == Some(s.as_bytes()));
+        let admin_sub = ADMIN_SUBCOMMANDS.iter().any(|(c, s)| {
+            *c == name
+                && args
+                    .get(1)
+                    .is_some_and(|sub| sub.eq_ignore_ascii_case(s.as_bytes()))
+        });
         if !self.admin && (info.flags.admin || ADMIN.contains(&name) || admin_sub) {
             return Route::Refuse(format!(
                 "ERR '{name}' is an admin command, which redis-proxy does not forward (see --forward-admin-commands)"
@@ -291,7 +293,7 @@ impl Forwarding {
         read_only: bool,
     ) -> Command {
         Command {
-            name: Bytes::from(args[0].to_ascii_lowercase()),
+            name: args[0].clone(),
             request: encoded(args),
             db,
             resp3,
@@ -330,8 +332,8 @@ impl Forwarding {
 
     /// What `args` does (see [`Class`]).
     pub(crate) fn class(&self, args: &[Bytes]) -> Class {
-        let name = args[0].to_ascii_lowercase();
-        let name = std::str::from_utf8(&name).unwrap_or("");
+        let lower = Name::lower(&args[0]);
+        let name = lower.as_str();
         if CACHED.contains(&name) {
             return Class::Lookup;
         }
@@ -352,8 +354,8 @@ impl Forwarding {
         let Some(table) = self.table.get() else {
             return Writes::All;
         };
-        let name = args[0].to_ascii_lowercase();
-        let name = std::str::from_utf8(&name).unwrap_or("");
+        let lower = Name::lower(&args[0]);
+        let name = lower.as_str();
         match table.get_lowercase(name.as_bytes()) {
             Some(info) => {
                 let info = info.resolve(args);

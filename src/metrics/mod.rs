@@ -24,6 +24,7 @@
 //! redis_proxy_tls_handshake_failures_total{protocol="http|resp"}
 //! ```
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -272,12 +273,44 @@ pub(crate) fn record_invalidation(keys: Option<usize>) {
     }
 }
 
-/// Counts one command of transparent mode, by name and the path it took:
-/// `shared`, `cached` or `dedicated`.
-pub(crate) fn record_forwarded(command: &[u8], path: &'static str) {
-    let command = String::from_utf8_lossy(&command.to_ascii_lowercase()).into_owned();
-    metrics::counter!("redis_proxy_forwarded_commands_total", "command" => command, "path" => path)
-        .increment(1);
+/// The paths a forwarded command may take, as `redis_proxy_forwarded_commands_total`
+/// labels them.
+const FORWARD_PATHS: [&str; 6] = [
+    "refused",
+    "dedicated",
+    "cached",
+    "shared",
+    "everywhere",
+    "scan",
+];
+
+thread_local! {
+    /// This thread's handles of `redis_proxy_forwarded_commands_total`, by
+    /// command and path: registering a labelled counter costs a hash of its
+    /// labels and an allocation, once per command instead of once per request.
+    static FORWARDED: std::cell::RefCell<HashMap<Vec<u8>, [Option<Counter>; FORWARD_PATHS.len()]>> =
+        std::cell::RefCell::default();
+}
+
+/// Counts one command of transparent mode, by name and the path it took
+/// (see [`FORWARD_PATHS`]). A name Redis does not know is counted as
+/// `unknown`: a client's made-up names must not make a series each.
+pub(crate) fn record_forwarded(command: &[u8], known: bool, path: &'static str) {
+    let name = crate::protocol::Name::lower(if known { command } else { b"unknown" });
+    let Some(index) = FORWARD_PATHS.iter().position(|p| *p == path) else {
+        return;
+    };
+    FORWARDED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(counter) = cache.get(name.as_bytes()).and_then(|paths| paths[index].as_ref()) {
+            counter.increment(1);
+            return;
+        }
+        let label = String::from_utf8_lossy(name.as_bytes()).into_owned();
+        let counter = metrics::counter!("redis_proxy_forwarded_commands_total", "command" => label, "path" => path);
+        counter.increment(1);
+        cache.entry(name.as_bytes().to_vec()).or_default()[index] = Some(counter);
+    });
 }
 
 /// Moves the count of dedicated connections in use by `change`.

@@ -10,6 +10,7 @@
 
 pub(crate) mod combine;
 mod frame;
+mod name;
 mod reply;
 pub mod request;
 mod value;
@@ -18,6 +19,7 @@ pub use request::{Decoder, ProtocolError};
 
 pub(crate) use combine::Combine;
 pub(crate) use frame::{Frame, Kind, element, line, take};
+pub(crate) use name::Name;
 pub(crate) use reply::{Protocol, Reply, Sink};
 pub(crate) use request::{encode, encoded};
 pub(crate) use value::Value;

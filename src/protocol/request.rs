@@ -316,9 +316,10 @@ pub fn encode<A: AsRef<[u8]>>(args: &[A], out: &mut BytesMut) {
     }
 }
 
-/// [`encode`] into a buffer of its own.
+/// [`encode`] into a buffer of its own, of the size it takes.
 pub fn encoded<A: AsRef<[u8]>>(args: &[A]) -> Bytes {
-    let mut out = BytesMut::new();
+    let size: usize = args.iter().map(|arg| arg.as_ref().len() + 16).sum();
+    let mut out = BytesMut::with_capacity(size + 16);
     encode(args, &mut out);
     out.freeze()
 }

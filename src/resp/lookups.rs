@@ -8,11 +8,20 @@
 //! its future never moves, one for the timer inside it (which would otherwise
 //! be allocated once per miss, between the allocations of the entries the
 //! misses store, and leave the cache's memory full of holes).
+//!
+//! Each home has a waker of its own, made with the home: a waiting lookup is
+//! polled again only once it has been woken, so a connection with many
+//! requests in flight (a deep pipeline of forwarded commands) does not poll
+//! them all each time one reply comes.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use futures_util::task::AtomicWaker;
 
 use tower::Service;
 
@@ -102,8 +111,10 @@ where
             };
             self.started.push_back(started);
         }
+        self.homes.task.register(cx.waker());
         for started in &mut self.started {
             if let Started::Waiting(home) = *started
+                && self.homes.woken(home)
                 && let Poll::Ready(result) = self.homes.poll(home, cx)
             {
                 *started = Started::Done(result);
@@ -119,16 +130,38 @@ where
 
 /// Pinned slots for futures: blocks of [`HOMES_PER_BLOCK`], added as needed and
 /// never moved or freed before the connection ends, so a future is polled
-/// where it was put.
+/// where it was put; each with the waker its future is polled with.
 struct Homes<F> {
     blocks: Vec<Pin<Box<[Option<F>]>>>,
+    wakers: Vec<(Arc<HomeWaker>, Waker)>,
+    /// The connection's task: what a home's waker wakes.
+    task: Arc<AtomicWaker>,
     free: Vec<usize>,
+}
+
+/// A home's waker: marks the home woken, and wakes the connection's task.
+struct HomeWaker {
+    woken: AtomicBool,
+    task: Arc<AtomicWaker>,
+}
+
+impl std::task::Wake for HomeWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 impl<F> Default for Homes<F> {
     fn default() -> Self {
         Self {
             blocks: Vec::new(),
+            wakers: Vec::new(),
+            task: Arc::default(),
             free: Vec::new(),
         }
     }
@@ -141,6 +174,13 @@ impl<F: Future> Homes<F> {
             let first = self.blocks.len() * HOMES_PER_BLOCK;
             let block: Box<[Option<F>]> = (0..HOMES_PER_BLOCK).map(|_| None).collect();
             self.blocks.push(Box::into_pin(block));
+            for _ in 0..HOMES_PER_BLOCK {
+                let waker = Arc::new(HomeWaker {
+                    woken: AtomicBool::new(false),
+                    task: self.task.clone(),
+                });
+                self.wakers.push((waker.clone(), Waker::from(waker)));
+            }
             // Handed out lowest first.
             self.free.extend((first + 1..first + HOMES_PER_BLOCK).rev());
             first
@@ -149,14 +189,24 @@ impl<F: Future> Homes<F> {
         home
     }
 
-    /// Polls the future in `home`; once it is ready, the home is free again.
+    /// Whether the future in `home` was woken since it was last polled.
+    fn woken(&self, home: usize) -> bool {
+        self.wakers[home].0.woken.load(Ordering::Acquire)
+    }
+
+    /// Polls the future in `home` with the home's waker; once it is ready,
+    /// the home is free again.
     fn poll(&mut self, home: usize, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.task.register(cx.waker());
+        let (flag, waker) = &self.wakers[home];
+        flag.woken.store(false, Ordering::Release);
+        let waker = waker.clone();
         let mut slot = self.slot(home);
         let future = slot
             .as_mut()
             .as_pin_mut()
             .expect("a waiting home holds a future");
-        let output = std::task::ready!(future.poll(cx));
+        let output = std::task::ready!(future.poll(&mut Context::from_waker(&waker)));
         slot.set(None);
         self.free.push(home);
         Poll::Ready(output)

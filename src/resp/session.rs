@@ -181,7 +181,10 @@ impl Session {
                 ..
             } => "scan",
         };
-        crate::metrics::record_forwarded(&args[0], path);
+        let known = forwarding
+            .table()
+            .is_some_and(|table| table.get(&args[0]).is_some());
+        crate::metrics::record_forwarded(&args[0], known, path);
         match route {
             Route::Refuse(error) => Planned::Reply(Reply::error(error), self.protocol),
             Route::Dedicate => Planned::Dedicate(args),

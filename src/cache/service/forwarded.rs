@@ -17,46 +17,47 @@ use bytes::Bytes;
 use crate::cache::Cache;
 use crate::lookup::{Error, Writes};
 
-/// The future of a forwarded command.
-pub(crate) struct Forwarded {
-    reply: Pin<Box<dyn Future<Output = Result<Bytes, Error>> + Send>>,
-    /// What to drop once the outcome is known or lost; `None` once dropped.
-    writes: Option<(Writes, Cache)>,
-}
-
-impl Forwarded {
-    pub(crate) fn new(
-        reply: Pin<Box<dyn Future<Output = Result<Bytes, Error>> + Send>>,
-        writes: Writes,
-        cache: Cache,
-    ) -> Self {
-        let writes = (writes != Writes::Nothing).then_some((writes, cache));
-        Self { reply, writes }
+pin_project_lite::pin_project! {
+    /// The future of a forwarded command, over the inner service's `F`.
+    pub(crate) struct Forwarded<F> {
+        #[pin]
+        reply: F,
+        // What to drop once the outcome is known or lost; `None` once dropped.
+        writes: Option<(Writes, Cache)>,
     }
 
-    fn invalidate(&mut self) {
-        if let Some((writes, cache)) = self.writes.take() {
-            match writes {
-                Writes::Nothing => {}
-                Writes::Keys(keys) => cache.invalidate_everywhere(&keys),
-                Writes::All => cache.flush(),
-            }
+    impl<F> PinnedDrop for Forwarded<F> {
+        fn drop(this: Pin<&mut Self>) {
+            invalidate(this.project().writes);
         }
     }
 }
 
-impl Future for Forwarded {
-    type Output = Result<Bytes, Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let reply = ready!(self.reply.as_mut().poll(cx));
-        self.invalidate();
-        Poll::Ready(reply)
+impl<F> Forwarded<F> {
+    pub(crate) fn new(reply: F, writes: Writes, cache: Cache) -> Self {
+        let writes = (writes != Writes::Nothing).then_some((writes, cache));
+        Self { reply, writes }
     }
 }
 
-impl Drop for Forwarded {
-    fn drop(&mut self) {
-        self.invalidate();
+/// Drops from the cache what `writes` says, once.
+fn invalidate(writes: &mut Option<(Writes, Cache)>) {
+    if let Some((writes, cache)) = writes.take() {
+        match writes {
+            Writes::Nothing => {}
+            Writes::Keys(keys) => cache.invalidate_everywhere(&keys),
+            Writes::All => cache.flush(),
+        }
+    }
+}
+
+impl<F: Future<Output = Result<Bytes, Error>>> Future for Forwarded<F> {
+    type Output = Result<Bytes, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let reply = ready!(this.reply.poll(cx));
+        invalidate(this.writes);
+        Poll::Ready(reply)
     }
 }

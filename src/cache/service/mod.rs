@@ -150,7 +150,7 @@ where
 {
     type Response = Answer;
     type Error = Error;
-    type Future = RequestFuture;
+    type Future = RequestFuture<<S as Service<Command>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // All are always ready (the stack's backends wait inside the call).
@@ -169,7 +169,7 @@ where
             }
             Request::Command(command) => {
                 let writes = command.writes.clone();
-                let reply = Box::pin(Service::<Command>::call(&mut self.inner, command));
+                let reply = Service::<Command>::call(&mut self.inner, command);
                 return RequestFuture::Forwarded {
                     forwarded: Forwarded::new(reply, writes, self.cache.clone()),
                 };
@@ -180,17 +180,18 @@ where
 }
 
 pin_project! {
-    /// The future of [`CacheService`] for a [`Request`].
+    /// The future of [`CacheService`] for a [`Request`]; `F`, the inner
+    /// service's for a forwarded command.
     #[project = RequestProj]
-    pub(crate) enum RequestFuture {
+    pub(crate) enum RequestFuture<F> {
         /// A key's value or a cached read.
         Read { #[pin] read: ResponseFuture },
         /// A forwarded command.
-        Forwarded { #[pin] forwarded: Forwarded },
+        Forwarded { #[pin] forwarded: Forwarded<F> },
     }
 }
 
-impl Future for RequestFuture {
+impl<F: Future<Output = Result<Bytes, Error>>> Future for RequestFuture<F> {
     type Output = Result<Answer, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -201,7 +202,7 @@ impl Future for RequestFuture {
     }
 }
 
-impl std::fmt::Debug for RequestFuture {
+impl<F> std::fmt::Debug for RequestFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("cache::RequestFuture")
     }

@@ -9,8 +9,12 @@
 
 use std::collections::HashMap;
 
-use crate::protocol::{Combine, Value};
+use crate::protocol::{Combine, Name, Value};
 use bytes::Bytes;
+
+/// A map by lower-case name, hashed with foldhash: it is read for every
+/// forwarded request, and its keys are Redis's own names, not a client's.
+type Names<V> = HashMap<Vec<u8>, V, foldhash::fast::FixedState>;
 
 /// Flags of a command that decide how it is forwarded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,7 +78,7 @@ pub(crate) struct Info {
     /// `None` when a specification is of a kind this table does not know.
     specs: Option<Vec<KeySpec>>,
     /// Subcommands by lower-case name (`get` for `CONFIG GET`).
-    subcommands: HashMap<Vec<u8>, Info>,
+    subcommands: Names<Info>,
     /// In a cluster: sent to every primary, the replies combined so (from the
     /// command's tips); `None`: sent to one node.
     pub(crate) spread: Option<Combine>,
@@ -86,7 +90,7 @@ impl Info {
         match args.get(1) {
             Some(sub) if !self.subcommands.is_empty() => self
                 .subcommands
-                .get(&sub.to_ascii_lowercase())
+                .get(Name::lower(sub).as_bytes())
                 .unwrap_or(self),
             _ => self,
         }
@@ -184,14 +188,14 @@ fn begin(begin: &Begin, args: &[Bytes]) -> Option<usize> {
 /// Every command of the backing Redis, by lower-case name.
 #[derive(Debug, Default)]
 pub(crate) struct Table {
-    commands: HashMap<Vec<u8>, Info>,
+    commands: Names<Info>,
 }
 
 impl Table {
     /// The table described by a `COMMAND` reply (RESP2 or RESP3).
     pub(crate) fn from_reply(reply: &Value) -> Result<Self, String> {
         let entries = array(reply).ok_or("COMMAND did not answer an array")?;
-        let mut commands = HashMap::with_capacity(entries.len());
+        let mut commands = Names::with_capacity_and_hasher(entries.len(), Default::default());
         for entry in entries {
             let (name, info) = parse_info(entry)?;
             commands.insert(name, info);
@@ -201,7 +205,7 @@ impl Table {
 
     /// The command called `name`, in any case.
     pub(crate) fn get(&self, name: &[u8]) -> Option<&Info> {
-        self.get_lowercase(&name.to_ascii_lowercase())
+        self.get_lowercase(Name::lower(name).as_bytes())
     }
 
     /// [`Table::get`] of a name already in lower case: no copy.
@@ -276,7 +280,7 @@ fn parse_info(entry: &Value) -> Result<(Vec<u8>, Info), String> {
         .filter_map(text)
         .collect();
     let spread = Combine::from_tips(&tips);
-    let mut subcommands = HashMap::new();
+    let mut subcommands = Names::default();
     for sub in items.get(9).and_then(array).unwrap_or_default() {
         // Redis 7 gives a subcommand's full name, `config|get`; it is found
         // as `get` under `config`, by the request's second argument.
