@@ -157,6 +157,7 @@ fn a_low_open_files_limit_lowers_the_connection_limits_and_refuses_beyond() {
     let proxy = ProxyBuilder::new(&redis.url())
         .open_files_limit(512)
         .arg("--redis-pool-size", 2)
+        .arg("--max-connections", 10_000)
         .start();
     let logs = proxy.logs().join("\n");
     assert!(logs.contains("the open-files limit is too low"), "{logs}");
@@ -388,4 +389,131 @@ fn select_reads_the_database_it_names() {
     // RESET goes back to it.
     conn.send(b"SELECT 2\r\nRESET\r\nGET k\r\n")
         .expect(b"+OK\r\n+RESET\r\n$7\r\nin zero\r\n");
+}
+
+#[test]
+fn a_lane_that_cannot_connect_borrows_one_that_can_and_readiness_says_ready() {
+    // Room for one connection: one worker's lane gets it, the other's cannot.
+    let redis = RedisServer::start_with(&["--maxclients", "1"]);
+    let mut setter = only_client(&redis);
+    redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query::<()>(&mut setter)
+        .unwrap();
+    drop(setter);
+    let proxy = ProxyBuilder::new(&redis.url())
+        .arg("--worker-threads", 2)
+        .arg("--cache-capacity", 1)
+        .start();
+    assert!(wait_until(Duration::from_secs(5), || {
+        http_get(proxy.admin_addr(), "/readyz").0 == 200
+    }));
+    // Every request is served, whichever worker takes it.
+    for i in 0..40 {
+        assert_eq!(
+            http_get(proxy.http_addr(), "/k"),
+            (200, "v".to_owned()),
+            "request {i}"
+        );
+        let mut conn = RawConn::connect(proxy.resp_addr());
+        conn.send(b"GET k\r\n").expect(b"$1\r\nv\r\n");
+    }
+    assert_eq!(http_get(proxy.admin_addr(), "/readyz").0, 200);
+    // The lane that could not connect is warned about once, and counted.
+    let logs = proxy.logs().join("\n");
+    assert_eq!(
+        logs.matches("cannot connect to redis; trying again")
+            .count(),
+        1,
+        "{logs}"
+    );
+    let (_, metrics) = http_get(proxy.admin_addr(), "/metrics");
+    assert!(
+        metrics.contains("redis_proxy_backend_connect_failures_total{node="),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn running_out_of_descriptors_while_serving_refuses_new_clients_and_serves_the_others() {
+    let redis = RedisServer::start();
+    redis.set("k", "v");
+    let proxy = ProxyBuilder::new(&redis.url()).start();
+    let mut established = RawConn::connect(proxy.resp_addr());
+    established.send(b"GET k\r\n").expect(b"$1\r\nv\r\n");
+    // The limit lowered under the running process, as any exhaustion would.
+    let lowered = std::process::Command::new("prlimit")
+        .args(["--pid", &proxy.pid().to_string(), "--nofile=64:64"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(lowered.success());
+    let (mut served, mut refused) = (0, 0);
+    let mut held = Vec::new();
+    for i in 0..100 {
+        let mut conn = RawConn::connect(proxy.resp_addr());
+        conn.send(b"PING\r\n");
+        match conn.read_line().as_str() {
+            "+PONG\r\n" => served += 1,
+            "-ERR max number of clients reached\r\n" => refused += 1,
+            other => {
+                panic!("client {i} got no answer: {other:?} ({served} served, {refused} refused)")
+            }
+        }
+        held.push(conn);
+    }
+    assert!(refused > 0, "{served} served, {refused} refused");
+    // Established clients keep being served, and HTTP answers at once.
+    established.send(b"GET k\r\n").expect(b"$1\r\nv\r\n");
+    let started = Instant::now();
+    let answer = http_answer(proxy.http_addr(), "/k");
+    assert!(
+        answer.starts_with("HTTP/1.1 503") || answer.starts_with("HTTP/1.1 200"),
+        "{answer:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(held);
+    let warnings = proxy
+        .logs()
+        .iter()
+        .filter(|line| line.contains("out of file descriptors"))
+        .count();
+    assert!(
+        (1..=10).contains(&warnings),
+        "warned {warnings} times, not once per episode"
+    );
+}
+
+/// What an HTTP server answers a `GET`, however soon it closes: a refused
+/// client may find its request unread and its write broken, the refusal
+/// already on its way.
+fn http_answer(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    );
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn the_default_connection_limits_fit_the_open_files_limit_without_a_warning() {
+    let redis = RedisServer::start();
+    for limit in [20_000, 1024] {
+        let proxy = ProxyBuilder::new(&redis.url())
+            .open_files_limit(limit)
+            .start();
+        let logs = proxy.logs().join("\n");
+        assert!(!logs.contains("too low"), "limit {limit}: {logs}");
+        assert!(
+            !logs.contains("WARN") && !logs.contains("\"level\":\"WARN\""),
+            "limit {limit}: {logs}"
+        );
+    }
 }

@@ -23,6 +23,8 @@
 //! ping left unanswered for `--redis-connect-timeout`, flushes the cache.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -90,15 +92,38 @@ pub(crate) struct Options {
 #[derive(Debug, Clone)]
 pub(crate) struct Lane {
     jobs: mpsc::UnboundedSender<Job>,
+    status: Arc<AtomicU8>,
 }
+
+/// [`Lane`] status: no connection yet, or it was closed.
+const IDLE: u8 = 0;
+/// [`Lane`] status: a connection is open.
+const CONNECTED: u8 = 1;
+/// [`Lane`] status: the last attempt to connect failed.
+const FAILING: u8 = 2;
+
+/// How soon a lane that failed to connect tries again by itself, at first
+/// and at most.
+const RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 
 impl Lane {
     /// A lane to the node `connector` reaches; its driver task starts now and
     /// connects when the first request comes.
     pub(crate) fn spawn(connector: Connector, options: Options) -> Self {
         let (jobs, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(drive(connector, options, receiver));
-        Self { jobs }
+        let status = Arc::new(AtomicU8::new(IDLE));
+        tokio::spawn(drive(connector, options, receiver, status.clone()));
+        Self { jobs, status }
+    }
+
+    /// Whether the lane has a connection open.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.status.load(Ordering::Relaxed) == CONNECTED
+    }
+
+    /// Whether the lane's last attempt to connect failed.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.status.load(Ordering::Relaxed) == FAILING
     }
 
     /// Queues `job`; its reply comes on its receiver.
@@ -120,14 +145,24 @@ enum Waiting {
 }
 
 /// The lane's driver: connects when a request comes, carries requests until
-/// the connection fails, and starts over, until every handle is gone.
-async fn drive(connector: Connector, options: Options, mut jobs: mpsc::UnboundedReceiver<Job>) {
+/// the connection fails, and starts over, until every handle is gone. After
+/// a failed attempt to connect it tries again by itself, backing off, so a
+/// lane that could not connect (Redis at its `maxclients`, say) gets its
+/// connection as soon as it can while requests go to other lanes.
+async fn drive(
+    connector: Connector,
+    options: Options,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    status: Arc<AtomicU8>,
+) {
     let mut retry = VecDeque::new();
+    let mut backoff = None;
     loop {
         if retry.is_empty() {
-            match jobs.recv().await {
-                Some(first) => retry.push_back(first),
-                None => return,
+            match next_job(&mut jobs, backoff).await {
+                Next::Job(first) => retry.push_back(first),
+                Next::Retry => {}
+                Next::Stop => return,
             }
         }
         while let Ok(job) = jobs.try_recv() {
@@ -136,31 +171,28 @@ async fn drive(connector: Connector, options: Options, mut jobs: mpsc::Unbounded
         let mut connection = match Connection::open(&connector, &options).await {
             Ok(connection) => connection,
             Err(error) => {
+                if status.swap(FAILING, Ordering::Relaxed) != FAILING {
+                    tracing::warn!(node = connector.addr(), %error, "cannot connect to redis; trying again");
+                }
+                crate::metrics::record_connect_failure(connector.addr());
                 for job in retry.drain(..) {
                     job.fail(&error);
                 }
+                backoff = Some(backoff.map_or(RETRY.0, |last: Duration| (last * 2).min(RETRY.1)));
                 continue;
             }
         };
+        if status.swap(CONNECTED, Ordering::Relaxed) == FAILING {
+            tracing::info!(node = connector.addr(), "connected to redis again");
+        }
+        backoff = None;
         for job in retry.drain(..) {
             connection.queue(job, connector.default_db());
         }
         let failure = connection.serve(&connector, &options, &mut jobs).await;
+        status.store(IDLE, Ordering::Relaxed);
         tracing::debug!(node = connector.addr(), error = %failure, "lane connection closed");
-        // Reads sent on the broken connection go once more on the next one;
-        // anything else fails, its outcome unknown.
-        let resend = matches!(failure, Error::Lost { .. });
-        for waiting in connection.waiting.drain(..) {
-            if let Waiting::Job { job, .. } = waiting {
-                if resend && job.idempotent && !job.reply.is_closed() {
-                    let mut job = job;
-                    job.idempotent = false;
-                    retry.push_back(job);
-                } else {
-                    job.fail(&failure);
-                }
-            }
-        }
+        resend_or_fail(&mut connection, failure.clone(), &mut retry);
         if let Some((sink, _)) = &options.tracking {
             // What this connection read is no longer tracked.
             sink(Invalidation::All);
@@ -168,6 +200,46 @@ async fn drive(connector: Connector, options: Options, mut jobs: mpsc::Unbounded
         connection.link.close().await;
         if matches!(failure, Error::Stopping) {
             return;
+        }
+    }
+}
+
+/// What a lane waiting for work gets.
+enum Next {
+    Job(Job),
+    /// Time to try connecting again.
+    Retry,
+    /// Every handle is gone.
+    Stop,
+}
+
+/// The next job, or after `backoff` (when the lane failed to connect) the
+/// time to try again.
+async fn next_job(jobs: &mut mpsc::UnboundedReceiver<Job>, backoff: Option<Duration>) -> Next {
+    let retry = async {
+        match backoff {
+            Some(backoff) => tokio::time::sleep(backoff).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        job = jobs.recv() => job.map_or(Next::Stop, Next::Job),
+        () = retry => Next::Retry,
+    }
+}
+
+/// After `connection` failed: reads sent on it go once more on the next one;
+/// anything else fails, its outcome unknown.
+fn resend_or_fail(connection: &mut Connection, failure: Error, retry: &mut VecDeque<Job>) {
+    let resend = matches!(failure, Error::Lost { .. });
+    for waiting in connection.waiting.drain(..) {
+        if let Waiting::Job { mut job, .. } = waiting {
+            if resend && job.idempotent && !job.reply.is_closed() {
+                job.idempotent = false;
+                retry.push_back(job);
+            } else {
+                job.fail(&failure);
+            }
         }
     }
 }

@@ -80,17 +80,28 @@ impl Node {
         self.options.tracking.is_some()
     }
 
-    /// The calling thread's lane for `resp3`, started on first use.
+    /// The calling thread's lane for `resp3`, started on first use; while it
+    /// cannot connect, another thread's lane that has a connection (a Redis
+    /// at its `maxclients` leaves some lanes without one, and what those
+    /// lanes have is enough to serve).
     fn lane(&self, resp3: bool) -> &Lane {
         let others = self.lanes.len() - 1;
         let thread = crate::worker::current().map_or(others, |worker| worker.min(others));
-        self.lanes[thread][usize::from(resp3)].get_or_init(|| {
+        let own = self.lanes[thread][usize::from(resp3)].get_or_init(|| {
             let options = lane::Options {
                 resp3,
                 tracking: self.options.tracking.clone(),
             };
             Lane::spawn(self.connector.clone(), options)
-        })
+        });
+        if !own.is_failing() {
+            return own;
+        }
+        self.lanes
+            .iter()
+            .filter_map(|lanes| lanes[usize::from(resp3)].get())
+            .find(|lane| lane.is_connected())
+            .unwrap_or(own)
     }
 
     /// Sends `request` (in `db`, after `ASKING` when `asking`) on the calling

@@ -66,7 +66,7 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Open client connections per listener.
-    pub max_connections: NonZeroUsize,
+    pub max_connections: Option<NonZeroUsize>,
     /// Bytes of replies one RESP connection may have waiting to be written.
     pub client_output_limit: ByteSize,
     /// How long waiting replies may go unread before the connection is closed.
@@ -136,7 +136,7 @@ impl Default for Config {
             max_clients: NonZeroUsize::new(1024).expect("non-zero"),
             max_parallel: None,
             request_timeout: Duration::from_secs(5),
-            max_connections: NonZeroUsize::new(10_000).expect("non-zero"),
+            max_connections: None,
             client_output_limit: ByteSize::mib(512),
             client_write_timeout: Duration::from_secs(30),
             client_input_limit: ByteSize::mib(256),
@@ -302,6 +302,17 @@ impl Config {
     /// The parallel limit in force: `max_parallel`, or `max_clients` when unset.
     pub fn effective_max_parallel(&self) -> NonZeroUsize {
         self.max_parallel.unwrap_or(self.max_clients)
+    }
+
+    /// Open connections per listener unless set: 10,000 (lowered at startup,
+    /// silently, to fit the open-files limit).
+    pub const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(10_000).expect("non-zero");
+
+    /// The connection limit per listener asked for: `max_connections`, or
+    /// [`Config::DEFAULT_MAX_CONNECTIONS`].
+    pub fn effective_max_connections(&self) -> NonZeroUsize {
+        self.max_connections
+            .unwrap_or(Self::DEFAULT_MAX_CONNECTIONS)
     }
 
     /// The cache's byte capacity in force: `cache_max_bytes`, or a quarter of the

@@ -313,6 +313,12 @@ pub(crate) fn record_forwarded(command: &[u8], known: bool, path: &'static str) 
     });
 }
 
+/// Counts a failed attempt to open a connection to the Redis node at `node`.
+pub(crate) fn record_connect_failure(node: &str) {
+    metrics::counter!("redis_proxy_backend_connect_failures_total", "node" => node.to_owned())
+        .increment(1);
+}
+
 /// Moves the count of dedicated connections in use by `change`.
 pub(crate) fn dedicated_connections(change: i64) {
     metrics::gauge!("redis_proxy_dedicated_connections").increment(change as f64);

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
@@ -44,12 +44,7 @@ impl Listener {
         max_connections: usize,
         sockets: usize,
     ) -> io::Result<Self> {
-        {
-            let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
-            if spare.is_none() {
-                *spare = std::fs::File::open("/dev/null").ok();
-            }
-        }
+        super::files::keep_spares();
         let first = bind_one(addr)?;
         let local = first.local_addr()?;
         let mut bound = Vec::with_capacity(sockets.max(1));
@@ -131,14 +126,15 @@ impl Accepting {
     /// connection.
     ///
     /// When the process is out of descriptors (EMFILE), a client would wait in
-    /// the backlog with no answer. One descriptor is kept spare for this: it is
-    /// given up to accept that client, which is sent `refusal` and closed at
-    /// once, and taken back. Should even that fail, accepting pauses for a
-    /// moment instead of spinning.
+    /// the backlog with no answer: the clients waiting are refused with
+    /// descriptors kept spare for it (see [`super::files::refuse_waiting`]).
+    /// Should there be none to spare, accepting pauses for a moment instead of
+    /// spinning.
     pub(crate) async fn accept(&self, refusal: &[u8]) -> (TcpStream, SocketAddr) {
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
+                    super::files::descriptors_available();
                     // Replies are small and written whole: send them without delay.
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, "setting TCP_NODELAY failed");
@@ -147,8 +143,7 @@ impl Accepting {
                 }
                 Err(error) if is_per_connection(&error) => continue,
                 Err(error) if error.raw_os_error() == Some(libc::EMFILE) => {
-                    if !self.refuse_with_spare(refusal).await {
-                        tracing::error!(%error, "out of file descriptors; accepting again in 100ms");
+                    if super::files::refuse_waiting(&self.inner, refusal) == 0 {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
@@ -159,35 +154,7 @@ impl Accepting {
             }
         }
     }
-
-    /// Frees the spare descriptor, accepts one connection with it, refuses it,
-    /// and takes the descriptor back; whether a connection was refused.
-    async fn refuse_with_spare(&self, refusal: &[u8]) -> bool {
-        let spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let refused = match spare {
-            Some(spare) => {
-                drop(spare);
-                match self.inner.accept().await {
-                    Ok((stream, _)) => {
-                        let _ = stream.try_write(refusal);
-                        tracing::warn!("out of file descriptors: refused a connection");
-                        true
-                    }
-                    Err(_) => false,
-                }
-            }
-            None => false,
-        };
-        let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
-        if spare.is_none() {
-            *spare = std::fs::File::open("/dev/null").ok();
-        }
-        refused
-    }
 }
-
-/// The descriptor kept spare for telling a client the process is out of them.
-static SPARE: Mutex<Option<std::fs::File>> = Mutex::new(None);
 
 /// A listening socket on `addr`, which no other socket may share.
 fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

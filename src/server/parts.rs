@@ -127,14 +127,15 @@ pub(super) async fn listeners(config: &Config, workers: usize) -> Result<[Listen
     // open-files limit leaves room for. Beside them: each worker's lanes (two
     // protocols, and a tracking listener each), dedicated connections in
     // transparent mode, and some spare.
-    let wanted = config.max_connections.get();
+    let wanted = config.effective_max_connections().get();
     let dedicated = if config.forward_commands {
         config.max_dedicated_connections.get()
     } else {
         0
     };
     let others = 4 * workers + dedicated + 64;
-    let fitted = net::fit_connections(&[wanted, wanted, ADMIN_CONNECTIONS.min(wanted)], others);
+    let limits = [wanted, wanted, ADMIN_CONNECTIONS.min(wanted)];
+    let fitted = net::fit_connections(&limits, others, config.max_connections.is_some());
     // Every worker accepts on the two front-ends; the admin listener is the
     // serving thread's.
     Ok([

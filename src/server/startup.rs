@@ -30,7 +30,7 @@ pub(super) fn log_startup(
         max_clients = config.max_clients.get(),
         max_parallel = config.effective_max_parallel().get(),
         request_timeout = %humantime::format_duration(config.request_timeout),
-        max_connections = config.max_connections.get(),
+        max_connections = config.effective_max_connections().get(),
         http_connections = connections[0],
         resp_connections = connections[1],
         client_output_limit = %config.client_output_limit,

@@ -66,6 +66,22 @@ impl RedisServer {
         );
     }
 
+    /// Freezes the server (SIGSTOP): its sockets stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: signalling a child this harness started and has not reaped.
+        let sent = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(sent, 0, "signal {signal} to redis-server");
+    }
+
     /// Whether the server process is still running.
     pub fn is_running(&self) -> bool {
         // A killed child stays a zombie until it is waited for.
