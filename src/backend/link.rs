@@ -6,7 +6,7 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::Error;
+use super::{COPY_BELOW, Error};
 use crate::protocol::{self, Frame, Kind};
 
 /// A byte stream to Redis: TCP, or TLS over it.
@@ -19,6 +19,11 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawStream f
 
 /// What a link reads into at first, and grows by.
 const INPUT: usize = 16 * 1024;
+
+/// The largest reply given an allocation of its own size before it arrives:
+/// Redis's largest bulk string (`proto-max-bulk-len`'s default, 512 MiB).
+/// A longer length from a server is not trusted with an allocation up front.
+const MAX_OWN: usize = 512 * 1024 * 1024 + 64;
 
 /// A connection to Redis, with what it has read but not yet taken.
 pub(crate) struct Link {
@@ -73,9 +78,22 @@ impl Link {
     }
 
     /// Reads more of what Redis sends.
+    ///
+    /// A large value (a bulk reply of [`COPY_BELOW`] bytes or more) is read
+    /// into an allocation of exactly its size: the cache then keeps it as it
+    /// came, holding no more memory than the value.
     pub(crate) async fn fill(&mut self) -> Result<(), Error> {
-        if self.input.capacity() - self.input.len() < 4096 {
-            self.input.reserve(INPUT);
+        let large =
+            protocol::bulk_end(&self.input).filter(|end| (COPY_BELOW..MAX_OWN).contains(end));
+        match large {
+            Some(end) if self.input.capacity() != end => {
+                let mut own = BytesMut::with_capacity(end);
+                own.extend_from_slice(&self.input);
+                self.input = own;
+            }
+            Some(_) => {}
+            None if self.input.capacity() - self.input.len() < 4096 => self.input.reserve(INPUT),
+            None => {}
         }
         match self.stream.read_buf(&mut self.input).await {
             Ok(0) => Err(Error::lost("closed by redis")),

@@ -49,7 +49,8 @@ pub use url::RedisUrl;
 
 /// Values shorter than this are copied out of the connection's read buffer
 /// before they are handed on: a slice would keep the whole buffer alive for
-/// as long as the cache keeps the value.
+/// as long as the cache keeps the value. A longer value is read into an
+/// allocation of its own (see [`link::Link::fill`]).
 const COPY_BELOW: usize = 64 * 1024;
 
 /// The connection layer's handle: a topology and its nodes. Cheap to clone.
@@ -251,11 +252,23 @@ fn value_of(frame: &Frame) -> Result<Option<Bytes>, Error> {
     }
 }
 
-/// `bytes`, in an allocation of its own when it is small (see [`COPY_BELOW`]).
+/// A bulk reply's value, in an allocation of no more than its size: copied
+/// when it is small (see [`COPY_BELOW`]).
 pub(crate) fn compact(bytes: Bytes) -> Bytes {
     if bytes.len() < COPY_BELOW {
         Bytes::copy_from_slice(&bytes)
     } else {
         bytes
+    }
+}
+
+/// A whole reply, in an allocation of no more than its size: as
+/// [`compact`] for a bulk reply, and a copy for any other (only bulk replies
+/// are read into an allocation of their own).
+pub(crate) fn compact_reply(reply: Bytes) -> Bytes {
+    if reply.first() == Some(&b'$') {
+        compact(reply)
+    } else {
+        Bytes::copy_from_slice(&reply)
     }
 }

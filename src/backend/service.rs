@@ -16,7 +16,7 @@ use tower::Service;
 use super::connect::{Connector, Settings};
 use super::node::{Node, NodeOptions, Outgoing};
 use super::topology::{Cluster, ReadFrom, Standalone, Topology};
-use super::{Backend, Error, InvalidationSink, RedisUrl, compact};
+use super::{Backend, Error, InvalidationSink, RedisUrl, compact_reply};
 use crate::lookup::{Command, Key, Query, Target};
 
 /// How a [`RedisService`] is made: [`RedisService::builder`].
@@ -263,7 +263,7 @@ impl RedisService {
         let frame = self.measured(backend.send(slot, request)).await?;
         match frame.error_text() {
             Some(error) => Err(crate::Error::Reply(error.into())),
-            None => Ok(Some(compact(frame.bytes))),
+            None => Ok(Some(compact_reply(frame.bytes))),
         }
     }
 }

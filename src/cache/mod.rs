@@ -134,8 +134,10 @@ impl CacheBuilder {
         self
     }
 
-    /// Bytes of names and values held at most (unset: no bound beyond the keys).
-    /// Beyond it entries go in the same order as beyond the key capacity.
+    /// Bytes of memory the entries take at most: names, values, their
+    /// allocations and the policy's own structures, as laid out in memory
+    /// (unset: no bound beyond the keys). Beyond it entries go in the same
+    /// order as beyond the key capacity.
     pub fn max_bytes(mut self, max_bytes: usize) -> Self {
         self.max_bytes = max_bytes;
         self

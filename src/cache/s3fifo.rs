@@ -8,8 +8,8 @@
 //!
 //! quick_cache has one capacity, a weight. The key and byte capacities are folded
 //! into it: the weight capacity is `capacity × UNIT`, and an entry weighs the
-//! larger of its share of each, `max(UNIT, bytes × capacity × UNIT /
-//! max_bytes)`. A cache of small values is bounded by its keys, one of large
+//! larger of its share of each, `max(UNIT, cost × capacity × UNIT /
+//! max_bytes)`, where its cost is the memory it takes ([`cost`]). A cache of small values is bounded by its keys, one of large
 //! values by its bytes; a mix is bounded a little earlier than the two
 //! capacities taken apart would be. Each shard holds its share of the capacity
 //! rounded up, so the cache may hold up to one entry per shard more than asked
@@ -27,7 +27,9 @@ use bytes::Bytes;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use tokio::time::Instant;
 
-use super::eviction::{Found, Space, Stats, Store, kept_digest};
+use super::eviction::{
+    Found, INDEX_COST, Space, Stats, Store, allocated, kept_digest, shared_value,
+};
 
 /// One key's share of the weight capacity.
 const UNIT: u64 = 1024;
@@ -50,9 +52,22 @@ struct Weight {
 
 impl Weighter<Name, Entry> for Weight {
     fn weight(&self, (_, name): &Name, entry: &Entry) -> u64 {
-        let bytes = (name.len() + entry.value.len()) as u64;
+        let bytes = cost(name, entry.value.len()) as u64;
         UNIT.max(bytes.saturating_mul(self.per_byte) >> 16)
     }
+}
+
+/// What quick_cache adds to each entry it holds: its slab's links, the
+/// entry's state, reference count and kind.
+const QUICK_CACHE_NODE: usize = 24;
+
+/// What one entry costs in memory: quick_cache's node (name, entry and its
+/// own fields), its index, half a ghost (quick_cache remembers up to half
+/// as many evicted keys as it can hold, each in a node of the same size),
+/// and the name's and value's allocations.
+fn cost(name: &[u8], value_len: usize) -> usize {
+    const NODE: usize = std::mem::size_of::<(Name, Entry)>() + QUICK_CACHE_NODE + INDEX_COST;
+    NODE + NODE / 2 + allocated(name.len()) + shared_value(value_len)
 }
 
 /// Counts what one insert evicted, sorting expired entries from live ones.
@@ -103,17 +118,20 @@ impl S3Fifo {
         Self::with_max_bytes(capacity, usize::MAX, ttl)
     }
 
-    /// An empty store holding at most `capacity` keys and `max_bytes` bytes of
-    /// names and values.
+    /// An empty store holding at most `capacity` keys, whose entries cost at
+    /// most `max_bytes` bytes of memory.
     pub(crate) fn with_max_bytes(capacity: usize, max_bytes: usize, ttl: Duration) -> Self {
         let capacity = capacity.max(1);
+        // quick_cache sizes its table and its ghosts by the entries it
+        // expects: no more than the byte capacity can hold.
+        let expected = capacity.min(max_bytes / cost(b"", 1)).max(1);
         let weight_capacity = (capacity as u64).saturating_mul(UNIT);
         let per_byte = ((u128::from(weight_capacity) << 16) / (max_bytes.max(1) as u128))
             .try_into()
             .unwrap_or(u64::MAX);
         Self {
             entries: Inner::with(
-                capacity,
+                expected,
                 weight_capacity,
                 Weight { per_byte },
                 DefaultHashBuilder::default(),
@@ -167,7 +185,7 @@ impl S3Fifo {
         // A key parsed from a client's request is a slice of that connection's read
         // buffer; a copy of its own keeps the cache from pinning the buffer.
         let key = (space, Bytes::copy_from_slice(name));
-        if name.len().saturating_add(value.len()) > self.max_bytes {
+        if cost(name, value.len()) > self.max_bytes {
             self.entries.remove(&key);
             return false;
         }
@@ -245,11 +263,11 @@ impl Store for S3Fifo {
         self.entries.len()
     }
 
-    /// Names plus values of every entry, in bytes.
+    /// What every entry costs in memory, in bytes (see [`cost`]).
     fn bytes(&self) -> usize {
         self.entries
             .iter()
-            .map(|((_, name), entry)| name.len() + entry.value.len())
+            .map(|((_, name), entry)| cost(&name, entry.value.len()))
             .sum()
     }
 

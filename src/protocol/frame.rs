@@ -233,6 +233,16 @@ fn find_crlf(b: &[u8], from: usize) -> Option<usize> {
         .map(|i| from + i)
 }
 
+/// Where the bulk string reply at the start of `b` ends, once its header has
+/// arrived; `None` for any other reply, or a header still incomplete.
+pub(crate) fn bulk_end(b: &[u8]) -> Option<usize> {
+    if b.first() != Some(&b'$') {
+        return None;
+    }
+    let (len, start) = line(b, 1)?;
+    Some(start + usize::try_from(len).ok()? + 2)
+}
+
 /// The number on the line starting at `at`, and where the next line begins.
 pub(crate) fn line(b: &[u8], at: usize) -> Option<(i64, usize)> {
     let eol = find_crlf(b, at)?;

@@ -18,7 +18,7 @@ mod value;
 pub use request::{Decoder, ProtocolError};
 
 pub(crate) use combine::Combine;
-pub(crate) use frame::{Frame, Kind, element, line, take};
+pub(crate) use frame::{Frame, Kind, bulk_end, element, line, take};
 pub(crate) use name::Name;
 pub(crate) use reply::{Protocol, Reply, Sink};
 pub(crate) use request::{encode, encoded};

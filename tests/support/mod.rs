@@ -29,6 +29,23 @@ pub fn python_path() -> std::path::PathBuf {
     path
 }
 
+/// Makes the child `command` starts die with the test that started it, even
+/// when the test is killed (a timeout) and never drops its handle: the
+/// kernel sends it SIGKILL when the spawning thread ends.
+pub fn dies_with_test(command: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: `prctl` is async-signal-safe, as `pre_exec` requires.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    }
+}
+
 /// A port that was free a moment ago (the caller must cope with losing a race).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

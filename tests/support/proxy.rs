@@ -78,6 +78,7 @@ impl ProxyBuilder {
                 command.env_remove(key);
             }
         }
+        super::dies_with_test(&mut command);
         command.env("RUST_LOG", "info");
         command.args(["--log-format", "json"]);
         if self.default_http_addr {

@@ -167,7 +167,7 @@ impl RedisServer {
 
 fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
     let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    Command::new(binary)
+    super::dies_with_test(&mut Command::new(binary))
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
@@ -220,7 +220,7 @@ impl TlsRedisServer {
             ));
             std::fs::create_dir_all(&dir).expect("create redis dir");
             let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-            let child = Command::new(binary)
+            let child = super::dies_with_test(&mut Command::new(binary))
                 .args(["--port", "0", "--tls-port", &port.to_string()])
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                 .arg("--dir")

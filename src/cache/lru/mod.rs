@@ -22,7 +22,8 @@
 //! [`Lru::reclaim_expired`] (the cache runs it every second), so memory held by
 //! dead values does not wait for capacity pressure.
 //!
-//! Capacity is counted in keys and, optionally, in bytes (names plus values):
+//! Capacity is counted in keys and, optionally, in bytes of memory (what
+//! each entry's slot, index and allocations really take, [`Slot::cost`]):
 //! beyond either, entries go in the same order, expired first, then least
 //! recently used.
 //!
@@ -101,7 +102,7 @@ pub(crate) struct Lru {
     insertion: Ends,
     capacity: usize,
     max_bytes: usize,
-    /// Names plus values of every entry.
+    /// What every entry costs in memory ([`Slot::cost`]).
     bytes: usize,
     /// The databases whose keys have held entries: where a name is looked
     /// for when Redis invalidates it (its messages do not say which database).
@@ -120,8 +121,8 @@ impl Lru {
         Self::with_max_bytes(capacity, usize::MAX, ttl)
     }
 
-    /// An empty store holding at most `capacity` keys and `max_bytes` bytes of
-    /// names and values.
+    /// An empty store holding at most `capacity` keys, whose entries cost at
+    /// most `max_bytes` bytes of memory.
     pub(crate) fn with_max_bytes(capacity: usize, max_bytes: usize, ttl: Duration) -> Self {
         Self {
             index: HashTable::new(),
@@ -220,7 +221,7 @@ impl Lru {
         }
         self.unlink(List::Recency, i);
         self.unlink(List::Insertion, i);
-        self.bytes -= self.slots[i as usize].size();
+        self.bytes -= self.slots[i as usize].cost();
         let slot = &mut self.slots[i as usize];
         slot.empty();
         slot.recency.next = self.free;
@@ -229,7 +230,7 @@ impl Lru {
 
     /// A free slot made into `slot`, taken from the free list or the end of the slab.
     fn allocate(&mut self, slot: Slot) -> u32 {
-        self.bytes += slot.size();
+        self.bytes += slot.cost();
         match self.free {
             NIL => {
                 let i = u32::try_from(self.slots.len()).expect("at most MAX_SLOTS slots");
@@ -353,10 +354,8 @@ impl Lru {
         let now = self.offset(now);
         let ttl = i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX);
         let expires_at = now.saturating_add(ttl);
-        let fits = name.len().saturating_add(value.len()) <= self.max_bytes;
-        let filled = fits
-            .then(|| Slot::fill(space, name, value, digest, expires_at))
-            .flatten();
+        let filled = Slot::fill(space, name, value, digest, expires_at)
+            .filter(|slot| slot.cost() <= self.max_bytes);
         let Some(slot) = filled else {
             if let Some(i) = self.find(space, name) {
                 self.remove_slot(i);
@@ -368,7 +367,7 @@ impl Lru {
 
         let i = match self.find(space, name) {
             Some(i) => {
-                self.bytes = self.bytes - self.slots[i as usize].size() + slot.size();
+                self.bytes = self.bytes - self.slots[i as usize].cost() + slot.cost();
                 let old = std::mem::replace(&mut self.slots[i as usize], slot);
                 self.slots[i as usize].recency = old.recency;
                 self.slots[i as usize].insertion = old.insertion;
@@ -453,7 +452,7 @@ impl Lru {
         self.index.len()
     }
 
-    /// Names plus values of every entry, in bytes.
+    /// What every entry costs in memory, in bytes.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }

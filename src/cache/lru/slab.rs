@@ -10,7 +10,7 @@ use std::ptr::NonNull;
 
 use bytes::Bytes;
 
-use super::super::eviction::{DIGEST_AT, Space};
+use super::super::eviction::{DIGEST_AT, INDEX_COST, Space, allocated, shared_value};
 
 /// Values of at least this many bytes are shared with readers rather than
 /// copied to them.
@@ -196,9 +196,19 @@ impl Slot {
         }
     }
 
-    /// Names plus values: what the byte capacity counts.
-    pub(super) fn size(&self) -> usize {
-        self.name_len() + self.value_len as usize
+    /// What the entry costs in memory: its slot, its place in the index, its
+    /// allocation and, for a shared value, the value's own (see
+    /// [`shared_value`]). Zero for a free slot.
+    pub(super) fn cost(&self) -> usize {
+        if self.data.is_empty() {
+            return 0;
+        }
+        let value = if self.is_shared() {
+            shared_value(self.value_len as usize)
+        } else {
+            0
+        };
+        std::mem::size_of::<Slot>() + INDEX_COST + allocated(self.layout().1.size()) + value
     }
 
     /// Fills a free slot with a copy of `name` (in `db`) and `value`; `None` when

@@ -424,35 +424,53 @@ fn databases_keep_equal_names_apart() {
     assert!(s.get_in(Space::Keys(Some(3)), b"other", now).is_some());
 }
 
+/// What an entry of a one-byte name and a nine-byte value costs: its slot,
+/// its index and one 32-byte chunk of the allocator for the ten bytes.
+const SMALL_ENTRY: usize = 40 + 12 + 32;
+
+#[test]
+fn an_entry_costs_its_slot_index_and_allocations() {
+    let now = Instant::now();
+    let mut s = store(100);
+    s.insert(Bytes::from("a"), Bytes::from_static(b"123456789"), now);
+    assert_eq!(s.bytes(), SMALL_ENTRY);
+    // 58 bytes take an 80-byte chunk.
+    s.insert(Bytes::from("b"), Bytes::from(vec![b'v'; 57]), now);
+    assert_eq!(s.bytes(), SMALL_ENTRY + 40 + 12 + 80);
+    // A shared value: the name's allocation holds the value's handle and
+    // digest (32 + 8 + 1 bytes: a 64-byte chunk); the value has its own
+    // chunk (5,000 bytes and its header: 5,008) and its reference count's (32).
+    s.insert(Bytes::from("c"), Bytes::from(vec![b'v'; 5000]), now);
+    assert_eq!(s.bytes(), SMALL_ENTRY + 132 + 40 + 12 + 64 + 5008 + 32);
+    s.remove(b"b");
+    assert_eq!(s.bytes(), SMALL_ENTRY + 40 + 12 + 64 + 5008 + 32);
+}
+
 #[test]
 fn the_byte_capacity_evicts_in_lru_order() {
     let now = Instant::now();
-    // Each entry is a one-byte name and a nine-byte value: ten bytes.
-    let mut s = Lru::with_max_bytes(100, 30, TTL);
+    let mut s = Lru::with_max_bytes(100, 3 * SMALL_ENTRY, TTL);
     for key in ["a", "b", "c"] {
         s.insert(Bytes::from(key), Bytes::from_static(b"123456789"), now);
     }
-    assert_eq!(s.bytes(), 30);
+    assert_eq!(s.bytes(), 3 * SMALL_ENTRY);
     assert!(cached(&mut s, "a", now)); // order of use, oldest first: b c a
     s.insert(Bytes::from("d"), Bytes::from_static(b"123456789"), now);
     assert_eq!(s.list(List::Recency), ["d", "a", "c"]);
-    // A value twice the size pushes out two.
-    s.insert(
-        Bytes::from("e"),
-        Bytes::from_static(b"1234567890123456789"),
-        now,
-    );
+    // A larger entry (132 bytes) pushes out two.
+    s.insert(Bytes::from("e"), Bytes::from(vec![b'v'; 57]), now);
     assert_eq!(s.list(List::Recency), ["e", "d"]);
-    assert_eq!(s.bytes(), 30);
+    assert_eq!(s.bytes(), SMALL_ENTRY + 132);
     assert_eq!(s.stats().evictions, 3);
 }
 
 #[test]
 fn a_value_over_the_byte_capacity_is_not_stored_and_drops_the_old_one() {
     let now = Instant::now();
-    let mut s = Lru::with_max_bytes(100, 10, TTL);
+    let mut s = Lru::with_max_bytes(100, 100, TTL);
     assert!(s.insert_in(Space::Keys(None), b"k", &Bytes::from("small"), now));
-    assert!(!s.insert_in(Space::Keys(None), b"k", &Bytes::from("much too large"), now));
+    let large = Bytes::from(vec![b'v'; 50]);
+    assert!(!s.insert_in(Space::Keys(None), b"k", &large, now));
     assert!(s.get(b"k", now).is_none(), "the old value would be stale");
     assert_eq!((s.len(), s.bytes()), (0, 0));
 }
