@@ -232,6 +232,37 @@ fn the_startup_line_gives_every_setting_in_its_configuration_form() {
 }
 
 #[test]
+fn the_default_cache_sizes_are_written_alike_on_the_startup_line() {
+    let redis = RedisServer::start();
+    let proxy = ProxyBuilder::new(&redis.url()).start();
+    let fields = startup_fields(&proxy);
+    for field in ["cache_max_bytes", "cache_max_value_bytes"] {
+        let size = fields[field].as_str().unwrap_or_default();
+        assert!(
+            size.ends_with("mb") && size[..size.len() - 2].parse::<u64>().is_ok(),
+            "{field} = {size}: a quarter (an eighth) of memory, in whole MiB"
+        );
+    }
+}
+
+#[test]
+fn a_negative_value_is_refused_naming_its_option() {
+    for (flag, value) in [
+        ("--cache-capacity", "-5"),
+        ("--max-clients", "-1"),
+        ("--cache-ttl", "-5s"),
+        ("--cache-max-bytes", "-5mb"),
+        ("--request-timeout", "-1ms"),
+    ] {
+        let err = rejected(ProxyBuilder::bare().arg(flag, value));
+        assert!(
+            err.contains(flag) && err.contains(value) && !err.contains("unexpected argument"),
+            "{flag} {value}: {err}"
+        );
+    }
+}
+
+#[test]
 fn a_flag_given_twice_keeps_its_last_value() {
     let redis = RedisServer::start();
     let proxy = ProxyBuilder::new(&redis.url())

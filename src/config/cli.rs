@@ -10,6 +10,7 @@
 // `redis://[user:pass@]host` are literal brackets, not links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -24,8 +25,14 @@ use super::{InvalidationMode, LogFormat};
 /// variables, these flags. Durations use humantime syntax: 500ms, 30s, 2m.
 #[derive(Debug, Default, Clone, Parser, Serialize)]
 // A flag given twice takes its last value, as wrapper scripts that append to a
-// command line expect.
-#[command(name = "redis-proxy", version, args_override_self = true)]
+// command line expect. A negative number is taken as a value, so that its
+// error names the option it was given to.
+#[command(
+    name = "redis-proxy",
+    version,
+    args_override_self = true,
+    allow_negative_numbers = true
+)]
 pub(crate) struct Cli {
     /// TOML configuration file with any of the keys below (underscored: cache_ttl)
     #[arg(long, env = "REDIS_PROXY_CONFIG", value_name = "FILE")]
@@ -220,5 +227,46 @@ impl std::str::FromStr for CliSecret {
 impl std::fmt::Debug for CliSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("***")
+    }
+}
+
+impl Cli {
+    /// The flags in `args` (the program's name first). A value that starts
+    /// with `-` and a digit (`--cache-ttl -5s`) is the value of the option
+    /// before it, so that its error names that option rather than calling
+    /// it an unknown flag.
+    pub(crate) fn parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let command = <Self as clap::CommandFactory>::command();
+        let takes_value = |flag: &str| {
+            command
+                .get_arguments()
+                .any(|arg| arg.get_long() == Some(flag) && arg.get_action().takes_values())
+        };
+        let mut joined: Vec<OsString> = Vec::new();
+        for arg in args.into_iter().map(Into::into) {
+            let negative = arg
+                .to_str()
+                .and_then(|value| value.strip_prefix('-'))
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
+            let option = joined
+                .last()
+                .and_then(|last| last.to_str())
+                .and_then(|last| last.strip_prefix("--"))
+                .filter(|flag| !flag.contains('=') && takes_value(flag));
+            match option {
+                Some(_) if negative => {
+                    let mut pair = joined.pop().expect("an option before the value");
+                    pair.push("=");
+                    pair.push(&arg);
+                    joined.push(pair);
+                }
+                _ => joined.push(arg),
+            }
+        }
+        Self::try_parse_from(joined)
     }
 }

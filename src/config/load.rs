@@ -2,7 +2,6 @@
 //! figment, and figment's errors turned into lines that name the option and
 //! where the bad value came from.
 
-use clap::Parser;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 
@@ -19,7 +18,8 @@ impl Config {
     /// Names the option when the file is missing, a key in it is unknown, or
     /// any value does not parse or is out of range.
     pub fn from_args() -> Result<Self, Error> {
-        Self::load_from(&Cli::parse(), std::env::vars())
+        let cli = Cli::parse_args(std::env::args_os()).unwrap_or_else(|error| error.exit());
+        Self::load_from(&cli, std::env::vars())
     }
 
     /// The configuration `args` (the program's name first) and `vars` (the
@@ -45,7 +45,7 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let cli = Cli::try_parse_from(args).map_err(|error| Error::Invalid(error.to_string()))?;
+        let cli = Cli::parse_args(args).map_err(|error| Error::Invalid(error.to_string()))?;
         Self::load_from(&cli, vars)
     }
 

@@ -317,17 +317,24 @@ impl Config {
 
     /// The cache's byte capacity in force: `cache_max_bytes`, or a quarter of the
     /// memory available to the process (its container's limit, else the
-    /// machine's), or 1 GiB when that cannot be read.
+    /// machine's) in whole MiB, or 1 GiB when that cannot be read.
     pub fn effective_cache_max_bytes(&self) -> ByteSize {
-        self.cache_max_bytes
-            .unwrap_or_else(|| ByteSize(memory_available().map_or(1 << 30, |bytes| bytes / 4)))
+        self.cache_max_bytes.unwrap_or_else(|| {
+            ByteSize(memory_available().map_or(1 << 30, |bytes| whole_mib(bytes / 4)))
+        })
     }
 
     /// The largest value cached: `cache_max_value_bytes`, or an eighth of the
-    /// cache's bytes.
+    /// cache's bytes, in whole MiB from 8 MiB on.
     pub fn effective_cache_max_value_bytes(&self) -> ByteSize {
-        self.cache_max_value_bytes
-            .unwrap_or_else(|| ByteSize(self.effective_cache_max_bytes().0 / 8))
+        self.cache_max_value_bytes.unwrap_or_else(|| {
+            let eighth = self.effective_cache_max_bytes().0 / 8;
+            ByteSize(if eighth >= 1 << 20 {
+                whole_mib(eighth)
+            } else {
+                eighth
+            })
+        })
     }
 
     /// Settings that are valid but probably not what was meant, each with why.
@@ -374,6 +381,12 @@ mod text {
             .parse()
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// `bytes` rounded down to whole MiB (at least one): a derived size that
+/// reads as sizes are written.
+fn whole_mib(bytes: u64) -> u64 {
+    (bytes >> 20).max(1) << 20
 }
 
 #[cfg(test)]
