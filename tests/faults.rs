@@ -307,6 +307,40 @@ fn a_client_that_pauses_reading_is_bounded_by_the_write_timeout_not_the_request_
 }
 
 #[test]
+fn a_pipeline_sent_whole_before_any_reply_is_read_is_answered_whole() {
+    // As redis-py's pipelines do: every request written, then every reply
+    // read. 20 MB of requests and 6 MB of replies are more than the
+    // kernel's buffers hold both ways, so the proxy must read on while its
+    // replies wait, as Redis does.
+    let redis = RedisServer::start();
+    let key = "k".repeat(1000);
+    redis.set(&key, "v".repeat(300));
+    let proxy = ProxyBuilder::new(&redis.url())
+        .arg("--client-write-timeout", "3s")
+        .start();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    socket.connect(&proxy.resp_addr().into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let n = 20_000;
+    let request = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
+    stream
+        .write_all(request.repeat(n).as_bytes())
+        .expect("the proxy takes every request before any reply is read");
+    let reply = format!("$300\r\n{}\r\n", "v".repeat(300));
+    let mut got = vec![0u8; reply.len() * n];
+    stream.read_exact(&mut got).expect("every reply");
+    assert!(got.chunks(reply.len()).all(|r| r == reply.as_bytes()));
+    assert_eq!(redis.calls("get"), 1);
+}
+
+#[test]
 fn running_out_of_time_while_connecting_is_a_timeout_every_time() {
     let redis = RedisServer::start();
     redis.set("k", "v");

@@ -9,7 +9,9 @@
 //! arrive once it has begun; unparsed input beyond what all connections
 //! together may hold.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -171,18 +173,53 @@ where
             .map_err(|_| Close::Gone)
     }
 
-    /// Writes every pending reply, giving up if the client takes none of it for
-    /// the write timeout.
+    /// Writes every pending reply, giving up if the client takes none of it
+    /// for the write timeout.
     pub(super) async fn flush(&mut self) -> Result<(), Close> {
+        self.write_pending(false).await.map(drop)
+    }
+
+    /// [`Client::flush`], reading the client's next requests meanwhile (into
+    /// the input, within its bounds, not yet answered): a client that sends a
+    /// whole pipeline before it reads a reply (redis-py's pipelines do) would
+    /// otherwise wait on the proxy while the proxy waits on it. Returns
+    /// whether any input arrived.
+    pub(super) async fn flush_reading(&mut self) -> Result<bool, Close> {
+        self.write_pending(true).await
+    }
+
+    async fn write_pending(&mut self, mut reading: bool) -> Result<bool, Close> {
         let timeout = self.limits.write_timeout;
+        let mut read = false;
+        let mut written_at = Instant::now();
         while !self.output.is_empty() {
-            match tokio::time::timeout(timeout, self.output.write_some(&mut self.stream)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => return Err(Close::Gone),
+            if reading && self.input.capacity() - self.input.len() < 4096 {
+                self.input.reserve(INPUT_CAPACITY);
+            }
+            let (stream, input, output) = (&mut self.stream, &mut self.input, &mut self.output);
+            let step = std::future::poll_fn(|cx| {
+                if let Poll::Ready(written) = output.poll_write_some(stream, cx) {
+                    return Poll::Ready(Step::Wrote(written));
+                }
+                if !reading {
+                    return Poll::Pending;
+                }
+                tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, input).map(Step::Read)
+            });
+            match tokio::time::timeout_at(written_at + timeout, step).await {
                 Err(_) => return Err(Close::Bound(Bound::Write)),
+                Ok(Step::Wrote(Ok(_))) => written_at = Instant::now(),
+                Ok(Step::Wrote(Err(_))) => return Err(Close::Gone),
+                // The client is done sending, or its end failed: what it
+                // sent is still answered, and the next read tells.
+                Ok(Step::Read(Ok(0) | Err(_))) => reading = false,
+                Ok(Step::Read(Ok(_))) => {
+                    read = true;
+                    self.account_input()?;
+                }
             }
         }
-        Ok(())
+        Ok(read)
     }
 
     /// Reads more input. A request begun but not complete must be completed
@@ -271,4 +308,10 @@ where
             self.budget.release(self.held);
         }
     }
+}
+
+/// What one poll of a connection that reads and writes at once did.
+enum Step {
+    Wrote(std::io::Result<usize>),
+    Read(std::io::Result<usize>),
 }

@@ -8,10 +8,12 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 pub(crate) use crate::protocol::Sink;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 /// Values at least this long are queued by reference rather than copied.
 pub(super) const REFERENCE_AT: usize = 16 * 1024;
@@ -80,17 +82,28 @@ impl Output {
         &mut self,
         stream: &mut W,
     ) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_write_some(stream, cx)).await
+    }
+
+    /// [`Output::write_some`] as a poll: for a caller that reads the same
+    /// stream while it writes.
+    pub(crate) fn poll_write_some<W: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        let stream = Pin::new(stream);
         if self.queued.is_empty() {
             if self.buffer.is_empty() {
-                return Ok(0);
+                return Poll::Ready(Ok(0));
             }
-            let n = stream.write(&self.buffer).await?;
+            let n = ready!(stream.poll_write(cx, &self.buffer))?;
             self.buffer.advance(n);
             if self.buffer.is_empty() {
                 // Everything written: start again at the front of the allocation.
                 self.buffer.clear();
             }
-            return zero_is_closed(n);
+            return Poll::Ready(zero_is_closed(n));
         }
         let mut slices = [IoSlice::new(&[]); 64];
         let mut count = 0;
@@ -102,9 +115,9 @@ impl Output {
             slices[count] = IoSlice::new(&self.buffer);
             count += 1;
         }
-        let n = stream.write_vectored(&slices[..count]).await?;
+        let n = ready!(stream.poll_write_vectored(cx, &slices[..count]))?;
         self.consume(n);
-        zero_is_closed(n)
+        Poll::Ready(zero_is_closed(n))
     }
 
     /// Drops the first `n` written bytes.

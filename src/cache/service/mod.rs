@@ -96,7 +96,10 @@ impl<S> CacheService<S> {
         let ttl = self.cache.ttl();
         let joined = self.cache.flights().join(&read, self.cache.store());
         match joined {
-            Join::Wait(done) => ResponseFuture::miss(Box::pin(wait(done, ttl))),
+            Join::Wait(done) => {
+                let (inner, cache) = (self.inner.clone(), self.cache.clone());
+                ResponseFuture::miss(Box::pin(wait_or_fetch(done, inner, request, read, cache)))
+            }
             Join::Lead(id) => {
                 // The ready service goes to the fetch; a fresh clone stays behind.
                 let clone = self.inner.clone();
@@ -317,12 +320,55 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Waits for a fetch to end and takes its outcome.
-async fn wait(mut done: watch::Receiver<Option<Outcome>>, ttl: Duration) -> Result<Lookup, Error> {
-    let outcome = match done.wait_for(Option::is_some).await {
+async fn wait(mut done: watch::Receiver<Option<Outcome>>) -> Outcome {
+    match done.wait_for(Option::is_some).await {
         Ok(outcome) => outcome.clone().expect("waited for Some"),
-        Err(_) => return Err(Error::unavailable("the fetch was abandoned")),
-    };
-    lookup(outcome, ttl)
+        Err(_) => Err(Error::unavailable("the fetch was abandoned")),
+    }
+}
+
+/// A miss that joined the fetch in flight: that fetch's outcome, unless it
+/// ran out of time. Its time was its leader's, which began before this miss
+/// did: then this miss fetches once more (leading, or joining a later fetch),
+/// bounded by its own timeout outside, so that a slow backend costs each
+/// request its own timeout and never a share of another's.
+async fn wait_or_fetch<S, R>(
+    done: watch::Receiver<Option<Outcome>>,
+    inner: S,
+    request: R,
+    read: Read,
+    cache: Cache,
+) -> Result<Lookup, Error>
+where
+    S: Service<R, Response = Option<Bytes>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Error>,
+    R: Send + 'static,
+{
+    let ttl = cache.ttl();
+    match wait(done).await {
+        Err(Error::Timeout) => {}
+        outcome => return lookup(outcome, ttl),
+    }
+    let joined = cache.flights().join(&read, cache.store());
+    match joined {
+        Join::Wait(done) => lookup(wait(done).await, ttl),
+        Join::Lead(id) => {
+            let inner = match tower::ServiceExt::ready_oneshot(inner).await {
+                Ok(inner) => inner,
+                Err(error) => {
+                    cache.flights().land(&read, id);
+                    return Err(error.into());
+                }
+            };
+            let fetch = Box::pin(fetch(inner, request, read, id, cache));
+            Lead {
+                fetch: Some(fetch),
+                ttl,
+            }
+            .await
+        }
+    }
 }
 
 /// What a waiter answers for a fetch's outcome: a value fetched just now, fresh

@@ -8,7 +8,8 @@ use tower::ServiceExt;
 
 /// An in-process stand-in for Redis: counts calls, waits for `gate` (when
 /// given) before answering, answers `v<n>` for the n-th call, `None` for
-/// "missing", fails for "bad" and panics for "panic".
+/// "missing", fails for "bad", times out the first call for "late" and
+/// panics for "panic".
 #[derive(Clone)]
 struct Fake {
     calls: Arc<AtomicUsize>,
@@ -34,6 +35,7 @@ impl Service<Key> for Fake {
             match &key[..] {
                 b"missing" => Ok(None),
                 b"bad" => Err(Error::unavailable("down")),
+                b"late" if n == 0 => Err(Error::Timeout),
                 b"panic" => panic!("the backend fell over"),
                 _ => Ok(Some(Bytes::from(format!("v{n}")))),
             }
@@ -184,6 +186,24 @@ async fn every_waiter_gets_the_same_error_with_its_type() {
         assert!(matches!(error, Error::Unavailable { .. }), "{error}");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(svc.cache().fetches_in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_waiter_whose_fetch_ran_out_of_its_leaders_time_fetches_on_its_own() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (svc, calls) = service(Duration::from_secs(60), Some(gate.clone()));
+    let leader = tokio::spawn(svc.clone().oneshot(Key::from("late")));
+    while svc.cache().fetches_in_flight() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let waiter = tokio::spawn(svc.clone().oneshot(Key::from("late")));
+    tokio::task::yield_now().await;
+    gate.add_permits(2);
+    assert!(matches!(leader.await.unwrap(), Err(Error::Timeout)));
+    let lookup = waiter.await.unwrap().unwrap();
+    assert_eq!(lookup.value, Some(Bytes::from("v1")), "its own fetch");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(svc.cache().fetches_in_flight(), 0);
 }
 

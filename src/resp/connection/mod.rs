@@ -110,9 +110,10 @@ where
             if let Err(close) = self.answer().await {
                 return close;
             }
-            if let Err(close) = self.client.flush().await {
-                return close;
-            }
+            let read_more = match self.client.flush_reading().await {
+                Ok(read_more) => read_more,
+                Err(close) => return close,
+            };
             if let Some(close) = batch.end {
                 return close;
             }
@@ -131,7 +132,7 @@ where
             if let Err(close) = self.client.account_input() {
                 return close;
             }
-            if batch.more {
+            if batch.more || read_more {
                 continue;
             }
             if let Err(close) = self.client.read(stop).await {
