@@ -5,7 +5,23 @@
 #   make run    a working proxy (natively, or Redis + proxy with docker compose)
 #   make help   every target
 #
-# Variables: ARGS (extra flags for the native `make run`), CARGO.
+# Variables, as `make help` lists them:
+#   ARGS               extra flags for the proxy in `make run` and `make run-cluster` (native)
+#   CARGO              the cargo to build with (default: cargo)
+#   COMPOSE            `docker compose` or `docker-compose` (default: whichever answers)
+#   KEEP               1: keep the test image and containers after `make test` in Docker
+#   PUBLISH_ADDR       the address Compose publishes ports on (default: 127.0.0.1)
+#   CLUSTER_PORT       the first of the six ports of `make run-cluster`'s nodes (default: 7000)
+#   REDIS_PROXY_CLIENT_PASSWORD  passed to the proxy by `make run` in Docker
+#   BENCH_ROUNDS       `make bench`: rounds per row (default: 3)
+#   BENCH_REQUESTS     `make bench`: requests per redis-benchmark run (default: 200000)
+#   BENCH_CLIENTS      `make bench`: redis-benchmark connections (default: 50)
+#   BENCH_HTTP_SECONDS `make bench`: seconds per wrk run (default: 5)
+#   BENCH_MEMORY_KEYS  `make bench`: keys in the memory row (default: 1000000)
+#   BENCH_WORKERS      `make bench`: worker threads of the proxy and its HTTP peers (default: each one's own)
+#   BENCH_PROXY        `make bench`: the proxy binary to measure (default: target/release/redis-proxy)
+#   SOAK_SECONDS       `make soak`: how long (default: 300)
+#   SOAK_INTERVAL      `make soak`: seconds between samples (default: 5)
 
 CARGO ?= cargo
 ARGS ?=
@@ -32,8 +48,11 @@ DCC = $(COMPOSE) -p $(COMPOSE_PROJECT)-cluster -f docker/cluster-compose.yml
 .PHONY: help build lint fmt test test-native test-docker unit clients examples doc compose-check \
 	run run-native run-docker run-cluster run-cluster-native run-cluster-docker bench soak clean
 
-help: ## List the targets
+help: ## List the targets and the variables they read
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables (make VAR=value target, or in the environment):"
+	@grep -E '^#   [A-Z_]+ ' $(MAKEFILE_LIST) | sed 's/^#   /  /'
 
 build: ## Build the release binary (target/release/redis-proxy)
 	$(CARGO) build --release --locked

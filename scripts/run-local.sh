@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the proxy against the configured Redis. When nothing answers at that
-# address, the address is local, and redis-server is installed, starts a
-# throwaway Redis there (data under target/redis-run) and stops it on exit.
+# Runs the proxy against the configured Redis. When nothing answers at the
+# effective address (what `redis-proxy --print-config` says), the address is
+# local, and redis-server is installed, starts a throwaway Redis there (data
+# under target/redis-run) and stops it on exit. Exits with the proxy's status.
 #
 # Usage: scripts/run-local.sh PATH/TO/redis-proxy [proxy flags...]
 set -euo pipefail
@@ -9,15 +10,15 @@ set -euo pipefail
 proxy=$1
 shift
 
-url=${REDIS_PROXY_REDIS_URL:-redis://127.0.0.1:6379}
-for ((i = 1; i <= $#; i++)); do
-  if [[ ${!i} == --redis-url ]]; then
-    j=$((i + 1))
-    url=${!j}
-  elif [[ ${!i} == --redis-url=* ]]; then
-    url=${!i#--redis-url=}
-  fi
-done
+# The effective Redis address, as the proxy itself reads its flags, environment
+# and file. A configuration it refuses stops here, with its status.
+status=0
+config=$("$proxy" "$@" --print-config) || status=$?
+if ((status != 0)); then
+  exit "$status"
+fi
+url=$(sed -n 's/^redis_url = "\(.*\)"$/\1/p' <<<"$config")
+url=${url%%,*}
 
 # redis://[user:pass@]host[:port][/db] -> host, port
 hostport=${url#*://}
@@ -51,5 +52,13 @@ fi
 "$proxy" "$@" &
 proxy_pid=$!
 trap 'kill -TERM "$proxy_pid" 2>/dev/null' INT TERM
-wait "$proxy_pid" || true
-wait "$proxy_pid" 2>/dev/null || true
+# The proxy's status is the script's: 0 after Ctrl-C (a graceful stop), 1 when
+# it could not start (an address in use), 2 for a configuration it refused.
+status=0
+wait "$proxy_pid" || status=$?
+# A signal interrupted the first wait: wait for the proxy itself.
+if kill -0 "$proxy_pid" 2>/dev/null; then
+  status=0
+  wait "$proxy_pid" || status=$?
+fi
+exit "$status"

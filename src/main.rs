@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use redis_proxy::config::{Config, LogFormat};
+use redis_proxy::config::{Config, Invocation, LogFormat};
 use tokio_util::task::AbortOnDropHandle;
 use tracing_subscriber::EnvFilter;
 
@@ -14,8 +14,12 @@ fn main() -> ExitCode {
     ignore_hangups_until_handled();
     return_large_allocations_at_once();
     // Before anything is bound: a bad option stops the process here.
-    let config = match Config::from_args() {
-        Ok(config) => config,
+    let config = match Config::invocation_from_args() {
+        Ok(Invocation::PrintConfig(config)) => {
+            print!("{}", config.to_toml());
+            return ExitCode::SUCCESS;
+        }
+        Ok(invocation) => invocation.into_config(),
         Err(error) => {
             eprintln!("redis-proxy: invalid configuration: {error}");
             return ExitCode::from(2);

@@ -86,3 +86,74 @@ fn compose_publishes_ports_on_loopback_by_default() {
         );
     }
 }
+
+#[test]
+fn the_crate_is_licensed_mit_or_apache_2_and_ships_both_texts() {
+    assert!(read("Cargo.toml").contains("license = \"MIT OR Apache-2.0\""));
+    assert!(read("LICENSE-MIT").starts_with("MIT License"));
+    assert!(read("LICENSE-APACHE").contains("Apache License\n                        Version 2.0"));
+    assert!(read("README.md").contains("MIT OR Apache-2.0"));
+}
+
+/// The upper-case variables `text` reads as `${NAME:-…}` or `$(NAME)`.
+fn variables_read(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for (open, close) in [("${", ":-"), ("$(", ")")] {
+        let mut rest = text;
+        while let Some(start) = rest.find(open) {
+            rest = &rest[start + open.len()..];
+            let Some(end) = rest.find(close) else { break };
+            let name = &rest[..end];
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn make_help_names_every_variable_a_target_reads() {
+    let makefile = read("Makefile");
+    let mut sources = vec![makefile.clone()];
+    let mut rest = makefile.as_str();
+    while let Some(start) = rest.find("scripts/") {
+        rest = &rest[start..];
+        let end = rest.find(".sh").map_or(rest.len(), |end| end + 3);
+        if let Ok(script) =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(&rest[..end]))
+        {
+            sources.push(script);
+        }
+        rest = &rest[end.min(rest.len())..];
+    }
+    // The Makefile's own plumbing, not settings.
+    let internal = [
+        "HAVE_CARGO",
+        "HAVE_REDIS",
+        "HAVE_DOCKER",
+        "DC",
+        "DCC",
+        "MAKE",
+        "MAKEFILE_LIST",
+        "CLIENTS_STAMP",
+        "COMPOSE_FILE",
+        "COMPOSE_PROJECT",
+        "TMPDIR",
+        "HOME",
+        "PATH",
+    ];
+    let listed: Vec<&str> = makefile
+        .lines()
+        .filter_map(|line| line.strip_prefix("#   "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    for source in &sources {
+        for name in variables_read(source) {
+            assert!(
+                internal.contains(&name.as_str()) || listed.contains(&name.as_str()),
+                "`{name}` is read by a make target but not listed by `make help`"
+            );
+        }
+    }
+}

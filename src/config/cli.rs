@@ -39,6 +39,11 @@ pub(crate) struct Cli {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
+    /// Print the effective configuration as TOML (secrets as ***) and exit
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+
     /// Backing Redis, redis://[user:pass@]host:port[/db] [env: REDIS_PROXY_REDIS_URL] [default: redis://127.0.0.1:6379]
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -7,6 +7,25 @@ use figment::providers::{Format, Serialized, Toml};
 
 use super::{Cli, Config, ENV_PREFIX, Error};
 
+/// What the command line asks of the process.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Invocation {
+    /// Serve with this configuration.
+    Serve(Config),
+    /// Print this configuration as TOML and exit (`--print-config`).
+    PrintConfig(Config),
+}
+
+impl Invocation {
+    /// The configuration, whatever is asked of it.
+    pub fn into_config(self) -> Config {
+        match self {
+            Invocation::Serve(config) | Invocation::PrintConfig(config) => config,
+        }
+    }
+}
+
 impl Config {
     /// The configuration the process was started with: its command line and
     /// environment over the file `--config` names and the defaults. Prints
@@ -18,8 +37,23 @@ impl Config {
     /// Names the option when the file is missing, a key in it is unknown, or
     /// any value does not parse or is out of range.
     pub fn from_args() -> Result<Self, Error> {
+        Self::invocation_from_args().map(Invocation::into_config)
+    }
+
+    /// What the process's command line asks: to serve, or to print the
+    /// effective configuration (`--print-config`); otherwise as
+    /// [`Config::from_args`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Config::from_args`].
+    pub fn invocation_from_args() -> Result<Invocation, Error> {
         let cli = Cli::parse_args(std::env::args_os()).unwrap_or_else(|error| error.exit());
-        Self::load_from(&cli, std::env::vars())
+        let config = Self::load_from(&cli, std::env::vars())?;
+        Ok(match cli.print_config {
+            true => Invocation::PrintConfig(config),
+            false => Invocation::Serve(config),
+        })
     }
 
     /// The configuration `args` (the program's name first) and `vars` (the

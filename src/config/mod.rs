@@ -10,6 +10,7 @@
 
 mod cli;
 mod load;
+mod print;
 mod users;
 mod validate;
 mod values;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::backend::{ReadFrom, RedisUrl};
 pub use crate::cache::CachePolicy;
 use cli::Cli;
+pub use load::Invocation;
 pub use users::UserConfig;
 pub use values::{ByteSize, ListenAddr, Secret, memory_available};
 

@@ -236,3 +236,103 @@ fn bad_redis_url_is_rejected() {
         .to_string();
     assert!(err.contains("--redis-url"), "{err}");
 }
+
+/// The keys `config/proxy.toml` sets, and those it names in a comment.
+fn example_keys() -> (Vec<String>, Vec<String>) {
+    let text = include_str!("../../config/proxy.toml");
+    let key = |line: &str| {
+        let (key, _) = line.split_once('=')?;
+        let key = key.trim();
+        key.chars()
+            .all(|c| c.is_ascii_lowercase() || c == '_')
+            .then(|| key.to_owned())
+    };
+    let set = text.lines().filter_map(key).collect();
+    let commented = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# "))
+        .filter_map(key)
+        .collect();
+    (set, commented)
+}
+
+#[test]
+fn the_example_file_yields_the_defaults_and_names_every_key() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/proxy.toml");
+    assert_eq!(load(&["--config", path], &[]).unwrap(), Config::default());
+
+    let (set, commented) = example_keys();
+    // Every key with a default of its own is set to it; every other key is
+    // named, commented out.
+    let defaults = toml::Table::try_from(Config::default()).unwrap();
+    let mut with_default: Vec<&String> = defaults.keys().filter(|k| *k != "users").collect();
+    with_default.sort();
+    let mut set_sorted: Vec<&String> = set.iter().collect();
+    set_sorted.sort();
+    assert_eq!(set_sorted, with_default);
+    for key in Config::KEYS {
+        assert!(
+            set.iter().chain(&commented).any(|k| k == key),
+            "config/proxy.toml does not name `{key}`"
+        );
+    }
+    assert!(include_str!("../../config/proxy.toml").contains("# [[users]]"));
+}
+
+#[test]
+fn the_keys_list_is_every_field_of_the_configuration() {
+    let mut everything = Config {
+        cache_max_bytes: Some(ByteSize::mib(1)),
+        cache_max_value_bytes: Some(ByteSize::mib(1)),
+        max_parallel: NonZeroUsize::new(1),
+        max_connections: NonZeroUsize::new(1),
+        worker_threads: NonZeroUsize::new(1),
+        client_password: Some("x".parse().unwrap()),
+        tls_cert: Some("c".into()),
+        tls_key: Some("k".into()),
+        tls_client_ca: Some("a".into()),
+        redis_tls_ca: Some("a".into()),
+        redis_tls_cert: Some("c".into()),
+        redis_tls_key: Some("k".into()),
+        ..Config::default()
+    };
+    everything.users.clear();
+    let table = toml::Table::try_from(&everything).unwrap();
+    let mut fields: Vec<&str> = table
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "users")
+        .collect();
+    let mut keys = Config::KEYS.to_vec();
+    fields.sort_unstable();
+    keys.sort_unstable();
+    assert_eq!(fields, keys);
+}
+
+#[test]
+fn print_config_reads_back_as_the_same_configuration() {
+    let config = load(
+        &[
+            "--cache-ttl",
+            "30s",
+            "--redis-url",
+            "redis://u:pw@10.0.0.1:7000/2",
+        ],
+        &[],
+    )
+    .unwrap();
+    let printed = config.to_toml();
+    assert!(
+        printed.contains("redis_url = \"redis://u:***@10.0.0.1:7000/2\""),
+        "{printed}"
+    );
+    assert!(printed.contains("cache_ttl = \"30s\""), "{printed}");
+    assert!(printed.contains("# cache_max_bytes = \""), "{printed}");
+    let dir = std::env::temp_dir().join(format!("print-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("printed.toml");
+    std::fs::write(&file, printed.replace("u:***@", "u:pw@")).unwrap();
+    let read = load(&["--config", file.to_str().unwrap()], &[]).unwrap();
+    assert_eq!(read, config);
+    let _ = std::fs::remove_dir_all(dir);
+}
