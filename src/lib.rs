@@ -54,6 +54,7 @@ mod resp;
 mod server;
 #[cfg(test)]
 mod testing;
+mod throttle;
 mod tls;
 mod worker;
 

@@ -517,3 +517,31 @@ fn the_default_connection_limits_fit_the_open_files_limit_without_a_warning() {
         );
     }
 }
+
+#[test]
+fn a_server_that_is_not_redis_is_named_as_such_in_one_line() {
+    // An HTTP server where Redis should be: it answers anything with a 400
+    // and closes, before or after reading what it was sent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            if i % 2 == 0 {
+                let mut buf = [0u8; 16];
+                let _ = stream.read(&mut buf);
+            }
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let proxy = ProxyBuilder::new(&format!("redis://{addr}")).start();
+    let (status, body) = http_get(proxy.http_addr(), "/k");
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains(&format!(
+            "{addr} did not answer as Redis: got `HTTP/1.1 400 Bad Request`"
+        )),
+        "{body}"
+    );
+    assert!(!body.trim_end().contains('\n'), "one line: {body}");
+}

@@ -103,6 +103,76 @@ async fn healthz_is_ok_and_readyz_follows_redis() {
 }
 
 #[tokio::test]
+async fn pipelines_and_mgets_count_every_request_and_every_key() {
+    let redis = RedisServer::start();
+    for i in 0..10 {
+        redis.set(format!("k{i}"), "v");
+    }
+    redis.set("x0", "v");
+    redis.set("x1", "v");
+    let proxy = ProxyBuilder::new(&redis.url()).start();
+    let mut conn = RawConn::connect(proxy.resp_addr());
+    // One pipeline of ten keys that exist and six that do not, twice.
+    let pipeline: String = (0..10)
+        .map(|i| format!("GET k{i}\r\n"))
+        .chain((0..6).map(|i| format!("GET absent{i}\r\n")))
+        .collect();
+    let replies = "$1\r\nv\r\n".repeat(10) + &"$-1\r\n".repeat(6);
+    for _ in 0..2 {
+        conn.send(pipeline.as_bytes()).expect(replies.as_bytes());
+    }
+    // An MGET of a cached key, two uncached ones and an absent one.
+    conn.send(b"MGET k0 x0 x1 absent9\r\n")
+        .expect(b"*4\r\n$1\r\nv\r\n$1\r\nv\r\n$1\r\nv\r\n$-1\r\n");
+
+    let text = scrape(&proxy).await;
+    let requests = |outcome| {
+        metric(
+            &text,
+            "redis_proxy_requests_total",
+            &[("protocol", "resp"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(requests("hit"), Some(11.0), "{text}");
+    assert_eq!(requests("miss"), Some(12.0), "{text}");
+    assert_eq!(requests("not_found"), Some(13.0), "{text}");
+    assert_eq!(
+        metric(&text, "redis_proxy_cache_hits_total", &[]),
+        Some(11.0)
+    );
+    assert_eq!(
+        metric(&text, "redis_proxy_cache_misses_total", &[]),
+        Some(25.0)
+    );
+
+    // redis-benchmark's pipelines: every request counted once, as the cache
+    // counts its reads.
+    redis.set("key:__rand_int__", "v");
+    let output = std::process::Command::new("redis-benchmark")
+        .args(["-p", &proxy.resp_addr().port().to_string()])
+        .args(["-t", "get", "-n", "16000", "-P", "16", "-c", "1", "-q"])
+        .output()
+        .expect("redis-benchmark");
+    assert!(output.status.success());
+    let text = scrape(&proxy).await;
+    let outcome = |outcome| {
+        metric(
+            &text,
+            "redis_proxy_requests_total",
+            &[("protocol", "resp"), ("outcome", outcome)],
+        )
+        .unwrap_or(0.0)
+    };
+    let cache_hits = metric(&text, "redis_proxy_cache_hits_total", &[]).unwrap();
+    assert_eq!(outcome("hit"), cache_hits, "{text}");
+    assert_eq!(
+        outcome("hit") + outcome("miss") + outcome("not_found"),
+        36.0 + 16_000.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn metrics_move_exactly_with_requests() {
     let redis = RedisServer::start();
     redis.set("k", "v");
@@ -254,6 +324,74 @@ async fn cached_hits_survive_a_redis_outage_and_misses_recover() {
         "no restart needed"
     );
     println!("recovered {:?} after Redis came back", restarted.elapsed());
+}
+
+#[tokio::test]
+async fn once_redis_answers_again_the_next_request_succeeds_every_time() {
+    let mut redis = RedisServer::start();
+    let proxy = ProxyBuilder::new(&redis.url())
+        .arg("--worker-threads", 2)
+        .start();
+    let mut conn = RawConn::connect(proxy.resp_addr());
+    redis.set("first", "v");
+    assert_eq!(get(proxy.url("first")).await.0, StatusCode::OK);
+    for round in 0..20 {
+        redis.stop();
+        assert_eq!(
+            get(proxy.url(&format!("down{round}"))).await.0,
+            StatusCode::BAD_GATEWAY
+        );
+        conn.send(format!("GET down{round}\r\n").as_bytes());
+        assert!(conn.read_line().starts_with("-ERR redis"));
+        redis.restart();
+        redis.set(format!("http{round}"), "v");
+        redis.set(format!("resp{round}"), "v");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Both workers' connections were lost: each is replaced, not used.
+        let (status, body) = get(proxy.url(&format!("http{round}"))).await;
+        assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+        conn.send(format!("GET resp{round}\r\n").as_bytes())
+            .expect(b"$1\r\nv\r\n");
+        let mut fresh = RawConn::connect(proxy.resp_addr());
+        fresh
+            .send(format!("GET http{round}\r\nGET resp{round}\r\n").as_bytes())
+            .expect(b"$1\r\nv\r\n$1\r\nv\r\n");
+    }
+}
+
+#[tokio::test]
+async fn while_redis_is_down_failures_are_logged_once_not_per_request() {
+    let mut redis = RedisServer::start();
+    let proxy = ProxyBuilder::new(&redis.url()).start();
+    redis.stop();
+    let mut conn = RawConn::connect(proxy.resp_addr());
+    for i in 0..50 {
+        assert_eq!(
+            get(proxy.url(&format!("k{i}"))).await.0,
+            StatusCode::BAD_GATEWAY
+        );
+        conn.send(format!("GET k{i}\r\n").as_bytes());
+        assert!(conn.read_line().starts_with("-ERR redis"));
+    }
+    redis.restart();
+    redis.set("back", "v");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(proxy.url("back")).await.0 == StatusCode::OK
+        })
+        .await
+    );
+    let logs = proxy.logs();
+    let count = |text: &str| logs.iter().filter(|line| line.contains(text)).count();
+    assert_eq!(count("request failed"), 2, "one per front-end: {logs:#?}");
+    assert!(
+        count("cannot connect to redis") <= 4,
+        "one per connection: {logs:#?}"
+    );
+    assert!(
+        count("connected to redis again") + count("redis answers; ready") >= 1,
+        "the recovery is logged: {logs:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::Error;
@@ -127,8 +127,12 @@ impl Connector {
             Ok(Err(Error::Lost { .. })) if self.tls.is_none() => {
                 // Redis may have accepted the connection only to refuse it (in
                 // the clear: a refusal over TLS cannot be read on a new socket).
-                Err(match self.refusal_reason().await {
-                    Some(reason) => Error::Refused(reason),
+                Err(match self.probe().await {
+                    Some(Probed::Refused(reason)) => Error::Refused(reason),
+                    Some(Probed::NotRedis(got)) => Error::NotRedis {
+                        addr: self.addr.clone(),
+                        got,
+                    },
                     None => Error::lost("closed during the connection handshake"),
                 })
             }
@@ -235,21 +239,35 @@ impl Connector {
         Ok(())
     }
 
-    /// Why Redis closed a new connection during the handshake: what it sends a
-    /// fresh connection before closing it (`-ERR max number of clients
-    /// reached`), if anything, within a moment.
-    async fn refusal_reason(&self) -> Option<String> {
+    /// Why a connection closed during its handshake, asked of a new one: a
+    /// Redis that refuses clients says so as soon as it accepts, and a server
+    /// that is not Redis answers a `PING` in its own way.
+    async fn probe(&self) -> Option<Probed> {
         let mut probe = self.connect_tcp().await.ok()?;
+        // A refusing Redis may have closed already; its reason is still read.
+        let _ = probe.write_all(b"PING\r\n").await;
         let mut line = [0u8; 256];
         let n = tokio::time::timeout(REFUSAL_WAIT, probe.read(&mut line))
             .await
             .ok()?
             .ok()?;
-        let text = std::str::from_utf8(line.get(..n)?).ok()?;
+        let got = line.get(..n).filter(|got| !got.is_empty())?;
+        if !matches!(got[0], b'-' | b'+' | b'$' | b'*' | b'%' | b':' | b'_') {
+            return Some(Probed::NotRedis(printable(got)));
+        }
+        let text = std::str::from_utf8(got).ok()?;
         let reason = text.strip_prefix('-')?.lines().next()?.trim();
         let reason = reason.strip_prefix("ERR ").unwrap_or(reason);
-        (!reason.is_empty()).then(|| reason.to_owned())
+        (!reason.is_empty()).then(|| Probed::Refused(reason.to_owned()))
     }
+}
+
+/// What a probe of a server that closed a handshake found.
+enum Probed {
+    /// Redis refused the connection, for this reason (`max number of clients reached`).
+    Refused(String),
+    /// The server is not Redis: the start of what it sent.
+    NotRedis(String),
 }
 
 /// One step of a handshake, by what its reply tells.

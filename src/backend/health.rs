@@ -63,15 +63,25 @@ impl Health {
             return;
         };
         let was_ready = matches!(&*last, Some((_, Ok(()))));
-        match (&result, was_ready) {
-            (Ok(()), false) => tracing::info!("redis answers; ready"),
-            (Err(error), true) => tracing::warn!(%error, "redis stopped answering; not ready"),
-            (Err(error), false) if last.is_none() => {
+        let first = last.is_none();
+        *last = Some((Instant::now(), result));
+        // Said once for the proxy, not once per lane.
+        let others_failed = lanes
+            .iter()
+            .enumerate()
+            .any(|(other, check)| other != lane && matches!(check, Some((_, Err(_)))));
+        match (&lanes[lane], was_ready) {
+            (Some((_, Ok(()))), false) if lanes.iter().all(|c| matches!(c, Some((_, Ok(()))))) => {
+                tracing::info!("redis answers; ready")
+            }
+            (Some((_, Err(error))), true) if !others_failed => {
+                tracing::warn!(%error, "redis stopped answering; not ready")
+            }
+            (Some((_, Err(error))), false) if first && !others_failed => {
                 tracing::warn!(%error, "redis is not reachable; misses fail until it is")
             }
             _ => {}
         }
-        *last = Some((Instant::now(), result));
     }
 }
 

@@ -70,7 +70,7 @@ pub(crate) struct Cli {
     pub cache_ttl: Option<String>,
 
     /// Cache capacity in keys, at least 1 [env: REDIS_PROXY_CACHE_CAPACITY] [default: 10000]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_parser = whole_number, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_capacity: Option<u64>,
 
@@ -95,12 +95,12 @@ pub(crate) struct Cli {
     pub invalidation: Option<InvalidationMode>,
 
     /// Requests in flight across the whole proxy; beyond it a request is refused at once [env: REDIS_PROXY_MAX_CLIENTS] [default: 1024]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_parser = whole_number, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_clients: Option<u64>,
 
     /// Requests processed at the same time (1 = sequential); the rest wait their turn [env: REDIS_PROXY_MAX_PARALLEL] [default: same as --max-clients]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_parser = whole_number, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_parallel: Option<u64>,
 
@@ -110,7 +110,7 @@ pub(crate) struct Cli {
     pub request_timeout: Option<String>,
 
     /// Open client connections per listener, lowered at startup to fit the open-files limit [env: REDIS_PROXY_MAX_CONNECTIONS] [default: 10000]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_parser = whole_number, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u64>,
 
@@ -130,7 +130,7 @@ pub(crate) struct Cli {
     pub client_input_limit: Option<String>,
 
     /// Kept for compatibility, no effect: one pipelined connection per worker thread and protocol to each node [env: REDIS_PROXY_REDIS_POOL_SIZE] [default: 16]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_parser = whole_number, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_pool_size: Option<u64>,
 
@@ -150,7 +150,7 @@ pub(crate) struct Cli {
     pub log_format: Option<LogFormat>,
 
     /// Threads that run the proxy (event loops); 1 makes it a single event loop like Redis [env: REDIS_PROXY_WORKER_THREADS] [default: one per CPU core]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_parser = whole_number, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<u64>,
 
@@ -200,7 +200,7 @@ pub(crate) struct Cli {
     pub forward_admin_commands: Option<bool>,
 
     /// In transparent mode, backend connections held for clients in MULTI, blocking reads or subscriptions [env: REDIS_PROXY_MAX_DEDICATED_CONNECTIONS] [default: 256]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_parser = whole_number, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_dedicated_connections: Option<u64>,
 
@@ -274,4 +274,10 @@ impl Cli {
         }
         Self::try_parse_from(joined)
     }
+}
+
+/// A flag's whole number, with an error in words.
+fn whole_number(text: &str) -> Result<u64, String> {
+    text.parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))
 }

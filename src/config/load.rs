@@ -184,7 +184,7 @@ pub(super) fn option_names(key: &str) -> String {
 }
 
 /// Turns figment's error into one line per problem that names the option and
-/// the source the bad value came from.
+/// the source the bad value came from, in words rather than Rust's types.
 fn describe(error: figment::Error) -> Error {
     let lines: Vec<String> = error
         .into_iter()
@@ -197,16 +197,101 @@ fn describe(error: figment::Error) -> Error {
                     None => format!(" (from {})", m.name),
                 })
                 .unwrap_or_default();
+            let problem = explain(&e.kind);
             match (e.path.first(), e.path.last()) {
                 (Some(first), _) if first == "users" => {
-                    format!("TOML `[[users]]`: {}{source}", e.kind)
+                    format!("TOML `[[users]]`: {problem}{source}")
                 }
                 (_, Some(key)) if Config::KEYS.contains(&key.as_str()) => {
-                    format!("{}: {}{source}", option_names(key), e.kind)
+                    format!("{}: {problem}{source}", option_names(key))
                 }
-                _ => format!("{}{source}", e.kind),
+                _ => format!("{problem}{source}"),
             }
         })
         .collect();
     Error::Invalid(lines.join("; "))
+}
+
+/// One problem with a value, as a user reads it.
+fn explain(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::UnknownField(found, expected) => match closest(found, expected) {
+            Some(near) => format!("unknown key `{found}`; did you mean `{near}`?"),
+            None => format!("unknown key `{found}` (`redis-proxy --help` lists every option)"),
+        },
+        Kind::UnknownVariant(found, expected) => {
+            format!("`{found}` is not one of: {}", expected.join(", "))
+        }
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            format!("{} is not {}", shown(actual), in_words(expected))
+        }
+        Kind::MissingField(field) => format!("`{field}` is missing"),
+        Kind::DuplicateField(field) => format!("`{field}` is given twice"),
+        other => other.to_string(),
+    }
+}
+
+/// A value as the user wrote it.
+fn shown(actual: &figment::error::Actual) -> String {
+    use figment::error::Actual;
+    match actual {
+        Actual::Unsigned(n) => format!("`{n}`"),
+        Actual::Signed(n) => format!("`{n}`"),
+        Actual::Float(n) => format!("`{n}`"),
+        Actual::Bool(b) => format!("`{b}`"),
+        Actual::Str(text) => format!("`{text}`"),
+        Actual::Seq => "a list".to_owned(),
+        Actual::Map => "a table".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// What serde expected, without Rust's type names.
+fn in_words(expected: &str) -> String {
+    let words = match expected {
+        "a nonzero usize" | "a nonzero u32" | "a nonzero u64" => "a whole number of at least 1",
+        "usize" | "u64" | "u32" | "u16" | "a usize" | "u64 integer" => "a whole number",
+        "a boolean" => "true or false",
+        "a string" => "text in quotes",
+        "a sequence" => "a list",
+        other => other,
+    };
+    words.to_owned()
+}
+
+/// The expected name nearest `found` (at most a third of its letters off),
+/// for a "did you mean".
+fn closest<'a>(found: &str, expected: &[&'a str]) -> Option<&'a str> {
+    expected
+        .iter()
+        .map(|candidate| (edit_distance(found, candidate), *candidate))
+        .filter(|&(distance, _)| distance <= found.len().div_ceil(3).max(1))
+        .min_by_key(|&(distance, _)| distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// Levenshtein distance, counting a swap of two neighbours as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
 }

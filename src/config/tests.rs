@@ -336,3 +336,43 @@ fn print_config_reads_back_as_the_same_configuration() {
     assert_eq!(read, config);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn errors_speak_of_the_user_s_words_not_rust_types() {
+    let dir = std::env::temp_dir().join(format!("config-words-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let typo = file("typo.toml", "cache_tll = \"5s\"\n");
+    let err = load(&["--config", &typo], &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("unknown key `cache_tll`; did you mean `cache_ttl`?"),
+        "{err}"
+    );
+    assert!(!err.contains("redis_url"), "no list of every key: {err}");
+
+    let err = load(&[], &[("REDIS_PROXY_CACHE_CAPACITY", "0")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`0` is not a whole number of at least 1"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("usize") && !err.contains("unsigned int"),
+        "{err}"
+    );
+
+    let variant = file("variant.toml", "invalidation = \"x\"\n");
+    let err = load(&["--config", &variant], &[]).unwrap_err().to_string();
+    assert!(err.contains("`x` is not one of: none, tracking"), "{err}");
+    assert!(!err.contains("``"), "{err}");
+
+    let user = file("user.toml", "[[users]]\nname = \"a\"\npasword = \"x\"\n");
+    let err = load(&["--config", &user], &[]).unwrap_err().to_string();
+    assert!(err.contains("did you mean `password`?"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -47,6 +47,7 @@ use tower::{Service, ServiceExt};
 use crate::auth::{Access, Front, User};
 use crate::lookup::{Error, Key, Lookup};
 use crate::metrics::{self, Counting};
+use crate::throttle::{Throttle, held_back};
 
 pub(crate) use server::Hyper;
 
@@ -466,9 +467,12 @@ fn error_response(error: &Error) -> Response {
         Error::Reply(_) | Error::Unavailable { .. } => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    if status.is_server_error() {
+    static FAILED: Throttle = Throttle::new();
+    if status.is_server_error()
+        && let Some(held) = FAILED.admit()
+    {
         let cause = std::error::Error::source(error).map(ToString::to_string);
-        tracing::warn!(status = status.as_u16(), %error, ?cause, "request failed");
+        tracing::warn!(status = status.as_u16(), %error, ?cause, "request failed{}", held_back(held));
     }
     plain(status, format!("{error}\n"))
 }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::output::Output;
 use super::{FREE_INPUT, Limits};
 use crate::protocol::{Decoder, Protocol, ProtocolError, Reply};
+use crate::throttle::{Throttle, held_back};
 
 /// Why a connection is closed.
 #[derive(Debug)]
@@ -290,7 +291,14 @@ where
                 Some(format!("ERR Protocol error: {error}"))
             }
             Close::Bound(bound) => {
-                tracing::warn!(bound = bound.name(), "closing a connection past a bound");
+                static CLOSED: Throttle = Throttle::new();
+                if let Some(held) = CLOSED.admit() {
+                    tracing::warn!(
+                        bound = bound.name(),
+                        "closing a connection past a bound{}",
+                        held_back(held)
+                    );
+                }
                 if *bound == Bound::Output {
                     // The replies that passed the bound are dropped: the point of it.
                     self.output = Output::default();

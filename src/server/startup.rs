@@ -3,11 +3,25 @@
 
 use std::net::SocketAddr;
 
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 
 /// The startup line: the bound addresses and the effective configuration, any
-/// password redacted, every value in the form the configuration takes it.
+/// password redacted, every value in the form the configuration takes it. In
+/// JSON one object, which tools read; in the pretty format one line per
+/// concern, which people read.
 pub(super) fn log_startup(
+    config: &Config,
+    addrs: [SocketAddr; 3],
+    connections: [usize; 2],
+    worker_threads: usize,
+) {
+    match config.log_format {
+        LogFormat::Json => log_one_line(config, addrs, connections, worker_threads),
+        _ => log_by_concern(config, addrs, connections, worker_threads),
+    }
+}
+
+fn log_one_line(
     config: &Config,
     [http, resp, admin]: [SocketAddr; 3],
     connections: [usize; 2],
@@ -47,6 +61,53 @@ pub(super) fn log_startup(
         tls_client_ca = %path_or_none(config.tls_client_ca.as_deref()),
         redis_tls_ca = %path_or_none(config.redis_tls_ca.as_deref()),
         "listening"
+    );
+}
+
+fn log_by_concern(
+    config: &Config,
+    [http, resp, admin]: [SocketAddr; 3],
+    connections: [usize; 2],
+    worker_threads: usize,
+) {
+    let duration = humantime::format_duration;
+    tracing::info!(%http, %resp, %admin, worker_threads, "listening");
+    tracing::info!(
+        redis_url = %config.redis_url,
+        redis_mode = %config.redis_mode,
+        read_from = %config.read_from,
+        forward_commands = config.forward_commands,
+        redis_connect_timeout = %duration(config.redis_connect_timeout),
+        "  backend"
+    );
+    tracing::info!(
+        cache_ttl = %duration(config.cache_ttl),
+        cache_capacity = config.cache_capacity.get(),
+        cache_max_bytes = %config.effective_cache_max_bytes(),
+        cache_max_value_bytes = %config.effective_cache_max_value_bytes(),
+        cache_policy = %config.cache_policy,
+        invalidation = %config.invalidation,
+        "  cache"
+    );
+    tracing::info!(
+        max_clients = config.max_clients.get(),
+        max_parallel = config.effective_max_parallel().get(),
+        request_timeout = %duration(config.request_timeout),
+        http_connections = connections[0],
+        resp_connections = connections[1],
+        client_output_limit = %config.client_output_limit,
+        client_write_timeout = %duration(config.client_write_timeout),
+        client_input_limit = %config.client_input_limit,
+        shutdown_grace = %duration(config.shutdown_grace),
+        "  limits"
+    );
+    tracing::info!(
+        client_password = if config.client_password.is_some() { "***" } else { "none" },
+        users = config.users.len(),
+        tls_cert = %path_or_none(config.tls_cert.as_deref()),
+        tls_client_ca = %path_or_none(config.tls_client_ca.as_deref()),
+        redis_tls_ca = %path_or_none(config.redis_tls_ca.as_deref()),
+        "  security"
     );
 }
 

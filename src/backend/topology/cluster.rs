@@ -24,6 +24,7 @@ use crate::backend::connect::{Connector, Settings};
 use crate::backend::node::{Node, NodeOptions, NodeRef, Outgoing};
 use crate::backend::url::RedisUrl;
 use crate::protocol::{Value, encoded};
+use crate::throttle::{Throttle, held_back};
 
 /// How old the slot map may grow before a readiness check refreshes it.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
@@ -337,8 +338,11 @@ impl Cluster {
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
             this.inner.pending.store(false, Ordering::SeqCst);
-            if let Err(error) = this.refresh().await {
-                tracing::warn!(%error, "cannot read the cluster's slot map");
+            static FAILED: Throttle = Throttle::new();
+            if let Err(error) = this.refresh().await
+                && let Some(held) = FAILED.admit()
+            {
+                tracing::warn!(%error, "cannot read the cluster's slot map{}", held_back(held));
             }
         });
     }

@@ -7,6 +7,7 @@ use super::Close;
 use crate::forward::Class;
 use crate::lookup::{Answer, Error, Lookup};
 use crate::protocol::{Protocol, Reply, Sink};
+use crate::throttle::{Throttle, held_back};
 
 /// How decoding a batch ended.
 pub(super) struct Batch {
@@ -152,8 +153,11 @@ pub(super) fn error_reply(error: &Error) -> Reply {
         Error::Reply(reply) => Reply::error(&**reply),
         Error::Overloaded | Error::Timeout => Reply::error(format!("ERR {error}")),
         _ => {
-            let cause = std::error::Error::source(error).map(ToString::to_string);
-            tracing::warn!(%error, ?cause, "request failed");
+            static FAILED: Throttle = Throttle::new();
+            if let Some(held) = FAILED.admit() {
+                let cause = std::error::Error::source(error).map(ToString::to_string);
+                tracing::warn!(%error, ?cause, "request failed{}", held_back(held));
+            }
             Reply::error(format!("ERR {error}"))
         }
     }

@@ -35,6 +35,7 @@ use super::session::{Planned, Session};
 use crate::lookup::{Answer, Error, Request};
 use crate::metrics::Tally;
 use crate::protocol::Reply;
+use crate::throttle::{Throttle, held_back};
 use batch::{Batch, Order, Results, get_reply, mget_reply, relayed};
 
 pub(super) use super::client::Client;
@@ -104,7 +105,10 @@ where
                 && forwarding.table().is_none()
                 && let Err(error) = forwarding.load().await
             {
-                tracing::warn!(%error, "cannot read the backend's command table");
+                static FAILED: Throttle = Throttle::new();
+                if let Some(held) = FAILED.admit() {
+                    tracing::warn!(%error, "cannot read the backend's command table{}", held_back(held));
+                }
             }
             let batch = self.decode();
             if let Err(close) = self.answer().await {
