@@ -7,6 +7,8 @@
 # Redis, and a bare hyper server (examples/bare_hyper.rs, the HTTP ceiling). Then:
 #   - RESP cached GET: redis-benchmark -t get -r 1000 -c 50 -d 100 at -P 1 and
 #     -P 16 against the proxy (all hits), redis-server and nutcracker;
+#   - RESP cached GET through a proxy with 50 cache rules, at -P 1, against the
+#     same proxy without rules;
 #   - RESP miss path: a proxy with capacity 1 (every GET goes to Redis) against
 #     nutcracker, at -P 1;
 #   - HTTP cached GET: wrk -t1 -c50 against the proxy (all hits), bare hyper and
@@ -80,6 +82,21 @@ proxy_pid=$!
 pids+=("$proxy_pid")
 wait_port "$proxy_port"
 
+# The same proxy with 50 cache rules, the bench's keys matching only the last.
+rules_port=$(free_port)
+{
+  for i in $(seq 1 49); do
+    printf '[[cache_rules]]\npattern = "other%s:*"\nttl = "%ss"\n\n' "$i" "$i"
+  done
+  printf '[[cache_rules]]\npattern = "key:*"\nttl = "1h"\n'
+} > "$dir/rules.toml"
+RUST_LOG=warn "$proxy" "${proxy_threads[@]}" --config "$dir/rules.toml" --redis-url "redis://127.0.0.1:$redis_port" \
+  --http-addr 127.0.0.1:0 --resp-addr "127.0.0.1:$rules_port" --admin-addr 127.0.0.1:0 \
+  --cache-ttl 1h --cache-capacity 100000 > "$dir/proxy-rules.log" 2>&1 &
+rules_pid=$!
+pids+=("$rules_pid")
+wait_port "$rules_port"
+
 miss_port=$(free_port)
 RUST_LOG=warn "$proxy" "${proxy_threads[@]}" --redis-url "redis://127.0.0.1:$redis_port" \
   --http-addr 127.0.0.1:0 --resp-addr "127.0.0.1:$miss_port" --admin-addr 127.0.0.1:0 \
@@ -110,8 +127,9 @@ start_nutcracker "$redis_port" "$dir"
 # 1,000 keys of 100 bytes: key:000000000000 .. key:000000000999, as -r 1000 names them.
 redis-benchmark -p "$redis_port" -t set -r "$keys" -d "$size" -n 50000 -c 20 -q > /dev/null
 [[ $(redis-cli -p "$redis_port" dbsize) == "$keys" ]] || { echo "bench: seeding failed" >&2; exit 1; }
-# Warm the proxy's cache so every measured GET is a hit.
+# Warm the proxies' caches so every measured GET is a hit.
 redis-benchmark -p "$proxy_port" -t get -r "$keys" -n 20000 -c 20 -q > /dev/null 2>&1
+redis-benchmark -p "$rules_port" -t get -r "$keys" -n 20000 -c 20 -q > /dev/null 2>&1
 
 
 # resp_run TARGET PORT PIPELINE PID -> "rps p50 p99 cpu_us_per_request"
@@ -135,6 +153,7 @@ port_of() {
     redis-server) echo "$redis_port" ;;
     nutcracker) echo "$nut_port" ;;
     proxy-misses) echo "$miss_port" ;;
+    proxy-rules) echo "$rules_port" ;;
   esac
 }
 pid_of() {
@@ -143,6 +162,7 @@ pid_of() {
     redis-server) echo "$redis_pid" ;;
     nutcracker) echo "$nut_pid" ;;
     proxy-misses) echo "$miss_pid" ;;
+    proxy-rules) echo "$rules_pid" ;;
   esac
 }
 
@@ -154,6 +174,7 @@ for ((round = 1; round <= rounds; round++)); do
     done
   done
   samples[proxy-misses/1]+="$(resp_run proxy-misses "$miss_port" 1 "$miss_pid")"$'\n'
+  samples[proxy-rules/1]+="$(resp_run proxy-rules "$rules_port" 1 "$rules_pid")"$'\n'
 done
 column() { printf '%s' "${samples[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
 
@@ -167,7 +188,7 @@ printf '\nCached GET over RESP: redis-benchmark -t get -c %s -r %s -d %s -n %s (
   "$clients" "$keys" "$size" "$requests" "$rounds"
 printf '%-6s %-16s %12s %9s %9s %13s\n' "-P" "target" "requests/s" "p50 ms" "p99 ms" "CPU us/req"
 declare -A rps cpu
-for row in redis-proxy/1 redis-server/1 nutcracker/1 proxy-misses/1 redis-proxy/16 redis-server/16 nutcracker/16; do
+for row in redis-proxy/1 proxy-rules/1 redis-server/1 nutcracker/1 proxy-misses/1 redis-proxy/16 redis-server/16 nutcracker/16; do
   rps[$row]=$(column "$row" 1)
   cpu[$row]=$(column "$row" 4)
   printf '%-6s %-16s %12s %9s %9s %13s\n' "${row#*/}" "${row%/*}" "${rps[$row]}" \
@@ -275,6 +296,7 @@ printf '\nTargets (CPU per request, proxy over peer, median of per-round ratios)
 row "RESP hit -P 1 / redis-server" "$(paired "${samples[redis-proxy/1]}" "${samples[redis-server/1]}" 4)" "<=" 1.0
 row "RESP hit -P 16 / redis-server" "$(paired "${samples[redis-proxy/16]}" "${samples[redis-server/16]}" 4)" "<=" 1.2
 row "HTTP hit / bare hyper" "$(paired "${http_samples[proxy]}" "${http_samples[hyper]}" 4)" "<=" 1.15
+row "RESP hit -P 1, 50 cache rules / none" "$(paired "${samples[proxy-rules/1]}" "${samples[redis-proxy/1]}" 4)" "<=" 1.05
 row "RESP miss -P 1 / twemproxy" "$(paired "${samples[proxy-misses/1]}" "${samples[nutcracker/1]}" 4)" "<=" 1.0
 row "HTTP hit / webdis" "$(paired "${http_samples[proxy]}" "${http_samples[webdis]}" 4)" "<=" 0.5
 row "RSS per entry / Redis used_memory per key" "$(ratio "$per_entry_proxy" "$per_key_redis")" "<=" 1.0

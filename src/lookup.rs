@@ -258,19 +258,25 @@ pub(crate) fn digest(value: &[u8]) -> u64 {
 
 /// Whether a lookup was served from the local cache or fetched from the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Source {
-    /// A live entry of the local cache (a hit).
+    /// A fresh entry of the local cache (a hit).
     Cache,
     /// The backend (a miss).
     Backend,
+    /// An entry of the local cache past its TTL, within a stale window: the
+    /// backend failed (`--cache-stale-if-error`), or is being asked again in
+    /// the background (`--cache-stale-while-revalidate`).
+    Stale,
 }
 
 impl Source {
-    /// `"HIT"` or `"MISS"`, as sent in the `X-Cache` header.
+    /// `"HIT"`, `"MISS"` or `"STALE"`, as sent in the `X-Cache` header.
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Cache => "HIT",
             Source::Backend => "MISS",
+            Source::Stale => "STALE",
         }
     }
 }
@@ -332,6 +338,22 @@ impl Error {
     /// string (Redis's `WRONGTYPE`).
     pub fn is_wrong_type(&self) -> bool {
         matches!(self, Error::Reply(reply) if reply.starts_with("WRONGTYPE"))
+    }
+
+    /// Whether the backend, not the request, failed: it could not be reached,
+    /// did not answer in time, or said it cannot serve now (`LOADING`,
+    /// `CLUSTERDOWN`, `MASTERDOWN`, `TRYAGAIN`, `BUSY`). What a stale answer
+    /// may stand in for (`--cache-stale-if-error`).
+    pub fn is_backend_failure(&self) -> bool {
+        const NOT_NOW: [&str; 5] = ["LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "BUSY"];
+        match self {
+            Error::Timeout | Error::Unavailable { .. } | Error::Internal(_) => true,
+            Error::Reply(reply) => NOT_NOW.iter().any(|code| {
+                reply.starts_with(code)
+                    && reply.as_bytes().get(code.len()).is_none_or(|&b| b == b' ')
+            }),
+            Error::Overloaded => false,
+        }
     }
 }
 

@@ -87,6 +87,20 @@ pub enum Error {
     /// primary serves, `CLUSTERDOWN`, too many redirections.
     #[error("redis cluster: {0}")]
     Cluster(Arc<str>),
+    /// The node's requests fail at once for now: its last requests failed
+    /// (see `circuit`).
+    #[error(
+        "{reason}; redis node {addr} is short-circuited, next try in {}",
+        humantime::format_duration(Duration::from_millis(retry_in.as_millis() as u64))
+    )]
+    ShortCircuited {
+        /// `host:port`.
+        addr: String,
+        /// Why it opened.
+        reason: Arc<str>,
+        /// How long until the next trial request may go.
+        retry_in: Duration,
+    },
     /// The proxy is stopping.
     #[error("the proxy is stopping")]
     Stopping,

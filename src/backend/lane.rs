@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::Error;
+use super::circuit::{Circuit, is_node_failure, is_not_now};
 use super::connect::{Connector, Setup, Tracking};
 use super::link::{Link, is_push};
 use super::tracking::{Invalidation, InvalidationSink};
@@ -86,6 +87,8 @@ pub(crate) struct Options {
     /// With `--invalidation tracking`: where what Redis says of changed keys
     /// goes, and how long a ping may go unanswered.
     pub(crate) tracking: Option<(InvalidationSink, Duration)>,
+    /// The node's circuit, told how each request ended.
+    pub(crate) circuit: Arc<Circuit>,
 }
 
 /// A lane's handle: requests go to its driver.
@@ -176,7 +179,7 @@ async fn drive(
                 }
                 crate::metrics::record_connect_failure(connector.addr());
                 for job in retry.drain(..) {
-                    job.fail(&error);
+                    fail(job, &error, &options.circuit);
                 }
                 backoff = Some(backoff.map_or(RETRY.0, |last: Duration| (last * 2).min(RETRY.1)));
                 continue;
@@ -192,10 +195,15 @@ async fn drive(
         let failure = connection.serve(&connector, &options, &mut jobs).await;
         status.store(IDLE, Ordering::Relaxed);
         tracing::debug!(node = connector.addr(), error = %failure, "lane connection closed");
-        resend_or_fail(&mut connection, failure.clone(), &mut retry);
+        resend_or_fail(
+            &mut connection,
+            failure.clone(),
+            &mut retry,
+            &options.circuit,
+        );
         if let Some((sink, _)) = &options.tracking {
             // What this connection read is no longer tracked.
-            sink(Invalidation::All);
+            sink(Invalidation::Unverified);
         }
         connection.link.close().await;
         if matches!(failure, Error::Stopping) {
@@ -230,7 +238,12 @@ async fn next_job(jobs: &mut mpsc::UnboundedReceiver<Job>, backoff: Option<Durat
 
 /// After `connection` failed: reads sent on it go once more on the next one;
 /// anything else fails, its outcome unknown.
-fn resend_or_fail(connection: &mut Connection, failure: Error, retry: &mut VecDeque<Job>) {
+fn resend_or_fail(
+    connection: &mut Connection,
+    failure: Error,
+    retry: &mut VecDeque<Job>,
+    circuit: &Circuit,
+) {
     let resend = matches!(failure, Error::Lost { .. });
     for waiting in connection.waiting.drain(..) {
         if let Waiting::Job { mut job, .. } = waiting {
@@ -238,10 +251,19 @@ fn resend_or_fail(connection: &mut Connection, failure: Error, retry: &mut VecDe
                 job.idempotent = false;
                 retry.push_back(job);
             } else {
-                job.fail(&failure);
+                fail(job, &failure, circuit);
             }
         }
     }
+}
+
+/// Fails `job` with `error`, which counts towards its node's circuit when it
+/// is the node's failing.
+fn fail(job: Job, error: &Error, circuit: &Circuit) {
+    if is_node_failure(error) {
+        circuit.record(Err(error));
+    }
+    job.fail(error);
 }
 
 /// One connection of a lane, with what was written on it and awaits a reply.
@@ -416,10 +438,17 @@ impl Connection {
                 None => Ok(()),
             },
             Some(Waiting::Job { job, .. }) => {
+                match frame.error_text().filter(|error| is_not_now(error)) {
+                    Some(error) => options.circuit.record(Err(&Error::Reply(error.into()))),
+                    None => options.circuit.record(Ok(())),
+                }
                 let _ = job.reply.send(Ok(frame));
                 Ok(())
             }
-            Some(Waiting::Ping { .. }) => Ok(()),
+            Some(Waiting::Ping { .. }) => {
+                options.circuit.record(Ok(()));
+                Ok(())
+            }
             None => Err(Error::lost("a reply nobody asked for")),
         }
     }

@@ -15,6 +15,7 @@
 //! ([`Error`]) and keep their cause; the stack's error is made from them at
 //! this module's edge.
 
+mod circuit;
 mod connect;
 mod error;
 mod health;
@@ -203,6 +204,16 @@ impl Backend {
     ) -> Result<Link, Error> {
         self.prepared().await?;
         self.topology.primary(slot)?.open(resp3, db).await
+    }
+
+    /// Which nodes are short-circuited now, and why; `None` when none is.
+    pub(crate) fn short_circuited(&self) -> Option<String> {
+        let reasons: Vec<String> = self
+            .primaries()
+            .iter()
+            .filter_map(|node| node.short_circuited())
+            .collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// Whether every key could be served now.

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::Error;
+use super::circuit::{Admission, Circuit};
 use super::connect::{Connector, Setup, Tracking};
 use super::lane::{self, Job, Lane};
 use super::link::Link;
@@ -41,6 +42,8 @@ pub(crate) struct Node {
     /// RESP2 lane and the RESP3 lane.
     lanes: Box<[[OnceLock<Lane>; 2]]>,
     counters: Option<Counters>,
+    /// Short-circuits the node while it fails.
+    circuit: Arc<Circuit>,
 }
 
 impl std::fmt::Debug for Node {
@@ -63,6 +66,7 @@ impl Node {
         });
         Self {
             lanes: (0..=options.workers).map(|_| Default::default()).collect(),
+            circuit: Arc::new(Circuit::new(connector.addr())),
             connector,
             options,
             counters,
@@ -91,6 +95,7 @@ impl Node {
             let options = lane::Options {
                 resp3,
                 tracking: self.options.tracking.clone(),
+                circuit: self.circuit.clone(),
             };
             Lane::spawn(self.connector.clone(), options)
         });
@@ -105,8 +110,27 @@ impl Node {
     }
 
     /// Sends `request` (in `db`, after `ASKING` when `asking`) on the calling
-    /// thread's lane for `resp3`; the receiver gets the reply.
+    /// thread's lane for `resp3`; the receiver gets the reply. While the
+    /// node is short-circuited, it gets the refusal at once instead (but for
+    /// a trial request now and then).
     pub(crate) fn send(&self, request: Outgoing) -> oneshot::Receiver<Result<Frame, Error>> {
+        match self.circuit.admit() {
+            Ok(Admission::Closed | Admission::Trial) => self.send_anyway(request),
+            Err(refused) => {
+                let (done, reply) = oneshot::channel();
+                let _ = done.send(Err(refused));
+                reply
+            }
+        }
+    }
+
+    /// Why the node's requests fail at once, while they do.
+    pub(crate) fn short_circuited(&self) -> Option<String> {
+        self.circuit.open_reason()
+    }
+
+    /// [`Node::send`] whatever the circuit says.
+    fn send_anyway(&self, request: Outgoing) -> oneshot::Receiver<Result<Frame, Error>> {
         if let Some(counters) = &self.counters {
             counters.requests.increment(1);
         }
@@ -128,10 +152,14 @@ impl Node {
     }
 
     /// Whether the node answers `PING` on the calling thread's lane: a
-    /// request could be served now.
+    /// request could be served now. The ping goes even while the node is
+    /// short-circuited, and its answer closes the circuit.
     pub(crate) async fn ping(&self) -> Result<(), Error> {
         let ping = Outgoing::read(encoded(&["PING"]), None, self.main_protocol());
-        let frame = self.exchange(ping).await?;
+        let frame = self
+            .send_anyway(ping)
+            .await
+            .unwrap_or(Err(Error::Stopping))?;
         match frame.error_text() {
             Some(error) => Err(Error::Refused(error)),
             None => Ok(()),

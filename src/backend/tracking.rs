@@ -7,13 +7,16 @@ use bytes::Bytes;
 
 /// What Redis said about keys the proxy has read.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Invalidation {
     /// These keys changed or went away.
     Keys(Vec<Bytes>),
-    /// Anything may have changed: a `FLUSHALL`/`FLUSHDB`, or a tracked connection
-    /// was lost (Redis forgets what a closed connection read, so no further
-    /// invalidations would come for those keys).
+    /// Every key changed or went away: a `FLUSHALL`/`FLUSHDB`.
     All,
+    /// A tracked connection was lost: Redis forgets what a closed connection
+    /// read, so no further invalidations would come for those keys, and
+    /// nothing read so far can be known fresh.
+    Unverified,
 }
 
 /// Receives invalidations, synchronously, from the connection driver that read

@@ -11,6 +11,8 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
+pub(crate) use super::rules::Lifetime;
+
 /// Where an entry lives: the keys of one database (what `GET` reads), or the
 /// replies cached for transparent mode's reads in one database and protocol.
 /// Equal names in different spaces are different entries.
@@ -23,14 +25,36 @@ pub(crate) enum Space {
     Replies { db: Option<u16>, resp3: bool },
 }
 
-/// A live entry as a read finds it.
+/// An entry as a read finds it, fresh or within its stale windows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Found {
-    pub(crate) value: Bytes,
-    pub(crate) expires_at: Instant,
+    /// The value, or `None` for a remembered absence.
+    pub(crate) value: Option<Bytes>,
+    /// When it was stored.
+    pub(crate) stored_at: Instant,
+    /// How it lives from then on.
+    pub(crate) lifetime: Lifetime,
     /// The value's digest, kept for values of [`DIGEST_AT`] bytes and more.
     pub(crate) digest: Option<u64>,
 }
+
+impl Found {
+    /// When the entry stops being fresh.
+    pub(crate) fn fresh_until(&self) -> Instant {
+        self.stored_at + self.lifetime.ttl
+    }
+}
+
+/// How test entries live: fresh for 10 s, never stale.
+#[cfg(test)]
+pub(crate) const TEST_LIFETIME: Lifetime = Lifetime {
+    ttl: std::time::Duration::from_secs(10),
+    revalidate: std::time::Duration::ZERO,
+    if_error: std::time::Duration::ZERO,
+};
+
+/// The value an entry holds: a value, or a remembered absence.
+pub(crate) type Value<'a> = Option<&'a Bytes>;
 
 /// Values of at least this many bytes are stored with their digest (see
 /// [`crate::Lookup::digest`]): hashing them on every read would cost more than
@@ -70,34 +94,43 @@ pub(crate) const INDEX_COST: usize = 12;
 /// Counters of what a store did since it was created.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
-    /// Reads that found a live entry.
+    /// Reads that found a fresh entry.
     pub hits: u64,
-    /// Reads that found nothing, or an expired entry.
+    /// Reads that found nothing, or an entry past its TTL.
     pub misses: u64,
     /// Live entries removed to make room.
     pub evictions: u64,
-    /// Entries removed because their TTL had passed.
+    /// Entries removed because their lifetime had ended.
     pub expirations: u64,
 }
 
-/// A store of entries with a capacity in keys and in bytes and one TTL,
-/// synchronizing itself: what the cache holds.
+/// A store of entries with a capacity in keys and in bytes, each entry with
+/// a lifetime of its own, synchronizing itself: what the cache holds.
 ///
-/// Every operation is O(1) on average unless it says otherwise. An expired
-/// entry is never found: it acts as if it had never been stored.
+/// Every operation is O(1) on average unless it says otherwise. An entry is
+/// found until its lifetime ends ([`Lifetime::keep`]: its TTL and its stale
+/// windows); after that it acts as if it had never been stored.
 pub(crate) trait Store: Send + Sync + std::fmt::Debug {
-    /// The live entry `name` in `space`, now the most recently used.
+    /// The entry `name` in `space`, fresh or stale, now the most recently
+    /// used.
     fn get(&self, space: Space, name: &[u8], now: Instant) -> Option<Found>;
 
-    /// Whether `name` in `space` is stored and live, without counting a read
-    /// or changing its place.
+    /// Whether `name` in `space` is stored (fresh or stale), without
+    /// counting a read or changing its place.
     fn contains(&self, space: Space, name: &[u8], now: Instant) -> bool;
 
-    /// Stores a copy of `name` with `value` in `space`, for one TTL from
-    /// `now`, making room as the policy decides. A value that alone exceeds
-    /// the byte capacity is not stored, and the old entry of `name` goes.
-    /// Returns whether it was stored.
-    fn insert(&self, space: Space, name: &[u8], value: &Bytes, now: Instant) -> bool;
+    /// Stores a copy of `name` with `value` in `space`, living `lifetime`
+    /// from `now`, making room as the policy decides. A value that alone
+    /// exceeds the byte capacity is not stored, and the old entry of `name`
+    /// goes. Returns whether it was stored.
+    fn insert(
+        &self,
+        space: Space,
+        name: &[u8],
+        value: Value<'_>,
+        lifetime: Lifetime,
+        now: Instant,
+    ) -> bool;
 
     /// Drops `name` in `space`, if it is stored.
     fn remove(&self, space: Space, name: &[u8]);
@@ -109,8 +142,8 @@ pub(crate) trait Store: Send + Sync + std::fmt::Debug {
     /// Drops every entry.
     fn clear(&self);
 
-    /// Removes every expired entry; returns how many went. Readers wait for a
-    /// bounded step of it at most.
+    /// Removes every entry whose lifetime has ended; returns how many went.
+    /// Readers wait for a bounded step of it at most.
     fn reclaim_expired(&self, now: Instant) -> usize;
 
     /// Entries stored, expired ones not yet reclaimed included.

@@ -5,9 +5,16 @@
 //! The store behind the handle is one implementation of the
 //! [`eviction::Store`] trait, picked by [`CachePolicy`]: exact LRU (the
 //! default, `lru`) or quick_cache's S3-FIFO (`s3fifo`). Both hold at most a
-//! number of keys and of bytes, and every entry lives for one TTL. Each store
-//! synchronizes itself; the exact-LRU store lets hits on different threads
-//! proceed without writing to any memory they share.
+//! number of keys and of bytes. Each store synchronizes itself; the exact-LRU
+//! store lets hits on different threads proceed without writing to any memory
+//! they share.
+//!
+//! How long an entry lives is its key's [`KeyPolicy`] (`rules`): the global
+//! one, or that of the first cache rule whose pattern matches the key. An
+//! entry is fresh for its TTL; past it, it may still answer reads at once
+//! while one fetch refreshes it (stale-while-revalidate) or answer reads
+//! whose fetch failed (stale-if-error); an absence Redis reported may be
+//! remembered (a negative entry). See [`Cached`].
 //!
 //! The cache holds two kinds of entry ([`Read`]): the value of a key (`GET`),
 //! and in transparent mode the reply to a whole read request ([`Query`]),
@@ -16,9 +23,11 @@
 mod eviction;
 mod flights;
 mod lru;
+mod rules;
 mod s3fifo;
 mod service;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -28,10 +37,12 @@ use tokio::time::Instant;
 use crate::lookup::{Key, Lookup, Query, Source};
 
 pub use eviction::{CachePolicy, Stats};
+pub use rules::KeyPolicy;
 pub use service::{CacheLayer, CacheService, ResponseFuture};
 
-use eviction::{Space, Store};
+use eviction::{Found, Space, Store};
 use flights::Flights;
+use rules::Rules;
 
 /// One entry the cache answers: the value of a key, or the reply to a read
 /// request (transparent mode).
@@ -85,8 +96,48 @@ pub struct Cache {
 struct Shared {
     store: Box<dyn Store>,
     flights: Mutex<Flights>,
-    ttl: Duration,
-    max_value_bytes: usize,
+    rules: Rules,
+    /// How long a read with a stale answer to fall back on waits for its
+    /// fetch before it takes that answer (`None`: as long as the fetch takes).
+    stale_after: Option<Duration>,
+    /// Entries stored before this are not known fresh (the link that would
+    /// have said they changed was lost): nanoseconds from `epoch`,
+    /// `i64::MIN` for none.
+    unverified_before: AtomicI64,
+    epoch: Instant,
+    counters: Counters,
+}
+
+/// What the cache counts itself, resolved once when it is built.
+#[derive(Debug)]
+struct Counters {
+    negative_hits: metrics::Counter,
+    stale_on_error: metrics::Counter,
+    stale_revalidating: metrics::Counter,
+}
+
+impl Counters {
+    fn new() -> Self {
+        let stale = |reason: &'static str| metrics::counter!("redis_proxy_stale_served_total", "reason" => reason);
+        Self {
+            negative_hits: metrics::counter!("redis_proxy_negative_hits_total"),
+            stale_on_error: stale("error"),
+            stale_revalidating: stale("revalidate"),
+        }
+    }
+}
+
+/// What the cache holds for a read, as the read may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cached {
+    /// A fresh entry: the answer (a value, or a remembered absence).
+    Fresh(Lookup),
+    /// Past its TTL, within its stale-while-revalidate window: the answer
+    /// now, while one fetch refreshes it.
+    Revalidate(Lookup),
+    /// Past its TTL (or not known fresh), within its stale-if-error window:
+    /// the answer should the fetch fail.
+    IfError(Lookup),
 }
 
 /// How a [`Cache`] is made: [`Cache::builder`].
@@ -109,10 +160,10 @@ struct Shared {
 #[must_use]
 pub struct CacheBuilder {
     capacity: usize,
-    ttl: Duration,
     policy: CachePolicy,
     max_bytes: usize,
-    max_value_bytes: usize,
+    rules: Rules,
+    stale_after: Option<Duration>,
 }
 
 impl CacheBuilder {
@@ -122,9 +173,33 @@ impl CacheBuilder {
         self
     }
 
-    /// How long an entry lives after it was fetched.
+    /// How long an entry stays fresh after it was fetched (the global
+    /// policy's TTL).
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
+        self.rules.global_mut().ttl = ttl;
+        self
+    }
+
+    /// How every key's entries live unless a rule says otherwise (see
+    /// [`CacheBuilder::rule`]).
+    pub fn key_policy(mut self, policy: KeyPolicy) -> Self {
+        *self.rules.global_mut() = policy;
+        self
+    }
+
+    /// Keys matching `pattern` (a Redis glob: `*`, `?`, `[a-z]`, `\x`), and
+    /// no rule added before, live by `policy`.
+    pub fn rule(mut self, pattern: &str, policy: KeyPolicy) -> Self {
+        self.rules.push(pattern, policy);
+        self
+    }
+
+    /// A read that has a stale answer to fall back on (stale-if-error)
+    /// waits this long for its fetch at most, then takes it: set it below
+    /// the request timeout, so that the stale answer comes before the
+    /// timeout does. The fetch goes on and fills the cache when it ends.
+    pub fn stale_after(mut self, wait: Duration) -> Self {
+        self.stale_after = Some(wait);
         self
     }
 
@@ -144,9 +219,9 @@ impl CacheBuilder {
     }
 
     /// Values larger than this are served but not cached (unset: no bound beyond
-    /// [`CacheBuilder::max_bytes`]).
+    /// [`CacheBuilder::max_bytes`]); the global policy's.
     pub fn max_value_bytes(mut self, max_value_bytes: usize) -> Self {
-        self.max_value_bytes = max_value_bytes;
+        self.rules.global_mut().max_value_bytes = max_value_bytes;
         self
     }
 
@@ -154,19 +229,20 @@ impl CacheBuilder {
     pub fn build(self) -> Cache {
         let capacity = self.capacity.max(1);
         let store: Box<dyn Store> = match self.policy {
-            CachePolicy::Lru => Box::new(lru::SharedLru::new(capacity, self.max_bytes, self.ttl)),
-            CachePolicy::S3Fifo => Box::new(s3fifo::S3Fifo::with_max_bytes(
-                capacity,
-                self.max_bytes,
-                self.ttl,
-            )),
+            CachePolicy::Lru => Box::new(lru::SharedLru::new(capacity, self.max_bytes)),
+            CachePolicy::S3Fifo => {
+                Box::new(s3fifo::S3Fifo::with_max_bytes(capacity, self.max_bytes))
+            }
         };
         Cache {
             shared: Arc::new(Shared {
                 store,
                 flights: Mutex::default(),
-                ttl: self.ttl,
-                max_value_bytes: self.max_value_bytes,
+                rules: self.rules,
+                stale_after: self.stale_after,
+                unverified_before: AtomicI64::new(i64::MIN),
+                epoch: Instant::now(),
+                counters: Counters::new(),
             }),
         }
     }
@@ -188,10 +264,10 @@ impl Cache {
     pub fn builder() -> CacheBuilder {
         CacheBuilder {
             capacity: Self::DEFAULT_CAPACITY,
-            ttl: Self::DEFAULT_TTL,
             policy: CachePolicy::default(),
             max_bytes: usize::MAX,
-            max_value_bytes: usize::MAX,
+            rules: Rules::new(KeyPolicy::default()),
+            stale_after: None,
         }
     }
 
@@ -249,53 +325,127 @@ impl Cache {
         flights.detach_all(|_| true);
     }
 
-    /// The live value of `key`, now the most recently used, and how long it
-    /// stays fresh.
-    pub fn get(&self, key: &Key) -> Option<(Bytes, Duration)> {
-        let lookup = self.lookup(&Read::Key(key.clone()))?;
-        Some((lookup.value?, lookup.fresh_for))
+    /// What Redis would have said changed can no longer be known (the
+    /// connection that tracked the keys was lost): no entry stored so far is
+    /// served as fresh again, and fetches in flight do not cache. Where
+    /// stale-if-error is configured, the entries stay to answer reads whose
+    /// fetch fails until their window ends; otherwise they are dropped
+    /// ([`Cache::flush`]).
+    pub fn unverify(&self) {
+        if !self.shared.rules.any_stale() {
+            return self.flush();
+        }
+        let mut flights = self.flights();
+        let now = self.offset(Instant::now());
+        self.shared
+            .unverified_before
+            .fetch_max(now.saturating_add(1), Ordering::Relaxed);
+        flights.detach_all(|_| true);
     }
 
-    /// The live entry of `read` as a hit's answer, with the digest the store
+    /// The fresh value of `key`, now the most recently used, and how long it
+    /// stays fresh.
+    pub fn get(&self, key: &Key) -> Option<(Bytes, Duration)> {
+        match self.lookup(&Read::Key(key.clone()))? {
+            Cached::Fresh(lookup) => Some((lookup.value?, lookup.fresh_for)),
+            _ => None,
+        }
+    }
+
+    /// The entry of `read` as a read may use it, with the digest the store
     /// keeps for a large value.
-    pub(crate) fn lookup(&self, read: &Read) -> Option<Lookup> {
+    pub(crate) fn lookup(&self, read: &Read) -> Option<Cached> {
         let (space, name) = read.space_name();
         self.lookup_at(space, name)
     }
 
     /// [`Cache::lookup`] of a key, borrowed: the hit path makes no entry.
-    pub(crate) fn lookup_key(&self, key: &Key) -> Option<Lookup> {
+    pub(crate) fn lookup_key(&self, key: &Key) -> Option<Cached> {
         self.lookup_at(Space::Keys(key.db()), key.name())
     }
 
-    fn lookup_at(&self, space: Space, name: &[u8]) -> Option<Lookup> {
+    fn lookup_at(&self, space: Space, name: &[u8]) -> Option<Cached> {
         let now = Instant::now();
         let found = self.store().get(space, name, now)?;
-        let fresh_for = found.expires_at.saturating_duration_since(now);
-        Some(Lookup {
-            value: Some(found.value),
+        let verified = self.verified(&found);
+        let fresh_until = found.fresh_until();
+        let mut lookup = Lookup {
+            value: found.value,
             source: Source::Cache,
-            fresh_for,
-            age: self.shared.ttl.saturating_sub(fresh_for),
+            fresh_for: fresh_until.saturating_duration_since(now),
+            age: now.saturating_duration_since(found.stored_at),
             digest: found.digest,
-        })
+        };
+        if verified && !lookup.fresh_for.is_zero() {
+            if lookup.value.is_none() {
+                self.shared.counters.negative_hits.increment(1);
+            }
+            return Some(Cached::Fresh(lookup));
+        }
+        let stale_for = now.saturating_duration_since(fresh_until);
+        lookup.source = Source::Stale;
+        lookup.fresh_for = Duration::ZERO;
+        if verified && stale_for < found.lifetime.revalidate {
+            Some(Cached::Revalidate(lookup))
+        } else if stale_for < found.lifetime.if_error {
+            Some(Cached::IfError(lookup))
+        } else {
+            None
+        }
     }
 
-    /// Stores `value` under `key` for one TTL from now. A value over the value or
-    /// byte limit is not stored (and any older value of `key` goes): returns
+    /// Whether `found` was stored since the tracking link was last lost.
+    fn verified(&self, found: &Found) -> bool {
+        let before = self.shared.unverified_before.load(Ordering::Relaxed);
+        before == i64::MIN || self.offset(found.stored_at) >= before
+    }
+
+    /// `at` in nanoseconds from the cache's epoch, saturating.
+    fn offset(&self, at: Instant) -> i64 {
+        match at.checked_duration_since(self.shared.epoch) {
+            Some(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+            None => i64::MIN + 1,
+        }
+    }
+
+    /// Stores `value` under `key` as the key's policy says (for its TTL from
+    /// now). A value over the value or byte limit, or of a key that is not
+    /// cached, is not stored (and any older value of `key` goes): returns
     /// whether it was stored.
     pub fn insert(&self, key: &Key, value: &Bytes) -> bool {
-        self.store_read(&Read::Key(key.clone()), value)
+        self.store_read(&Read::Key(key.clone()), Some(value))
     }
 
-    /// [`Cache::insert`] of either kind of entry.
-    fn store_read(&self, read: &Read, value: &Bytes) -> bool {
+    /// Stores what a fetch of `read` found, as its key's policy says: a
+    /// value, or (`None`) that Redis has none, remembered as an absence for
+    /// the negative TTL. Whatever is not stored drops the older entry, so a
+    /// stale value never outlives Redis's saying it changed or went away.
+    fn store_read(&self, read: &Read, value: Option<&Bytes>) -> bool {
         let (space, name) = read.space_name();
-        if value.len() > self.shared.max_value_bytes {
+        let policy = self.shared.rules.policy(read.key_name());
+        let lifetime = match value {
+            _ if !policy.cache => None,
+            Some(value) if value.len() > policy.max_value_bytes => None,
+            Some(_) => Some(policy.value_lifetime()),
+            // A query's `None` is a reply not to cache, not an absence.
+            None if matches!(read, Read::Query(_)) => None,
+            None => Some(policy.absence_lifetime()).filter(|life| !life.ttl.is_zero()),
+        };
+        let Some(lifetime) = lifetime else {
             self.store().remove(space, name);
             return false;
-        }
-        self.store().insert(space, name, value, Instant::now())
+        };
+        self.store()
+            .insert(space, name, value, lifetime, Instant::now())
+    }
+
+    /// How long a read with a stale answer waits for its fetch.
+    fn stale_after(&self) -> Option<Duration> {
+        self.shared.stale_after
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.shared.counters
     }
 
     /// Removes every expired entry now; returns how many went. Expired entries
@@ -343,8 +493,16 @@ impl Cache {
         self.store().stats()
     }
 
-    fn ttl(&self) -> Duration {
-        self.shared.ttl
+    /// How long the entry of a value fetched now stays fresh, for the key
+    /// called `name`.
+    /// (Zero for a key that is not cached.)
+    fn ttl(&self, name: &[u8]) -> Duration {
+        let policy = self.shared.rules.policy(name);
+        if policy.cache {
+            policy.ttl
+        } else {
+            Duration::ZERO
+        }
     }
 
     fn store(&self) -> &dyn Store {
@@ -409,10 +567,14 @@ mod tests {
             let value = Bytes::from(vec![b'x'; eviction::DIGEST_AT]);
             cache.insert(&large, &value);
             cache.insert(&small, &Bytes::from("v"));
-            let hit = cache.lookup(&Read::Key(large)).unwrap();
+            let Some(Cached::Fresh(hit)) = cache.lookup(&Read::Key(large)) else {
+                panic!("{policy}: a fresh hit");
+            };
             assert_eq!(hit.digest, Some(crate::lookup::digest(&value)), "{policy}");
             assert_eq!(hit.digest(), Some(crate::lookup::digest(&value)));
-            let hit = cache.lookup(&Read::Key(small)).unwrap();
+            let Some(Cached::Fresh(hit)) = cache.lookup(&Read::Key(small)) else {
+                panic!("{policy}: a fresh hit");
+            };
             assert_eq!(
                 hit.digest, None,
                 "{policy}: a small value is hashed when read"
@@ -442,7 +604,7 @@ mod tests {
         let request = Bytes::from_static(b"HGET u1 name");
         let resp2 = Read::Query(Query::new(None, false, "u1".into(), request.clone()));
         let resp3 = Read::Query(Query::new(None, true, "u1".into(), request.clone()));
-        assert!(cache.store_read(&resp2, &Bytes::from("$1\r\nx\r\n")));
+        assert!(cache.store_read(&resp2, Some(&Bytes::from("$1\r\nx\r\n"))));
         assert!(cache.lookup(&resp3).is_none());
         assert!(cache.get(&Key::new(request)).is_none());
         assert!(cache.lookup(&resp2).is_some());
@@ -463,7 +625,7 @@ mod tests {
                 panic!("a fetch of its own");
             };
             cache.flights().land(&read, id);
-            cache.store_read(&read, &Bytes::from(":1\r\n"));
+            cache.store_read(&read, Some(&Bytes::from(":1\r\n")));
             cache.reclaim_expired();
         }
         let indexed = cache.flights().indexed();

@@ -1,5 +1,5 @@
 //! The scan-resistant policy (`--cache-policy s3fifo`): quick_cache's S3-FIFO,
-//! with the TTL kept as a deadline stored with each value.
+//! with each entry's lifetime stored with its value.
 //!
 //! quick_cache decides what to evict and synchronizes itself (a sharded cache
 //! with a lock per shard); this wrapper adds what the proxy needs on top: expiry
@@ -21,14 +21,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
 use bytes::Bytes;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use tokio::time::Instant;
 
+#[cfg(test)]
+use super::eviction::TEST_LIFETIME;
 use super::eviction::{
-    Found, INDEX_COST, Space, Stats, Store, allocated, kept_digest, shared_value,
+    Found, INDEX_COST, Lifetime, Space, Stats, Store, Value, allocated, kept_digest, shared_value,
 };
 
 /// One key's share of the weight capacity.
@@ -38,9 +39,22 @@ type Name = (Space, Bytes);
 
 #[derive(Debug, Clone)]
 struct Entry {
-    value: Bytes,
-    expires_at: Instant,
+    /// `None`: a remembered absence.
+    value: Option<Bytes>,
+    stored_at: Instant,
+    lifetime: Lifetime,
     digest: Option<u64>,
+}
+
+impl Entry {
+    fn value_len(&self) -> usize {
+        self.value.as_ref().map_or(0, Bytes::len)
+    }
+
+    /// Whether the entry's lifetime has ended by `now`.
+    fn ended(&self, now: Instant) -> bool {
+        self.stored_at + self.lifetime.keep() <= now
+    }
 }
 
 /// What an entry weighs (see the module's documentation).
@@ -52,7 +66,7 @@ struct Weight {
 
 impl Weighter<Name, Entry> for Weight {
     fn weight(&self, (_, name): &Name, entry: &Entry) -> u64 {
-        let bytes = cost(name, entry.value.len()) as u64;
+        let bytes = cost(name, entry.value_len()) as u64;
         UNIT.max(bytes.saturating_mul(self.per_byte) >> 16)
     }
 }
@@ -85,7 +99,7 @@ impl Lifecycle<Name, Entry> for CountEvictions {
     type RequestState = Evictions;
 
     fn on_evict(&self, state: &mut Evictions, _key: Name, entry: Entry) {
-        if state.now.is_some_and(|now| entry.expires_at <= now) {
+        if state.now.is_some_and(|now| entry.ended(now)) {
             state.expired += 1;
         } else {
             state.live += 1;
@@ -95,12 +109,11 @@ impl Lifecycle<Name, Entry> for CountEvictions {
 
 type Inner = quick_cache::sync::Cache<Name, Entry, Weight, DefaultHashBuilder, CountEvictions>;
 
-/// An S3-FIFO map from key to value with a capacity in keys and in bytes, and
-/// one TTL.
+/// An S3-FIFO map from key to value with a capacity in keys and in bytes,
+/// each entry with its lifetime.
 #[derive(Debug)]
 pub(crate) struct S3Fifo {
     entries: Inner,
-    ttl: Duration,
     max_bytes: usize,
     /// The databases whose keys have held entries (see
     /// `Lru::remove_everywhere`).
@@ -112,15 +125,15 @@ pub(crate) struct S3Fifo {
 }
 
 impl S3Fifo {
-    /// An empty store holding at most `capacity` keys, each for `ttl`.
+    /// An empty store holding at most `capacity` keys.
     #[cfg(test)]
-    pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
-        Self::with_max_bytes(capacity, usize::MAX, ttl)
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self::with_max_bytes(capacity, usize::MAX)
     }
 
     /// An empty store holding at most `capacity` keys, whose entries cost at
     /// most `max_bytes` bytes of memory.
-    pub(crate) fn with_max_bytes(capacity: usize, max_bytes: usize, ttl: Duration) -> Self {
+    pub(crate) fn with_max_bytes(capacity: usize, max_bytes: usize) -> Self {
         let capacity = capacity.max(1);
         // quick_cache sizes its table and its ghosts by the entries it
         // expects: no more than the byte capacity can hold.
@@ -137,7 +150,6 @@ impl S3Fifo {
                 DefaultHashBuilder::default(),
                 CountEvictions,
             ),
-            ttl,
             max_bytes,
             dbs: Mutex::default(),
             hits: AtomicU64::new(0),
@@ -151,18 +163,21 @@ impl S3Fifo {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The live entry `name` in `space`; `None` when absent or expired (an
-    /// expired entry is removed on the way).
+    /// The entry `name` in `space`, fresh or stale; `None` when absent or
+    /// past its lifetime (such an entry is removed on the way).
     fn get_in(&self, space: Space, name: &[u8], now: Instant) -> Option<Found> {
         let key = (space, Bytes::copy_from_slice(name));
         match self.entries.get(&key) {
-            Some(entry) if entry.expires_at > now => {
-                Self::count(&self.hits, 1);
-                Some(Found {
+            Some(entry) if !entry.ended(now) => {
+                let found = Found {
                     value: entry.value,
-                    expires_at: entry.expires_at,
+                    stored_at: entry.stored_at,
+                    lifetime: entry.lifetime,
                     digest: entry.digest,
-                })
+                };
+                let fresh = found.fresh_until() > now;
+                Self::count(if fresh { &self.hits } else { &self.misses }, 1);
+                Some(found)
             }
             Some(_) => {
                 self.entries.remove(&key);
@@ -177,15 +192,22 @@ impl S3Fifo {
         }
     }
 
-    /// Stores `value` under `name` in `space`, expiring one TTL after `now`,
-    /// making room as S3-FIFO decides. A value that alone exceeds the byte
-    /// capacity is not stored, and the key's old entry goes. Returns whether it
-    /// was stored.
-    fn insert_in(&self, space: Space, name: &[u8], value: &Bytes, now: Instant) -> bool {
+    /// Stores `value` (`None`: an absence) under `name` in `space`, living
+    /// `lifetime` from `now`, making room as S3-FIFO decides. A value that
+    /// alone exceeds the byte capacity is not stored, and the key's old entry
+    /// goes. Returns whether it was stored.
+    fn insert_in(
+        &self,
+        space: Space,
+        name: &[u8],
+        value: Value<'_>,
+        lifetime: Lifetime,
+        now: Instant,
+    ) -> bool {
         // A key parsed from a client's request is a slice of that connection's read
         // buffer; a copy of its own keeps the cache from pinning the buffer.
         let key = (space, Bytes::copy_from_slice(name));
-        if cost(name, value.len()) > self.max_bytes {
+        if cost(name, value.map_or(0, Bytes::len)) > self.max_bytes {
             self.entries.remove(&key);
             return false;
         }
@@ -200,9 +222,10 @@ impl S3Fifo {
             ..Evictions::default()
         };
         let entry = Entry {
-            value: value.clone(),
-            expires_at: now + self.ttl,
-            digest: kept_digest(value),
+            value: value.cloned(),
+            stored_at: now,
+            lifetime,
+            digest: value.and_then(|value| kept_digest(value)),
         };
         self.entries
             .insert_with_lifecycle(key, entry, &mut evictions);
@@ -220,11 +243,18 @@ impl Store for S3Fifo {
     fn contains(&self, space: Space, name: &[u8], now: Instant) -> bool {
         self.entries
             .peek(&(space, Bytes::copy_from_slice(name)))
-            .is_some_and(|entry| entry.expires_at > now)
+            .is_some_and(|entry| !entry.ended(now))
     }
 
-    fn insert(&self, space: Space, name: &[u8], value: &Bytes, now: Instant) -> bool {
-        self.insert_in(space, name, value, now)
+    fn insert(
+        &self,
+        space: Space,
+        name: &[u8],
+        value: Value<'_>,
+        lifetime: Lifetime,
+        now: Instant,
+    ) -> bool {
+        self.insert_in(space, name, value, lifetime, now)
     }
 
     fn remove(&self, space: Space, name: &[u8]) {
@@ -248,11 +278,11 @@ impl Store for S3Fifo {
         self.entries.clear();
     }
 
-    /// Removes every expired entry (a sweep of the whole cache: S3-FIFO keeps
-    /// no order by expiry); returns how many went.
+    /// Removes every entry past its lifetime (a sweep of the whole cache:
+    /// S3-FIFO keeps no order by expiry); returns how many went.
     fn reclaim_expired(&self, now: Instant) -> usize {
         let before = self.entries.len();
-        self.entries.retain(|_, entry| entry.expires_at > now);
+        self.entries.retain(|_, entry| !entry.ended(now));
         let reclaimed = before.saturating_sub(self.entries.len());
         Self::count(&self.expirations, reclaimed as u64);
         reclaimed
@@ -267,7 +297,7 @@ impl Store for S3Fifo {
     fn bytes(&self) -> usize {
         self.entries
             .iter()
-            .map(|((_, name), entry)| cost(&name, entry.value.len()))
+            .map(|((_, name), entry)| cost(&name, entry.value_len()))
             .sum()
     }
 
@@ -283,25 +313,28 @@ impl Store for S3Fifo {
 }
 
 impl S3Fifo {
-    /// See [`S3Fifo::get_in`], in the backend's own database.
+    /// See [`S3Fifo::get_in`], in the backend's own database: a fresh value.
     #[cfg(test)]
     fn get(&self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)> {
         self.get_in(Space::Keys(None), key, now)
-            .map(|found| (found.value, found.expires_at))
+            .filter(|found| found.fresh_until() > now)
+            .and_then(|found| Some((found.value.clone()?, found.fresh_until())))
     }
 
-    /// See [`S3Fifo::insert_in`], in the backend's own database.
+    /// See [`S3Fifo::insert_in`], in the backend's own database, living
+    /// [`TEST_LIFETIME`].
     #[cfg(test)]
     fn insert(&self, key: Bytes, value: Bytes, now: Instant) {
-        self.insert_in(Space::Keys(None), &key, &value, now);
+        self.insert_in(Space::Keys(None), &key, Some(&value), TEST_LIFETIME, now);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    const TTL: Duration = Duration::from_secs(10);
+    const TTL: Duration = TEST_LIFETIME.ttl;
 
     fn key(i: usize) -> Bytes {
         Bytes::from(format!("key{i}"))
@@ -310,7 +343,7 @@ mod tests {
     #[test]
     fn capacity_is_a_number_of_keys() {
         let now = Instant::now();
-        let s = S3Fifo::new(10, TTL);
+        let s = S3Fifo::new(10);
         for i in 0..100 {
             s.insert(key(i), Bytes::from("v"), now);
         }
@@ -321,7 +354,7 @@ mod tests {
     #[test]
     fn entry_expires_exactly_at_its_ttl() {
         let now = Instant::now();
-        let s = S3Fifo::new(10, TTL);
+        let s = S3Fifo::new(10);
         s.insert(key(1), Bytes::from("v"), now);
         assert!(
             s.get(b"key1", now + TTL - Duration::from_nanos(1))
@@ -337,7 +370,7 @@ mod tests {
     #[test]
     fn a_scan_does_not_flush_the_keys_in_use() {
         let now = Instant::now();
-        let s = S3Fifo::new(100, TTL);
+        let s = S3Fifo::new(100);
         for round in 0..3 {
             for i in 0..50 {
                 if s.get(format!("key{i}").as_bytes(), now).is_none() {
@@ -359,7 +392,7 @@ mod tests {
     #[test]
     fn large_values_keep_their_digest_and_small_ones_none() {
         let now = Instant::now();
-        let s = S3Fifo::new(8, TTL);
+        let s = S3Fifo::new(8);
         let large = Bytes::from(vec![7u8; crate::cache::eviction::DIGEST_AT]);
         s.insert(Bytes::from("large"), large.clone(), now);
         s.insert(Bytes::from("small"), Bytes::from("v"), now);
@@ -374,7 +407,7 @@ mod tests {
     #[test]
     fn the_byte_capacity_bounds_large_values() {
         let now = Instant::now();
-        let s = S3Fifo::with_max_bytes(1000, 10_000, TTL);
+        let s = S3Fifo::with_max_bytes(1000, 10_000);
         for i in 0..100 {
             s.insert(key(i), Bytes::from(vec![b'v'; 995]), now);
         }
@@ -383,7 +416,8 @@ mod tests {
         assert!(!s.insert_in(
             Space::Keys(None),
             b"huge",
-            &Bytes::from(vec![0u8; 20_000]),
+            Some(&Bytes::from(vec![0u8; 20_000])),
+            TEST_LIFETIME,
             now
         ));
         assert!(s.get(b"huge", now).is_none());
@@ -392,7 +426,7 @@ mod tests {
     #[test]
     fn reclaim_sweeps_expired_entries() {
         let t0 = Instant::now();
-        let s = S3Fifo::new(100, TTL);
+        let s = S3Fifo::new(100);
         for i in 0..10 {
             s.insert(key(i), Bytes::from("v"), t0);
         }

@@ -89,6 +89,21 @@ pub(crate) struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_max_value_bytes: Option<String>,
 
+    /// Keep entries this long past their TTL to answer reads whose fetch fails; 0s: never [env: REDIS_PROXY_CACHE_STALE_IF_ERROR] [default: 0s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_stale_if_error: Option<String>,
+
+    /// Past the TTL, answer at once from the entry this long while one background fetch refreshes it; 0s: never [env: REDIS_PROXY_CACHE_STALE_WHILE_REVALIDATE] [default: 0s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_stale_while_revalidate: Option<String>,
+
+    /// Remember a key Redis says is absent this long; 0s: never [env: REDIS_PROXY_CACHE_NEGATIVE_TTL] [default: 0s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_negative_ttl: Option<String>,
+
     /// none: entries live for the TTL; tracking: Redis evicts changed keys within milliseconds [env: REDIS_PROXY_INVALIDATION] [default: none]
     #[arg(long, value_name = "MODE")]
     #[serde(skip_serializing_if = "Option::is_none")]

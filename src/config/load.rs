@@ -202,6 +202,12 @@ fn describe(error: figment::Error) -> Error {
                 (Some(first), _) if first == "users" => {
                     format!("TOML `[[users]]`: {problem}{source}")
                 }
+                (Some(first), _) if first == "cache_rules" => match e.path.get(1) {
+                    Some(index) if index.parse::<usize>().is_ok() => {
+                        format!("TOML `[[cache_rules]]` rule {index}: {problem}{source}")
+                    }
+                    _ => format!("TOML `[[cache_rules]]`: {problem}{source}"),
+                },
                 (_, Some(key)) if Config::KEYS.contains(&key.as_str()) => {
                     format!("{}: {problem}{source}", option_names(key))
                 }

@@ -11,6 +11,7 @@
 mod cli;
 mod load;
 mod print;
+mod rules;
 mod users;
 mod validate;
 mod values;
@@ -25,6 +26,7 @@ pub use crate::backend::{ReadFrom, RedisUrl};
 pub use crate::cache::CachePolicy;
 use cli::Cli;
 pub use load::Invocation;
+pub use rules::CacheRule;
 pub use users::UserConfig;
 pub use values::{ByteSize, ListenAddr, Secret, memory_available};
 
@@ -58,6 +60,20 @@ pub struct Config {
     /// Values larger than this are served but not cached; `None`: an eighth of
     /// the cache's bytes.
     pub cache_max_value_bytes: Option<ByteSize>,
+    /// How long past its TTL an entry is kept to answer reads whose fetch
+    /// fails (zero: never).
+    #[serde(with = "humantime_serde")]
+    pub cache_stale_if_error: Duration,
+    /// How long past its TTL an entry answers reads at once while one
+    /// background fetch refreshes it (zero: never).
+    #[serde(with = "humantime_serde")]
+    pub cache_stale_while_revalidate: Duration,
+    /// How long an absence Redis reported is remembered (zero: never).
+    #[serde(with = "humantime_serde")]
+    pub cache_negative_ttl: Duration,
+    /// Per key pattern, how entries live, overriding the settings above; the
+    /// first rule that matches wins (TOML `[[cache_rules]]` only).
+    pub cache_rules: Vec<CacheRule>,
     /// Whether Redis tells the proxy when cached keys change.
     pub invalidation: InvalidationMode,
     /// Requests in flight across the whole proxy; beyond it requests are refused.
@@ -134,6 +150,10 @@ impl Default for Config {
             cache_policy: CachePolicy::Lru,
             cache_max_bytes: None,
             cache_max_value_bytes: None,
+            cache_stale_if_error: Duration::ZERO,
+            cache_stale_while_revalidate: Duration::ZERO,
+            cache_negative_ttl: Duration::ZERO,
+            cache_rules: Vec::new(),
             invalidation: InvalidationMode::None,
             max_clients: NonZeroUsize::new(1024).expect("non-zero"),
             max_parallel: None,
@@ -270,6 +290,9 @@ impl Config {
         "cache_policy",
         "cache_max_bytes",
         "cache_max_value_bytes",
+        "cache_stale_if_error",
+        "cache_stale_while_revalidate",
+        "cache_negative_ttl",
         "invalidation",
         "max_clients",
         "max_parallel",

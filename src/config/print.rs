@@ -7,7 +7,8 @@ use super::Config;
 impl Config {
     /// The configuration as TOML: every key in [`Config::KEYS`] order, a key
     /// left to a default derived at startup commented out with the value it
-    /// derives to here, passwords as `***`, then the `[[users]]`.
+    /// derives to here, passwords as `***`, then the `[[cache_rules]]` and
+    /// the `[[users]]`.
     pub fn to_toml(&self) -> String {
         let mut table = toml::Table::try_from(self).expect("a configuration is a TOML table");
         table.insert("redis_url".into(), self.redis_url.redacted().into());
@@ -21,14 +22,16 @@ impl Config {
                 },
             }
         }
-        if let Some(users) = table
-            .remove("users")
-            .filter(|users| users.as_array().is_some_and(|u| !u.is_empty()))
-        {
-            let mut users_only = toml::Table::new();
-            users_only.insert("users".into(), users);
-            out.push('\n');
-            out.push_str(&toml::to_string(&users_only).expect("users are TOML"));
+        for tables in ["cache_rules", "users"] {
+            if let Some(entries) = table
+                .remove(tables)
+                .filter(|entries| entries.as_array().is_some_and(|e| !e.is_empty()))
+            {
+                let mut only = toml::Table::new();
+                only.insert(tables.into(), entries);
+                out.push('\n');
+                out.push_str(&toml::to_string(&only).expect("tables are TOML"));
+            }
         }
         out
     }

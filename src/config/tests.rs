@@ -265,7 +265,10 @@ fn the_example_file_yields_the_defaults_and_names_every_key() {
     // Every key with a default of its own is set to it; every other key is
     // named, commented out.
     let defaults = toml::Table::try_from(Config::default()).unwrap();
-    let mut with_default: Vec<&String> = defaults.keys().filter(|k| *k != "users").collect();
+    let mut with_default: Vec<&String> = defaults
+        .keys()
+        .filter(|k| *k != "users" && *k != "cache_rules")
+        .collect();
     with_default.sort();
     let mut set_sorted: Vec<&String> = set.iter().collect();
     set_sorted.sort();
@@ -301,7 +304,7 @@ fn the_keys_list_is_every_field_of_the_configuration() {
     let mut fields: Vec<&str> = table
         .keys()
         .map(String::as_str)
-        .filter(|k| *k != "users")
+        .filter(|k| *k != "users" && *k != "cache_rules")
         .collect();
     let mut keys = Config::KEYS.to_vec();
     fields.sort_unstable();
@@ -375,4 +378,44 @@ fn errors_speak_of_the_user_s_words_not_rust_types() {
     let err = load(&["--config", &user], &[]).unwrap_err().to_string();
     assert!(err.contains("did you mean `password`?"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn cache_rules_are_read_from_toml_and_bad_ones_name_their_index() {
+    let config = with_toml(
+        "rules",
+        "cache_stale_if_error = \"1m\"\n\
+         [[cache_rules]]\npattern = \"session:*\"\nttl = \"5s\"\nstale_while_revalidate = \"2s\"\n\n\
+         [[cache_rules]]\npattern = \"rate:*\"\ncache = false\nmax_value_bytes = \"1kb\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.cache_stale_if_error, Duration::from_secs(60));
+    assert_eq!(config.cache_rules.len(), 2);
+    assert_eq!(config.cache_rules[0].ttl, Some(Duration::from_secs(5)));
+    assert_eq!(config.cache_rules[0].stale_if_error, None);
+    assert!(config.cache_rules[0].cache);
+    assert!(!config.cache_rules[1].cache);
+    assert_eq!(config.cache_rules[1].max_value_bytes, Some(ByteSize(1024)));
+    for (toml, problem) in [
+        (
+            "[[cache_rules]]\nttl = \"5s\"\n",
+            "rule 0: `pattern` is missing",
+        ),
+        (
+            "[[cache_rules]]\npattern = \"a\"\n[[cache_rules]]\npattern = \"b\"\ntll = \"5s\"\n",
+            "rule 1: unknown key `tll`; did you mean `ttl`?",
+        ),
+        (
+            "[[cache_rules]]\npattern = \"a\"\nttl = \"soon\"\n",
+            "rule 0:",
+        ),
+        (
+            "[[cache_rules]]\npattern = \"a\"\nttl = \"0s\"\n",
+            "rule 0 (pattern `a`): `ttl` must be greater than zero",
+        ),
+    ] {
+        let err = with_toml("bad-rules", toml).unwrap_err().to_string();
+        assert!(err.contains("cache_rules"), "{toml}: {err}");
+        assert!(err.contains(problem), "{toml}: {err}");
+    }
 }

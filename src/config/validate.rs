@@ -29,7 +29,36 @@ impl Config {
         self.validate_listeners()?;
         self.validate_tls()?;
         self.validate_cluster()?;
+        self.validate_cache_rules()?;
         self.validate_users()
+    }
+
+    /// Rules the cache can apply: a pattern each, a TTL above zero, and few
+    /// enough that their lifetimes can be told apart in an entry.
+    fn validate_cache_rules(&self) -> Result<(), Error> {
+        const MAX_RULES: usize = 63;
+        if self.cache_rules.len() > MAX_RULES {
+            return Err(Error::Invalid(format!(
+                "TOML `[[cache_rules]]`: {} rules, at most {MAX_RULES} are allowed",
+                self.cache_rules.len()
+            )));
+        }
+        for (index, rule) in self.cache_rules.iter().enumerate() {
+            let problem = if rule.pattern.is_empty() {
+                "`pattern` is empty"
+            } else if rule.ttl.is_some_and(|ttl| ttl.is_zero()) {
+                "`ttl` must be greater than zero (`cache = false` keeps keys out of the cache)"
+            } else if rule.max_value_bytes == Some(ByteSize(0)) {
+                "`max_value_bytes` must be greater than zero"
+            } else {
+                continue;
+            };
+            return Err(Error::Invalid(format!(
+                "TOML `[[cache_rules]]` rule {index} (pattern `{}`): {problem}",
+                rule.pattern
+            )));
+        }
+        Ok(())
     }
 
     /// Two of the proxy's own listeners on one address would take each other's

@@ -11,12 +11,14 @@
 //! listener reads them and publishes them when `/metrics` is scraped.
 //!
 //! ```text
-//! redis_proxy_requests_total{protocol="http|resp",outcome="hit|miss|not_found|shed|timeout|wrong_type|backend_error|error"}
+//! redis_proxy_requests_total{protocol="http|resp",outcome="hit|miss|stale|not_found|shed|timeout|wrong_type|backend_error|error"}
 //! redis_proxy_requests_shed_total
 //! redis_proxy_requests_in_flight                      gauge
 //! redis_proxy_connections{protocol="http|resp|admin"} gauge
 //! redis_proxy_cache_{hits,misses,evictions,expirations}_total
 //! redis_proxy_cache_entries                           gauge
+//! redis_proxy_stale_served_total{reason="error|revalidate"}, redis_proxy_negative_hits_total
+//! redis_proxy_backend_short_circuited_total{node}
 //! redis_proxy_cache_invalidations_total, redis_proxy_cache_flushes_total
 //! redis_proxy_backend_request_duration_seconds        histogram
 //! redis_proxy_backend_errors_total
@@ -51,7 +53,7 @@ impl Protocol {
 }
 
 /// The outcomes of a request, in the order of [`Requests`]'s counters.
-const OUTCOMES: [&str; 8] = [
+const OUTCOMES: [&str; 9] = [
     "hit",
     "miss",
     "not_found",
@@ -60,6 +62,7 @@ const OUTCOMES: [&str; 8] = [
     "wrong_type",
     "backend_error",
     "error",
+    "stale",
 ];
 
 /// The buckets of the backend latency histogram, in seconds: from a pipelined
@@ -239,9 +242,10 @@ impl Tally {
                 ..
             } => 0,
             Lookup {
-                source: Source::Backend,
+                source: Source::Stale,
                 ..
-            } => 1,
+            } => 8,
+            Lookup { .. } => 1,
         };
         self.0[outcome] += 1;
     }

@@ -3,10 +3,11 @@
 //! listeners themselves.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Error;
 use crate::backend::{Invalidation, InvalidationSink, RedisService};
-use crate::cache::Cache;
+use crate::cache::{Cache, KeyPolicy};
 use crate::config::{Config, InvalidationMode, ListenAddr, RedisMode};
 use crate::forward::Forwarding;
 use crate::layers::{Stack, StackBuilder};
@@ -27,13 +28,43 @@ pub(super) fn worker_count(config: &Config) -> usize {
 
 /// An empty cache as configured.
 pub(super) fn cache(config: &Config) -> Cache {
-    Cache::builder()
+    let global = KeyPolicy {
+        ttl: config.cache_ttl,
+        negative_ttl: config.cache_negative_ttl,
+        stale_if_error: config.cache_stale_if_error,
+        stale_while_revalidate: config.cache_stale_while_revalidate,
+        cache: true,
+        max_value_bytes: config.effective_cache_max_value_bytes().bytes(),
+    };
+    let mut builder = Cache::builder()
         .capacity(config.cache_capacity.get())
-        .ttl(config.cache_ttl)
         .policy(config.cache_policy)
         .max_bytes(config.effective_cache_max_bytes().bytes())
-        .max_value_bytes(config.effective_cache_max_value_bytes().bytes())
-        .build()
+        .key_policy(global)
+        .stale_after(stale_after(config.request_timeout));
+    for rule in &config.cache_rules {
+        let policy = KeyPolicy {
+            ttl: rule.ttl.unwrap_or(global.ttl),
+            negative_ttl: rule.negative_ttl.unwrap_or(global.negative_ttl),
+            stale_if_error: rule.stale_if_error.unwrap_or(global.stale_if_error),
+            stale_while_revalidate: rule
+                .stale_while_revalidate
+                .unwrap_or(global.stale_while_revalidate),
+            cache: rule.cache,
+            max_value_bytes: rule
+                .max_value_bytes
+                .map_or(global.max_value_bytes, |bytes| bytes.bytes()),
+        };
+        builder = builder.rule(&rule.pattern, policy);
+    }
+    builder.build()
+}
+
+/// How long a read with a stale answer waits for its fetch: long enough for
+/// a slow reply, short enough that the stale answer beats the request
+/// timeout by a margin (a quarter of it, at most 100 ms).
+fn stale_after(request_timeout: Duration) -> Duration {
+    request_timeout.saturating_sub((request_timeout / 4).min(Duration::from_millis(100)))
 }
 
 /// The listeners' TLS, when a certificate is configured.
@@ -172,6 +203,10 @@ fn invalidation_sink(cache: Cache) -> InvalidationSink {
         Invalidation::All => {
             metrics::record_invalidation(None);
             cache.flush();
+        }
+        Invalidation::Unverified => {
+            metrics::record_invalidation(None);
+            cache.unverify();
         }
     })
 }

@@ -155,8 +155,13 @@ fn admin_protocol(proxy: &Proxy, requests: &Requests, health: Health) -> Arc<imp
         ],
     };
     let render = proxy.render.clone();
+    let backend = proxy.stack.backend().backend().clone();
     let router = admin::router(
-        Arc::new(move || health.check()),
+        Arc::new(move || match (backend.short_circuited(), health.check()) {
+            (Some(open), Err(reason)) => Err(format!("{open}; {reason}")),
+            (Some(open), Ok(())) => Err(open),
+            (None, checked) => checked,
+        }),
         Arc::new(move || {
             gauges.publish();
             render()

@@ -12,15 +12,18 @@
 //! indexes (`index`):
 //!
 //! - the recency list, most recently used first: the LRU itself;
-//! - the insertion list, newest first. Every entry lives for the same TTL, so the
-//!   oldest insertion is always the first to expire.
+//! - an insertion list per lifetime class, newest first. Entries of one class
+//!   (one TTL and stale windows: the global policy's, or a cache rule's) live
+//!   equally long, so the oldest insertion of a class is its first to expire.
 //!
-//! The insertion list is what makes "an expired entry acts as if it was never
-//! stored" exact: when the store is full and the oldest insertion has expired, that
-//! entry goes, not the least recently used live one. Expired entries are also
-//! reclaimed when read, a few on every insert, and in bulk by
-//! [`Lru::reclaim_expired`] (the cache runs it every second), so memory held by
-//! dead values does not wait for capacity pressure.
+//! The insertion lists are what make "an expired entry acts as if it was never
+//! stored" exact: when the store is full and the oldest insertion of a class
+//! has outlived its lifetime, that entry goes, not the least recently used
+//! live one. Such entries are also reclaimed when read, a few on every insert,
+//! and in bulk by [`Lru::reclaim_expired`] (the cache runs it every second),
+//! so memory held by dead values does not wait for capacity pressure. Finding
+//! them costs one look per class: a store has a handful (at most
+//! [`CLASSES`]).
 //!
 //! Capacity is counted in keys and, optionally, in bytes of memory (what
 //! each entry's slot, index and allocations really take, [`Slot::cost`]):
@@ -67,10 +70,11 @@ use bytes::Bytes;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use tokio::time::Instant;
 
-#[cfg(test)]
-use super::eviction::kept_digest;
 use super::eviction::{Found, Space, Stats};
-use slab::{EMPTY, Ends, Links, NIL, Slot, UNLINKED};
+#[cfg(test)]
+use super::eviction::{TEST_LIFETIME, kept_digest};
+use super::rules::Lifetime;
+use slab::{CLASSES, EMPTY, Ends, Links, NIL, Slot, UNLINKED};
 
 pub(crate) use shared::SharedLru;
 
@@ -88,8 +92,18 @@ enum List {
     Insertion,
 }
 
+/// Entries that live equally long, and their insertion list.
+#[derive(Debug)]
+struct Class {
+    lifetime: Lifetime,
+    /// How long past its freshness an entry is kept, in nanoseconds.
+    stale: i64,
+    insertion: Ends,
+}
+
 /// An LRU map from key to value with a capacity in keys (and optionally in
-/// bytes) and one TTL for all entries. Single-threaded; see [`SharedLru`].
+/// bytes), each entry living as its class says. Single-threaded; see
+/// [`SharedLru`].
 #[derive(Debug)]
 pub(crate) struct Lru {
     /// Slot indexes, hashed by the database and name their slot holds.
@@ -99,7 +113,8 @@ pub(crate) struct Lru {
     /// The first free slot, or [`NIL`].
     free: u32,
     recency: Ends,
-    insertion: Ends,
+    /// The lifetimes entries have had, in the order first seen.
+    classes: Vec<Class>,
     capacity: usize,
     max_bytes: usize,
     /// What every entry costs in memory ([`Slot::cost`]).
@@ -109,34 +124,32 @@ pub(crate) struct Lru {
     dbs: Vec<Space>,
     /// The instant that slot times count from.
     epoch: Instant,
-    ttl: Duration,
     stats: Stats,
 }
 
 impl Lru {
     /// An empty store holding at most `capacity` keys (and never more than
-    /// 4,294,967,295), each for `ttl`.
+    /// 4,294,967,295).
     #[cfg(test)]
-    pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
-        Self::with_max_bytes(capacity, usize::MAX, ttl)
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self::with_max_bytes(capacity, usize::MAX)
     }
 
     /// An empty store holding at most `capacity` keys, whose entries cost at
     /// most `max_bytes` bytes of memory.
-    pub(crate) fn with_max_bytes(capacity: usize, max_bytes: usize, ttl: Duration) -> Self {
+    pub(crate) fn with_max_bytes(capacity: usize, max_bytes: usize) -> Self {
         Self {
             index: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
             slots: Vec::new(),
             free: NIL,
             recency: EMPTY,
-            insertion: EMPTY,
+            classes: Vec::new(),
             capacity: capacity.clamp(1, MAX_SLOTS),
             max_bytes,
             bytes: 0,
             dbs: Vec::new(),
             epoch: Instant::now(),
-            ttl,
             stats: Stats::default(),
         }
     }
@@ -173,43 +186,73 @@ impl Lru {
         }
     }
 
-    fn ends(&mut self, list: List) -> &mut Ends {
+    /// The ends of `list` that slot `i` is on (its class's insertion list).
+    fn ends(&mut self, list: List, i: u32) -> &mut Ends {
         match list {
             List::Recency => &mut self.recency,
-            List::Insertion => &mut self.insertion,
+            List::Insertion => {
+                let class = self.slots[i as usize].class();
+                &mut self.classes[class].insertion
+            }
         }
     }
 
     fn unlink(&mut self, list: List, i: u32) {
         let Links { prev, next } = std::mem::replace(self.links(list, i), UNLINKED);
         match prev {
-            NIL => self.ends(list).head = next,
+            NIL => self.ends(list, i).head = next,
             prev => self.links(list, prev).next = next,
         }
         match next {
-            NIL => self.ends(list).tail = prev,
+            NIL => self.ends(list, i).tail = prev,
             next => self.links(list, next).prev = prev,
         }
     }
 
     fn push_front(&mut self, list: List, i: u32) {
-        let head = self.ends(list).head;
+        let head = self.ends(list, i).head;
         *self.links(list, i) = Links {
             prev: NIL,
             next: head,
         };
         match head {
-            NIL => self.ends(list).tail = i,
+            NIL => self.ends(list, i).tail = i,
             head => self.links(list, head).prev = i,
         }
-        self.ends(list).head = i;
+        self.ends(list, i).head = i;
     }
 
     fn move_to_front(&mut self, list: List, i: u32) {
-        if self.ends(list).head != i {
+        if self.ends(list, i).head != i {
             self.unlink(list, i);
             self.push_front(list, i);
         }
+    }
+
+    /// The class of entries living `lifetime`, and the nanoseconds they stay
+    /// fresh; `None` when the store already tells [`CLASSES`] lifetimes apart.
+    fn class(&mut self, lifetime: Lifetime) -> Option<(usize, i64)> {
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        let ttl = nanos(lifetime.ttl);
+        if let Some(k) = self.classes.iter().position(|c| c.lifetime == lifetime) {
+            return Some((k, ttl));
+        }
+        if self.classes.len() == CLASSES {
+            return None;
+        }
+        self.classes.push(Class {
+            lifetime,
+            stale: nanos(lifetime.keep().saturating_sub(lifetime.ttl)),
+            insertion: EMPTY,
+        });
+        Some((self.classes.len() - 1, ttl))
+    }
+
+    /// When slot `i`'s lifetime ends, in nanoseconds from the epoch.
+    fn ends_at(&self, i: u32) -> i64 {
+        let slot = &self.slots[i as usize];
+        slot.expires_at
+            .saturating_add(self.classes[slot.class()].stale)
     }
 
     /// Empties slot `i`: out of the index, off both lists, onto the free list.
@@ -245,19 +288,23 @@ impl Lru {
         }
     }
 
-    /// Removes up to `budget` expired entries, oldest insertion first; returns
-    /// how many went.
+    /// Removes up to `budget` entries whose lifetime has ended, oldest
+    /// insertion of each class first; returns how many went.
     fn reclaim(&mut self, now: i64, budget: usize) -> usize {
-        for reclaimed in 0..budget {
-            let oldest = self.insertion.tail;
-            // Uniform TTL: if the oldest insertion is live, every entry is.
-            if oldest == NIL || self.slots[oldest as usize].expires_at > now {
-                return reclaimed;
+        let mut reclaimed = 0;
+        for class in 0..self.classes.len() {
+            while reclaimed < budget {
+                let oldest = self.classes[class].insertion.tail;
+                // One lifetime per class: if its oldest insertion lives, all do.
+                if oldest == NIL || self.ends_at(oldest) > now {
+                    break;
+                }
+                self.remove_slot(oldest);
+                self.stats.expirations += 1;
+                reclaimed += 1;
             }
-            self.remove_slot(oldest);
-            self.stats.expirations += 1;
         }
-        budget
+        reclaimed
     }
 
     /// Removes up to `budget` expired entries, oldest first; returns how many.
@@ -266,8 +313,8 @@ impl Lru {
         self.reclaim(now, budget)
     }
 
-    /// Makes room for one entry: the oldest insertion if it has expired, else
-    /// the least recently used entry.
+    /// Makes room for one entry: an oldest insertion whose lifetime has
+    /// ended, else the least recently used entry.
     fn make_room(&mut self, now: i64) {
         if self.reclaim(now, 1) == 0 {
             self.remove_slot(self.recency.tail);
@@ -275,9 +322,9 @@ impl Lru {
         }
     }
 
-    /// The slot of the live entry `name` in `space`, its value and expiry,
-    /// without moving it (what a concurrent reader may do); `Err(Some(i))` when
-    /// slot `i` holds it expired.
+    /// The slot of the entry `name` in `space` (fresh or stale) as a read
+    /// finds it, without moving it (what a concurrent reader may do);
+    /// `Err(Some(i))` when slot `i` holds it past its lifetime.
     pub(super) fn peek(
         &self,
         space: Space,
@@ -286,14 +333,23 @@ impl Lru {
     ) -> Result<(u32, Found), Option<u32>> {
         let i = self.find(space, name).ok_or(None)?;
         let now_offset = self.offset(now);
-        let slot = &self.slots[i as usize];
-        if slot.expires_at <= now_offset {
+        if self.ends_at(i) <= now_offset {
             return Err(Some(i));
         }
-        let fresh_for = Duration::from_nanos(slot.expires_at.abs_diff(now_offset));
+        let slot = &self.slots[i as usize];
+        let lifetime = self.classes[slot.class()].lifetime;
+        // Fresh until `expires_at`, stored one TTL before it.
+        let fresh_for = slot.expires_at.saturating_sub(now_offset);
+        let fresh_until = if fresh_for >= 0 {
+            now + Duration::from_nanos(fresh_for.unsigned_abs())
+        } else {
+            now.checked_sub(Duration::from_nanos(fresh_for.unsigned_abs()))
+                .unwrap_or(now)
+        };
         let found = Found {
             value: slot.value(),
-            expires_at: now + fresh_for,
+            stored_at: fresh_until.checked_sub(lifetime.ttl).unwrap_or(fresh_until),
+            lifetime,
             digest: slot.digest(),
         };
         Ok((i, found))
@@ -304,13 +360,18 @@ impl Lru {
         self.move_to_front(List::Recency, i);
     }
 
-    /// The live entry `name` in `space`, now the most recently used. `None`
-    /// when absent or expired (an expired entry is removed on the way).
+    /// The entry `name` in `space`, fresh or stale, now the most recently
+    /// used. `None` when absent or past its lifetime (such an entry is
+    /// removed on the way).
     pub(crate) fn get_in(&mut self, space: Space, name: &[u8], now: Instant) -> Option<Found> {
         match self.peek(space, name, now) {
             Ok((i, found)) => {
                 self.touch(i);
-                self.stats.hits += 1;
+                if found.fresh_until() > now {
+                    self.stats.hits += 1;
+                } else {
+                    self.stats.misses += 1;
+                }
                 Some(found)
             }
             Err(expired) => {
@@ -325,10 +386,7 @@ impl Lru {
     }
 
     /// Stores `value` under `name` in `space` as the most recently used entry,
-    /// expiring `ttl` after `now`. When the store is full (in keys or in bytes),
-    /// expired entries make room first, then the least recently used ones. A value
-    /// that alone exceeds the byte capacity is not stored, and the key's old
-    /// entry goes. Returns whether the value was stored.
+    /// living [`TEST_LIFETIME`] from `now`; see [`Lru::insert_digested`].
     #[cfg(test)]
     pub(crate) fn insert_in(
         &mut self,
@@ -337,26 +395,40 @@ impl Lru {
         value: &Bytes,
         now: Instant,
     ) -> bool {
-        self.insert_digested(space, name, value, kept_digest(value), now)
+        self.insert_digested(
+            space,
+            name,
+            Some(value),
+            kept_digest(value),
+            TEST_LIFETIME,
+            now,
+        )
     }
 
-    /// [`Lru::insert_in`], with the digest the entry keeps for `value` (see
-    /// [`kept_digest`]), computed by the caller: hashing a large value takes
-    /// longer than anything else an insert does, and need not hold the lock.
+    /// Stores `value` (`None`: an absence) under `name` in `space` as the
+    /// most recently used entry, living `lifetime` from `now`. When the store
+    /// is full (in keys or in bytes), entries past their lifetime make room
+    /// first, then the least recently used ones. A value that alone exceeds
+    /// the byte capacity is not stored, and the key's old entry goes. Returns
+    /// whether the value was stored.
+    ///
+    /// The digest the entry keeps for `value` (see [`kept_digest`]) is
+    /// computed by the caller: hashing a large value takes longer than
+    /// anything else an insert does, and need not hold the lock.
     pub(crate) fn insert_digested(
         &mut self,
         space: Space,
         name: &[u8],
-        value: &Bytes,
+        value: Option<&Bytes>,
         digest: Option<u64>,
+        lifetime: Lifetime,
         now: Instant,
     ) -> bool {
         let now = self.offset(now);
-        let ttl = i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX);
-        let expires_at = now.saturating_add(ttl);
-        let filled = Slot::fill(space, name, value, digest, expires_at)
-            .filter(|slot| slot.cost() <= self.max_bytes);
-        let Some(slot) = filled else {
+        let filled = self.class(lifetime).and_then(|(class, ttl)| {
+            Slot::fill(space, name, value, digest, (now.saturating_add(ttl), class))
+        });
+        let Some(slot) = filled.filter(|slot| slot.cost() <= self.max_bytes) else {
             if let Some(i) = self.find(space, name) {
                 self.remove_slot(i);
             }
@@ -367,12 +439,13 @@ impl Lru {
 
         let i = match self.find(space, name) {
             Some(i) => {
+                // Off its old class's insertion list, onto the new one's.
+                self.unlink(List::Insertion, i);
                 self.bytes = self.bytes - self.slots[i as usize].cost() + slot.cost();
                 let old = std::mem::replace(&mut self.slots[i as usize], slot);
                 self.slots[i as usize].recency = old.recency;
-                self.slots[i as usize].insertion = old.insertion;
                 self.move_to_front(List::Recency, i);
-                self.move_to_front(List::Insertion, i);
+                self.push_front(List::Insertion, i);
                 i
             }
             None => {
@@ -423,15 +496,19 @@ impl Lru {
         self.slots.clear();
         self.free = NIL;
         self.recency = EMPTY;
-        self.insertion = EMPTY;
+        for class in &mut self.classes {
+            class.insertion = EMPTY;
+        }
         self.bytes = 0;
     }
 
-    /// The live value of `key` (in the backend's own database); see [`Lru::get_in`].
+    /// The fresh value of `key` (in the backend's own database) and when it
+    /// stops being fresh; see [`Lru::get_in`].
     #[cfg(test)]
     pub(crate) fn get(&mut self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)> {
         self.get_in(Space::Keys(None), key, now)
-            .map(|found| (found.value, found.expires_at))
+            .filter(|found| found.fresh_until() > now)
+            .and_then(|found| Some((found.value.clone()?, found.fresh_until())))
     }
 
     /// Stores `value` under `key` (in the backend's own database); see

@@ -5,13 +5,11 @@
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::Lru;
-use crate::cache::eviction::{Found, Space, Stats, Store, kept_digest};
+use crate::cache::eviction::{Found, Lifetime, Space, Stats, Store, Value, kept_digest};
 
 /// How many expired entries one sweep step removes before it lets readers in
 /// again.
@@ -72,11 +70,11 @@ fn reader_index(readers: usize) -> usize {
 
 impl SharedLru {
     /// An empty store holding at most `capacity` keys and `max_bytes` bytes.
-    pub(crate) fn new(capacity: usize, max_bytes: usize, ttl: Duration) -> Self {
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
         let readers = (2 * threads).clamp(4, MAX_READERS);
         Self {
-            core: UnsafeCell::new(Lru::with_max_bytes(capacity, max_bytes, ttl)),
+            core: UnsafeCell::new(Lru::with_max_bytes(capacity, max_bytes)),
             readers: (0..readers).map(|_| Reader::default()).collect(),
             merged: UnsafeCell::new(Vec::new()),
         }
@@ -128,7 +126,11 @@ impl SharedLru {
         let (found, record_full) = self.read(|core, record| match core.peek(space, name, now) {
             Ok((i, found)) => {
                 record.accesses.push((core.offset(now), i));
-                record.hits += 1;
+                if found.fresh_until() > now {
+                    record.hits += 1;
+                } else {
+                    record.misses += 1;
+                }
                 (Ok(found), record.accesses.len() >= RECORD)
             }
             Err(None) => {
@@ -161,9 +163,16 @@ impl Store for SharedLru {
         self.read(|core, _| core.peek(space, name, now).is_ok())
     }
 
-    fn insert(&self, space: Space, name: &[u8], value: &Bytes, now: Instant) -> bool {
-        let digest = kept_digest(value);
-        self.write(|core| core.insert_digested(space, name, value, digest, now))
+    fn insert(
+        &self,
+        space: Space,
+        name: &[u8],
+        value: Value<'_>,
+        lifetime: Lifetime,
+        now: Instant,
+    ) -> bool {
+        let digest = value.and_then(|value| kept_digest(value));
+        self.write(|core| core.insert_digested(space, name, value, digest, lifetime, now))
     }
 
     fn remove(&self, space: Space, name: &[u8]) {

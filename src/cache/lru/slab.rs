@@ -30,8 +30,15 @@ const IN_DB: u32 = 1 << 30;
 const REPLIES: u32 = 1 << 29;
 /// `Slot::key_len` bit: a cached reply in RESP3.
 const RESP3: u32 = 1 << 28;
-/// `Slot::key_len` bits that hold the name's length.
-const LEN_MASK: u32 = RESP3 - 1;
+/// `Slot::key_len` bit: the entry remembers an absence (it has no value).
+const ABSENT: u32 = 1 << 27;
+/// Where `Slot::key_len` holds the entry's lifetime class.
+const CLASS_SHIFT: u32 = 20;
+/// How many lifetime classes a store can tell apart.
+pub(super) const CLASSES: usize = 1 << (27 - CLASS_SHIFT);
+/// `Slot::key_len` bits that hold the name's length: names of 1 MiB and
+/// more are not cached.
+const LEN_MASK: u32 = (1 << CLASS_SHIFT) - 1;
 
 /// A slot's neighbours on one list, by slot index.
 #[derive(Debug, Clone, Copy)]
@@ -88,12 +95,13 @@ impl Data {
 #[derive(Debug)]
 pub(super) struct Slot {
     pub(super) data: Data,
-    /// Nanoseconds from the store's epoch (negative before it).
+    /// When the entry stops being fresh: nanoseconds from the store's epoch
+    /// (negative before it).
     pub(super) expires_at: i64,
     pub(super) recency: Links,
     pub(super) insertion: Links,
-    /// The name's length, and the [`SHARED`], [`IN_DB`], [`REPLIES`] and
-    /// [`RESP3`] flags.
+    /// The name's length, the lifetime class, and the [`SHARED`], [`IN_DB`],
+    /// [`REPLIES`], [`RESP3`] and [`ABSENT`] flags.
     key_len: u32,
     /// The value's length.
     value_len: u32,
@@ -106,6 +114,11 @@ impl Slot {
 
     fn is_shared(&self) -> bool {
         self.key_len & SHARED != 0
+    }
+
+    /// The entry's lifetime class: an index into its store's classes.
+    pub(super) fn class(&self) -> usize {
+        ((self.key_len >> CLASS_SHIFT) as usize) & (CLASSES - 1)
     }
 
     /// Where the database index starts, and the allocation's layout.
@@ -183,9 +196,13 @@ impl Slot {
         }
     }
 
-    /// The entry's value: a copy of an inline one, a shared handle to a larger one.
-    pub(super) fn value(&self) -> Bytes {
-        match self.data.0 {
+    /// The entry's value: a copy of an inline one, a shared handle to a
+    /// larger one; `None` for a remembered absence.
+    pub(super) fn value(&self) -> Option<Bytes> {
+        if self.key_len & ABSENT != 0 {
+            return None;
+        }
+        Some(match self.data.0 {
             // SAFETY: a shared allocation starts with an initialized `Bytes`.
             Some(ptr) if self.is_shared() => unsafe { (*ptr.as_ptr().cast::<Bytes>()).clone() },
             Some(_) => {
@@ -193,7 +210,7 @@ impl Slot {
                 Bytes::copy_from_slice(&self.bytes()[start..])
             }
             None => Bytes::new(),
-        }
+        })
     }
 
     /// What the entry costs in memory: its slot, its place in the index, its
@@ -211,16 +228,20 @@ impl Slot {
         std::mem::size_of::<Slot>() + INDEX_COST + allocated(self.layout().1.size()) + value
     }
 
-    /// Fills a free slot with a copy of `name` (in `db`) and `value`; `None` when
-    /// the name or value is too long to describe.
+    /// Fills a free slot with a copy of `name` (in `db`) and `value` (`None`:
+    /// an absence), of lifetime `class`; `None` when the name or value is too
+    /// long to describe.
     pub(super) fn fill(
         space: Space,
         name: &[u8],
-        value: &Bytes,
+        value: Option<&Bytes>,
         digest: Option<u64>,
-        expires_at: i64,
+        (expires_at, class): (i64, usize),
     ) -> Option<Slot> {
         let name_len = u32::try_from(name.len()).ok().filter(|&n| n <= LEN_MASK)?;
+        let absent = if value.is_none() { ABSENT } else { 0 };
+        let value = value.cloned().unwrap_or_default();
+        let value = &value;
         let value_len = u32::try_from(value.len()).ok()?;
         let shared = value.len() >= SHARE_AT;
         let (db, space_flags) = match space {
@@ -233,6 +254,8 @@ impl Slot {
             recency: UNLINKED,
             insertion: UNLINKED,
             key_len: name_len
+                | (((class & (CLASSES - 1)) as u32) << CLASS_SHIFT)
+                | absent
                 | space_flags
                 | if shared { SHARED } else { 0 }
                 | if db.is_some() { IN_DB } else { 0 },

@@ -2,12 +2,12 @@
 use super::shared::RECORD;
 use super::slab::SHARE_AT;
 use super::*;
-use crate::cache::eviction::Store;
+use crate::cache::eviction::{Store, TEST_LIFETIME};
 
-const TTL: Duration = Duration::from_secs(10);
+const TTL: Duration = TEST_LIFETIME.ttl;
 
 fn store(capacity: usize) -> Lru {
-    Lru::new(capacity, TTL)
+    Lru::new(capacity)
 }
 
 fn put(store: &mut Lru, key: &str, now: Instant) {
@@ -321,7 +321,8 @@ impl Lru {
         let mut keys = Vec::new();
         let mut i = match list {
             List::Recency => self.recency.head,
-            List::Insertion => self.insertion.head,
+            // Tests store entries of one lifetime: one class.
+            List::Insertion => self.classes.first().map_or(NIL, |c| c.insertion.head),
         };
         while i != NIL {
             let slot = &self.slots[i as usize];
@@ -383,7 +384,7 @@ fn large_values_keep_their_digest_and_small_ones_none() {
     s.insert_in(Space::Keys(None), b"small", &Bytes::from("v"), now);
     let found = s.get_in(Space::Keys(Some(3)), b"large", now).unwrap();
     assert_eq!(found.digest, Some(crate::lookup::digest(&large)));
-    assert_eq!(found.value, large);
+    assert_eq!(found.value, Some(large));
     assert_eq!(
         s.get_in(Space::Keys(None), b"small", now).unwrap().digest,
         None
@@ -404,11 +405,11 @@ fn databases_keep_equal_names_apart() {
     s.insert_in(Space::Keys(Some(3)), b"other", &Bytes::from("three"), now);
     assert_eq!(
         s.get_in(Space::Keys(None), b"k", now).unwrap().value,
-        Bytes::from("default")
+        Some(Bytes::from("default"))
     );
     assert_eq!(
         s.get_in(Space::Keys(Some(2)), b"k", now).unwrap().value,
-        Bytes::from("two")
+        Some(Bytes::from("two"))
     );
     assert!(s.get_in(Space::Keys(Some(3)), b"k", now).is_none());
     s.remove_in(Space::Keys(Some(2)), b"k");
@@ -449,7 +450,7 @@ fn an_entry_costs_its_slot_index_and_allocations() {
 #[test]
 fn the_byte_capacity_evicts_in_lru_order() {
     let now = Instant::now();
-    let mut s = Lru::with_max_bytes(100, 3 * SMALL_ENTRY, TTL);
+    let mut s = Lru::with_max_bytes(100, 3 * SMALL_ENTRY);
     for key in ["a", "b", "c"] {
         s.insert(Bytes::from(key), Bytes::from_static(b"123456789"), now);
     }
@@ -467,7 +468,7 @@ fn the_byte_capacity_evicts_in_lru_order() {
 #[test]
 fn a_value_over_the_byte_capacity_is_not_stored_and_drops_the_old_one() {
     let now = Instant::now();
-    let mut s = Lru::with_max_bytes(100, 100, TTL);
+    let mut s = Lru::with_max_bytes(100, 100);
     assert!(s.insert_in(Space::Keys(None), b"k", &Bytes::from("small"), now));
     let large = Bytes::from(vec![b'v'; 50]);
     assert!(!s.insert_in(Space::Keys(None), b"k", &large, now));
@@ -493,16 +494,28 @@ fn reclaim_expired_takes_only_expired_entries_within_its_budget() {
 #[test]
 fn the_shared_store_applies_reads_before_it_evicts() {
     let now = Instant::now();
-    let s = SharedLru::new(3, usize::MAX, TTL);
+    let s = SharedLru::new(3, usize::MAX);
     for key in ["a", "b", "c"] {
-        s.insert(Space::Keys(None), key.as_bytes(), &Bytes::from(key), now);
+        s.insert(
+            Space::Keys(None),
+            key.as_bytes(),
+            Some(&Bytes::from(key)),
+            TEST_LIFETIME,
+            now,
+        );
     }
     // Read a on another thread, then b on this one: the order of use is c a b.
     std::thread::scope(|scope| {
         scope.spawn(|| assert!(s.get(Space::Keys(None), b"a", now).is_some()));
     });
     assert!(s.get(Space::Keys(None), b"b", Instant::now()).is_some());
-    s.insert(Space::Keys(None), b"d", &Bytes::from("d"), Instant::now());
+    s.insert(
+        Space::Keys(None),
+        b"d",
+        Some(&Bytes::from("d")),
+        TEST_LIFETIME,
+        Instant::now(),
+    );
     assert!(
         s.get(Space::Keys(None), b"c", Instant::now()).is_none(),
         "c was least recently read"
@@ -521,8 +534,14 @@ fn the_shared_store_applies_reads_before_it_evicts() {
 #[test]
 fn a_full_access_record_is_applied_at_once() {
     let now = Instant::now();
-    let s = SharedLru::new(4, usize::MAX, TTL);
-    s.insert(Space::Keys(None), b"k", &Bytes::from("v"), now);
+    let s = SharedLru::new(4, usize::MAX);
+    s.insert(
+        Space::Keys(None),
+        b"k",
+        Some(&Bytes::from("v")),
+        TEST_LIFETIME,
+        now,
+    );
     for _ in 0..RECORD * 3 {
         assert!(s.get(Space::Keys(None), b"k", now).is_some());
     }
@@ -537,8 +556,14 @@ fn a_full_access_record_is_applied_at_once() {
 #[test]
 fn an_expired_entry_read_through_the_shared_store_is_removed() {
     let t0 = Instant::now();
-    let s = SharedLru::new(4, usize::MAX, TTL);
-    s.insert(Space::Keys(None), b"k", &Bytes::from("v"), t0);
+    let s = SharedLru::new(4, usize::MAX);
+    s.insert(
+        Space::Keys(None),
+        b"k",
+        Some(&Bytes::from("v")),
+        TEST_LIFETIME,
+        t0,
+    );
     assert!(s.get(Space::Keys(None), b"k", t0 + TTL).is_none());
     assert_eq!(s.len(), 0);
     assert_eq!(s.stats().expirations, 1);
@@ -552,7 +577,7 @@ proptest::proptest! {
         ops in proptest::collection::vec(op(), 1..300),
     ) {
         let start = Instant::now();
-        let s = SharedLru::new(capacity, usize::MAX, TTL);
+        let s = SharedLru::new(capacity, usize::MAX);
         let mut model = Model::default();
         let mut elapsed = Duration::ZERO;
         for (n, op) in ops.into_iter().enumerate() {
@@ -560,12 +585,12 @@ proptest::proptest! {
             match op {
                 Op::Get(key) => {
                     let got = s.get(Space::Keys(None), &[key], now)
-                        .map(|found| u32::from_be_bytes(found.value[..].try_into().unwrap()));
+                        .map(|found| u32::from_be_bytes(found.value.unwrap()[..].try_into().unwrap()));
                     proptest::prop_assert_eq!(got, model.get(key, elapsed), "op {}", n);
                 }
                 Op::Insert(key) => {
                     let value = u32::try_from(n).unwrap();
-                    s.insert(Space::Keys(None), &[key], &Bytes::copy_from_slice(&value.to_be_bytes()), now);
+                    s.insert(Space::Keys(None), &[key], Some(&Bytes::copy_from_slice(&value.to_be_bytes())), TEST_LIFETIME, now);
                     model.insert(key, value, elapsed, capacity);
                 }
                 Op::Remove(key) => {

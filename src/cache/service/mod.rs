@@ -4,8 +4,15 @@
 //! served alike; only what the inner service is asked differs.
 //!
 //! A hit is answered without touching the inner service; its future is ready at
-//! once and allocates nothing. Absence is not cached: a key missing in the
-//! backend is asked for again next time.
+//! once and allocates nothing. An absence is remembered only under a negative
+//! TTL (`--cache-negative-ttl`); otherwise a key missing in the backend is
+//! asked for again next time.
+//!
+//! An entry past its TTL may still answer (see [`Cached`]): within its
+//! stale-while-revalidate window at once, starting one background fetch
+//! (coalesced with every other miss of the key); within its stale-if-error
+//! window, when the fetch fails or does not end within the cache's
+//! `stale_after` (the fetch then goes on, and fills the cache when it ends).
 //!
 //! Concurrent misses for one key are coalesced: the first starts the fetch,
 //! registers it in the cache's in-flight table and drives it; later misses wait
@@ -31,7 +38,7 @@ use tokio::sync::watch;
 use tower::{Layer, Service};
 
 use super::flights::{Join, Outcome};
-use super::{Cache, Read};
+use super::{Cache, Cached, Read};
 use crate::lookup::{Answer, Command, Error, Key, Lookup, Query, Request, Source};
 use forwarded::Forwarded;
 
@@ -93,7 +100,7 @@ impl<S> CacheService<S> {
         S::Error: Into<Error>,
         R: Send + 'static,
     {
-        let ttl = self.cache.ttl();
+        let ttl = self.cache.ttl(read.key_name());
         let joined = self.cache.flights().join(&read, self.cache.store());
         match joined {
             Join::Wait(done) => {
@@ -114,6 +121,78 @@ impl<S> CacheService<S> {
     }
 }
 
+impl<S> CacheService<S> {
+    /// A read of `read` whose entry is not fresh: answered stale while it
+    /// is refreshed, or a miss that falls back on a stale answer, or a
+    /// plain miss.
+    fn not_fresh<R>(&mut self, read: Read, request: R, cached: Option<Cached>) -> ResponseFuture
+    where
+        S: Service<R, Response = Option<Bytes>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Error>,
+        R: Send + 'static,
+    {
+        match cached {
+            Some(Cached::Fresh(hit)) => ResponseFuture::hit(hit),
+            Some(Cached::Revalidate(stale)) => {
+                self.refresh(read, request);
+                self.cache.counters().stale_revalidating.increment(1);
+                ResponseFuture::hit(stale)
+            }
+            Some(Cached::IfError(stale)) => {
+                let miss = self.miss(read, request);
+                ResponseFuture::miss(Box::pin(or_stale(miss, stale, self.cache.clone())))
+            }
+            None => self.miss(read, request),
+        }
+    }
+
+    /// Starts a fetch of `read` in the background, unless one is in flight.
+    fn refresh<R>(&mut self, read: Read, request: R)
+    where
+        S: Service<R, Response = Option<Bytes>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Error>,
+        R: Send + 'static,
+    {
+        let joined = self.cache.flights().join(&read, self.cache.store());
+        let Join::Lead(id) = joined else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.cache.flights().land(&read, id);
+            return;
+        };
+        let (inner, cache) = (self.inner.clone(), self.cache.clone());
+        runtime.spawn(async move {
+            let ready = tower::ServiceExt::ready_oneshot(inner).await.ok();
+            match ready {
+                Some(inner) => drop(fetch(inner, request, read, id, cache).await),
+                None => drop(cache.flights().land(&read, id)),
+            }
+        });
+    }
+}
+
+/// A miss with a stale answer to fall back on: the miss's answer, unless
+/// the backend failed or took longer than the cache's `stale_after`.
+async fn or_stale(miss: ResponseFuture, stale: Lookup, cache: Cache) -> Result<Lookup, Error> {
+    let outcome = match cache.stale_after() {
+        Some(wait) => tokio::time::timeout(wait, miss)
+            .await
+            .unwrap_or(Err(Error::Timeout)),
+        None => miss.await,
+    };
+    match outcome {
+        Err(error) if error.is_backend_failure() => {
+            tracing::debug!(%error, "answered from a stale entry");
+            cache.counters().stale_on_error.increment(1);
+            Ok(stale)
+        }
+        outcome => outcome,
+    }
+}
+
 impl<S> Service<Key> for CacheService<S>
 where
     S: Service<Key, Response = Option<Bytes>> + Clone + Send + 'static,
@@ -129,10 +208,10 @@ where
     }
 
     fn call(&mut self, key: Key) -> Self::Future {
-        if let Some(hit) = self.cache.lookup_key(&key) {
-            return ResponseFuture::hit(hit);
+        match self.cache.lookup_key(&key) {
+            Some(Cached::Fresh(hit)) => ResponseFuture::hit(hit),
+            cached => self.not_fresh(Read::Key(key.clone()), key, cached),
         }
-        self.miss(Read::Key(key.clone()), key)
     }
 }
 
@@ -165,10 +244,8 @@ where
             Request::Get(key) => Service::<Key>::call(self, key),
             Request::Query(query) => {
                 let read = Read::Query(query.clone());
-                match self.cache.lookup(&read) {
-                    Some(hit) => ResponseFuture::hit(hit),
-                    None => self.miss(read, query),
-                }
+                let cached = self.cache.lookup(&read);
+                self.not_fresh(read, query, cached)
             }
             Request::Command(command) => {
                 let writes = command.writes.clone();
@@ -295,10 +372,10 @@ where
     let flight = {
         let mut flights = cache.flights();
         let flight = flights.land(&read, id);
-        if let Ok(Some(value)) = &outcome
+        if let Ok(value) = &outcome
             && flight.as_ref().is_some_and(|flight| flight.may_cache())
         {
-            cache.store_read(&read, value);
+            cache.store_read(&read, value.as_ref());
         }
         flight
     };
@@ -345,7 +422,7 @@ where
     S::Error: Into<Error>,
     R: Send + 'static,
 {
-    let ttl = cache.ttl();
+    let ttl = cache.ttl(read.key_name());
     match wait(done).await {
         Err(Error::Timeout) => {}
         outcome => return lookup(outcome, ttl),
