@@ -30,8 +30,8 @@ pub(crate) enum Space {
 pub(crate) struct Found {
     /// The value, or `None` for a remembered absence.
     pub(crate) value: Option<Bytes>,
-    /// When it was stored.
-    pub(crate) stored_at: Instant,
+    /// How long ago it was stored.
+    pub(crate) age: std::time::Duration,
     /// How it lives from then on.
     pub(crate) lifetime: Lifetime,
     /// The value's digest, kept for values of [`DIGEST_AT`] bytes and more.
@@ -39,9 +39,9 @@ pub(crate) struct Found {
 }
 
 impl Found {
-    /// When the entry stops being fresh.
-    pub(crate) fn fresh_until(&self) -> Instant {
-        self.stored_at + self.lifetime.ttl
+    /// Whether the entry is within its TTL.
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.age < self.lifetime.ttl
     }
 }
 

@@ -367,13 +367,12 @@ impl Cache {
     fn lookup_at(&self, space: Space, name: &[u8]) -> Option<Cached> {
         let now = Instant::now();
         let found = self.store().get(space, name, now)?;
-        let verified = self.verified(&found);
-        let fresh_until = found.fresh_until();
+        let verified = self.verified(&found, now);
         let mut lookup = Lookup {
             value: found.value,
             source: Source::Cache,
-            fresh_for: fresh_until.saturating_duration_since(now),
-            age: now.saturating_duration_since(found.stored_at),
+            fresh_for: found.lifetime.ttl.saturating_sub(found.age),
+            age: found.age,
             digest: found.digest,
         };
         if verified && !lookup.fresh_for.is_zero() {
@@ -382,7 +381,7 @@ impl Cache {
             }
             return Some(Cached::Fresh(lookup));
         }
-        let stale_for = now.saturating_duration_since(fresh_until);
+        let stale_for = found.age.saturating_sub(found.lifetime.ttl);
         lookup.source = Source::Stale;
         lookup.fresh_for = Duration::ZERO;
         if verified && stale_for < found.lifetime.revalidate {
@@ -395,9 +394,12 @@ impl Cache {
     }
 
     /// Whether `found` was stored since the tracking link was last lost.
-    fn verified(&self, found: &Found) -> bool {
+    fn verified(&self, found: &Found, now: Instant) -> bool {
         let before = self.shared.unverified_before.load(Ordering::Relaxed);
-        before == i64::MIN || self.offset(found.stored_at) >= before
+        before == i64::MIN
+            || now
+                .checked_sub(found.age)
+                .is_some_and(|stored_at| self.offset(stored_at) >= before)
     }
 
     /// `at` in nanoseconds from the cache's epoch, saturating.

@@ -171,11 +171,11 @@ impl S3Fifo {
             Some(entry) if !entry.ended(now) => {
                 let found = Found {
                     value: entry.value,
-                    stored_at: entry.stored_at,
+                    age: now.saturating_duration_since(entry.stored_at),
                     lifetime: entry.lifetime,
                     digest: entry.digest,
                 };
-                let fresh = found.fresh_until() > now;
+                let fresh = found.is_fresh();
                 Self::count(if fresh { &self.hits } else { &self.misses }, 1);
                 Some(found)
             }
@@ -317,8 +317,8 @@ impl S3Fifo {
     #[cfg(test)]
     fn get(&self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)> {
         self.get_in(Space::Keys(None), key, now)
-            .filter(|found| found.fresh_until() > now)
-            .and_then(|found| Some((found.value.clone()?, found.fresh_until())))
+            .filter(Found::is_fresh)
+            .and_then(|found| Some((found.value.clone()?, now + found.lifetime.ttl - found.age)))
     }
 
     /// See [`S3Fifo::insert_in`], in the backend's own database, living

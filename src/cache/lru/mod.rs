@@ -96,6 +96,8 @@ enum List {
 #[derive(Debug)]
 struct Class {
     lifetime: Lifetime,
+    /// How long an entry is fresh, in nanoseconds.
+    ttl: i64,
     /// How long past its freshness an entry is kept, in nanoseconds.
     stale: i64,
     insertion: Ends,
@@ -242,6 +244,7 @@ impl Lru {
         }
         self.classes.push(Class {
             lifetime,
+            ttl,
             stale: nanos(lifetime.keep().saturating_sub(lifetime.ttl)),
             insertion: EMPTY,
         });
@@ -337,19 +340,13 @@ impl Lru {
             return Err(Some(i));
         }
         let slot = &self.slots[i as usize];
-        let lifetime = self.classes[slot.class()].lifetime;
+        let class = &self.classes[slot.class()];
         // Fresh until `expires_at`, stored one TTL before it.
-        let fresh_for = slot.expires_at.saturating_sub(now_offset);
-        let fresh_until = if fresh_for >= 0 {
-            now + Duration::from_nanos(fresh_for.unsigned_abs())
-        } else {
-            now.checked_sub(Duration::from_nanos(fresh_for.unsigned_abs()))
-                .unwrap_or(now)
-        };
+        let stored_at = slot.expires_at.saturating_sub(class.ttl);
         let found = Found {
             value: slot.value(),
-            stored_at: fresh_until.checked_sub(lifetime.ttl).unwrap_or(fresh_until),
-            lifetime,
+            age: Duration::from_nanos(now_offset.saturating_sub(stored_at).max(0).unsigned_abs()),
+            lifetime: class.lifetime,
             digest: slot.digest(),
         };
         Ok((i, found))
@@ -367,7 +364,7 @@ impl Lru {
         match self.peek(space, name, now) {
             Ok((i, found)) => {
                 self.touch(i);
-                if found.fresh_until() > now {
+                if found.is_fresh() {
                     self.stats.hits += 1;
                 } else {
                     self.stats.misses += 1;
@@ -507,8 +504,8 @@ impl Lru {
     #[cfg(test)]
     pub(crate) fn get(&mut self, key: &[u8], now: Instant) -> Option<(Bytes, Instant)> {
         self.get_in(Space::Keys(None), key, now)
-            .filter(|found| found.fresh_until() > now)
-            .and_then(|found| Some((found.value.clone()?, found.fresh_until())))
+            .filter(Found::is_fresh)
+            .and_then(|found| Some((found.value.clone()?, now + found.lifetime.ttl - found.age)))
     }
 
     /// Stores `value` under `key` (in the backend's own database); see

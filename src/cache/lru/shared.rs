@@ -126,7 +126,7 @@ impl SharedLru {
         let (found, record_full) = self.read(|core, record| match core.peek(space, name, now) {
             Ok((i, found)) => {
                 record.accesses.push((core.offset(now), i));
-                if found.fresh_until() > now {
+                if found.is_fresh() {
                     record.hits += 1;
                 } else {
                     record.misses += 1;
