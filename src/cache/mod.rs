@@ -585,6 +585,106 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn entries_live_as_their_key_s_policy_says_and_are_swept_when_it_ends() {
+        let second = Duration::from_secs(1);
+        for policy in [CachePolicy::Lru, CachePolicy::S3Fifo] {
+            let cache = Cache::builder()
+                .policy(policy)
+                .key_policy(KeyPolicy {
+                    ttl: second,
+                    stale_if_error: 3 * second,
+                    stale_while_revalidate: second,
+                    negative_ttl: 2 * second,
+                    ..KeyPolicy::default()
+                })
+                .rule(
+                    "short:*",
+                    KeyPolicy {
+                        ttl: second / 2,
+                        ..KeyPolicy::default()
+                    },
+                )
+                .build();
+            let (plain, short) = (Key::from("k"), Key::from("short:k"));
+            cache.insert(&plain, &Bytes::from("v"));
+            cache.insert(&short, &Bytes::from("v"));
+            cache.insert(&Key::from("short:unread"), &Bytes::from("v"));
+            cache.store_read(&Read::Key(Key::from("absent")), None);
+            let state = |key: &str| match cache.lookup(&Read::Key(Key::new(key.to_owned()))) {
+                Some(Cached::Fresh(_)) => "fresh",
+                Some(Cached::Revalidate(_)) => "revalidate",
+                Some(Cached::IfError(_)) => "if-error",
+                None => "none",
+            };
+            assert_eq!(
+                [state("k"), state("short:k"), state("absent")],
+                ["fresh"; 3],
+                "{policy}"
+            );
+            tokio::time::advance(second * 3 / 2).await;
+            assert_eq!(
+                [state("k"), state("short:k"), state("absent")],
+                ["revalidate", "none", "fresh"],
+                "{policy}"
+            );
+            let Some(Cached::Revalidate(stale)) = cache.lookup(&Read::Key(plain.clone())) else {
+                panic!("{policy}: stale");
+            };
+            assert_eq!(stale.source, Source::Stale);
+            assert_eq!(
+                (stale.fresh_for, stale.age),
+                (Duration::ZERO, second * 3 / 2)
+            );
+            // The short rule's entries went: one read past its lifetime, one
+            // swept.
+            cache.reclaim_expired();
+            assert_eq!(cache.len(), 2, "{policy}");
+            tokio::time::advance(second).await;
+            assert_eq!(
+                [state("k"), state("absent")],
+                ["if-error", "none"],
+                "{policy}"
+            );
+            cache.reclaim_expired();
+            assert_eq!(cache.len(), 1, "{policy}: kept for errors");
+            tokio::time::advance(second * 2).await;
+            assert_eq!(state("k"), "none", "{policy}");
+            cache.reclaim_expired();
+            assert_eq!(cache.len(), 0, "{policy}: swept when its window ended");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_stored_before_the_tracking_link_was_lost_are_for_errors_only() {
+        let with_stale = Cache::builder()
+            .key_policy(KeyPolicy {
+                stale_if_error: Duration::from_secs(60),
+                stale_while_revalidate: Duration::from_secs(60),
+                ..KeyPolicy::default()
+            })
+            .build();
+        let key = Key::from("k");
+        with_stale.insert(&key, &Bytes::from("old"));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        with_stale.unverify();
+        assert!(matches!(
+            with_stale.lookup(&Read::Key(key.clone())),
+            Some(Cached::IfError(_))
+        ));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        with_stale.insert(&key, &Bytes::from("new"));
+        assert!(matches!(
+            with_stale.lookup(&Read::Key(key.clone())),
+            Some(Cached::Fresh(_))
+        ));
+        // Without stale windows, a lost link flushes as before.
+        let plain = Cache::default();
+        plain.insert(&key, &Bytes::from("v"));
+        plain.unverify();
+        assert!(plain.is_empty());
+    }
+
     #[test]
     fn invalidating_a_name_drops_it_in_every_database() {
         let cache = Cache::default();
