@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! listener ─▶ connection ─▶ front-end (http | resp) ─▶ Key ─▶ Stack (trace, limits, timeout)
-//!          ─▶ cache (exact LRU or S3-FIFO, one TTL) ─▶ backend (RedisService: bb8 pool, GET)
+//!          ─▶ cache (exact LRU or S3-FIFO, TTLs per key pattern) ─▶ backend (RedisService: lanes, GET)
 //! ```
 //!
 //! The pieces are public so that another axum application can reuse them: build

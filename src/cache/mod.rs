@@ -81,7 +81,7 @@ impl Read {
     }
 }
 
-/// A cheap, cloneable handle to one shared store (LRU or S3-FIFO, one TTL) and
+/// A cheap, cloneable handle to one shared store (LRU or S3-FIFO) and
 /// to the fetches in flight for it.
 ///
 /// No lock is held across an `.await`; the store's own locks guard O(1)

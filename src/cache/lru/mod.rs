@@ -1,4 +1,5 @@
-//! The exact-LRU policy (`--cache-policy lru`, the default) with one global TTL.
+//! The exact-LRU policy (`--cache-policy lru`, the default), each entry living
+//! as its lifetime class says.
 //!
 //! Three parts: the slots (`slab`, the allocation of each entry), [`Lru`], a
 //! single-threaded data structure over them in which every operation is O(1),
