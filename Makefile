@@ -79,6 +79,7 @@ endif
 
 test-native: lint clients compose-check ## Lint, build everything, run unit + system tests, docs, examples
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "make test-native: redis-server and redis-tools are needed (apt-get install redis-server)" >&2; exit 1; }
+	@[ -x /usr/sbin/nutcracker ] || command -v nutcracker >/dev/null || { echo "make test-native: nutcracker is needed, the reference for sharded pools (apt-get install nutcracker)" >&2; exit 1; }
 	$(CARGO) build --locked --all-targets
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "$(CARGO) nextest run --locked"; \

@@ -188,7 +188,10 @@ pub(crate) fn is_node_failure(error: &Error) -> bool {
         | Error::Lost { .. }
         | Error::Protocol(_) => true,
         Error::Reply(reply) => is_not_now(reply),
-        Error::Cluster(_) | Error::ShortCircuited { .. } | Error::Stopping => false,
+        Error::Cluster(_)
+        | Error::NoPrimary(_)
+        | Error::ShortCircuited { .. }
+        | Error::Stopping => false,
     }
 }
 

@@ -101,6 +101,9 @@ pub enum Error {
         /// How long until the next trial request may go.
         retry_in: Duration,
     },
+    /// No primary is known (Sentinel): none answered, or none is a master.
+    #[error("redis sentinel: {0}")]
+    NoPrimary(Arc<str>),
     /// The proxy is stopping.
     #[error("the proxy is stopping")]
     Stopping,

@@ -43,8 +43,8 @@ pub(crate) use health::{Health, run_pinger};
 pub(crate) use link::{Link, is_push};
 pub(crate) use node::{NodeRef, Outgoing};
 pub use service::{RedisService, RedisServiceBuilder};
-pub use topology::ReadFrom;
 pub(crate) use topology::Topology;
+pub use topology::{Distribution, KeyHash, Placement, ReadFrom, ShardServer};
 pub use tracking::{Invalidation, InvalidationSink};
 pub use url::RedisUrl;
 
@@ -164,6 +164,13 @@ impl Backend {
                     return Err(error);
                 }
             };
+            if frame
+                .error_text()
+                .is_some_and(|error| error.starts_with("READONLY"))
+            {
+                // A demoted primary: where the primary is now is due a look.
+                self.topology.changed();
+            }
             match Redirect::of(&frame) {
                 None => return Ok(frame),
                 Some(Redirect::Down) => {

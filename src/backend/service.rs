@@ -15,7 +15,9 @@ use tower::Service;
 
 use super::connect::{Connector, Settings};
 use super::node::{Node, NodeOptions, Outgoing};
-use super::topology::{Cluster, ReadFrom, Standalone, Topology};
+use super::topology::{
+    Cluster, Placement, ReadFrom, Sentinel, ShardServer, Sharded, Standalone, Topology,
+};
 use super::{Backend, Error, InvalidationSink, RedisUrl, compact_reply};
 use crate::lookup::{Command, Key, Query, Target};
 
@@ -50,6 +52,17 @@ pub struct RedisServiceBuilder {
     tracking: Option<InvalidationSink>,
     tls: crate::tls::ClientFiles,
     cluster: Option<ReadFrom>,
+    sentinel: Option<(String, Option<String>)>,
+    sharded: Option<Pool>,
+}
+
+/// A twemproxy-style pool, as [`RedisServiceBuilder::sharded`] takes it.
+#[derive(Debug, Clone)]
+struct Pool {
+    servers: Vec<ShardServer>,
+    placement: Placement,
+    auth: Option<String>,
+    db: u16,
 }
 
 impl std::fmt::Debug for RedisServiceBuilder {
@@ -110,6 +123,35 @@ impl RedisServiceBuilder {
         self
     }
 
+    /// The URL names sentinels (comma-separated) that monitor `master`; the
+    /// URL's credentials and database are the data nodes', `password` the
+    /// sentinels' own (if they require one). Requests go to the primary the
+    /// sentinels name, across failovers.
+    pub fn sentinel(mut self, master: impl Into<String>, password: Option<String>) -> Self {
+        self.sentinel = Some((master.into(), password));
+        self
+    }
+
+    /// A twemproxy-style sharded pool instead of the URL: each key on the one
+    /// of `servers` that nutcracker would put it on with the same
+    /// `placement`; every server reached with `auth` (its `requirepass`) in
+    /// database `db`. The URL's scheme still says whether TLS is spoken.
+    pub fn sharded(
+        mut self,
+        servers: Vec<ShardServer>,
+        placement: Placement,
+        auth: Option<String>,
+        db: u16,
+    ) -> Self {
+        self.sharded = Some(Pool {
+            servers,
+            placement,
+            auth,
+            db,
+        });
+        self
+    }
+
     /// The URL names the seed nodes of a Redis Cluster (comma-separated): keys
     /// are read from the node that serves their slot, from a replica with
     /// [`ReadFrom::ReplicaPreferred`].
@@ -155,20 +197,77 @@ impl RedisServiceBuilder {
             tracking: self.tracking.map(|sink| (sink, self.connect_timeout)),
             per_node_metrics: false,
         };
-        let topology: Arc<dyn Topology> = match self.cluster {
-            Some(read_from) => Arc::new(Cluster::new(url.nodes(), settings, options, read_from)),
-            None if url.nodes().len() > 1 => {
+        if let Some(pool) = self.sharded {
+            let topology = sharded(&url, pool, &settings, options)?;
+            return Ok(RedisService::new(Backend::new(topology, 0)));
+        }
+        let topology: Arc<dyn Topology> = match (self.cluster, self.sentinel) {
+            (Some(read_from), _) => {
+                Arc::new(Cluster::new(url.nodes(), settings, options, read_from))
+            }
+            (None, Some((master, password))) => {
+                let sentinels = url
+                    .nodes()
+                    .iter()
+                    .map(|node| url.sentinel_at(&node.parts().address(), password.as_deref()))
+                    .collect();
+                Arc::new(Sentinel::new(
+                    sentinels,
+                    url.clone(),
+                    master,
+                    settings,
+                    options,
+                ))
+            }
+            (None, None) if url.nodes().len() > 1 => {
                 return Err(crate::Error::unavailable(
                     "the Redis URL names several nodes: only a cluster (--redis-mode cluster) has several",
                 ));
             }
-            None => {
+            (None, None) => {
                 let node = Node::new(Connector::new(&url, &settings), options);
                 Arc::new(Standalone::new(Arc::new(node)))
             }
         };
         Ok(RedisService::new(Backend::new(topology, url.db())))
     }
+}
+
+/// The topology of a sharded pool: a node per server, reached as `url`'s
+/// scheme says, with the pool's password and database.
+fn sharded(
+    url: &RedisUrl,
+    pool: Pool,
+    settings: &Settings,
+    mut options: NodeOptions,
+) -> Result<Arc<dyn Topology>, crate::Error> {
+    if pool.servers.is_empty() {
+        return Err(crate::Error::unavailable(
+            "a sharded pool needs at least one server",
+        ));
+    }
+    options.per_node_metrics = true;
+    let mut pool = pool;
+    // nutcracker sorts a pool's servers by name (shorter first, then byte
+    // by byte) when it checks them for duplicates, and keeps that order:
+    // the order modula counts in.
+    pool.servers
+        .sort_by(|a, b| (a.name.len(), a.name.as_bytes()).cmp(&(b.name.len(), b.name.as_bytes())));
+    let scheme = if url.is_tls() { "rediss" } else { "redis" };
+    let auth = super::url::userinfo(pool.auth.as_deref());
+    let nodes = pool
+        .servers
+        .iter()
+        .map(|server| {
+            let url = RedisUrl::parse(&format!("{scheme}://{auth}{}/{}", server.addr, pool.db))
+                .map_err(crate::Error::unavailable)?;
+            Ok(Arc::new(Node::new(
+                Connector::new(&url, settings),
+                options.clone(),
+            )))
+        })
+        .collect::<Result<Vec<_>, crate::Error>>()?;
+    Ok(Arc::new(Sharded::new(nodes, &pool.servers, pool.placement)))
 }
 
 /// Reads keys from the backing Redis with `GET`, and runs transparent mode's
@@ -202,6 +301,8 @@ impl RedisService {
             tracking: None,
             tls: crate::tls::ClientFiles::default(),
             cluster: None,
+            sentinel: None,
+            sharded: None,
         }
     }
 

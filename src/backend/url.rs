@@ -41,6 +41,22 @@ impl Parts {
     }
 }
 
+/// `:<password>@`, percent-encoded, for a URL; empty for no password.
+pub(crate) fn userinfo(password: Option<&str>) -> String {
+    password.map_or_else(String::new, |password| {
+        let encoded: String = password
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    char::from(b).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        format!(":{encoded}@")
+    })
+}
+
 /// The form a URL must have, for error messages.
 const FORM: &str = "redis://[user:password@]host[:port][/db] (rediss:// for TLS)";
 
@@ -166,6 +182,26 @@ impl RedisUrl {
             .rfind('@')
             .map_or("", |at| &rest[..=at]);
         Self(format!("{}{userinfo}{addr}", &url[..scheme_end]))
+    }
+
+    /// [`RedisUrl::with_address`], keeping the database: how the primary a
+    /// sentinel names is reached.
+    pub(crate) fn with_address_and_db(&self, addr: &str) -> RedisUrl {
+        match self.db() {
+            0 => self.with_address(addr),
+            db => Self(format!("{}/{db}", self.with_address(addr).0)),
+        }
+    }
+
+    /// The URL of a sentinel at `addr`: this URL's scheme, the sentinels'
+    /// own `password` (none: no credentials), no database.
+    pub(crate) fn sentinel_at(&self, addr: &str, password: Option<&str>) -> RedisUrl {
+        let scheme = if self.is_tls() {
+            "rediss://"
+        } else {
+            "redis://"
+        };
+        Self(format!("{scheme}{}{addr}", userinfo(password)))
     }
 
     /// Whether the URL asks for TLS (`rediss://`).

@@ -219,7 +219,7 @@ pub(crate) struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_dedicated_connections: Option<u64>,
 
-    /// standalone: --redis-url names one Redis; cluster: the seed nodes of a Redis Cluster, comma-separated [env: REDIS_PROXY_REDIS_MODE] [default: standalone]
+    /// standalone: --redis-url names one Redis; cluster: the seed nodes of a Redis Cluster; sentinel: the sentinels; comma-separated [env: REDIS_PROXY_REDIS_MODE] [default: standalone]
     #[arg(long, value_name = "MODE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_mode: Option<super::RedisMode>,
@@ -228,6 +228,56 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "WHERE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_from: Option<super::ReadFrom>,
+
+    /// Read a sharded pool from a nutcracker YAML file; implies --redis-mode sharded [env: REDIS_PROXY_TWEMPROXY_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub twemproxy_config: Option<PathBuf>,
+
+    /// Which pool of --twemproxy-config [env: REDIS_PROXY_TWEMPROXY_POOL] [default: the file's only pool]
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub twemproxy_pool: Option<String>,
+
+    /// In sentinel mode, the name of the master the sentinels monitor (required there) [env: REDIS_PROXY_SENTINEL_MASTER]
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_master: Option<String>,
+
+    /// In sentinel mode, the sentinels' own password; prefer the variable [env: REDIS_PROXY_SENTINEL_PASSWORD]
+    #[arg(long, value_name = "SECRET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_password: Option<CliSecret>,
+
+    /// In sharded mode, the pool's servers, "host:port:weight [name]" comma-separated [env: REDIS_PROXY_SHARD_SERVERS]
+    #[arg(long, value_name = "LIST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_servers: Option<String>,
+
+    /// In sharded mode, twemproxy's key hash (fnv1a_64, md5, murmur, ...) [env: REDIS_PROXY_SHARD_HASH] [default: fnv1a_64]
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_hash: Option<String>,
+
+    /// In sharded mode, twemproxy's distribution: ketama, modula or random [env: REDIS_PROXY_SHARD_DISTRIBUTION] [default: ketama]
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_distribution: Option<String>,
+
+    /// In sharded mode, twemproxy's hash tag: two characters, such as {} [env: REDIS_PROXY_SHARD_HASH_TAG]
+    #[arg(long, value_name = "TAG")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_hash_tag: Option<String>,
+
+    /// In sharded mode, the servers' password (twemproxy's redis_auth); prefer the variable [env: REDIS_PROXY_SHARD_REDIS_AUTH]
+    #[arg(long, value_name = "SECRET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_redis_auth: Option<CliSecret>,
+
+    /// In sharded mode, the servers' database (twemproxy's redis_db) [env: REDIS_PROXY_SHARD_REDIS_DB] [default: 0]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_redis_db: Option<u16>,
 }
 
 /// A secret given as a flag: passed on as given to the configuration, shown as

@@ -123,7 +123,11 @@ impl Config {
         {
             config.client_password = None;
         }
+        let ignored = config.apply_twemproxy()?;
         config.validate()?;
+        for line in ignored {
+            eprintln!("redis-proxy: warning: {line}");
+        }
         Ok(config)
     }
 }

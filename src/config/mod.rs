@@ -12,6 +12,7 @@ mod cli;
 mod load;
 mod print;
 mod rules;
+mod twemproxy;
 mod users;
 mod validate;
 mod values;
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::backend::{ReadFrom, RedisUrl};
+pub use crate::backend::{Distribution, KeyHash, Placement, ReadFrom, RedisUrl, ShardServer};
 pub use crate::cache::CachePolicy;
 use cli::Cli;
 pub use load::Invocation;
@@ -136,6 +137,30 @@ pub struct Config {
     pub redis_mode: RedisMode,
     /// In cluster mode, where cache misses are read from.
     pub read_from: ReadFrom,
+    /// In sentinel mode, the name of the master the sentinels monitor.
+    pub sentinel_master: Option<String>,
+    /// In sentinel mode, the sentinels' own password, if they require one.
+    pub sentinel_password: Option<Secret>,
+    /// In sharded mode, the pool's servers, `"host:port:weight [name]"` as
+    /// twemproxy writes them (a list, or text separated by commas).
+    #[serde(deserialize_with = "list_or_text")]
+    pub shard_servers: Vec<String>,
+    /// In sharded mode, twemproxy's key hash.
+    #[serde(with = "text")]
+    pub shard_hash: KeyHash,
+    /// In sharded mode, twemproxy's distribution.
+    #[serde(with = "text")]
+    pub shard_distribution: Distribution,
+    /// In sharded mode, twemproxy's hash tag: two characters, such as `{}`.
+    pub shard_hash_tag: Option<String>,
+    /// In sharded mode, the servers' password (twemproxy's `redis_auth`).
+    pub shard_redis_auth: Option<Secret>,
+    /// In sharded mode, the servers' database (twemproxy's `redis_db`).
+    pub shard_redis_db: u16,
+    /// A nutcracker YAML file to read the pool from; implies sharded mode.
+    pub twemproxy_config: Option<PathBuf>,
+    /// Which pool of `twemproxy_config` (unset: its only one).
+    pub twemproxy_pool: Option<String>,
 }
 
 impl Default for Config {
@@ -179,6 +204,16 @@ impl Default for Config {
             forward_admin_commands: false,
             max_dedicated_connections: NonZeroUsize::new(256).expect("non-zero"),
             redis_mode: RedisMode::Standalone,
+            sentinel_master: None,
+            sentinel_password: None,
+            shard_servers: Vec::new(),
+            shard_hash: KeyHash::default(),
+            shard_distribution: Distribution::default(),
+            shard_hash_tag: None,
+            shard_redis_auth: None,
+            shard_redis_db: 0,
+            twemproxy_config: None,
+            twemproxy_pool: None,
             read_from: ReadFrom::Primary,
         }
     }
@@ -207,6 +242,12 @@ pub enum RedisMode {
     Standalone,
     /// A Redis Cluster: the URL names one or more seed nodes, comma-separated.
     Cluster,
+    /// A Sentinel-managed primary: the URL names the sentinels,
+    /// comma-separated, and `sentinel_master` the master they monitor.
+    Sentinel,
+    /// A twemproxy-style sharded pool: `shard_servers` (or
+    /// `twemproxy_config`) names the servers; the URL is not used.
+    Sharded,
 }
 
 impl std::fmt::Display for RedisMode {
@@ -214,6 +255,8 @@ impl std::fmt::Display for RedisMode {
         f.write_str(match self {
             RedisMode::Standalone => "standalone",
             RedisMode::Cluster => "cluster",
+            RedisMode::Sentinel => "sentinel",
+            RedisMode::Sharded => "sharded",
         })
     }
 }
@@ -318,11 +361,57 @@ impl Config {
         "max_dedicated_connections",
         "redis_mode",
         "read_from",
+        "sentinel_master",
+        "sentinel_password",
+        "shard_servers",
+        "shard_hash",
+        "shard_distribution",
+        "shard_hash_tag",
+        "shard_redis_auth",
+        "shard_redis_db",
+        "twemproxy_config",
+        "twemproxy_pool",
     ];
 
     /// Options whose values are always text, read from the environment as is
     /// (a password of digits stays the same digits).
-    const TEXT_KEYS: &'static [&'static str] = &["client_password"];
+    const TEXT_KEYS: &'static [&'static str] = &[
+        "client_password",
+        "sentinel_master",
+        "sentinel_password",
+        "shard_redis_auth",
+    ];
+
+    /// The pool of sharded mode: its servers and how keys are placed.
+    ///
+    /// # Errors
+    ///
+    /// A server or hash tag that cannot be read, naming the key.
+    pub fn shard_pool(&self) -> Result<(Vec<ShardServer>, Placement), Error> {
+        let servers = self
+            .shard_servers
+            .iter()
+            .map(|server| server.parse())
+            .collect::<Result<Vec<ShardServer>, String>>()
+            .map_err(|e| Error::Invalid(format!("TOML `shard_servers`: {e}")))?;
+        let hash_tag = match self.shard_hash_tag.as_deref() {
+            None | Some("") => None,
+            Some(tag) => match tag.as_bytes() {
+                &[open, close] => Some([open, close]),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "TOML `shard_hash_tag`: `{tag}` is not two characters, such as \"{{}}\""
+                    )));
+                }
+            },
+        };
+        let placement = Placement {
+            hash: self.shard_hash,
+            distribution: self.shard_distribution,
+            hash_tag,
+        };
+        Ok((servers, placement))
+    }
 
     /// The parallel limit in force: `max_parallel`, or `max_clients` when unset.
     pub fn effective_max_parallel(&self) -> NonZeroUsize {
@@ -406,6 +495,28 @@ mod text {
             .parse()
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// A list of texts, given as a list (TOML) or as one text separated by
+/// commas (a flag or a variable).
+fn list_or_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Given::deserialize(deserializer)? {
+        Given::List(list) => list,
+        Given::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// `bytes` rounded down to whole MiB (at least one): a derived size that

@@ -297,6 +297,12 @@ fn the_keys_list_is_every_field_of_the_configuration() {
         redis_tls_ca: Some("a".into()),
         redis_tls_cert: Some("c".into()),
         redis_tls_key: Some("k".into()),
+        sentinel_master: Some("m".into()),
+        sentinel_password: Some("x".parse().unwrap()),
+        shard_hash_tag: Some("{}".into()),
+        shard_redis_auth: Some("x".parse().unwrap()),
+        twemproxy_config: Some("n.yml".into()),
+        twemproxy_pool: Some("p".into()),
         ..Config::default()
     };
     everything.users.clear();
@@ -418,4 +424,39 @@ fn cache_rules_are_read_from_toml_and_bad_ones_name_their_index() {
         assert!(err.contains("cache_rules"), "{toml}: {err}");
         assert!(err.contains(problem), "{toml}: {err}");
     }
+}
+
+#[test]
+fn a_sharded_pool_is_read_from_flags_as_from_toml() {
+    let config = load(
+        &[
+            "--redis-mode",
+            "sharded",
+            "--shard-servers",
+            "10.0.0.1:6379:1 one, 10.0.0.2:6379:2",
+            "--shard-hash",
+            "murmur",
+            "--shard-hash-tag",
+            "{}",
+        ],
+        &[],
+    )
+    .unwrap();
+    let (servers, placement) = config.shard_pool().unwrap();
+    assert_eq!(servers.len(), 2);
+    assert_eq!((servers[0].name.as_str(), servers[1].weight), ("one", 2));
+    assert_eq!(placement.hash, KeyHash::Murmur);
+    assert_eq!(placement.hash_tag, Some(*b"{}"));
+    let err = load(&["--redis-mode", "sharded"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shard_servers"), "{err}");
+    let err = load(&["--redis-mode", "sharded", "--shard-servers", "x:1"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("host:port:weight"), "{err}");
+    let err = load(&["--redis-mode", "sentinel"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--sentinel-master"), "{err}");
 }

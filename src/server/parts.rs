@@ -107,8 +107,28 @@ pub(super) fn backend(
     if config.invalidation == InvalidationMode::Tracking {
         backend = backend.tracking(invalidation_sink(cache.clone()));
     }
-    if config.redis_mode == RedisMode::Cluster {
-        backend = backend.cluster(config.read_from);
+    match config.redis_mode {
+        RedisMode::Cluster => backend = backend.cluster(config.read_from),
+        RedisMode::Sharded => {
+            // Validated when the configuration was loaded.
+            let (servers, placement) = config
+                .shard_pool()
+                .map_err(|e| Error::Backend(crate::Error::unavailable(e.to_string())))?;
+            let auth = config
+                .shard_redis_auth
+                .as_ref()
+                .map(|secret| secret.expose().to_owned());
+            backend = backend.sharded(servers, placement, auth, config.shard_redis_db);
+        }
+        RedisMode::Sentinel => {
+            let master = config.sentinel_master.clone().unwrap_or_default();
+            let password = config
+                .sentinel_password
+                .as_ref()
+                .map(|secret| secret.expose().to_owned());
+            backend = backend.sentinel(master, password);
+        }
+        _ => {}
     }
     if let Some(ca) = &config.redis_tls_ca {
         backend = backend.tls_ca(ca);

@@ -34,6 +34,7 @@ fn log_one_line(
         redis_url = %config.redis_url,
         redis_mode = %config.redis_mode,
         read_from = %config.read_from,
+        sentinel_master = config.sentinel_master.as_deref().unwrap_or("none"),
         forward_commands = config.forward_commands,
         cache_ttl = %humantime::format_duration(config.cache_ttl),
         cache_capacity = config.cache_capacity.get(),
@@ -76,6 +77,7 @@ fn log_by_concern(
         redis_url = %config.redis_url,
         redis_mode = %config.redis_mode,
         read_from = %config.read_from,
+        sentinel_master = config.sentinel_master.as_deref().unwrap_or("none"),
         forward_commands = config.forward_commands,
         redis_connect_timeout = %duration(config.redis_connect_timeout),
         "  backend"

@@ -9,12 +9,14 @@ mod pki;
 mod proxy;
 mod redis_server;
 mod relay;
+mod sentinel;
 
 pub use cluster::RedisCluster;
 pub use pki::{Pki, TlsStream, tls_connect};
 pub use proxy::{Proxy, ProxyBuilder};
 pub use redis_server::{RedisServer, TlsRedisServer};
 pub use relay::Relay;
+pub use sentinel::{MASTER, SentinelSet};
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};

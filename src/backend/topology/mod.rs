@@ -1,13 +1,16 @@
 //! The topology: which node serves a key, and what happens when that changes.
 //!
 //! Every backend is one implementation of [`Topology`]: one Redis
-//! ([`Standalone`]) or a Redis Cluster ([`Cluster`], slots from
-//! `CLUSTER SLOTS`). What sits above it (the `Backend` handle: reads with
+//! ([`Standalone`]), a Redis Cluster ([`Cluster`], slots from
+//! `CLUSTER SLOTS`), a Sentinel-managed primary ([`Sentinel`]), or a
+//! twemproxy-style sharded pool ([`Sharded`]). What sits above it (the `Backend` handle: reads with
 //! their fallbacks, redirections followed, dedicated connections) asks it for
 //! nodes and tells it when a node failed or a slot moved; it never asks which
 //! kind of topology it is.
 
 mod cluster;
+mod sentinel;
+mod sharded;
 mod slot;
 mod standalone;
 
@@ -18,6 +21,9 @@ use super::node::NodeRef;
 
 pub(crate) use cluster::Cluster;
 pub use cluster::ReadFrom;
+pub(crate) use sentinel::Sentinel;
+pub(crate) use sharded::Sharded;
+pub use sharded::{Distribution, KeyHash, Placement, ShardServer};
 pub(crate) use standalone::Standalone;
 
 /// Where requests for a key go.

@@ -1,0 +1,296 @@
+//! A twemproxy-style sharded pool against nutcracker itself: keys written
+//! through nutcracker are found through the proxy (and the other way round)
+//! for every hash function, both deterministic distributions, with weights,
+//! server names and a hash tag; each key asked of exactly one server.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::{ProxyBuilder, RedisServer, free_port};
+
+/// A running nutcracker, killed on drop.
+struct Nutcracker {
+    child: Child,
+    port: u16,
+    config: std::path::PathBuf,
+}
+
+impl Drop for Nutcracker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// One pool's settings, as nutcracker.yml writes them.
+#[derive(Debug, Clone, Copy)]
+struct Pool {
+    hash: &'static str,
+    distribution: &'static str,
+    weights: [u32; 3],
+    names: bool,
+    hash_tag: Option<&'static str>,
+}
+
+impl Pool {
+    fn servers(&self, redis: &[RedisServer]) -> Vec<String> {
+        redis
+            .iter()
+            .zip(self.weights)
+            .enumerate()
+            .map(|(i, (server, weight))| {
+                let name = if self.names {
+                    format!(" server{i}")
+                } else {
+                    String::new()
+                };
+                format!("127.0.0.1:{}:{weight}{name}", server.port())
+            })
+            .collect()
+    }
+
+    fn yaml(&self, redis: &[RedisServer], port: u16) -> String {
+        let mut yaml = format!(
+            "pool:\n  listen: 127.0.0.1:{port}\n  hash: {}\n  distribution: {}\n  redis: true\n  \
+             auto_eject_hosts: false\n",
+            self.hash, self.distribution
+        );
+        if let Some(tag) = self.hash_tag {
+            yaml.push_str(&format!("  hash_tag: \"{tag}\"\n"));
+        }
+        yaml.push_str("  servers:\n");
+        for server in self.servers(redis) {
+            yaml.push_str(&format!("   - {server}\n"));
+        }
+        yaml
+    }
+
+    fn nutcracker(&self, redis: &[RedisServer]) -> Nutcracker {
+        let port = free_port();
+        let config = std::env::temp_dir().join(format!(
+            "redis-proxy-nutcracker-{}-{port}.yml",
+            std::process::id()
+        ));
+        std::fs::write(&config, self.yaml(redis, port)).unwrap();
+        let child = support::dies_with_test(
+            Command::new(which_nutcracker())
+                .arg("-c")
+                .arg(&config)
+                .args(["-s", &free_port().to_string(), "-a", "127.0.0.1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .spawn()
+        .expect("nutcracker (apt-get install nutcracker)");
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(support::wait_until(Duration::from_secs(5), || {
+            support::is_listening(addr)
+        }));
+        Nutcracker {
+            child,
+            port,
+            config,
+        }
+    }
+
+    /// The proxy's TOML for the same pool.
+    fn toml(&self, redis: &[RedisServer]) -> String {
+        let servers: Vec<String> = self
+            .servers(redis)
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect();
+        let mut toml = format!(
+            "redis_mode = \"sharded\"\nshard_hash = \"{}\"\nshard_distribution = \"{}\"\nshard_servers = [{}]\n",
+            self.hash,
+            self.distribution,
+            servers.join(", ")
+        );
+        if let Some(tag) = self.hash_tag {
+            toml.push_str(&format!("shard_hash_tag = \"{tag}\"\n"));
+        }
+        toml
+    }
+}
+
+fn which_nutcracker() -> String {
+    ["/usr/sbin/nutcracker", "/usr/bin/nutcracker"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())
+        .unwrap_or("nutcracker")
+        .to_owned()
+}
+
+/// A RESP client spoken by hand (nutcracker refuses the handshake commands
+/// client libraries send first).
+struct Client(support::RawConn);
+
+impl Client {
+    fn connect(port: u16) -> Self {
+        Self(support::RawConn::connect(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+        ))
+    }
+
+    fn call(&mut self, args: &[&[u8]]) -> String {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.0.send(&out);
+        self.0.read_reply()
+    }
+}
+
+/// A bulk reply's text.
+fn bulk(value: &str) -> String {
+    format!("${}\r\n{value}\r\n", value.len())
+}
+
+/// 500 keys, some with bytes above 0x7f and some with hash tags.
+fn keys() -> Vec<Vec<u8>> {
+    (0..500)
+        .map(|i| match i % 5 {
+            0 => format!("ключ:{i}").into_bytes(),
+            1 => format!("user:{{{}}}:{i}", i % 7).into_bytes(),
+            2 => vec![0xff, 0x80, b'k', (i % 256) as u8, (i / 256) as u8],
+            _ => format!("key:{i}").into_bytes(),
+        })
+        .collect()
+}
+
+fn gets(redis: &[RedisServer]) -> u64 {
+    redis.iter().map(|r| r.calls("get")).sum()
+}
+
+fn toml_file(text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "redis-proxy-sharded-{}-{}.toml",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn every_key_nutcracker_wrote_is_found_through_the_proxy_with_one_get() {
+    let redis: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let pool = |hash, distribution, weights, names, hash_tag| Pool {
+        hash,
+        distribution,
+        weights,
+        names,
+        hash_tag,
+    };
+    let pools = [
+        pool("fnv1a_64", "ketama", [1, 1, 1], false, None),
+        pool("md5", "ketama", [1, 2, 3], true, None),
+        pool("murmur", "ketama", [3, 1, 1], true, Some("{}")),
+        pool("jenkins", "ketama", [1, 1, 2], false, None),
+        pool("one_at_a_time", "ketama", [1, 1, 1], true, None),
+        pool("hsieh", "ketama", [2, 1, 1], false, None),
+        pool("crc32a", "modula", [1, 2, 1], false, None),
+        pool("crc16", "modula", [1, 1, 1], false, Some("{}")),
+        pool("crc32", "ketama", [1, 1, 1], false, None),
+        pool("fnv1_64", "modula", [2, 3, 1], false, None),
+        pool("fnv1_32", "ketama", [1, 1, 1], true, None),
+        pool("fnv1a_32", "modula", [1, 1, 1], false, None),
+    ];
+    for pool in pools {
+        for server in &redis {
+            server.cmd::<String>(&["FLUSHALL"]);
+        }
+        let nutcracker = pool.nutcracker(&redis);
+        let mut through_nutcracker = Client::connect(nutcracker.port);
+        let keys = keys();
+        for (i, key) in keys.iter().enumerate() {
+            let value = format!("v{i}");
+            let reply = through_nutcracker.call(&[b"SET", key, value.as_bytes()]);
+            assert_eq!(reply, "+OK\r\n", "{pool:?}");
+        }
+        let spread: Vec<i64> = redis.iter().map(|r| r.cmd(&["DBSIZE"])).collect();
+        assert_eq!(
+            spread.iter().sum::<i64>(),
+            500,
+            "{pool:?}: nutcracker wrote {spread:?}"
+        );
+
+        let file = toml_file(&pool.toml(&redis));
+        let proxy = ProxyBuilder::bare()
+            .arg("--config", file.display())
+            .arg("--http-addr", "127.0.0.1:0")
+            .start();
+        let mut through_proxy = Client::connect(proxy.resp_addr().port());
+        let before = gets(&redis);
+        for (i, key) in keys.iter().enumerate() {
+            let reply = through_proxy.call(&[b"GET", key]);
+            let holder: Vec<bool> = redis
+                .iter()
+                .map(|r| r.cmd::<i64>(&["EXISTS", &String::from_utf8_lossy(key)]) == 1)
+                .collect();
+            assert_eq!(
+                reply,
+                bulk(&format!("v{i}")),
+                "{pool:?}: key {key:?}, on {holder:?}, spread {spread:?}"
+            );
+        }
+        assert_eq!(
+            gets(&redis) - before,
+            500,
+            "{pool:?}: one GET per key, on one server"
+        );
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+#[test]
+fn the_nutcracker_file_itself_and_writes_the_other_way() {
+    let redis: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let pool = Pool {
+        hash: "fnv1a_64",
+        distribution: "ketama",
+        weights: [1, 2, 1],
+        names: true,
+        hash_tag: Some("{}"),
+    };
+    let nutcracker = pool.nutcracker(&redis);
+    let proxy = ProxyBuilder::bare()
+        .arg("--twemproxy-config", nutcracker.config.display())
+        .arg("--resp-addr", "127.0.0.1:0")
+        .arg("--http-addr", "127.0.0.1:0")
+        .flag("--forward-commands")
+        .start();
+    let mut through_proxy = Client::connect(proxy.resp_addr().port());
+    let keys = keys();
+    for (i, key) in keys.iter().enumerate() {
+        let value = format!("w{i}");
+        assert_eq!(
+            through_proxy.call(&[b"SET", key, value.as_bytes()]),
+            "+OK\r\n"
+        );
+    }
+    let mut through_nutcracker = Client::connect(nutcracker.port);
+    for (i, key) in keys.iter().enumerate() {
+        let reply = through_nutcracker.call(&[b"GET", key]);
+        assert_eq!(
+            reply,
+            bulk(&format!("w{i}")),
+            "written through the proxy: {key:?}"
+        );
+    }
+    // MGET across the servers answers in the client's order.
+    let mut mget: Vec<&[u8]> = vec![b"MGET"];
+    mget.extend(keys.iter().step_by(37).map(Vec::as_slice));
+    let expected: String = (0..keys.len())
+        .step_by(37)
+        .map(|i| bulk(&format!("w{i}")))
+        .collect();
+    let count = keys.iter().step_by(37).count();
+    assert_eq!(through_proxy.call(&mget), format!("*{count}\r\n{expected}"));
+}
