@@ -2,7 +2,7 @@
 //! transparent mode's forwarding alike.
 //!
 //! ```text
-//! Backend ─▶ Topology (standalone | cluster): which node serves a key
+//! Backend ─▶ Topology (standalone | cluster | sentinel | sharded): which node serves a key
 //!         ─▶ Node: per worker thread and protocol, one lane
 //!         ─▶ Lane: one pipelined connection, its driver task, replies in order
 //!         ─▶ Link + Connector: RESP over TCP/TLS, the handshake
