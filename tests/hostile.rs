@@ -453,9 +453,14 @@ fn running_out_of_descriptors_while_serving_refuses_new_clients_and_serves_the_o
     for i in 0..100 {
         let mut conn = RawConn::connect(proxy.resp_addr());
         conn.send(b"PING\r\n");
+        let asked = Instant::now();
         match conn.read_line().as_str() {
             "+PONG\r\n" => served += 1,
             "-ERR max number of clients reached\r\n" => refused += 1,
+            // Refused and closed before its request arrived: the request
+            // then meets a reset, which may overtake the refusal. Still an
+            // answer at once, not a wait.
+            "" if asked.elapsed() < Duration::from_secs(1) => refused += 1,
             other => {
                 panic!("client {i} got no answer: {other:?} ({served} served, {refused} refused)")
             }

@@ -7,6 +7,8 @@
 //! hard one, and the listeners' connection limits are lowered to what fits, with
 //! a warning that says so.
 
+use std::time::Duration;
+
 /// Descriptors kept for what is not a client connection: listeners, the
 /// runtime's epoll and event descriptors, standard streams, files.
 const RESERVED: u64 = 64;
@@ -148,13 +150,21 @@ pub(crate) fn refuse_waiting(listener: &tokio::net::TcpListener, refusal: &[u8])
     refused
 }
 
-/// Sends `refusal` and closes, reading what the client sent first: a socket
+/// How long a refused client's first bytes are waited for before its socket
+/// is closed.
+const REFUSAL_DRAIN: Duration = Duration::from_millis(10);
+
+/// Sends `refusal` and closes, reading what the client sent first (waiting
+/// [`REFUSAL_DRAIN`] at most for its first request to arrive): a socket
 /// closed with unread input is reset, and a reset can lose the refusal on
-/// its way.
+/// its way. A client whose request comes later still may see the reset
+/// instead: an answer at once all the same.
 fn refuse(client: &socket2::Socket, refusal: &[u8]) {
-    let _ = client.set_nonblocking(true);
+    let _ = client.set_nonblocking(false);
+    let _ = client.set_write_timeout(Some(REFUSAL_DRAIN));
     let _ = client.send(refusal);
     let _ = client.shutdown(std::net::Shutdown::Write);
+    let _ = client.set_read_timeout(Some(REFUSAL_DRAIN));
     let mut sink = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
     while matches!(client.recv(&mut sink), Ok(n) if n > 0) {}
 }
