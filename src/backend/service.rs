@@ -237,7 +237,7 @@ impl RedisServiceBuilder {
 /// scheme says, with the pool's password and database.
 fn sharded(
     url: &RedisUrl,
-    pool: Pool,
+    mut pool: Pool,
     settings: &Settings,
     mut options: NodeOptions,
 ) -> Result<Arc<dyn Topology>, crate::Error> {
@@ -247,7 +247,6 @@ fn sharded(
         ));
     }
     options.per_node_metrics = true;
-    let mut pool = pool;
     // nutcracker sorts a pool's servers by name (shorter first, then byte
     // by byte) when it checks them for duplicates, and keeps that order:
     // the order modula counts in.

@@ -244,14 +244,12 @@ impl Sentinel {
             return;
         };
         self.inner.watching.call_once(|| {
-            for sentinel in self.inner.sentinels.clone() {
+            for sentinel in &self.inner.sentinels {
+                let connector = Connector::new(sentinel, &self.inner.settings);
                 let weak = Arc::downgrade(&self.inner);
                 runtime.spawn(async move {
-                    loop {
-                        let Some(inner) = weak.upgrade() else { return };
-                        let this = Sentinel { inner };
-                        let connector = Connector::new(&sentinel, &this.inner.settings);
-                        drop(this);
+                    // Until the topology is gone.
+                    while weak.strong_count() > 0 {
                         if let Ok(link) = connector.open(plain()).await {
                             listen(link, &weak).await;
                         }
