@@ -131,6 +131,34 @@ fn parse_one(url: &str) -> Result<Parts, String> {
     })
 }
 
+/// One URL naming several hosts, `scheme://[userinfo@]h1:p1,h2:p2[/db]` (as
+/// sentinels are often written), as the list of whole URLs it stands for, each
+/// with the scheme, credentials and database; a list of whole URLs, or one
+/// URL, as it is.
+fn expand_hosts(url: &str) -> String {
+    let items: Vec<&str> = url.split(',').map(str::trim).collect();
+    let (Some(first), Some(last)) = (items.first(), items.last()) else {
+        return url.to_owned();
+    };
+    let Some(scheme_end) = first.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    if items.len() < 2 || items[1..].iter().any(|item| item.contains("://")) {
+        return url.to_owned();
+    }
+    let (scheme, rest) = first.split_at(scheme_end);
+    let (userinfo, host) = rest
+        .rfind('@')
+        .map_or(("", rest), |at| rest.split_at(at + 1));
+    let path = last.find('/').map_or("", |slash| &last[slash..]);
+    std::iter::once(host)
+        .chain(items[1..].iter().copied())
+        .map(|item| item.split('/').next().unwrap_or_default())
+        .map(|host| format!("{scheme}{userinfo}{host}{path}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn non_empty(text: &str) -> Option<&str> {
     (!text.is_empty()).then_some(text)
 }
@@ -150,10 +178,11 @@ impl RedisUrl {
     ///
     /// What is wrong with it, and the form expected.
     pub fn parse(url: &str) -> Result<Self, String> {
+        let url = expand_hosts(url);
         for one in url.split(',') {
             parse_one(one.trim())?;
         }
-        Ok(Self(url.to_owned()))
+        Ok(Self(url))
     }
 
     /// Each URL of a comma-separated list (a cluster's seed nodes); the URL
@@ -289,6 +318,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_url_naming_several_hosts_is_the_list_it_stands_for() {
+        let url = RedisUrl::parse("redis://u:p@s1:26379, s2:26380,s3/2").unwrap();
+        assert_eq!(
+            url.as_str(),
+            "redis://u:p@s1:26379/2,redis://u:p@s2:26380/2,redis://u:p@s3/2"
+        );
+        assert_eq!(url.nodes().len(), 3);
+        assert_eq!(url.db(), 2);
+        let tls = RedisUrl::parse("rediss://a:1,b:2").unwrap();
+        assert_eq!(tls.as_str(), "rediss://a:1,rediss://b:2");
+        let whole = "redis://a:1,redis://b:2";
+        assert_eq!(RedisUrl::parse(whole).unwrap().as_str(), whole);
+        assert!(RedisUrl::parse("redis://a:1,b:2,redis://c:3").is_err());
+    }
+
+    #[test]
     fn password_is_redacted() {
         let url = RedisUrl::parse("redis://user:s3cret@example.com:6379/2").unwrap();
         assert_eq!(url.redacted(), "redis://user:***@example.com:6379/2");
@@ -358,7 +403,7 @@ mod tests {
                 .as_str(),
             "rediss://h2:2"
         );
-        assert!(RedisUrl::parse("redis://h:1,nonsense").is_err());
+        assert!(RedisUrl::parse("redis://h:1,h2:port").is_err());
     }
 
     #[test]
