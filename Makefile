@@ -6,12 +6,13 @@
 #   make help   every target
 #
 # Variables, as `make help` lists them:
-#   ARGS               extra flags for the proxy in `make run` and `make run-cluster` (native)
+#   ARGS               extra flags for the proxy in `make run`, `make run-cluster` and `make run-sentinel` (native)
 #   CARGO              the cargo to build with (default: cargo)
 #   COMPOSE            `docker compose` or `docker-compose` (default: whichever answers)
 #   KEEP               1: keep the test image and containers after `make test` in Docker
 #   PUBLISH_ADDR       the address Compose publishes ports on (default: 127.0.0.1)
 #   CLUSTER_PORT       the first of the six ports of `make run-cluster`'s nodes (default: 7000)
+#   SENTINEL_BASE_PORT the first of the five ports of `make run-sentinel`'s primary, replica and sentinels (default: 6400)
 #   REDIS_PROXY_CLIENT_PASSWORD  passed to the proxy by `make run` in Docker
 #   BENCH_ROUNDS       `make bench`: rounds per row (default: 3)
 #   BENCH_REQUESTS     `make bench`: requests per redis-benchmark run (default: 200000)
@@ -46,7 +47,7 @@ DCC = $(COMPOSE) -p $(COMPOSE_PROJECT)-cluster -f docker/cluster-compose.yml
 .DEFAULT_GOAL := help
 
 .PHONY: help build lint fmt test test-native test-docker unit clients examples doc compose-check \
-	run run-native run-docker run-cluster run-cluster-native run-cluster-docker bench soak clean
+	run run-native run-docker run-cluster run-cluster-native run-cluster-docker run-sentinel bench soak clean
 
 help: ## List the targets and the variables they read
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -180,6 +181,10 @@ run-cluster-docker: ## The cluster and the proxy with docker compose on 127.0.0.
 	if [ -n "$$stopped" ]; then status=0; fi; \
 	$(DCC) down --remove-orphans >/dev/null 2>&1 || true; \
 	exit $$status
+
+run-sentinel: build ## A primary, a replica and three sentinels (6400-6404) and the proxy in sentinel mode (native: cargo and redis-server)
+	@command -v redis-server >/dev/null || { echo "make run-sentinel needs redis-server (apt-get install redis-server)" >&2; exit 1; }
+	@scripts/run-sentinel.sh target/release/redis-proxy $(ARGS)
 
 bench: ## Benchmark hits, misses, memory, transparent and cluster modes against redis-server, twemproxy, webdis and bare hyper (ratios)
 	scripts/bench.sh
