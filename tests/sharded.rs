@@ -69,31 +69,7 @@ impl Pool {
     }
 
     fn nutcracker(&self, redis: &[RedisServer]) -> Nutcracker {
-        let port = free_port();
-        let config = std::env::temp_dir().join(format!(
-            "redis-proxy-nutcracker-{}-{port}.yml",
-            std::process::id()
-        ));
-        std::fs::write(&config, self.yaml(redis, port)).unwrap();
-        let child = support::dies_with_test(
-            Command::new(which_nutcracker())
-                .arg("-c")
-                .arg(&config)
-                .args(["-s", &free_port().to_string(), "-a", "127.0.0.1"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .spawn()
-        .expect("nutcracker (apt-get install nutcracker)");
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        assert!(support::wait_until(Duration::from_secs(5), || {
-            support::is_listening(addr)
-        }));
-        Nutcracker {
-            child,
-            port,
-            config,
-        }
+        start_nutcracker(|port| self.yaml(redis, port))
     }
 
     /// The proxy's TOML for the same pool.
@@ -113,6 +89,35 @@ impl Pool {
             toml.push_str(&format!("shard_hash_tag = \"{tag}\"\n"));
         }
         toml
+    }
+}
+
+/// nutcracker on a free port, with the file `yaml` writes for that port.
+fn start_nutcracker(yaml: impl FnOnce(u16) -> String) -> Nutcracker {
+    let port = free_port();
+    let config = std::env::temp_dir().join(format!(
+        "redis-proxy-nutcracker-{}-{port}.yml",
+        std::process::id()
+    ));
+    std::fs::write(&config, yaml(port)).unwrap();
+    let child = support::dies_with_test(
+        Command::new(which_nutcracker())
+            .arg("-c")
+            .arg(&config)
+            .args(["-s", &free_port().to_string(), "-a", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .spawn()
+    .expect("nutcracker (apt-get install nutcracker)");
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(support::wait_until(Duration::from_secs(5), || {
+        support::is_listening(addr)
+    }));
+    Nutcracker {
+        child,
+        port,
+        config,
     }
 }
 
@@ -293,4 +298,113 @@ fn the_nutcracker_file_itself_and_writes_the_other_way() {
         .collect();
     let count = keys.iter().step_by(37).count();
     assert_eq!(through_proxy.call(&mget), format!("*{count}\r\n{expected}"));
+}
+
+/// `GET key` on a connection of its own (nutcracker may close a client's
+/// connection when the server it asked fails).
+fn get_once(port: u16, key: &str) -> String {
+    Client::connect(port).call(&[b"GET", key.as_bytes()])
+}
+
+#[test]
+fn a_dead_server_is_ejected_its_keys_remapped_as_nutcracker_remaps_them_and_it_comes_back() {
+    let mut redis: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    // Unequal weights: without the heaviest server, the others' shares of
+    // the continuum change, not only its points' owners.
+    let pool = Pool {
+        hash: "fnv1a_64",
+        distribution: "ketama",
+        weights: [1, 2, 1],
+        names: true,
+        hash_tag: None,
+    };
+    let retry = Duration::from_secs(5);
+    let nutcracker = start_nutcracker(|port| {
+        pool.yaml(&redis, port).replace(
+            "auto_eject_hosts: false\n",
+            &format!(
+                "auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: {}\n",
+                retry.as_millis()
+            ),
+        )
+    });
+    let proxy = ProxyBuilder::bare()
+        .arg("--twemproxy-config", nutcracker.config.display())
+        .arg("--resp-addr", "127.0.0.1:0")
+        .arg("--http-addr", "127.0.0.1:0")
+        .start();
+    let proxy_port = proxy.resp_addr().port();
+    let dead = 1;
+    let dead_node = format!("127.0.0.1:{}", redis[dead].port());
+    let mut through_nutcracker = Client::connect(nutcracker.port);
+    let key_on_dead = (0..)
+        .map(|i| format!("probe:{i}"))
+        .find(|key| {
+            through_nutcracker.call(&[b"SET", key.as_bytes(), b"x"]);
+            redis[dead].cmd::<i64>(&["EXISTS", key]) == 1
+        })
+        .unwrap();
+
+    redis[dead].stop();
+    // Each ejects the server at its first failure; the key, remapped, is
+    // then absent rather than failing.
+    for (port, who) in [(nutcracker.port, "nutcracker"), (proxy_port, "the proxy")] {
+        assert!(
+            support::wait_until(Duration::from_secs(5), || get_once(port, &key_on_dead)
+                == "$-1\r\n"),
+            "{who} did not eject {dead_node}: {}",
+            get_once(port, &key_on_dead)
+        );
+    }
+    let ejected_at = std::time::Instant::now();
+    let ejections = format!("redis_proxy_shard_ejections_total{{node=\"{dead_node}\"}}");
+    assert_eq!(proxy.metric(&ejections), Some(1.0));
+    // Readiness is the pinger's, at most a second or two old.
+    assert!(
+        support::wait_until(Duration::from_secs(3), || support::http_get(
+            proxy.admin_addr(),
+            "/readyz"
+        )
+        .0 == 200),
+        "ready with the others answering: {:?}",
+        support::http_get(proxy.admin_addr(), "/readyz")
+    );
+
+    let written = |prefix: &str| -> Vec<String> {
+        let mut through_nutcracker = Client::connect(nutcracker.port);
+        let keys: Vec<String> = (0..200).map(|i| format!("{prefix}:{i}")).collect();
+        for key in &keys {
+            let reply = through_nutcracker.call(&[b"SET", key.as_bytes(), key.as_bytes()]);
+            assert_eq!(reply, "+OK\r\n", "{key}");
+        }
+        keys
+    };
+    let found_through_proxy = |keys: &[String], redis: &[RedisServer]| {
+        let mut through_proxy = Client::connect(proxy_port);
+        let live: Vec<&RedisServer> = redis.iter().filter(|r| r.is_running()).collect();
+        let before: u64 = live.iter().map(|r| r.calls("get")).sum();
+        for key in keys {
+            assert_eq!(through_proxy.call(&[b"GET", key.as_bytes()]), bulk(key));
+        }
+        let after: u64 = live.iter().map(|r| r.calls("get")).sum();
+        assert_eq!(after - before, keys.len() as u64, "one GET per key");
+    };
+    let remapped = written("remapped");
+    found_through_proxy(&remapped, &redis);
+    assert!(
+        ejected_at.elapsed() < retry,
+        "the remapped keys were checked while the server was out"
+    );
+
+    // Back after the retry timeout: keys nutcracker puts on it again are
+    // found there through the proxy.
+    redis[dead].restart();
+    std::thread::sleep(retry.saturating_sub(ejected_at.elapsed()) + Duration::from_millis(500));
+    let back = written("back");
+    let on_dead: i64 = redis[dead].cmd(&["DBSIZE"]);
+    assert!(
+        on_dead > 0,
+        "nutcracker put none of 200 keys on the server back in"
+    );
+    found_through_proxy(&back, &redis);
 }

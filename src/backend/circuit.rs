@@ -190,6 +190,7 @@ pub(crate) fn is_node_failure(error: &Error) -> bool {
         Error::Reply(reply) => is_not_now(reply),
         Error::Cluster(_)
         | Error::NoPrimary(_)
+        | Error::Ejected(_)
         | Error::ShortCircuited { .. }
         | Error::Stopping => false,
     }

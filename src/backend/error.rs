@@ -104,6 +104,10 @@ pub enum Error {
     /// No primary is known (Sentinel): none answered, or none is a master.
     #[error("redis sentinel: {0}")]
     NoPrimary(Arc<str>),
+    /// Every server of a sharded pool is ejected (twemproxy's
+    /// `auto_eject_hosts`), none back yet.
+    #[error("redis pool: {0}")]
+    Ejected(Arc<str>),
     /// The proxy is stopping.
     #[error("the proxy is stopping")]
     Stopping,

@@ -44,7 +44,7 @@ pub(crate) use link::{Link, is_push};
 pub(crate) use node::{NodeRef, Outgoing};
 pub use service::{RedisService, RedisServiceBuilder};
 pub(crate) use topology::Topology;
-pub use topology::{Distribution, KeyHash, Placement, ReadFrom, ShardServer};
+pub use topology::{Distribution, Ejection, KeyHash, Placement, ReadFrom, ShardServer};
 pub use tracking::{Invalidation, InvalidationSink};
 pub use url::RedisUrl;
 
@@ -156,8 +156,12 @@ impl Backend {
     ) -> Result<Frame, Error> {
         for _ in 0..=MAX_REDIRECTS {
             let frame = match node.exchange(request.clone()).await {
-                Ok(frame) => frame,
+                Ok(frame) => {
+                    self.topology.outcome(&node, Ok(()));
+                    frame
+                }
                 Err(error) => {
+                    self.topology.outcome(&node, Err(&error));
                     if !matches!(error, Error::Reply(_)) {
                         self.topology.changed();
                     }
@@ -216,7 +220,8 @@ impl Backend {
     /// Which nodes are short-circuited now, and why; `None` when none is.
     pub(crate) fn short_circuited(&self) -> Option<String> {
         let reasons: Vec<String> = self
-            .primaries()
+            .topology
+            .in_service()
             .iter()
             .filter_map(|node| node.short_circuited())
             .collect();

@@ -278,6 +278,21 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard_redis_db: Option<u16>,
+
+    /// In sharded mode, eject a failing server and remap its keys as twemproxy does (auto_eject_hosts) [env: REDIS_PROXY_SHARD_AUTO_EJECT_HOSTS] [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_auto_eject_hosts: Option<bool>,
+
+    /// Failures in a row that eject a server (server_failure_limit) [env: REDIS_PROXY_SHARD_SERVER_FAILURE_LIMIT] [default: 2]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_server_failure_limit: Option<u32>,
+
+    /// How long an ejected server stays out (server_retry_timeout) [env: REDIS_PROXY_SHARD_SERVER_RETRY_TIMEOUT] [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_server_retry_timeout: Option<String>,
 }
 
 /// A secret given as a flag: passed on as given to the configuration, shown as

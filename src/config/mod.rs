@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::backend::{Distribution, KeyHash, Placement, ReadFrom, RedisUrl, ShardServer};
+pub use crate::backend::{
+    Distribution, Ejection, KeyHash, Placement, ReadFrom, RedisUrl, ShardServer,
+};
 pub use crate::cache::CachePolicy;
 use cli::Cli;
 pub use load::Invocation;
@@ -157,6 +159,14 @@ pub struct Config {
     pub shard_redis_auth: Option<Secret>,
     /// In sharded mode, the servers' database (twemproxy's `redis_db`).
     pub shard_redis_db: u16,
+    /// In sharded mode, eject a failing server, its keys remapping to the
+    /// others as twemproxy remaps them (twemproxy's `auto_eject_hosts`).
+    pub shard_auto_eject_hosts: bool,
+    /// Failures in a row that eject a server (`server_failure_limit`).
+    pub shard_server_failure_limit: u32,
+    /// How long an ejected server stays out (`server_retry_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub shard_server_retry_timeout: Duration,
     /// A nutcracker YAML file to read the pool from; implies sharded mode.
     pub twemproxy_config: Option<PathBuf>,
     /// Which pool of `twemproxy_config` (unset: its only one).
@@ -212,6 +222,9 @@ impl Default for Config {
             shard_hash_tag: None,
             shard_redis_auth: None,
             shard_redis_db: 0,
+            shard_auto_eject_hosts: false,
+            shard_server_failure_limit: 2,
+            shard_server_retry_timeout: Duration::from_secs(30),
             twemproxy_config: None,
             twemproxy_pool: None,
             read_from: ReadFrom::Primary,
@@ -369,6 +382,9 @@ impl Config {
         "shard_hash_tag",
         "shard_redis_auth",
         "shard_redis_db",
+        "shard_auto_eject_hosts",
+        "shard_server_failure_limit",
+        "shard_server_retry_timeout",
         "twemproxy_config",
         "twemproxy_pool",
     ];
@@ -405,10 +421,15 @@ impl Config {
                 }
             },
         };
+        let ejection = self.shard_auto_eject_hosts.then_some(Ejection {
+            failure_limit: self.shard_server_failure_limit.max(1),
+            retry_timeout: self.shard_server_retry_timeout,
+        });
         let placement = Placement {
             hash: self.shard_hash,
             distribution: self.shard_distribution,
             hash_tag,
+            ejection,
         };
         Ok((servers, placement))
     }

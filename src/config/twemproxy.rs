@@ -19,6 +19,9 @@ const APPLIED: &[&str] = &[
     "redis",
     "redis_auth",
     "redis_db",
+    "auto_eject_hosts",
+    "server_failure_limit",
+    "server_retry_timeout",
 ];
 
 /// One pool of the file: its name, its keys in order, its servers.
@@ -131,6 +134,30 @@ impl Config {
                     self.shard_redis_db = value
                         .parse()
                         .map_err(|_| invalid(format!("redis_db `{value}` is not a database")))?;
+                }
+                "auto_eject_hosts" => {
+                    self.shard_auto_eject_hosts = match value.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(invalid(format!(
+                                "auto_eject_hosts `{value}` is not true or false"
+                            )));
+                        }
+                    }
+                }
+                "server_failure_limit" => {
+                    self.shard_server_failure_limit = value.parse().map_err(|_| {
+                        invalid(format!("server_failure_limit `{value}` is not a count"))
+                    })?;
+                }
+                "server_retry_timeout" => {
+                    let millis: u64 = value.parse().map_err(|_| {
+                        invalid(format!(
+                            "server_retry_timeout `{value}` is not a number of milliseconds"
+                        ))
+                    })?;
+                    self.shard_server_retry_timeout = std::time::Duration::from_millis(millis);
                 }
                 "listen" if self.resp_addr == Config::default().resp_addr => {
                     self.resp_addr = value

@@ -23,7 +23,7 @@ pub(crate) use cluster::Cluster;
 pub use cluster::ReadFrom;
 pub(crate) use sentinel::Sentinel;
 pub(crate) use sharded::Sharded;
-pub use sharded::{Distribution, KeyHash, Placement, ShardServer};
+pub use sharded::{Distribution, Ejection, KeyHash, Placement, ShardServer};
 pub(crate) use standalone::Standalone;
 
 /// Where requests for a key go.
@@ -80,8 +80,18 @@ pub(crate) trait Topology: Send + Sync + std::fmt::Debug {
     /// `SCAN` cursor names one by its place).
     fn primaries(&self) -> Vec<NodeRef>;
 
+    /// The primaries requests may go to now (every one, but for a sharded
+    /// pool's ejected servers): those whose health readiness reports.
+    fn in_service(&self) -> Vec<NodeRef> {
+        self.primaries()
+    }
+
     /// A node failed, or a slot moved: the map is due a refresh.
     fn changed(&self) {}
+
+    /// How a request to `node` went: answered (an error reply included), or
+    /// failed as `Err` says.
+    fn outcome(&self, _node: &NodeRef, _result: Result<(), &Error>) {}
 
     /// Whether every key could be served now, and if not, why.
     fn ready(&self) -> BoxFuture<'_, Result<(), Error>>;

@@ -57,22 +57,33 @@ pub(crate) struct Continuum {
 
 /// What a server brings to the continuum: its name (the hashed one) and
 /// weight.
-pub(crate) struct Weighted<'a> {
-    pub(crate) name: &'a str,
+#[derive(Debug, Clone)]
+pub(crate) struct Weighted {
+    pub(crate) name: String,
     pub(crate) weight: u32,
 }
 
 impl Continuum {
-    /// The continuum of `servers`, in the pool's order.
-    pub(crate) fn new(distribution: Distribution, servers: &[Weighted<'_>]) -> Self {
+    /// The continuum of `servers` (in the pool's order) over those `live`
+    /// says are in (every one, but for ejected servers), as nutcracker's
+    /// `*_update` builds it.
+    pub(crate) fn new(
+        distribution: Distribution,
+        servers: &[Weighted],
+        live: impl Fn(usize) -> bool,
+    ) -> Self {
+        let live: Vec<(usize, &Weighted)> = servers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| live(*i))
+            .collect();
         let points = match distribution {
-            Distribution::Ketama => ketama(servers),
-            Distribution::Modula => servers
+            Distribution::Ketama => ketama(&live),
+            Distribution::Modula => live
                 .iter()
-                .enumerate()
-                .flat_map(|(i, server)| (0..server.weight).map(move |_| (0, i as u32)))
+                .flat_map(|&(i, server)| (0..server.weight).map(move |_| (0, i as u32)))
                 .collect(),
-            Distribution::Random => (0..servers.len() as u32).map(|i| (0, i)).collect(),
+            Distribution::Random => live.iter().map(|&(i, _)| (0, i as u32)).collect(),
         };
         Self {
             distribution,
@@ -80,7 +91,12 @@ impl Continuum {
         }
     }
 
-    /// The index of the server `hash` lands on.
+    /// Whether no server is in it.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// The index of the server `hash` lands on (0 when none is in).
     pub(crate) fn dispatch(&self, hash: u32) -> usize {
         let n = self.points.len();
         if n == 0 {
@@ -98,13 +114,15 @@ impl Continuum {
     }
 }
 
-/// nutcracker's `ketama_update` with every server live.
-fn ketama(servers: &[Weighted<'_>]) -> Vec<(u32, u32)> {
+/// nutcracker's `ketama_update` over the `live` servers (with their
+/// indexes in the pool): the share of each is its weight over the live
+/// servers' total.
+fn ketama(servers: &[(usize, &Weighted)]) -> Vec<(u32, u32)> {
     const POINTS_PER_SERVER: f32 = 160.0;
     let live = servers.len() as f32;
-    let total: u32 = servers.iter().map(|s| s.weight).sum();
+    let total: u32 = servers.iter().map(|(_, s)| s.weight).sum();
     let mut points = Vec::new();
-    for (index, server) in servers.iter().enumerate() {
+    for &(index, server) in servers {
         let pct = server.weight as f32 / total as f32;
         // C: (float)(pct * 160 / 4 * (float)n + 0.0000000001), in float but
         // for the double constant.
@@ -135,17 +153,8 @@ mod tests {
 
     #[test]
     fn ketama_gives_each_server_points_by_weight_and_wraps_around() {
-        let servers = [
-            Weighted {
-                name: "a:1",
-                weight: 1,
-            },
-            Weighted {
-                name: "b:1",
-                weight: 3,
-            },
-        ];
-        let continuum = Continuum::new(Distribution::Ketama, &servers);
+        let servers = weighted(&[("a:1", 1), ("b:1", 3)]);
+        let continuum = Continuum::new(Distribution::Ketama, &servers, |_| true);
         let of = |i: u32| continuum.points.iter().filter(|p| p.1 == i).count();
         assert_eq!((of(0), of(1)), (80, 240));
         assert!(continuum.points.windows(2).all(|w| w[0].0 <= w[1].0));
@@ -159,18 +168,34 @@ mod tests {
 
     #[test]
     fn modula_repeats_each_server_by_its_weight() {
-        let servers = [
-            Weighted {
-                name: "a",
-                weight: 2,
-            },
-            Weighted {
-                name: "b",
-                weight: 1,
-            },
-        ];
-        let continuum = Continuum::new(Distribution::Modula, &servers);
+        let servers = weighted(&[("a", 2), ("b", 1)]);
+        let continuum = Continuum::new(Distribution::Modula, &servers, |_| true);
         let picked: Vec<usize> = (0..6).map(|h| continuum.dispatch(h)).collect();
         assert_eq!(picked, [0, 0, 1, 0, 0, 1]);
+    }
+
+    #[test]
+    fn an_ejected_server_has_no_points_and_the_others_share_its_part() {
+        let servers = weighted(&[("a", 1), ("b", 1), ("c", 2)]);
+        let without_b = |i: usize| i != 1;
+        let ketama = Continuum::new(Distribution::Ketama, &servers, without_b);
+        let of = |i: u32| ketama.points.iter().filter(|p| p.1 == i).count();
+        // 160 points a live server, scaled by weight over the live ones
+        // (1/3 and 2/3 of 2 × 160).
+        assert_eq!((of(0), of(1), of(2)), (104, 0, 212));
+        let modula = Continuum::new(Distribution::Modula, &servers, without_b);
+        let picked: Vec<usize> = (0..3).map(|h| modula.dispatch(h)).collect();
+        assert_eq!(picked, [0, 2, 2]);
+        assert!(Continuum::new(Distribution::Ketama, &servers, |_| false).is_empty());
+    }
+
+    fn weighted(servers: &[(&str, u32)]) -> Vec<Weighted> {
+        servers
+            .iter()
+            .map(|&(name, weight)| Weighted {
+                name: name.into(),
+                weight,
+            })
+            .collect()
     }
 }

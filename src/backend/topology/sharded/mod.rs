@@ -4,7 +4,10 @@
 //! where its data is.
 
 mod continuum;
+mod ejection;
 mod hash;
+
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
@@ -14,6 +17,8 @@ use crate::backend::node::NodeRef;
 
 pub use continuum::Distribution;
 use continuum::{Continuum, Weighted};
+use ejection::Ejecting;
+pub use ejection::Ejection;
 pub use hash::KeyHash;
 
 /// One server of a pool, from twemproxy's `"host:port:weight [name]"`.
@@ -68,6 +73,9 @@ pub struct Placement {
     /// Two bytes: only the part of a key between them is hashed, when there
     /// is a non-empty one (`{}`).
     pub hash_tag: Option<[u8; 2]>,
+    /// Whether failing servers are ejected and their keys remapped (by
+    /// default they are not: a failing server's keys fail).
+    pub ejection: Option<Ejection>,
 }
 
 /// A pool of servers, each key on one.
@@ -75,22 +83,29 @@ pub struct Placement {
 pub(crate) struct Sharded {
     /// In the pool's order (what the continuum's indexes name).
     servers: Vec<NodeRef>,
+    /// Over every server; with ejection, the live continuum is `ejecting`'s.
     continuum: Continuum,
+    ejecting: Option<Ejecting>,
     placement: Placement,
 }
 
 impl Sharded {
     /// A pool of `servers` (their nodes in the same order as `specs`).
     pub(crate) fn new(servers: Vec<NodeRef>, specs: &[ShardServer], placement: Placement) -> Self {
-        let weighted: Vec<Weighted<'_>> = specs
+        let weighted: Vec<Weighted> = specs
             .iter()
             .map(|spec| Weighted {
-                name: &spec.name,
+                name: spec.name.clone(),
                 weight: spec.weight,
             })
             .collect();
+        let ejecting = placement.ejection.map(|policy| {
+            let addrs = servers.iter().map(|node| node.addr().to_owned()).collect();
+            Ejecting::new(policy, placement.distribution, weighted.clone(), addrs)
+        });
         Self {
-            continuum: Continuum::new(placement.distribution, &weighted),
+            continuum: Continuum::new(placement.distribution, &weighted, |_| true),
+            ejecting,
             servers,
             placement,
         }
@@ -110,8 +125,26 @@ impl Sharded {
         } else {
             self.placement.hash.hash(key)
         };
-        self.continuum.dispatch(hash)
+        match &self.ejecting {
+            None => self.continuum.dispatch(hash),
+            Some(ejecting) => ejecting.live().continuum.dispatch(hash),
+        }
     }
+
+    /// The place of `node` in the pool.
+    fn position(&self, node: &NodeRef) -> Option<usize> {
+        self.servers
+            .iter()
+            .position(|server| Arc::ptr_eq(server, node))
+    }
+}
+
+/// Whether a request's failure counts toward ejecting its server: the
+/// server failed it (no connection, a lost one, no reply in time, or it is
+/// short-circuited for those), not the request.
+fn counts_against(error: &Error) -> bool {
+    matches!(error, Error::ShortCircuited { .. })
+        || (crate::backend::circuit::is_node_failure(error) && !matches!(error, Error::Reply(_)))
 }
 
 /// The part of `key` between the tag's two bytes, when it is not empty;
@@ -139,6 +172,13 @@ impl Topology for Sharded {
 
     fn primary(&self, slot: Option<u16>) -> Result<NodeRef, Error> {
         let index = slot.map_or(0, usize::from);
+        if let Some(ejecting) = &self.ejecting
+            && ejecting.live().continuum.is_empty()
+        {
+            return Err(Error::Ejected(
+                "every server of the pool is ejected (shard_auto_eject_hosts) until its retry timeout".into(),
+            ));
+        }
         self.servers
             .get(index)
             .cloned()
@@ -159,10 +199,42 @@ impl Topology for Sharded {
         servers
     }
 
-    /// Every server answers.
+    fn in_service(&self) -> Vec<NodeRef> {
+        let Some(ejecting) = &self.ejecting else {
+            return self.primaries();
+        };
+        let live = ejecting.live();
+        let mut servers: Vec<NodeRef> = (self.servers.iter().enumerate())
+            .filter(|&(i, _)| !ejecting.is_out(&live, i))
+            .map(|(_, server)| server.clone())
+            .collect();
+        servers.sort_by(|a, b| a.addr().cmp(b.addr()));
+        servers
+    }
+
+    fn outcome(&self, node: &NodeRef, result: Result<(), &Error>) {
+        let Some(ejecting) = &self.ejecting else {
+            return;
+        };
+        let Some(index) = self.position(node) else {
+            return;
+        };
+        match result {
+            Ok(()) => ejecting.answered(index),
+            Err(error) if counts_against(error) => ejecting.failed(index),
+            Err(_) => {}
+        }
+    }
+
+    /// Every server answers; with ejection, every server not ejected (and
+    /// at least one is in).
     fn ready(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async {
-            for server in &self.servers {
+            let servers = self.in_service();
+            if servers.is_empty() {
+                return Err(Error::Ejected("every server of the pool is ejected".into()));
+            }
+            for server in &servers {
                 server.ping().await?;
             }
             Ok(())
