@@ -175,6 +175,9 @@ pub(crate) enum Target {
     /// `SCAN` over a cluster's primaries, its arguments to be given the
     /// cursor of the primary it names.
     Scan(Vec<Bytes>),
+    /// Split by the servers of its keys (a sharded pool's `DEL`, `MSET`):
+    /// each part (encoded) to the node of its slot, the replies combined.
+    Split(Vec<(Option<u16>, Bytes)>, crate::protocol::Combine),
 }
 
 /// What a command may change, to drop from the cache.

@@ -408,3 +408,92 @@ fn a_dead_server_is_ejected_its_keys_remapped_as_nutcracker_remaps_them_and_it_c
     );
     found_through_proxy(&back, &redis);
 }
+
+#[test]
+fn transparent_mode_splits_multi_key_commands_by_server_as_twemproxy_does() {
+    let redis: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let pool = Pool {
+        hash: "md5",
+        distribution: "ketama",
+        weights: [1, 1, 1],
+        names: false,
+        hash_tag: None,
+    };
+    let nutcracker = pool.nutcracker(&redis);
+    let proxy = ProxyBuilder::bare()
+        .arg("--twemproxy-config", nutcracker.config.display())
+        .arg("--resp-addr", "127.0.0.1:0")
+        .arg("--http-addr", "127.0.0.1:0")
+        .flag("--forward-commands")
+        .start();
+    let mut through_proxy = Client::connect(proxy.resp_addr().port());
+    let mut through_nutcracker = Client::connect(nutcracker.port);
+    let keys: Vec<String> = (0..30).map(|i| format!("split:{i}")).collect();
+    let call = |client: &mut Client, name: &str, args: &[String]| {
+        let mut all: Vec<&[u8]> = vec![name.as_bytes()];
+        all.extend(args.iter().map(|a| a.as_bytes()));
+        client.call(&all)
+    };
+
+    let pairs: Vec<String> = keys
+        .iter()
+        .flat_map(|k| [k.clone(), format!("v-{k}")])
+        .collect();
+    assert_eq!(call(&mut through_proxy, "MSET", &pairs), "+OK\r\n");
+    let spread: Vec<i64> = redis.iter().map(|r| r.cmd(&["DBSIZE"])).collect();
+    assert!(
+        spread.iter().filter(|&&n| n > 0).count() >= 2,
+        "the keys span servers: {spread:?}"
+    );
+    for key in &keys {
+        assert_eq!(
+            through_nutcracker.call(&[b"GET", key.as_bytes()]),
+            bulk(&format!("v-{key}"))
+        );
+    }
+
+    let with_missing: Vec<String> = keys.iter().cloned().chain(["split:none".into()]).collect();
+    assert_eq!(call(&mut through_proxy, "EXISTS", &with_missing), ":30\r\n");
+    assert_eq!(call(&mut through_proxy, "TOUCH", &with_missing), ":30\r\n");
+    // A cached read, dropped by the split DEL that removes its key.
+    assert_eq!(
+        call(&mut through_proxy, "GET", &keys[..1]),
+        bulk("v-split:0")
+    );
+    assert_eq!(call(&mut through_proxy, "DEL", &keys[..10]), ":10\r\n");
+    assert_eq!(call(&mut through_proxy, "GET", &keys[..1]), "$-1\r\n");
+    assert_eq!(
+        call(&mut through_proxy, "UNLINK", &with_missing[10..20]),
+        ":10\r\n"
+    );
+    assert_eq!(call(&mut through_proxy, "EXISTS", &with_missing), ":10\r\n");
+    assert_eq!(through_nutcracker.call(&[b"GET", b"split:5"]), "$-1\r\n");
+    assert_eq!(
+        through_nutcracker.call(&[b"GET", b"split:25"]),
+        bulk("v-split:25")
+    );
+
+    // A command that cannot be split, its keys on two servers: refused.
+    let on = |key: &String| {
+        redis
+            .iter()
+            .position(|r| r.cmd::<i64>(&["EXISTS", key]) == 1)
+    };
+    let a = &keys[20];
+    let b = (0..)
+        .map(|i| format!("other:{i}"))
+        .find(|key| {
+            call(&mut through_proxy, "SET", &[key.clone(), "x".into()]);
+            on(key) != on(a)
+        })
+        .unwrap();
+    let refused = call(
+        &mut through_proxy,
+        "SUNIONSTORE",
+        &[a.clone(), a.clone(), b],
+    );
+    assert!(
+        refused.starts_with("-CROSSSLOT Keys in request are on different servers"),
+        "{refused}"
+    );
+}

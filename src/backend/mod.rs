@@ -86,6 +86,11 @@ impl Backend {
         self.topology.spreads_keys()
     }
 
+    /// Whether commands whose keys are on several nodes are split by node.
+    pub(crate) fn splits_commands(&self) -> bool {
+        self.topology.splits_commands()
+    }
+
     /// Every primary, in address order.
     pub(crate) fn primaries(&self) -> Vec<NodeRef> {
         self.topology.primaries()

@@ -383,6 +383,21 @@ impl RedisService {
             Target::Slot(slot) => backend.send(slot, request).await,
             Target::Everywhere(how) => backend.send_everywhere(request, how).await,
             Target::Scan(args) => backend.scan(args, db, resp3).await,
+            Target::Split(parts, how) => {
+                let parts = parts
+                    .into_iter()
+                    .map(|(slot, bytes)| {
+                        (
+                            slot,
+                            Outgoing {
+                                bytes,
+                                ..request.clone()
+                            },
+                        )
+                    })
+                    .collect();
+                backend.send_split(parts, how).await
+            }
         };
         // Counted, not timed: the histogram is of misses, what a cache costs.
         if frame.is_err() {

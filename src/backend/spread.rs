@@ -28,6 +28,24 @@ impl Backend {
         Ok(how.apply(replies))
     }
 
+    /// A command split by the nodes of its keys: each part sent to the
+    /// primary of its slot, the replies combined as `how` says.
+    ///
+    /// # Errors
+    ///
+    /// Why a node could not be asked.
+    pub(crate) async fn send_split(
+        &self,
+        parts: Vec<(Option<u16>, Outgoing)>,
+        how: Combine,
+    ) -> Result<Frame, Error> {
+        let asks = parts
+            .into_iter()
+            .map(|(slot, request)| self.send(slot, request));
+        let replies = futures_util::future::try_join_all(asks).await?;
+        Ok(how.apply(replies))
+    }
+
     /// `SCAN` in a cluster: `args` sent to the primary its cursor names, with
     /// that primary's own cursor, and the reply's cursor made to go on from
     /// there (see [`scan_reply`]).

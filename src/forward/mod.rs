@@ -150,6 +150,9 @@ pub(crate) enum Route {
 
 /// Redis Cluster's reply to keys of several slots in one command.
 const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+/// The same for a sharded pool's servers, where a command that cannot be
+/// split (one that is not `DEL`, `MSET`, …) names keys of several.
+const CROSSSERVER: &str = "CROSSSLOT Keys in request are on different servers of the pool, and this command cannot be split";
 
 /// Everything transparent mode shares: the backend, the command table, the
 /// cache that dedicated connections' writes invalidate, and the bound on
@@ -250,7 +253,18 @@ impl Forwarding {
         let keys = info.keys(args);
         let slot = match self.slot_of(keys.as_deref().unwrap_or_default()) {
             Ok(slot) => slot,
-            Err(crossslot) => return Route::Refuse(crossslot.into()),
+            Err(crossslot) => {
+                let split = (info.split.filter(|_| self.backend.splits_commands()))
+                    .and_then(|how| Some((self.split(args, keys.as_deref()?)?, how)));
+                return match split {
+                    Some((parts, how)) => Route::Forward {
+                        target: Target::Split(parts, how),
+                        writes: writes(name, info, keys),
+                        read_only: info.flags.readonly,
+                    },
+                    None => Route::Refuse(crossslot.into()),
+                };
+            }
         };
         if STATEFUL.contains(&name) || info.flags.blocking {
             return Route::Dedicate;
@@ -313,9 +327,41 @@ impl Forwarding {
         };
         if slots.all(|slot| slot == Some(first)) {
             Ok(Some(first))
+        } else if self.backend.splits_commands() {
+            Err(CROSSSERVER)
         } else {
             Err(CROSSSLOT)
         }
+    }
+
+    /// `args` as one request per slot of `keys`, for a command whose
+    /// arguments are its keys each followed by the same number of others
+    /// (`DEL k1 k2`, `MSET k1 v1 k2 v2`): each key goes with those after it,
+    /// the parts in the order their first keys come. `None` for any other
+    /// shape.
+    fn split(&self, args: &[Bytes], keys: &[Bytes]) -> Option<Vec<(Option<u16>, Bytes)>> {
+        let rest = &args[1..];
+        if keys.is_empty() || !rest.len().is_multiple_of(keys.len()) {
+            return None;
+        }
+        let step = rest.len() / keys.len();
+        let mut parts: Vec<(Option<u16>, Vec<&Bytes>)> = Vec::new();
+        for (group, key) in rest.chunks(step).zip(keys) {
+            if group[0] != key {
+                return None;
+            }
+            let slot = self.backend.slot(key);
+            match parts.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, part)) => part.extend(group),
+                None => parts.push((slot, std::iter::once(&args[0]).chain(group).collect())),
+            }
+        }
+        Some(
+            parts
+                .into_iter()
+                .map(|(slot, part)| (slot, encoded(&part)))
+                .collect(),
+        )
     }
 
     /// The slot of the keys `args` names (see [`Forwarding::slot_of`]).

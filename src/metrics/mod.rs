@@ -279,13 +279,14 @@ pub(crate) fn record_invalidation(keys: Option<usize>) {
 
 /// The paths a forwarded command may take, as `redis_proxy_forwarded_commands_total`
 /// labels them.
-const FORWARD_PATHS: [&str; 6] = [
+const FORWARD_PATHS: [&str; 7] = [
     "refused",
     "dedicated",
     "cached",
     "shared",
     "everywhere",
     "scan",
+    "split",
 ];
 
 thread_local! {

@@ -41,9 +41,22 @@ impl Combine {
         let everywhere = tips
             .iter()
             .any(|tip| tip == b"request_policy:all_shards" || tip == b"request_policy:all_nodes");
-        if !everywhere {
+        everywhere.then(|| Self::response_policy(tips)).flatten()
+    }
+
+    /// How the replies to a command split by its keys' shards combine, for a
+    /// command whose tips say it may be (`request_policy:multi_shard`,
+    /// `DEL`, `MSET`, …) and whose replies combine without knowing which key
+    /// each came from; `None` for every other.
+    pub fn from_split_tips(tips: &[Vec<u8>]) -> Option<Self> {
+        if !tips.iter().any(|tip| tip == b"request_policy:multi_shard") {
             return None;
         }
+        Self::response_policy(tips).filter(|how| *how != Self::Gather)
+    }
+
+    /// The tips' `response_policy`, `Gather` without one.
+    fn response_policy(tips: &[Vec<u8>]) -> Option<Self> {
         let policy = tips
             .iter()
             .find_map(|tip| tip.strip_prefix(b"response_policy:"));
@@ -195,8 +208,37 @@ mod tests {
     }
 
     fn tips(tips: &[&str]) -> Option<Combine> {
-        let tips: Vec<Vec<u8>> = tips.iter().map(|t| t.as_bytes().to_vec()).collect();
-        Combine::from_tips(&tips)
+        Combine::from_tips(&owned(tips))
+    }
+
+    fn owned(tips: &[&str]) -> Vec<Vec<u8>> {
+        tips.iter().map(|t| t.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn multi_shard_commands_split_when_their_replies_combine_without_their_keys() {
+        let split = |t: &[&str]| Combine::from_split_tips(&owned(t));
+        assert_eq!(
+            split(&["request_policy:multi_shard", "response_policy:agg_sum"]),
+            Some(Combine::Sum)
+        );
+        assert_eq!(
+            split(&[
+                "request_policy:multi_shard",
+                "response_policy:all_succeeded"
+            ]),
+            Some(Combine::AllSucceeded)
+        );
+        // MGET: its replies' order is its keys'.
+        assert_eq!(split(&["request_policy:multi_shard"]), None);
+        assert_eq!(
+            split(&["request_policy:all_shards", "response_policy:agg_sum"]),
+            None
+        );
+        assert_eq!(
+            tips(&["request_policy:multi_shard", "response_policy:agg_sum"]),
+            None
+        );
     }
 
     #[test]

@@ -180,6 +180,10 @@ impl Session {
                 target: Target::Scan(_),
                 ..
             } => "scan",
+            Route::Forward {
+                target: Target::Split(..),
+                ..
+            } => "split",
         };
         let known = forwarding
             .table()

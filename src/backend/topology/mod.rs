@@ -40,6 +40,13 @@ pub(crate) trait Topology: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// Whether a command whose keys are on several nodes is split into one
+    /// per node (a sharded pool, as twemproxy splits them) rather than
+    /// refused (a cluster, as Redis Cluster refuses them).
+    fn splits_commands(&self) -> bool {
+        false
+    }
+
     /// Whether the topology knows where its nodes are; until it does,
     /// requests wait for [`Topology::prepare`].
     fn is_prepared(&self) -> bool {

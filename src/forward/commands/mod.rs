@@ -82,6 +82,10 @@ pub(crate) struct Info {
     /// In a cluster: sent to every primary, the replies combined so (from the
     /// command's tips); `None`: sent to one node.
     pub(crate) spread: Option<Combine>,
+    /// Where keys are spread over servers that cannot take them in one
+    /// command (a sharded pool): split by server, the replies combined so
+    /// (`DEL`, `MSET`, …); `None`: refused when its keys are on several.
+    pub(crate) split: Option<Combine>,
 }
 
 impl Info {
@@ -280,6 +284,7 @@ fn parse_info(entry: &Value) -> Result<(Vec<u8>, Info), String> {
         .filter_map(text)
         .collect();
     let spread = Combine::from_tips(&tips);
+    let split = Combine::from_split_tips(&tips);
     let mut subcommands = Names::default();
     for sub in items.get(9).and_then(array).unwrap_or_default() {
         // Redis 7 gives a subcommand's full name, `config|get`; it is found
@@ -299,6 +304,7 @@ fn parse_info(entry: &Value) -> Result<(Vec<u8>, Info), String> {
             specs,
             subcommands,
             spread,
+            split,
         },
     ))
 }

@@ -170,6 +170,10 @@ impl Topology for Sharded {
         self.servers.len() > 1
     }
 
+    fn splits_commands(&self) -> bool {
+        true
+    }
+
     fn primary(&self, slot: Option<u16>) -> Result<NodeRef, Error> {
         let index = slot.map_or(0, usize::from);
         if let Some(ejecting) = &self.ejecting
