@@ -206,6 +206,11 @@ impl Backend {
         ))
     }
 
+    /// Told each time the primary is replaced (see [`Topology::switches`]).
+    pub(crate) fn switches(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.topology.switches()
+    }
+
     /// A connection of a client's own, on the primary serving `slot`, in
     /// `resp3` or RESP2 and database `db`.
     ///

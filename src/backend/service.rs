@@ -52,7 +52,7 @@ pub struct RedisServiceBuilder {
     tracking: Option<InvalidationSink>,
     tls: crate::tls::ClientFiles,
     cluster: Option<ReadFrom>,
-    sentinel: Option<(String, Option<String>)>,
+    sentinel: Option<(String, Option<String>, ReadFrom)>,
     sharded: Option<Pool>,
 }
 
@@ -126,9 +126,16 @@ impl RedisServiceBuilder {
     /// The URL names sentinels (comma-separated) that monitor `master`; the
     /// URL's credentials and database are the data nodes', `password` the
     /// sentinels' own (if they require one). Requests go to the primary the
-    /// sentinels name, across failovers.
-    pub fn sentinel(mut self, master: impl Into<String>, password: Option<String>) -> Self {
-        self.sentinel = Some((master.into(), password));
+    /// sentinels name, across failovers; misses go to its replicas (those
+    /// up and in sync, from `SENTINEL REPLICAS`) with
+    /// [`ReadFrom::ReplicaPreferred`].
+    pub fn sentinel(
+        mut self,
+        master: impl Into<String>,
+        password: Option<String>,
+        read_from: ReadFrom,
+    ) -> Self {
+        self.sentinel = Some((master.into(), password, read_from));
         self
     }
 
@@ -205,7 +212,7 @@ impl RedisServiceBuilder {
             (Some(read_from), _) => {
                 Arc::new(Cluster::new(url.nodes(), settings, options, read_from))
             }
-            (None, Some((master, password))) => {
+            (None, Some((master, password, read_from))) => {
                 let sentinels = url
                     .nodes()
                     .iter()
@@ -214,7 +221,7 @@ impl RedisServiceBuilder {
                 Arc::new(Sentinel::new(
                     sentinels,
                     url.clone(),
-                    master,
+                    (master, read_from),
                     settings,
                     options,
                 ))

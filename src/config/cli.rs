@@ -224,7 +224,7 @@ pub(crate) struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_mode: Option<super::RedisMode>,
 
-    /// In cluster mode, where cache misses are read from: primary, or replica-preferred [env: REDIS_PROXY_READ_FROM] [default: primary]
+    /// In cluster and sentinel mode, where cache misses are read from: primary, or replica-preferred [env: REDIS_PROXY_READ_FROM] [default: primary]
     #[arg(long, value_name = "WHERE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_from: Option<super::ReadFrom>,

@@ -89,9 +89,11 @@ impl Config {
             RedisMode::Standalone if self.redis_url.nodes().len() > 1 => invalid(
                 "--redis-url (env REDIS_PROXY_REDIS_URL, TOML `redis_url`) names several nodes: only a cluster has several (--redis-mode cluster)",
             ),
-            RedisMode::Standalone if self.read_from != ReadFrom::Primary => invalid(
-                "--read-from (env REDIS_PROXY_READ_FROM, TOML `read_from`) applies to a cluster only (--redis-mode cluster)",
-            ),
+            RedisMode::Standalone | RedisMode::Sharded if self.read_from != ReadFrom::Primary => {
+                invalid(
+                    "--read-from (env REDIS_PROXY_READ_FROM, TOML `read_from`) applies to a cluster or a Sentinel-managed primary only (--redis-mode cluster or sentinel)",
+                )
+            }
             RedisMode::Sentinel if self.sentinel_master.as_deref().is_none_or(str::is_empty) => {
                 invalid(
                     "--sentinel-master (env REDIS_PROXY_SENTINEL_MASTER, TOML `sentinel_master`) is required with --redis-mode sentinel: the name of the master the sentinels monitor",
@@ -101,9 +103,6 @@ impl Config {
                 "--redis-mode sharded needs the pool's servers: TOML `shard_servers` (env REDIS_PROXY_SHARD_SERVERS), or --twemproxy-config",
             ),
             RedisMode::Sharded => self.shard_pool().map(drop),
-            RedisMode::Sentinel if self.read_from != ReadFrom::Primary => invalid(
-                "--read-from (env REDIS_PROXY_READ_FROM, TOML `read_from`) applies to a cluster only (--redis-mode cluster); in sentinel mode reads go to the primary",
-            ),
             RedisMode::Cluster if self.redis_url.nodes().iter().any(|url| url.db() != 0) => {
                 invalid(
                     "--redis-url (env REDIS_PROXY_REDIS_URL, TOML `redis_url`): a cluster has database 0 only",

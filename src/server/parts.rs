@@ -126,7 +126,7 @@ pub(super) fn backend(
                 .sentinel_password
                 .as_ref()
                 .map(|secret| secret.expose().to_owned());
-            backend = backend.sentinel(master, password);
+            backend = backend.sentinel(master, password, config.read_from);
         }
         _ => {}
     }

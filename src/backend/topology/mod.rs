@@ -93,6 +93,13 @@ pub(crate) trait Topology: Send + Sync + std::fmt::Debug {
         self.primaries()
     }
 
+    /// Told each time the primary is replaced by another (a Sentinel
+    /// failover), for connections whose state lives on the old one; `None`
+    /// where the topology does not replace its primaries so.
+    fn switches(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// A node failed, or a slot moved: the map is due a refresh.
     fn changed(&self) {}
 

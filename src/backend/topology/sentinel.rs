@@ -7,16 +7,25 @@
 //! `+switch-master` (one subscription per sentinel, kept open), when a
 //! request to the primary fails, or when it answers `READONLY` (a demoted
 //! node). On a switch, requests go to the new primary's lanes at once; with
-//! tracking, the cache is flushed (the new primary tracks nothing we read).
+//! tracking, the cache is flushed (the new primary tracks nothing we read);
+//! dedicated connections (a transaction, subscriptions) end with an error,
+//! as they would if Redis restarted.
+//!
+//! With `--read-from replica-preferred`, misses go to the primary's replicas
+//! that `SENTINEL REPLICAS` lists up and in sync (`master-link-status` `ok`,
+//! no `s_down`, `o_down` or `disconnected` flag), in turn; the list is asked
+//! for with the primary and again every [`REPLICAS_INTERVAL`] (every second
+//! while none is listed). A replica
+//! that fails or has not heard of a key sends the read to the primary.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use super::Topology;
+use super::{ReadFrom, Topology};
 use crate::backend::connect::{Connector, Settings, Setup, Tracking};
 use crate::backend::node::{Node, NodeOptions, NodeRef, Outgoing};
 use crate::backend::{Error, Invalidation, RedisUrl};
@@ -24,6 +33,8 @@ use crate::protocol::{Frame, encoded};
 
 /// How long a sentinel subscription waits before it is opened again.
 const RESUBSCRIBE: Duration = Duration::from_secs(1);
+/// How often the replicas are asked for again, with replica reads.
+const REPLICAS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The primary of one master that sentinels monitor.
 #[derive(Debug, Clone)]
@@ -37,9 +48,17 @@ struct Inner {
     /// The data nodes' URL: their credentials, database and TLS.
     data: RedisUrl,
     master: String,
+    read_from: ReadFrom,
     settings: Settings,
     options: NodeOptions,
     primary: RwLock<Option<NodeRef>>,
+    /// With replica reads: the replicas to read from, and when they were
+    /// asked for.
+    replicas: RwLock<(Vec<NodeRef>, Option<tokio::time::Instant>)>,
+    /// Which replica the next read goes to.
+    turn: AtomicUsize,
+    /// Counts the switches of primary.
+    switches: tokio::sync::watch::Sender<u64>,
     nodes: Mutex<HashMap<String, NodeRef>>,
     /// Why no primary is known, when none is.
     unknown: Mutex<String>,
@@ -59,11 +78,12 @@ impl std::fmt::Debug for Inner {
 
 impl Sentinel {
     /// The primary of `master`, as `sentinels` (each with the sentinels'
-    /// `password`) say; data nodes are reached as `data` says.
+    /// `password`) say, reads going where `read_from` says; data nodes are
+    /// reached as `data` says.
     pub(crate) fn new(
         sentinels: Vec<RedisUrl>,
         data: RedisUrl,
-        master: String,
+        (master, read_from): (String, ReadFrom),
         settings: Settings,
         options: NodeOptions,
     ) -> Self {
@@ -73,6 +93,10 @@ impl Sentinel {
                 data,
                 unknown: Mutex::new(format!("no primary of master `{master}` known yet")),
                 master,
+                read_from,
+                replicas: RwLock::default(),
+                turn: AtomicUsize::new(0),
+                switches: tokio::sync::watch::Sender::new(0),
                 settings,
                 options,
                 primary: RwLock::default(),
@@ -120,6 +144,7 @@ impl Sentinel {
                 Ok(addr) => match self.confirm(&addr).await {
                     Ok(node) => {
                         self.install(node);
+                        self.learn_replicas(sentinel).await;
                         return Ok(());
                     }
                     Err(error) => last = error,
@@ -140,23 +165,9 @@ impl Sentinel {
 
     /// What `sentinel` says the primary's address is.
     async fn ask(&self, sentinel: &RedisUrl) -> Result<String, Error> {
-        let connector = Connector::new(sentinel, &self.inner.settings);
-        let mut link = connector.open(plain()).await?;
-        let asked = async {
-            let command = ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &self.inner.master];
-            link.write(&encoded(&command)).await?;
-            link.read().await
-        };
-        let reply = tokio::time::timeout(connector.timeout(), asked)
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "SENTINEL GET-MASTER-ADDR-BY-NAME",
-                timeout: connector.timeout(),
-            })??;
-        link.close().await;
-        if let Some(error) = reply.error_text() {
-            return Err(Error::Reply(error.into()));
-        }
+        let reply = self
+            .sentinel_command(sentinel, "GET-MASTER-ADDR-BY-NAME")
+            .await?;
         match reply.elements().as_deref().map(strings).as_deref() {
             Some([host, port]) => Ok(format!("{host}:{port}")),
             _ => Err(Error::NoPrimary(
@@ -167,6 +178,79 @@ impl Sentinel {
                 )
                 .into(),
             )),
+        }
+    }
+
+    /// `SENTINEL <subcommand> <master>` asked of `sentinel`.
+    async fn sentinel_command(
+        &self,
+        sentinel: &RedisUrl,
+        subcommand: &'static str,
+    ) -> Result<Frame, Error> {
+        let connector = Connector::new(sentinel, &self.inner.settings);
+        let mut link = connector.open(plain()).await?;
+        let asked = async {
+            let command = ["SENTINEL", subcommand, &self.inner.master];
+            link.write(&encoded(&command)).await?;
+            link.read().await
+        };
+        let reply = tokio::time::timeout(connector.timeout(), asked)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "a SENTINEL command",
+                timeout: connector.timeout(),
+            })??;
+        link.close().await;
+        match reply.error_text() {
+            Some(error) => Err(Error::Reply(error.into())),
+            None => Ok(reply),
+        }
+    }
+
+    /// With replica reads, the replicas `sentinel` lists up and in sync
+    /// become those read from (none when it cannot say).
+    async fn learn_replicas(&self, sentinel: &RedisUrl) {
+        if self.inner.read_from != ReadFrom::ReplicaPreferred {
+            return;
+        }
+        let listed = match self.sentinel_command(sentinel, "REPLICAS").await {
+            Ok(reply) => in_sync_replicas(&reply),
+            Err(error) => {
+                tracing::debug!(sentinel = %sentinel.parts().address(), %error, "no replicas from the sentinel");
+                Vec::new()
+            }
+        };
+        let nodes: Vec<NodeRef> = listed.iter().map(|addr| self.node(addr)).collect();
+        let mut replicas = self
+            .inner
+            .replicas
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before: Vec<&str> = replicas.0.iter().map(|node| node.addr()).collect();
+        if before != listed {
+            tracing::info!(master = %self.inner.master, replicas = ?listed, "replicas to read from");
+        }
+        *replicas = (nodes, Some(tokio::time::Instant::now()));
+    }
+
+    /// Asks for the replicas again when they were asked for long enough ago.
+    async fn refresh_replicas(&self) {
+        let due = {
+            let (replicas, asked) = &*self
+                .inner
+                .replicas
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            // None yet: soon again, as after a switch.
+            let interval = if replicas.is_empty() {
+                RESUBSCRIBE
+            } else {
+                REPLICAS_INTERVAL
+            };
+            asked.is_none_or(|at| at.elapsed() >= interval)
+        };
+        if due && let Some(sentinel) = self.inner.sentinels.first() {
+            self.learn_replicas(sentinel).await;
         }
     }
 
@@ -210,10 +294,17 @@ impl Sentinel {
         let first = primary.is_none();
         *primary = Some(node.clone());
         drop(primary);
+        // The replicas were the old primary's: asked for again.
+        *self
+            .inner
+            .replicas
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = (Vec::new(), None);
         if first {
             tracing::info!(master = %self.inner.master, primary = node.addr(), "primary found by the sentinels");
         } else {
             tracing::warn!(master = %self.inner.master, primary = node.addr(), "primary switched; requests go to the new one");
+            self.inner.switches.send_modify(|switches| *switches += 1);
             if let Some((sink, _)) = &self.inner.options.tracking {
                 sink(Invalidation::All);
             }
@@ -290,6 +381,35 @@ fn switches(frame: &Frame, master: &str) -> bool {
         if kind == "message" && payload.split(' ').next() == Some(master))
 }
 
+/// The `ip:port` of each replica in a `SENTINEL REPLICAS` reply that is up
+/// and in sync with its primary.
+fn in_sync_replicas(reply: &Frame) -> Vec<String> {
+    let mut addrs = Vec::new();
+    for replica in reply.elements().unwrap_or_default() {
+        let fields = strings(&Frame::new(replica).elements().unwrap_or_default());
+        let field = |name: &str| {
+            fields
+                .chunks(2)
+                .find(|pair| pair[0] == name)
+                .and_then(|pair| pair.get(1))
+                .map(String::as_str)
+        };
+        let flags = field("flags").unwrap_or_default();
+        let down = flags
+            .split(',')
+            .any(|flag| matches!(flag, "s_down" | "o_down" | "disconnected"));
+        if let (false, Some("ok"), Some(ip), Some(port)) = (
+            down,
+            field("master-link-status"),
+            field("ip"),
+            field("port"),
+        ) {
+            addrs.push(format!("{ip}:{port}"));
+        }
+    }
+    addrs
+}
+
 /// Bulk strings as text.
 fn strings(fields: &[bytes::Bytes]) -> Vec<String> {
     fields
@@ -333,6 +453,21 @@ impl Topology for Sentinel {
         })
     }
 
+    /// With replica reads, the replicas in turn (the primary behind them).
+    fn reader(&self, slot: Option<u16>) -> Result<(NodeRef, NodeRef), Error> {
+        let primary = self.primary(slot)?;
+        let replicas = self
+            .inner
+            .replicas
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let reader = match replicas.0.len() {
+            0 => primary.clone(),
+            n => replicas.0[self.inner.turn.fetch_add(1, Ordering::Relaxed) % n].clone(),
+        };
+        Ok((reader, primary))
+    }
+
     /// Redirections do not happen outside a cluster: the primary.
     fn node_at(&self, _addr: &str) -> Result<NodeRef, Error> {
         self.primary(None)
@@ -340,6 +475,10 @@ impl Topology for Sentinel {
 
     fn primaries(&self) -> Vec<NodeRef> {
         self.current().into_iter().collect()
+    }
+
+    fn switches(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.inner.switches.subscribe())
     }
 
     fn changed(&self) {
@@ -356,6 +495,7 @@ impl Topology for Sentinel {
                     self.primary(None)?
                 }
             };
+            self.refresh_replicas().await;
             primary.ping().await
         })
     }
@@ -377,5 +517,36 @@ mod tests {
         assert!(switches(&ours, "mymaster"));
         assert!(!switches(&ours, "other"));
         assert!(!switches(&message("mymaster2 a 1 b 2"), "mymaster"));
+    }
+
+    #[test]
+    fn only_replicas_up_and_in_sync_are_read_from() {
+        let replica = |ip: &str, flags: &str, link: &str| {
+            let fields = [
+                "name",
+                "x",
+                "ip",
+                ip,
+                "port",
+                "6380",
+                "flags",
+                flags,
+                "master-link-status",
+                link,
+            ];
+            let mut out = format!("*{}\r\n", fields.len());
+            for field in fields {
+                out.push_str(&format!("${}\r\n{field}\r\n", field.len()));
+            }
+            out
+        };
+        let replies = [
+            replica("10.0.0.1", "slave", "ok"),
+            replica("10.0.0.2", "s_down,slave,disconnected", "err"),
+            replica("10.0.0.3", "slave", "err"),
+            replica("10.0.0.4", "slave,o_down", "ok"),
+        ];
+        let reply = Frame::new(bytes::Bytes::from(format!("*4\r\n{}", replies.concat())));
+        assert_eq!(in_sync_replicas(&reply), ["10.0.0.1:6380"]);
     }
 }

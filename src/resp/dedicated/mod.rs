@@ -87,6 +87,9 @@ where
         }
         Err(_) => None,
     };
+    // Subscribed before the connection opens: a switch while it does ends
+    // the session too.
+    let switches = forwarding.backend().switches();
     let opened = forwarding
         .backend()
         .dedicated(slot, protocol == Protocol::Resp3, session.db());
@@ -105,6 +108,7 @@ where
         resp,
         forwarding,
         link,
+        switches,
         state: State::default(),
         out: BytesMut::new(),
     };
@@ -154,6 +158,8 @@ struct Relay<'r, 'c, S, T> {
     resp: &'r Resp<S>,
     forwarding: &'r Forwarding,
     link: Link,
+    /// Told when the primary is replaced: the state on the old one is gone.
+    switches: Option<tokio::sync::watch::Receiver<u64>>,
     state: State,
     /// Requests to write to Redis next.
     out: BytesMut,
@@ -243,6 +249,9 @@ where
                 let message = format!("ERR timed out: no reply from redis within {} (--request-timeout)",
                     humantime::format_duration(self.client.limits().request_timeout));
                 self.lost(&message).await
+            }
+            () = switched(self.switches.as_mut()) => {
+                self.lost("ERR redis primary switched (failover): this connection's state on the old primary is gone").await
             }
             () = stop.cancelled() => Err(Close::Gone),
         }
@@ -348,5 +357,16 @@ where
             }
         }
         out.freeze()
+    }
+}
+
+/// Returns when the primary is replaced; never without `switches`.
+async fn switched(switches: Option<&mut tokio::sync::watch::Receiver<u64>>) {
+    let changed = match switches {
+        Some(switches) => switches.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        std::future::pending::<()>().await;
     }
 }
