@@ -190,6 +190,7 @@ bench: ## Benchmark hits, misses, memory, transparent and cluster modes against 
 	scripts/bench.sh
 	scripts/bench-forward.sh
 	scripts/bench-cluster.sh
+	scripts/bench-sharded.sh
 
 soak: ## Mixed HTTP+RESP load with churn for SOAK_SECONDS (300), sampling RSS and fds
 	scripts/soak.sh
