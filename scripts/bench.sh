@@ -9,6 +9,8 @@
 #     -P 16 against the proxy (all hits), redis-server and nutcracker;
 #   - RESP cached GET through a proxy with 50 cache rules, at -P 1, against the
 #     same proxy without rules;
+#   - RESP cached GET through a proxy with --hot-keys false, at -P 1 and -P 16,
+#     against the same proxy counting hot keys (the default);
 #   - RESP miss path: a proxy with capacity 1 (every GET goes to Redis) against
 #     nutcracker, at -P 1;
 #   - HTTP cached GET: wrk -t1 -c50 against the proxy (all hits), bare hyper and
@@ -97,6 +99,15 @@ rules_pid=$!
 pids+=("$rules_pid")
 wait_port "$rules_port"
 
+# The same proxy without hot-key counting.
+cold_port=$(free_port)
+RUST_LOG=warn "$proxy" "${proxy_threads[@]}" --hot-keys false --redis-url "redis://127.0.0.1:$redis_port" \
+  --http-addr 127.0.0.1:0 --resp-addr "127.0.0.1:$cold_port" --admin-addr 127.0.0.1:0 \
+  --cache-ttl 1h --cache-capacity 100000 > "$dir/proxy-cold.log" 2>&1 &
+cold_pid=$!
+pids+=("$cold_pid")
+wait_port "$cold_port"
+
 miss_port=$(free_port)
 RUST_LOG=warn "$proxy" "${proxy_threads[@]}" --redis-url "redis://127.0.0.1:$redis_port" \
   --http-addr 127.0.0.1:0 --resp-addr "127.0.0.1:$miss_port" --admin-addr 127.0.0.1:0 \
@@ -130,6 +141,7 @@ redis-benchmark -p "$redis_port" -t set -r "$keys" -d "$size" -n 50000 -c 20 -q 
 # Warm the proxies' caches so every measured GET is a hit.
 redis-benchmark -p "$proxy_port" -t get -r "$keys" -n 20000 -c 20 -q > /dev/null 2>&1
 redis-benchmark -p "$rules_port" -t get -r "$keys" -n 20000 -c 20 -q > /dev/null 2>&1
+redis-benchmark -p "$cold_port" -t get -r "$keys" -n 20000 -c 20 -q > /dev/null 2>&1
 
 
 # resp_run TARGET PORT PIPELINE PID -> "rps p50 p99 cpu_us_per_request"
@@ -154,6 +166,7 @@ port_of() {
     nutcracker) echo "$nut_port" ;;
     proxy-misses) echo "$miss_port" ;;
     proxy-rules) echo "$rules_port" ;;
+    proxy-no-hot-keys) echo "$cold_port" ;;
   esac
 }
 pid_of() {
@@ -163,6 +176,7 @@ pid_of() {
     nutcracker) echo "$nut_pid" ;;
     proxy-misses) echo "$miss_pid" ;;
     proxy-rules) echo "$rules_pid" ;;
+    proxy-no-hot-keys) echo "$cold_pid" ;;
   esac
 }
 
@@ -175,6 +189,9 @@ for ((round = 1; round <= rounds; round++)); do
   done
   samples[proxy-misses/1]+="$(resp_run proxy-misses "$miss_port" 1 "$miss_pid")"$'\n'
   samples[proxy-rules/1]+="$(resp_run proxy-rules "$rules_port" 1 "$rules_pid")"$'\n'
+  for pipeline in 1 16; do
+    samples[proxy-no-hot-keys/$pipeline]+="$(resp_run proxy-no-hot-keys "$cold_port" "$pipeline" "$cold_pid")"$'\n'
+  done
 done
 column() { printf '%s' "${samples[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
 
@@ -186,12 +203,13 @@ fi
 printf '\nThreads: %s.\n' "$threads"
 printf '\nCached GET over RESP: redis-benchmark -t get -c %s -r %s -d %s -n %s (x8 at -P 16), median of %s rounds\n\n' \
   "$clients" "$keys" "$size" "$requests" "$rounds"
-printf '%-6s %-16s %12s %9s %9s %13s\n' "-P" "target" "requests/s" "p50 ms" "p99 ms" "CPU us/req"
+printf '%-6s %-18s %12s %9s %9s %13s\n' "-P" "target" "requests/s" "p50 ms" "p99 ms" "CPU us/req"
 declare -A rps cpu
-for row in redis-proxy/1 proxy-rules/1 redis-server/1 nutcracker/1 proxy-misses/1 redis-proxy/16 redis-server/16 nutcracker/16; do
+for row in redis-proxy/1 proxy-rules/1 proxy-no-hot-keys/1 redis-server/1 nutcracker/1 proxy-misses/1 \
+  redis-proxy/16 proxy-no-hot-keys/16 redis-server/16 nutcracker/16; do
   rps[$row]=$(column "$row" 1)
   cpu[$row]=$(column "$row" 4)
-  printf '%-6s %-16s %12s %9s %9s %13s\n' "${row#*/}" "${row%/*}" "${rps[$row]}" \
+  printf '%-6s %-18s %12s %9s %9s %13s\n' "${row#*/}" "${row%/*}" "${rps[$row]}" \
     "$(column "$row" 2)" "$(column "$row" 3)" "${cpu[$row]}"
 done
 
@@ -297,6 +315,8 @@ row "RESP hit -P 1 / redis-server" "$(paired "${samples[redis-proxy/1]}" "${samp
 row "RESP hit -P 16 / redis-server" "$(paired "${samples[redis-proxy/16]}" "${samples[redis-server/16]}" 4)" "<=" 1.2
 row "HTTP hit / bare hyper" "$(paired "${http_samples[proxy]}" "${http_samples[hyper]}" 4)" "<=" 1.15
 row "RESP hit -P 1, 50 cache rules / none" "$(paired "${samples[proxy-rules/1]}" "${samples[redis-proxy/1]}" 4)" "<=" 1.05
+row "RESP hit -P 1, hot keys on / off" "$(paired "${samples[redis-proxy/1]}" "${samples[proxy-no-hot-keys/1]}" 4)" "<=" 1.03
+row "RESP hit -P 16, hot keys on / off" "$(paired "${samples[redis-proxy/16]}" "${samples[proxy-no-hot-keys/16]}" 4)" "<=" 1.03
 row "RESP miss -P 1 / twemproxy" "$(paired "${samples[proxy-misses/1]}" "${samples[nutcracker/1]}" 4)" "<=" 1.0
 row "HTTP hit / webdis" "$(paired "${http_samples[proxy]}" "${http_samples[webdis]}" 4)" "<=" 0.5
 row "RSS per entry / Redis used_memory per key" "$(ratio "$per_entry_proxy" "$per_key_redis")" "<=" 1.0

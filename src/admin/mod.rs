@@ -1,14 +1,19 @@
-//! The admin listener: liveness, readiness and Prometheus metrics.
+//! The admin listener: liveness, readiness, Prometheus metrics, and views of
+//! the proxy's state (see [`views`]).
 //!
 //! ```text
 //! GET /healthz  200 "ok"            while the process serves
 //! GET /readyz   200 "ready"         the backend can serve now
 //!               503 "not ready: …"  otherwise, with the reason
 //! GET /metrics  200 Prometheus text exposition
+//! GET /hotkeys, /bigkeys, /stats, /config (JSON), / (the dashboard)
 //! ```
 //!
 //! The router knows neither the backend nor the metrics recorder: it is given a
-//! readiness check and a renderer, so that it can be tested, and reused, alone.
+//! readiness check, a renderer and the views' sources, so that it can be
+//! tested, and reused, alone.
+
+pub(crate) mod views;
 
 use std::sync::Arc;
 
@@ -35,12 +40,20 @@ struct AdminState {
 }
 
 /// The admin router.
-pub(crate) fn router(ready: ReadinessCheck, render: Render) -> Router {
+pub(crate) fn router(ready: ReadinessCheck, render: Render, views: views::Views) -> Router {
+    let views = Router::new()
+        .route("/", get(views::dashboard))
+        .route("/hotkeys", get(views::hotkeys))
+        .route("/bigkeys", get(views::bigkeys))
+        .route("/stats", get(views::stats))
+        .route("/config", get(views::config))
+        .with_state(views);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(AdminState { ready, render })
+        .merge(views)
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
@@ -72,6 +85,8 @@ pub(crate) struct Gauges {
     pub(crate) in_flight: Slots,
     /// Connection slots per listener name.
     pub(crate) connections: Vec<(&'static str, Slots)>,
+    /// The backend, whose nodes' figures are published.
+    pub(crate) backend: crate::backend::Backend,
 }
 
 impl Gauges {
@@ -84,6 +99,15 @@ impl Gauges {
         metrics::counter!("redis_proxy_cache_evictions_total").absolute(stats.evictions);
         metrics::counter!("redis_proxy_cache_expirations_total").absolute(stats.expirations);
         metrics::gauge!("redis_proxy_cache_entries").set(self.cache.len() as f64);
+        metrics::gauge!("redis_proxy_cache_bytes").set(self.cache.bytes() as f64);
+        for node in self.backend.node_states() {
+            let up = if node.state == "up" { 1.0 } else { 0.0 };
+            metrics::gauge!("redis_proxy_backend_node_up", "node" => node.addr.clone()).set(up);
+            metrics::gauge!("redis_proxy_backend_node_in_flight", "node" => node.addr.clone())
+                .set(node.in_flight as f64);
+            metrics::counter!("redis_proxy_backend_node_errors_total", "node" => node.addr)
+                .absolute(node.errors);
+        }
         metrics::gauge!("redis_proxy_requests_in_flight").set(self.in_flight.taken() as f64);
         for (protocol, slots) in &self.connections {
             metrics::gauge!("redis_proxy_connections", "protocol" => *protocol)

@@ -62,6 +62,15 @@ pub(crate) struct Backend {
     default_db: i64,
 }
 
+/// One node as `/stats` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NodeState {
+    pub(crate) addr: String,
+    pub(crate) state: &'static str,
+    pub(crate) in_flight: u64,
+    pub(crate) errors: u64,
+}
+
 impl Backend {
     /// A backend over `topology`, whose URL names database `default_db`.
     pub(crate) fn new(topology: Arc<dyn Topology>, default_db: i64) -> Self {
@@ -225,6 +234,31 @@ impl Backend {
     ) -> Result<Link, Error> {
         self.prepared().await?;
         self.topology.primary(slot)?.open(resp3, db).await
+    }
+
+    /// Every primary's state: address, `up`, `short-circuited` or
+    /// `ejected`, requests in flight and failed so far.
+    pub(crate) fn node_states(&self) -> Vec<NodeState> {
+        let serving = self.topology.in_service();
+        self.primaries()
+            .iter()
+            .map(|node| {
+                let (in_flight, errors) = node.load();
+                let state = if !serving.iter().any(|s| Arc::ptr_eq(s, node)) {
+                    "ejected"
+                } else if node.short_circuited().is_some() {
+                    "short-circuited"
+                } else {
+                    "up"
+                };
+                NodeState {
+                    addr: node.addr().to_owned(),
+                    state,
+                    in_flight,
+                    errors,
+                }
+            })
+            .collect()
     }
 
     /// Which nodes are short-circuited now, and why; `None` when none is.

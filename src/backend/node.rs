@@ -2,6 +2,7 @@
 //! worker thread and protocol (see [`super::lane`]), started on first use on
 //! that thread. A topology holds one node (one Redis) or many (a cluster's).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -44,6 +45,30 @@ pub(crate) struct Node {
     counters: Option<Counters>,
     /// Short-circuits the node while it fails.
     circuit: Arc<Circuit>,
+    load: Load,
+}
+
+/// What `/stats` says of a node.
+#[derive(Debug, Default)]
+struct Load {
+    in_flight: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Counts a request in flight until dropped (answered, or given up).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn new(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -70,6 +95,7 @@ impl Node {
             connector,
             options,
             counters,
+            load: Load::default(),
         }
     }
 
@@ -142,13 +168,26 @@ impl Node {
 
     /// [`Node::send`], waiting for the reply.
     pub(crate) async fn exchange(&self, request: Outgoing) -> Result<Frame, Error> {
+        let _in_flight = InFlight::new(&self.load.in_flight);
         let reply = self.send(request).await.unwrap_or(Err(Error::Stopping));
-        if let (Err(error), Some(counters)) = (&reply, &self.counters)
+        if let Err(error) = &reply
             && !matches!(error, Error::Reply(_))
         {
-            counters.errors.increment(1);
+            self.load.errors.fetch_add(1, Ordering::Relaxed);
+            if let Some(counters) = &self.counters {
+                counters.errors.increment(1);
+            }
         }
         reply
+    }
+
+    /// Requests waiting for a reply now, and requests failed so far (error
+    /// replies aside).
+    pub(crate) fn load(&self) -> (u64, u64) {
+        (
+            self.load.in_flight.load(Ordering::Relaxed),
+            self.load.errors.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether the node answers `PING` on the calling thread's lane: a

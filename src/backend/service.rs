@@ -350,7 +350,9 @@ impl RedisService {
     ) -> Result<T, crate::Error> {
         let start = std::time::Instant::now();
         let result = request.await;
-        self.shared.latency.record(start.elapsed().as_secs_f64());
+        let took = start.elapsed();
+        self.shared.latency.record(took.as_secs_f64());
+        crate::metrics::quantiles::MISSES.record(took);
         if matches!(&result, Err(error) if !error.is_wrong_type()) {
             self.shared.errors.increment(1);
         }

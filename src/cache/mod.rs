@@ -22,6 +22,7 @@
 
 mod eviction;
 mod flights;
+mod hot;
 mod lru;
 mod rules;
 mod s3fifo;
@@ -37,6 +38,7 @@ use tokio::time::Instant;
 use crate::lookup::{Key, Lookup, Query, Source};
 
 pub use eviction::{CachePolicy, Stats};
+pub use hot::{HotKey, HotKeys};
 pub use rules::KeyPolicy;
 pub use service::{CacheLayer, CacheService, ResponseFuture};
 
@@ -106,6 +108,10 @@ struct Shared {
     unverified_before: AtomicI64,
     epoch: Instant,
     counters: Counters,
+    /// The most requested keys, unless off.
+    hot: Option<hot::Hot>,
+    /// The largest values stored.
+    big: hot::Big,
 }
 
 /// What the cache counts itself, resolved once when it is built.
@@ -164,9 +170,17 @@ pub struct CacheBuilder {
     max_bytes: usize,
     rules: Rules,
     stale_after: Option<Duration>,
+    hot_keys: Option<Duration>,
 }
 
 impl CacheBuilder {
+    /// Counts the most requested keys over `window` (see
+    /// [`Cache::hot_keys`]); `None` turns it off. On by default, over 60 s.
+    pub fn hot_keys(mut self, window: Option<Duration>) -> Self {
+        self.hot_keys = window;
+        self
+    }
+
     /// Keys held at most (at least 1).
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
@@ -243,6 +257,11 @@ impl CacheBuilder {
                 unverified_before: AtomicI64::new(i64::MIN),
                 epoch: Instant::now(),
                 counters: Counters::new(),
+                hot: self.hot_keys.map(|window| {
+                    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+                    hot::Hot::new(window, threads)
+                }),
+                big: hot::Big::default(),
             }),
         }
     }
@@ -253,6 +272,8 @@ impl Cache {
     pub const DEFAULT_CAPACITY: usize = 10_000;
     /// The TTL unless set: 60 s.
     pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+    /// The hot-key window unless set: 60 s.
+    pub const DEFAULT_HOT_KEYS_WINDOW: Duration = Duration::from_secs(60);
 
     /// An empty exact-LRU cache of `capacity` keys (at least 1) whose entries
     /// live for `ttl`.
@@ -268,6 +289,7 @@ impl Cache {
             max_bytes: usize::MAX,
             rules: Rules::new(KeyPolicy::default()),
             stale_after: None,
+            hot_keys: Some(Self::DEFAULT_HOT_KEYS_WINDOW),
         }
     }
 
@@ -437,8 +459,39 @@ impl Cache {
             self.store().remove(space, name);
             return false;
         };
-        self.store()
-            .insert(space, name, value, lifetime, Instant::now())
+        let stored = self
+            .store()
+            .insert(space, name, value, lifetime, Instant::now());
+        if let (true, Read::Key(key), Some(value)) = (stored, read, value) {
+            self.shared.big.stored(key.db(), key.name(), value.len());
+            if let Some(hot) = &self.shared.hot {
+                hot.sized(key.db(), key.name(), value.len());
+            }
+        }
+        stored
+    }
+
+    /// Counts a request for `read`'s key: answered from the cache with a
+    /// value of `bytes`, or (`None`) not.
+    pub(crate) fn count_request(&self, read: (Option<u16>, &[u8]), bytes: Option<usize>) {
+        if let Some(hot) = &self.shared.hot {
+            hot.record(read.0, read.1, bytes);
+        }
+    }
+
+    /// The `n` most requested keys over the hot-key window, most requested
+    /// first; `None` when hot keys are not counted.
+    pub fn hot_keys(&self, n: usize) -> Option<HotKeys> {
+        self.shared.hot.as_ref().map(|hot| hot.top(n))
+    }
+
+    /// The `n` largest values cached (of the largest stored, those still
+    /// cached), largest first.
+    pub fn big_keys(&self, n: usize) -> Vec<HotKey> {
+        let now = Instant::now();
+        self.shared.big.top(n, |db, name| {
+            self.store().contains(Space::Keys(db), name, now)
+        })
     }
 
     /// How long a read with a stale answer waits for its fetch.
@@ -468,6 +521,9 @@ impl Cache {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            if let Some(hot) = &self.shared.hot {
+                hot.turn_if_due(Instant::now());
+            }
             let reclaimed = self.reclaim_expired();
             if reclaimed > 0 {
                 tracing::debug!(reclaimed, "expired entries reclaimed");

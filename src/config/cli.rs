@@ -89,6 +89,16 @@ pub(crate) struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_max_value_bytes: Option<String>,
 
+    /// Count the most requested keys, for /hotkeys [env: REDIS_PROXY_HOT_KEYS] [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hot_keys: Option<bool>,
+
+    /// The window hot keys are counted over [env: REDIS_PROXY_HOT_KEYS_WINDOW] [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hot_keys_window: Option<String>,
+
     /// Keep entries this long past their TTL to answer reads whose fetch fails; 0s: never [env: REDIS_PROXY_CACHE_STALE_IF_ERROR] [default: 0s]
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -77,6 +77,11 @@ pub struct Config {
     /// Per key pattern, how entries live, overriding the settings above; the
     /// first rule that matches wins (TOML `[[cache_rules]]` only).
     pub cache_rules: Vec<CacheRule>,
+    /// Whether the most requested keys are counted (`/hotkeys`).
+    pub hot_keys: bool,
+    /// The window hot keys are counted over.
+    #[serde(with = "humantime_serde")]
+    pub hot_keys_window: Duration,
     /// Whether Redis tells the proxy when cached keys change.
     pub invalidation: InvalidationMode,
     /// Requests in flight across the whole proxy; beyond it requests are refused.
@@ -183,6 +188,8 @@ impl Default for Config {
             cache_ttl: Duration::from_secs(60),
             cache_capacity: NonZeroUsize::new(10_000).expect("non-zero"),
             cache_policy: CachePolicy::Lru,
+            hot_keys: true,
+            hot_keys_window: Duration::from_secs(60),
             cache_max_bytes: None,
             cache_max_value_bytes: None,
             cache_stale_if_error: Duration::ZERO,
@@ -344,6 +351,8 @@ impl Config {
         "cache_ttl",
         "cache_capacity",
         "cache_policy",
+        "hot_keys",
+        "hot_keys_window",
         "cache_max_bytes",
         "cache_max_value_bytes",
         "cache_stale_if_error",

@@ -36,6 +36,18 @@ impl Config {
         out
     }
 
+    /// The configuration as JSON: every key, passwords (the one in
+    /// `redis_url` too) as `***`, a key left to a default derived at
+    /// startup as what it derives to here.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).expect("a configuration is JSON");
+        value["redis_url"] = self.redis_url.redacted().into();
+        value["cache_max_bytes"] = self.effective_cache_max_bytes().to_string().into();
+        value["cache_max_value_bytes"] = self.effective_cache_max_value_bytes().to_string().into();
+        value["max_parallel"] = self.effective_max_parallel().get().into();
+        value
+    }
+
     /// What an unset key stands for here, as a comment's text; `None` for a
     /// key that is simply off when unset.
     fn derived(&self, key: &str) -> Option<String> {

@@ -19,6 +19,7 @@ impl Config {
             ("client_output_limit", self.client_output_limit.0 == 0),
             ("client_input_limit", self.client_input_limit.0 == 0),
             ("cache_max_bytes", self.cache_max_bytes == Some(ByteSize(0))),
+            ("hot_keys_window", self.hot_keys_window.is_zero()),
         ];
         if let Some((key, _)) = zero.into_iter().find(|(_, zero)| *zero) {
             return Err(Error::Invalid(format!(

@@ -16,7 +16,9 @@
 //! redis_proxy_requests_in_flight                      gauge
 //! redis_proxy_connections{protocol="http|resp|admin"} gauge
 //! redis_proxy_cache_{hits,misses,evictions,expirations}_total
-//! redis_proxy_cache_entries                           gauge
+//! redis_proxy_cache_entries, redis_proxy_cache_bytes   gauge
+//! redis_proxy_backend_node_{up,in_flight}{node}       gauge
+//! redis_proxy_backend_node_errors_total{node}
 //! redis_proxy_stale_served_total{reason="error|revalidate"}, redis_proxy_negative_hits_total
 //! redis_proxy_backend_short_circuited_total{node}
 //! redis_proxy_cache_invalidations_total, redis_proxy_cache_flushes_total
@@ -25,6 +27,8 @@
 //! redis_proxy_auth_failures_total{protocol="http|resp"}
 //! redis_proxy_tls_handshake_failures_total{protocol="http|resp"}
 //! ```
+
+pub(crate) mod quantiles;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -134,6 +138,26 @@ impl Requests {
     /// The handle `protocol`'s front-end counts with.
     pub(crate) fn counting(&self, protocol: Protocol) -> Counting {
         Counting::Cells(self.clone(), protocol)
+    }
+
+    /// The sums so far: per protocol (HTTP, RESP), each outcome by name.
+    pub(crate) fn totals(&self) -> [(&'static str, Vec<(&'static str, u64)>); 2] {
+        [Protocol::Http, Protocol::Resp].map(|protocol| {
+            let sums = OUTCOMES
+                .iter()
+                .enumerate()
+                .map(|(outcome, &name)| {
+                    let sum = self
+                        .inner
+                        .cells
+                        .iter()
+                        .map(|cells| cells.0[protocol as usize][outcome].load(Ordering::Relaxed))
+                        .sum();
+                    (name, sum)
+                })
+                .collect();
+            (protocol.label(), sums)
+        })
     }
 
     /// Hands the sums to the recorder.
@@ -380,6 +404,14 @@ const COUNTERS: &[(&str, &str)] = &[
         "Cluster mode: requests that found a node unreachable.",
     ),
     (
+        "redis_proxy_backend_node_errors_total",
+        "Requests to each backend node that failed (error replies aside).",
+    ),
+    (
+        "redis_proxy_shard_ejections_total",
+        "Sharded mode: servers ejected after failures in a row (shard_auto_eject_hosts).",
+    ),
+    (
         "redis_proxy_cluster_refreshes_total",
         "Cluster mode: slot maps read (CLUSTER SLOTS).",
     ),
@@ -406,6 +438,22 @@ const GAUGES: &[(&str, &str)] = &[
     (
         "redis_proxy_cache_entries",
         "Entries in the cache, expired ones not yet reclaimed included.",
+    ),
+    (
+        "redis_proxy_cache_bytes",
+        "Memory the cache's entries take, as cache_max_bytes bounds it.",
+    ),
+    (
+        "redis_proxy_backend_node_up",
+        "Each backend node: 1 when requests go to it, 0 short-circuited or ejected.",
+    ),
+    (
+        "redis_proxy_backend_node_in_flight",
+        "Requests to each backend node waiting for a reply.",
+    ),
+    (
+        "redis_proxy_shard_ejected",
+        "Sharded mode: 1 while a server is ejected.",
     ),
     (
         "redis_proxy_dedicated_connections",

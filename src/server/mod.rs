@@ -79,6 +79,8 @@ pub struct Proxy {
     tls: Option<Arc<ServerTls>>,
     /// Transparent mode, when on.
     forwarding: Option<Arc<Forwarding>>,
+    /// The configuration as the admin views show it.
+    shown: Arc<std::sync::RwLock<crate::admin::views::Shown>>,
 }
 
 /// Re-reads the listeners' TLS certificate, key and client CA (see
@@ -137,8 +139,10 @@ impl Proxy {
         let forwarding = parts::forwarding(&config, &backend, &cache);
         let stack = parts::stack(&config, backend, cache);
         let [http, resp, admin] = parts::listeners(&config, workers).await?;
+        let shown = Arc::new(std::sync::RwLock::new(parts::shown(&config, None)));
         Ok(Self {
             access: Access::from_config(&config),
+            shown,
             config,
             stack,
             http,

@@ -41,7 +41,8 @@ pub(super) fn cache(config: &Config) -> Cache {
         .policy(config.cache_policy)
         .max_bytes(config.effective_cache_max_bytes().bytes())
         .key_policy(global)
-        .stale_after(stale_after(config.request_timeout));
+        .stale_after(stale_after(config.request_timeout))
+        .hot_keys(config.hot_keys.then_some(config.hot_keys_window));
     for rule in &config.cache_rules {
         let policy = KeyPolicy {
             ttl: rule.ttl.unwrap_or(global.ttl),
@@ -229,4 +230,17 @@ fn invalidation_sink(cache: Cache) -> InvalidationSink {
             cache.unverify();
         }
     })
+}
+
+/// The configuration as the admin views show it, reloaded at `reloaded_at`.
+pub(super) fn shown(
+    config: &Config,
+    reloaded_at: Option<std::time::SystemTime>,
+) -> crate::admin::views::Shown {
+    crate::admin::views::Shown {
+        json: config.to_json(),
+        capacity: config.cache_capacity.get(),
+        max_bytes: config.effective_cache_max_bytes().bytes(),
+        reloaded_at,
+    }
 }

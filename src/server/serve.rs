@@ -153,9 +153,18 @@ fn admin_protocol(proxy: &Proxy, requests: &Requests, health: Health) -> Arc<imp
             ("resp", proxy.resp.slots().clone()),
             ("admin", proxy.admin.slots().clone()),
         ],
+        backend: proxy.stack.backend().backend().clone(),
     };
     let render = proxy.render.clone();
     let backend = proxy.stack.backend().backend().clone();
+    let views = admin::views::Views {
+        cache: proxy.stack.cache().clone(),
+        requests: requests.clone(),
+        backend: backend.clone(),
+        default_db: u16::try_from(proxy.stack.backend().default_db()).unwrap_or(0),
+        config: proxy.shown.clone(),
+        started: std::time::SystemTime::now(),
+    };
     let router = admin::router(
         Arc::new(move || match (backend.short_circuited(), health.check()) {
             (Some(open), Err(reason)) => Err(format!("{open}; {reason}")),
@@ -166,6 +175,7 @@ fn admin_protocol(proxy: &Proxy, requests: &Requests, health: Health) -> Arc<imp
             gauges.publish();
             render()
         }),
+        views,
     );
     Arc::new(Hyper::new(
         "admin",

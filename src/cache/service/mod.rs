@@ -40,6 +40,7 @@ use tower::{Layer, Service};
 use super::flights::{Join, Outcome};
 use super::{Cache, Cached, Read};
 use crate::lookup::{Answer, Command, Error, Key, Lookup, Query, Request, Source};
+use crate::metrics::quantiles;
 use forwarded::Forwarded;
 
 /// Wraps a backend service with a read-through [`Cache`].
@@ -208,9 +209,21 @@ where
     }
 
     fn call(&mut self, key: Key) -> Self::Future {
+        let timed = quantiles::sample_hit().then(std::time::Instant::now);
         match self.cache.lookup_key(&key) {
-            Some(Cached::Fresh(hit)) => ResponseFuture::hit(hit),
-            cached => self.not_fresh(Read::Key(key.clone()), key, cached),
+            Some(Cached::Fresh(hit)) => {
+                if let Some(start) = timed {
+                    quantiles::HITS.record(start.elapsed());
+                }
+                let bytes = hit.value.as_ref().map_or(0, Bytes::len);
+                self.cache
+                    .count_request((key.db(), key.name()), Some(bytes));
+                ResponseFuture::hit(hit)
+            }
+            cached => {
+                self.cache.count_request((key.db(), key.name()), None);
+                self.not_fresh(Read::Key(key.clone()), key, cached)
+            }
         }
     }
 }
