@@ -90,12 +90,14 @@ fn every_relative_link_in_the_readme_and_docs_resolves() {
                 "" => document.clone(),
                 file => document.parent().unwrap().join(file),
             };
-            let Ok(target_text) = std::fs::read_to_string(&target) else {
+            // Read as bytes: a link may name an image.
+            let Ok(target_bytes) = std::fs::read(&target) else {
                 if !target.is_dir() {
                     broken.push(format!("{}: {link} (no such file)", document.display()));
                 }
                 continue;
             };
+            let target_text = String::from_utf8_lossy(&target_bytes);
             if !fragment.is_empty()
                 && target.extension().is_some_and(|ext| ext == "md")
                 && !anchors(&target_text).iter().any(|a| a == fragment)

@@ -62,7 +62,7 @@ fn hot_keys_of_a_zipf_workload_over_both_protocols_are_the_true_top_ten() {
     for i in 0..2000 {
         redis.set(format!("zipf:{i}"), format!("value-{i}"));
     }
-    let proxy = ProxyBuilder::new(&redis.url()).start();
+    let proxy = ProxyBuilder::new(&redis.url()).flag("--hot-keys").start();
     let sequence = zipf(2000, 30_000);
     let mut truth: HashMap<String, u64> = HashMap::new();
     let (mut over_resp, mut over_http) = (Vec::new(), Vec::new());
@@ -132,7 +132,7 @@ fn hot_keys_of_a_zipf_workload_over_both_protocols_are_the_true_top_ten() {
 #[test]
 fn hot_keys_memory_stays_flat_under_200000_distinct_keys() {
     let redis = RedisServer::start();
-    let proxy = ProxyBuilder::new(&redis.url()).start();
+    let proxy = ProxyBuilder::new(&redis.url()).flag("--hot-keys").start();
     let keys = |from: usize, to: usize| -> Vec<String> {
         (from..to)
             .map(|i| format!("distinct-key-with-a-longish-name-{i:08}"))
@@ -153,14 +153,13 @@ fn hot_keys_memory_stays_flat_under_200000_distinct_keys() {
 }
 
 #[test]
-fn hot_keys_can_be_turned_off_and_big_keys_are_the_largest_cached() {
+fn hot_keys_are_off_by_default_and_big_keys_are_the_largest_cached() {
     let redis = RedisServer::start();
     for (key, size) in [("small", 10), ("medium", 1000), ("large", 100_000)] {
         redis.set(key, "x".repeat(size));
     }
     redis.set(b"\xffbinary\n".as_slice(), "x".repeat(5000));
     let proxy = ProxyBuilder::new(&redis.url())
-        .arg("--hot-keys", "false")
         .arg("--cache-capacity", "3")
         .start();
     // The largest first: the least recently used when the fourth comes.
@@ -339,7 +338,7 @@ fn the_dashboard_shows_the_live_figures_in_a_real_browser_and_nothing_from_elsew
     for i in 0..25 {
         redis.set(format!("page:{i}"), "x".repeat(100 * (i + 1)));
     }
-    let proxy = ProxyBuilder::new(&redis.url()).start();
+    let proxy = ProxyBuilder::new(&redis.url()).flag("--hot-keys").start();
     let keys: Vec<String> = (0..25).map(|i| format!("page:{i}")).collect();
     resp_gets(&proxy, &keys);
     resp_gets(&proxy, &vec!["page:7".to_owned(); 400]);

@@ -91,7 +91,7 @@ pub(crate) async fn hotkeys(
         None => json!({
             "window_seconds": 0,
             "keys": [],
-            "disabled": "hot keys are not counted (--hot-keys false)",
+            "disabled": "hot keys are not counted (start with --hot-keys)",
         }),
     };
     json_response(&body)

@@ -510,6 +510,24 @@ mod tests {
         assert_eq!(big.largest.lock().unwrap().0.len(), BIG);
     }
 
+    #[test]
+    #[ignore = "a timing, run by hand: cargo test --release --lib -- --ignored hot_key_cost"]
+    fn hot_key_cost() {
+        let hot = Hot::new(Duration::from_secs(60), 2);
+        let keys: Vec<Vec<u8>> = (0..1000)
+            .map(|i| format!("key:{i:012}").into_bytes())
+            .collect();
+        let start = std::time::Instant::now();
+        let n = 10_000_000;
+        for i in 0..n {
+            hot.record(None, &keys[(i * 7919) % 1000], Some(100));
+        }
+        eprintln!(
+            "{:.1} ns per request",
+            start.elapsed().as_nanos() as f64 / n as f64
+        );
+    }
+
     fn check_heap(summary: &Summary) {
         for (at, counter) in summary.counters.iter().enumerate() {
             if at > 0 {
