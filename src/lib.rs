@@ -64,4 +64,4 @@ pub use config::Config;
 pub use layers::{Stack, StackBuilder};
 pub use lookup::{Cause, Error, Key, Lookup, Source};
 pub use metrics::{BACKEND_DURATION, BACKEND_DURATION_BUCKETS};
-pub use server::{Error as ServeError, Proxy, TlsReloader, run};
+pub use server::{Error as ServeError, Proxy, Reloaded, Reloader, SetLogLevel, TlsReloader, run};

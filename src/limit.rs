@@ -1,5 +1,5 @@
-//! [`Slots`]: a fixed number of places, taken without waiting and given back on
-//! drop. The client limit of the stack and the connection limit of each listener
+//! [`Slots`]: a number of places, taken without waiting and given back on
+//! drop, that a reload may change. The client limit of the stack and the connection limit of each listener
 //! are slots; how many are taken is their gauge, read at scrape time.
 //!
 //! Nothing here waits: a request or a connection that finds every slot taken is
@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// A fixed number of slots shared by every clone.
+/// A number of slots shared by every clone.
 #[derive(Debug, Clone)]
 pub struct Slots {
     inner: Arc<Inner>,
@@ -18,7 +18,7 @@ pub struct Slots {
 
 #[derive(Debug)]
 struct Inner {
-    size: usize,
+    size: AtomicUsize,
     taken: AtomicUsize,
 }
 
@@ -33,7 +33,7 @@ impl Slots {
     pub fn new(size: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
-                size,
+                size: AtomicUsize::new(size),
                 taken: AtomicUsize::new(0),
             }),
         }
@@ -43,8 +43,9 @@ impl Slots {
     pub fn try_take(&self) -> Option<Slot> {
         let taken = &self.inner.taken;
         let mut now = taken.load(Ordering::Relaxed);
+        let size = self.inner.size.load(Ordering::Relaxed);
         loop {
-            if now >= self.inner.size {
+            if now >= size {
                 return None;
             }
             match taken.compare_exchange_weak(now, now + 1, Ordering::Acquire, Ordering::Relaxed) {
@@ -60,7 +61,14 @@ impl Slots {
 
     /// How many slots there are.
     pub fn size(&self) -> usize {
-        self.inner.size
+        self.inner.size.load(Ordering::Relaxed)
+    }
+
+    /// Makes it `size` slots: more are free at once; with fewer, slots
+    /// taken beyond them stay taken until given back, and none is handed
+    /// out until the count is below the new size.
+    pub fn resize(&self, size: usize) {
+        self.inner.size.store(size, Ordering::Relaxed);
     }
 
     /// How many slots are taken now.
@@ -89,6 +97,19 @@ mod tests {
         drop(a);
         assert_eq!(slots.taken(), 1);
         assert!(slots.try_take().is_some(), "a freed slot is taken again");
+    }
+
+    #[test]
+    fn a_resize_applies_to_the_next_take() {
+        let slots = Slots::new(1);
+        let a = slots.try_take().expect("first");
+        slots.resize(2);
+        let b = slots.try_take().expect("a second after growing");
+        slots.resize(1);
+        drop(a);
+        assert!(slots.try_take().is_none(), "still one taken, of one");
+        drop(b);
+        assert!(slots.try_take().is_some());
     }
 
     #[test]

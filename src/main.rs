@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
+    let set_log_level = init_logging(config.log_format, &config.log_level);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -59,7 +59,8 @@ fn main() -> ExitCode {
         };
         let served = match proxy {
             Ok(proxy) => {
-                let _reload = reload_on_sighup(proxy.tls_reloader());
+                let reloader = proxy.reloader().with_log_level(set_log_level);
+                let _reload = reload_on_sighup(proxy.tls_reloader(), reloader);
                 proxy.serve(shutdown).await
             }
             Err(error) => Err(error),
@@ -128,22 +129,57 @@ async fn upkeep(handle: PrometheusHandle) {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Starts logging at `level` (unless `RUST_LOG` is set and not empty);
+/// returns what sets the level again, for a reload.
+fn init_logging(format: LogFormat, level: &str) -> redis_proxy::SetLogLevel {
+    let from_env = std::env::var("RUST_LOG").is_ok_and(|filter| !filter.trim().is_empty());
+    let filter = match from_env {
+        true => EnvFilter::from_default_env(),
+        false => EnvFilter::new(level),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout)
         .with_ansi(std::io::stdout().is_terminal());
+    let set = |reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>| -> redis_proxy::SetLogLevel {
+        std::sync::Arc::new(move |level: &str| {
+            if from_env {
+                return Err("RUST_LOG is set and overrides log_level".to_owned());
+            }
+            reload(EnvFilter::new(level))
+        })
+    };
     match format {
-        LogFormat::Json => builder.json().with_current_span(true).init(),
-        _ => builder.init(),
+        LogFormat::Json => {
+            let builder = builder
+                .json()
+                .with_current_span(true)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            set(Box::new(move |filter| {
+                handle.reload(filter).map_err(|e| e.to_string())
+            }))
+        }
+        _ => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            set(Box::new(move |filter| {
+                handle.reload(filter).map_err(|e| e.to_string())
+            }))
+        }
     }
 }
 
-/// Re-reads the TLS certificate, key and client CA on every SIGHUP, until the
-/// returned task is dropped. Without TLS a SIGHUP is logged and ignored.
+/// On every SIGHUP, until the returned task is dropped: reads the
+/// configuration again and applies it (see `Reloader`), and re-reads the TLS
+/// certificate, key and client CA.
 #[cfg(unix)]
-fn reload_on_sighup(reloader: redis_proxy::TlsReloader) -> Option<AbortOnDropHandle<()>> {
+fn reload_on_sighup(
+    tls: redis_proxy::TlsReloader,
+    reloader: redis_proxy::Reloader,
+) -> Option<AbortOnDropHandle<()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(hangup) => hangup,
@@ -154,11 +190,12 @@ fn reload_on_sighup(reloader: redis_proxy::TlsReloader) -> Option<AbortOnDropHan
     };
     Some(AbortOnDropHandle::new(tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            if !reloader.is_enabled() {
-                tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+            // The same flags and environment as at startup, the file read again.
+            let _ = reloader.reload(Config::from_args());
+            if !tls.is_enabled() {
                 continue;
             }
-            match reloader.reload() {
+            match tls.reload() {
                 Ok(expires) => tracing::info!(
                     expires = expires.as_deref().unwrap_or("unknown"),
                     "SIGHUP: TLS certificate and key reloaded; new connections use them"
@@ -172,7 +209,10 @@ fn reload_on_sighup(reloader: redis_proxy::TlsReloader) -> Option<AbortOnDropHan
 }
 
 #[cfg(not(unix))]
-fn reload_on_sighup(_reloader: redis_proxy::TlsReloader) -> Option<AbortOnDropHandle<()>> {
+fn reload_on_sighup(
+    _tls: redis_proxy::TlsReloader,
+    _reloader: redis_proxy::Reloader,
+) -> Option<AbortOnDropHandle<()>> {
     None
 }
 

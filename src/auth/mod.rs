@@ -18,7 +18,7 @@ mod glob;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::config::{Config, UserConfig};
 
@@ -40,6 +40,9 @@ pub(crate) struct User {
     /// The user's key patterns do not bind its scripts (`scripts = true`).
     scripts: bool,
     channels: Channels,
+    /// Cancelled when a reload removes or disables the user or changes what
+    /// it may do: its connections end, as Redis's `ACL DELUSER` ends them.
+    revoked: tokio_util::sync::CancellationToken,
 }
 
 /// The pub/sub channels a user may subscribe and publish to.
@@ -125,14 +128,22 @@ impl User {
             enabled: true,
             scripts: true,
             channels: Channels::new(&["*".to_owned()]),
+            revoked: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Cancelled when a reload removes or disables the user or changes its
+    /// permissions.
+    pub(crate) fn revoked(&self) -> &tokio_util::sync::CancellationToken {
+        &self.revoked
     }
 }
 
-/// The users, and whether clients must authenticate. Cheap to clone.
+/// The users, and whether clients must authenticate. Cheap to clone; clones
+/// share the users, which a reload replaces ([`Access::reload`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Access {
-    inner: Arc<Inner>,
+    inner: Arc<RwLock<Arc<Inner>>>,
 }
 
 #[derive(Debug)]
@@ -140,6 +151,35 @@ struct Inner {
     users: HashMap<String, Arc<User>>,
     /// The user of every connection when authentication is off.
     anyone: Option<Arc<User>>,
+}
+
+impl Inner {
+    fn open() -> Self {
+        Self {
+            users: HashMap::new(),
+            anyone: Some(Arc::new(User::anyone())),
+        }
+    }
+
+    fn from_config(config: &Config) -> Self {
+        if !config.requires_auth() {
+            return Self::open();
+        }
+        let mut users: HashMap<String, Arc<User>> = config
+            .users
+            .iter()
+            .map(|user| (user.name.clone(), Arc::new(user_from(user))))
+            .collect();
+        if let Some(password) = &config.client_password {
+            let default =
+                User::unrestricted("default".to_owned(), sha256(password.expose().as_bytes()));
+            users.insert(default.name.clone(), Arc::new(default));
+        }
+        Self {
+            users,
+            anyone: None,
+        }
+    }
 }
 
 /// Which front-end a client authenticated through, for logs and metrics.
@@ -160,47 +200,77 @@ impl Front {
 
 impl Access {
     /// No authentication: every client reads every key.
+    #[cfg(test)]
     pub(crate) fn open() -> Self {
+        Self::with(Inner::open())
+    }
+
+    fn with(inner: Inner) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                users: HashMap::new(),
-                anyone: Some(Arc::new(User::anyone())),
-            }),
+            inner: Arc::new(RwLock::new(Arc::new(inner))),
         }
+    }
+
+    fn now(&self) -> Arc<Inner> {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The users `config` names (validated already by `Config::load`).
     pub(crate) fn from_config(config: &Config) -> Self {
-        if !config.requires_auth() {
-            return Self::open();
+        Self::with(Inner::from_config(config))
+    }
+
+    /// The users of `new` from now on, where `old` named those before: a
+    /// user removed, disabled, or whose permissions changed is revoked (its
+    /// connections end); one whose password alone changed keeps its
+    /// connections, and the old password no longer authenticates.
+    pub(crate) fn reload(&self, old: &Config, new: &Config) {
+        let next = Inner::from_config(new);
+        let kept = |name: &str| -> bool {
+            let before = old.users.iter().find(|u| u.name == name);
+            let after = new.users.iter().find(|u| u.name == name);
+            match (before, after) {
+                (Some(before), Some(after)) => {
+                    let permissions =
+                        |u: &UserConfig| (u.keys.clone(), u.enabled, u.scripts, u.channels.clone());
+                    permissions(before) == permissions(after)
+                }
+                // The `client_password` user: kept while there is one.
+                _ => new.client_password.is_some() && new.requires_auth(),
+            }
+        };
+        let mut next = next;
+        let mut current = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        for (name, user) in &current.users {
+            match next.users.get_mut(name) {
+                // The same user: its connections live on, revoked if a later
+                // reload removes it.
+                Some(same) if kept(name) => {
+                    if let Some(same) = Arc::get_mut(same) {
+                        same.revoked = user.revoked.clone();
+                    }
+                }
+                _ => {
+                    tracing::warn!(user = %name, "reload: user removed, disabled or changed; its connections are closed");
+                    user.revoked.cancel();
+                }
+            }
         }
-        let mut users: HashMap<String, Arc<User>> = config
-            .users
-            .iter()
-            .map(|user| (user.name.clone(), Arc::new(user_from(user))))
-            .collect();
-        if let Some(password) = &config.client_password {
-            let default =
-                User::unrestricted("default".to_owned(), sha256(password.expose().as_bytes()));
-            users.insert(default.name.clone(), Arc::new(default));
-        }
-        Self {
-            inner: Arc::new(Inner {
-                users,
-                anyone: None,
-            }),
-        }
+        *current = Arc::new(next);
     }
 
     /// Whether clients must authenticate before they read.
     pub(crate) fn required(&self) -> bool {
-        self.inner.anyone.is_none()
+        self.now().anyone.is_none()
     }
 
     /// The user a new connection starts as: everyone's user when authentication
     /// is off, none (not authenticated) when it is on.
     pub(crate) fn initial(&self) -> Option<Arc<User>> {
-        self.inner.anyone.clone()
+        self.now().anyone.clone()
     }
 
     /// The user `name` when `password` is its password and it is enabled. A
@@ -214,9 +284,10 @@ impl Access {
         password: &[u8],
     ) -> Option<Arc<User>> {
         let given = sha256(password);
+        let inner = self.now();
         let user = std::str::from_utf8(name)
             .ok()
-            .and_then(|name| self.inner.users.get(name));
+            .and_then(|name| inner.users.get(name));
         // The digest is compared whether or not the user exists, so that an
         // unknown name takes as long as a wrong password.
         let stored = user.map_or([0xff; DIGEST], |user| user.password);
@@ -256,6 +327,7 @@ fn user_from(config: &UserConfig) -> User {
         enabled: config.enabled,
         scripts: config.scripts,
         channels,
+        revoked: tokio_util::sync::CancellationToken::new(),
     }
 }
 

@@ -142,6 +142,13 @@ pub(crate) trait Store: Send + Sync + std::fmt::Debug {
     /// Drops every entry.
     fn clear(&self);
 
+    /// Holds at most `capacity` keys and `max_bytes` bytes from now on,
+    /// evicting in the policy's order down to them; `false` when the store
+    /// cannot be resized while it runs.
+    fn resize(&self, _capacity: usize, _max_bytes: usize, _now: Instant) -> bool {
+        false
+    }
+
     /// Removes every entry whose lifetime has ended; returns how many went.
     /// Readers wait for a bounded step of it at most.
     fn reclaim_expired(&self, now: Instant) -> usize;

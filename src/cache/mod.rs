@@ -98,7 +98,8 @@ pub struct Cache {
 struct Shared {
     store: Box<dyn Store>,
     flights: Mutex<Flights>,
-    rules: Rules,
+    /// Replaced whole by a reload; read on every store, not on hits.
+    rules: std::sync::RwLock<Arc<Rules>>,
     /// How long a read with a stale answer to fall back on waits for its
     /// fetch before it takes that answer (`None`: as long as the fetch takes).
     stale_after: Option<Duration>,
@@ -175,7 +176,7 @@ pub struct CacheBuilder {
 
 impl CacheBuilder {
     /// Counts the most requested keys over `window` (see
-    /// [`Cache::hot_keys`]); `None` turns it off. On by default, over 60 s.
+    /// [`Cache::hot_keys`]); `None` (the default) does not.
     pub fn hot_keys(mut self, window: Option<Duration>) -> Self {
         self.hot_keys = window;
         self
@@ -252,7 +253,7 @@ impl CacheBuilder {
             shared: Arc::new(Shared {
                 store,
                 flights: Mutex::default(),
-                rules: self.rules,
+                rules: std::sync::RwLock::new(Arc::new(self.rules)),
                 stale_after: self.stale_after,
                 unverified_before: AtomicI64::new(i64::MIN),
                 epoch: Instant::now(),
@@ -272,8 +273,6 @@ impl Cache {
     pub const DEFAULT_CAPACITY: usize = 10_000;
     /// The TTL unless set: 60 s.
     pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
-    /// The hot-key window unless set: 60 s.
-    pub const DEFAULT_HOT_KEYS_WINDOW: Duration = Duration::from_secs(60);
 
     /// An empty exact-LRU cache of `capacity` keys (at least 1) whose entries
     /// live for `ttl`.
@@ -289,7 +288,7 @@ impl Cache {
             max_bytes: usize::MAX,
             rules: Rules::new(KeyPolicy::default()),
             stale_after: None,
-            hot_keys: Some(Self::DEFAULT_HOT_KEYS_WINDOW),
+            hot_keys: None,
         }
     }
 
@@ -354,7 +353,7 @@ impl Cache {
     /// fetch fails until their window ends; otherwise they are dropped
     /// ([`Cache::flush`]).
     pub fn unverify(&self) {
-        if !self.shared.rules.any_stale() {
+        if !self.rules().any_stale() {
             return self.flush();
         }
         let mut flights = self.flights();
@@ -446,7 +445,7 @@ impl Cache {
     /// stale value never outlives Redis's saying it changed or went away.
     fn store_read(&self, read: &Read, value: Option<&Bytes>) -> bool {
         let (space, name) = read.space_name();
-        let policy = self.shared.rules.policy(read.key_name());
+        let policy = *self.rules().policy(read.key_name());
         let lifetime = match value {
             _ if !policy.cache => None,
             Some(value) if value.len() > policy.max_value_bytes => None,
@@ -492,6 +491,38 @@ impl Cache {
         self.shared.big.top(n, |db, name| {
             self.store().contains(Space::Keys(db), name, now)
         })
+    }
+
+    fn rules(&self) -> Arc<Rules> {
+        self.shared
+            .rules
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// From now on, entries stored live by `global` and `rules` (pattern
+    /// and policy, the first match winning), as [`CacheBuilder::key_policy`]
+    /// and [`CacheBuilder::rule`] set them; entries stored before keep their
+    /// lifetimes.
+    pub fn set_policies(&self, global: KeyPolicy, rules: &[(String, KeyPolicy)]) {
+        let mut new = Rules::new(global);
+        for (pattern, policy) in rules {
+            new.push(pattern, *policy);
+        }
+        *self
+            .shared
+            .rules
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
+    }
+
+    /// Holds at most `capacity` keys and `max_bytes` bytes from now on,
+    /// evicting in policy order down to them; `false` when the policy cannot
+    /// be resized while it runs (S3-FIFO).
+    pub fn resize(&self, capacity: usize, max_bytes: usize) -> bool {
+        self.store()
+            .resize(capacity.max(1), max_bytes, Instant::now())
     }
 
     /// How long a read with a stale answer waits for its fetch.
@@ -555,7 +586,8 @@ impl Cache {
     /// called `name`.
     /// (Zero for a key that is not cached.)
     fn ttl(&self, name: &[u8]) -> Duration {
-        let policy = self.shared.rules.policy(name);
+        let rules = self.rules();
+        let policy = rules.policy(name);
         if policy.cache {
             policy.ttl
         } else {

@@ -110,6 +110,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The shape of log lines.
     pub log_format: LogFormat,
+    /// The lowest level logged: `error`, `warn`, `info`, `debug` or `trace`
+    /// (`RUST_LOG`, when set and not empty, overrides it).
+    pub log_level: String,
     /// Threads that run the proxy's tasks; `None` means one per CPU core.
     pub worker_threads: Option<NonZeroUsize>,
     /// The password of user `default`. When it is set, or `users` are, every
@@ -188,7 +191,7 @@ impl Default for Config {
             cache_ttl: Duration::from_secs(60),
             cache_capacity: NonZeroUsize::new(10_000).expect("non-zero"),
             cache_policy: CachePolicy::Lru,
-            hot_keys: true,
+            hot_keys: false,
             hot_keys_window: Duration::from_secs(60),
             cache_max_bytes: None,
             cache_max_value_bytes: None,
@@ -208,6 +211,7 @@ impl Default for Config {
             redis_connect_timeout: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Pretty,
+            log_level: "info".to_owned(),
             worker_threads: None,
             client_password: None,
             users: Vec::new(),
@@ -370,6 +374,7 @@ impl Config {
         "redis_connect_timeout",
         "shutdown_grace",
         "log_format",
+        "log_level",
         "worker_threads",
         "client_password",
         "tls_cert",

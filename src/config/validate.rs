@@ -27,6 +27,13 @@ impl Config {
                 option_names(key)
             )));
         }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
+            return Err(Error::Invalid(format!(
+                "{}: `{}` is not one of: error, warn, info, debug, trace",
+                option_names("log_level"),
+                self.log_level
+            )));
+        }
         self.validate_listeners()?;
         self.validate_tls()?;
         self.validate_cluster()?;

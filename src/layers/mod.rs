@@ -61,7 +61,7 @@ use crate::lookup::{Answer, Command, Error, Key, Lookup, Query, Request};
 pub use crate::cache::{CacheLayer, CacheService, ResponseFuture as CacheResponseFuture};
 pub use client_limit::{ClientLimit, ClientLimitLayer};
 pub use parallel::{ParallelLimit, ParallelLimitLayer, ResponseFuture as ParallelLimitFuture};
-pub use timeout::{Timeout, TimeoutLayer};
+pub use timeout::{RequestTimeout, Timeout, TimeoutLayer};
 pub use trace::{Answered, Trace, TraceLayer, Traced};
 
 /// Builds a [`Stack`] over a backend: the limits, the timeout and the cache.
@@ -136,12 +136,25 @@ impl<B> StackBuilder<B> {
             _ => ParallelLimitLayer::unlimited(),
         };
         let cache = CacheLayer::new(self.cache.unwrap_or_default()).layer(self.backend);
+        let timeout = TimeoutLayer::new(self.timeout);
+        let limits = Limits {
+            timeout: timeout.timeout().clone(),
+            parallel: parallel.clone(),
+        };
         let inner = TraceLayer.layer(
-            ClientLimitLayer::new(self.client_limit)
-                .layer(TimeoutLayer::new(self.timeout).layer(parallel.layer(cache))),
+            ClientLimitLayer::new(self.client_limit).layer(timeout.layer(parallel.layer(cache))),
         );
-        Stack { inner }
+        Stack { inner, limits }
     }
+}
+
+/// The stack's limits, for a reload to change while requests run: the
+/// client limit ([`Stack::client_slots`]), the parallel limit and the
+/// timeout apply to the requests that arrive after the change.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    timeout: RequestTimeout,
+    parallel: ParallelLimitLayer,
 }
 
 /// The request stack over a backend `B`: what both front-ends call, one key at a
@@ -151,6 +164,7 @@ impl<B> StackBuilder<B> {
 #[derive(Debug, Clone)]
 pub struct Stack<B> {
     inner: Inner<B>,
+    limits: Limits,
 }
 
 /// The layers, outermost first.
@@ -170,6 +184,16 @@ impl<B> Stack<B> {
     /// The client slots, for the in-flight gauge read at scrape time.
     pub(crate) fn client_slots(&self) -> &crate::limit::Slots {
         self.inner.get_ref().slots()
+    }
+
+    /// Sets the limits as `client`, `parallel` (`None`: none below the
+    /// client limit) and `timeout` say, for the requests that come next.
+    pub(crate) fn set_limits(&self, client: usize, parallel: Option<usize>, timeout: Duration) {
+        self.client_slots().resize(client);
+        self.limits
+            .parallel
+            .set(parallel.filter(|&parallel| parallel < client));
+        self.limits.timeout.set(timeout);
     }
 
     /// The backend service.

@@ -9,12 +9,14 @@
 //!
 //! A limit at least as high as the client limit above it can never bind, so the
 //! stack builds it [`unlimited`](ParallelLimitLayer::unlimited): no semaphore to
-//! take and release on every request.
+//! take and release on every request. A reload may set or change the limit
+//! ([`ParallelLimitLayer::set`]) while requests run.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -27,21 +29,74 @@ use tower::{Layer, Service};
 /// many routes, connections or protocols use them.
 #[derive(Debug, Clone)]
 pub struct ParallelLimitLayer {
-    semaphore: Option<Arc<Semaphore>>,
+    limit: Arc<Limit>,
+}
+
+/// The limit every service of one layer shares.
+#[derive(Debug)]
+struct Limit {
+    /// Whether requests take a permit.
+    bound: AtomicBool,
+    semaphore: Arc<Semaphore>,
+    /// The permits the semaphore is sized to: free and held.
+    permits: Mutex<usize>,
 }
 
 impl ParallelLimitLayer {
     /// A limit of `limit` requests at once; `1` processes requests one at a time.
     pub fn new(limit: usize) -> Self {
-        Self {
-            semaphore: Some(Arc::new(Semaphore::new(limit))),
-        }
+        Self::with(Some(limit))
     }
 
     /// No limit: every request runs at once (for when a limit above already
     /// bounds the requests in flight).
     pub fn unlimited() -> Self {
-        Self { semaphore: None }
+        Self::with(None)
+    }
+
+    fn with(limit: Option<usize>) -> Self {
+        let permits = limit.unwrap_or(0);
+        Self {
+            limit: Arc::new(Limit {
+                bound: AtomicBool::new(limit.is_some()),
+                semaphore: Arc::new(Semaphore::new(permits)),
+                permits: Mutex::new(permits),
+            }),
+        }
+    }
+
+    /// Makes it a limit of `limit` requests at once (`None`: none), for the
+    /// requests that arrive from now on; those running keep their permits.
+    /// Fewer permits take effect as running requests give theirs back.
+    pub fn set(&self, limit: Option<usize>) {
+        let limit_state = &self.limit;
+        let mut permits = limit_state
+            .permits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Unbound, the semaphore keeps enough permits for any request still
+        // queued on it to go.
+        let wanted = limit.unwrap_or(Semaphore::MAX_PERMITS >> 4);
+        if wanted > *permits {
+            limit_state.semaphore.add_permits(wanted - *permits);
+        } else if wanted < *permits {
+            let excess = *permits - wanted;
+            let forgotten = limit_state.semaphore.forget_permits(excess);
+            if forgotten < excess
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                // Held now: forgotten as their holders give them back.
+                let semaphore = limit_state.semaphore.clone();
+                let rest = u32::try_from(excess - forgotten).unwrap_or(u32::MAX);
+                runtime.spawn(async move {
+                    if let Ok(permits) = semaphore.acquire_many_owned(rest).await {
+                        permits.forget();
+                    }
+                });
+            }
+        }
+        *permits = wanted;
+        limit_state.bound.store(limit.is_some(), Ordering::Release);
     }
 }
 
@@ -51,7 +106,7 @@ impl<S> Layer<S> for ParallelLimitLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ParallelLimit {
             inner,
-            semaphore: self.semaphore.clone(),
+            limit: self.limit.clone(),
         }
     }
 }
@@ -60,7 +115,7 @@ impl<S> Layer<S> for ParallelLimitLayer {
 #[derive(Debug, Clone)]
 pub struct ParallelLimit<S> {
     inner: S,
-    semaphore: Option<Arc<Semaphore>>,
+    limit: Arc<Limit>,
 }
 
 impl<S> ParallelLimit<S> {
@@ -83,14 +138,15 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let Some(semaphore) = &self.semaphore else {
+        let semaphore = &self.limit.semaphore;
+        if !self.limit.bound.load(Ordering::Acquire) {
             return ResponseFuture {
                 state: State::Running {
                     future: self.inner.call(request),
                     permit: None,
                 },
             };
-        };
+        }
         // Fast path: a free permit (none can be free while others queue, since the
         // semaphore hands released permits to waiters first).
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
@@ -212,8 +268,12 @@ mod tests {
     }
 
     async fn peak_with_limit(limit: usize, requests: u32) -> usize {
+        peak_of(&ParallelLimitLayer::new(limit), requests).await
+    }
+
+    async fn peak_of(layer: &ParallelLimitLayer, requests: u32) -> usize {
         let probe = Probe::default();
-        let svc = ParallelLimitLayer::new(limit).layer(probe.clone());
+        let svc = layer.layer(probe.clone());
         let handles: Vec<_> = (0..requests)
             .map(|n| tokio::spawn(svc.clone().oneshot(n)))
             .collect();
@@ -235,6 +295,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn limit_of_four_runs_four_at_a_time() {
         assert_eq!(peak_with_limit(4, 20).await, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_set_while_it_runs_applies_to_what_comes_next() {
+        let layer = ParallelLimitLayer::unlimited();
+        assert_eq!(peak_of(&layer, 20).await, 20);
+        layer.set(Some(3));
+        assert_eq!(peak_of(&layer, 20).await, 3);
+        layer.set(Some(5));
+        assert_eq!(peak_of(&layer, 20).await, 5);
+        layer.set(Some(2));
+        assert_eq!(peak_of(&layer, 20).await, 2);
+        layer.set(None);
+        assert_eq!(peak_of(&layer, 20).await, 20);
     }
 
     #[tokio::test]

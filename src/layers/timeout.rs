@@ -10,6 +10,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -20,16 +22,48 @@ use tower::{Layer, Service};
 use crate::lookup::Error;
 
 /// Fails requests not answered within `timeout`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TimeoutLayer {
-    timeout: Duration,
+    timeout: RequestTimeout,
 }
 
 impl TimeoutLayer {
     /// A bound of `timeout` on every request.
     pub fn new(timeout: Duration) -> Self {
-        Self { timeout }
+        Self {
+            timeout: RequestTimeout::new(timeout),
+        }
     }
+
+    /// The bound, shared by every service this layer makes: setting it
+    /// applies to the requests that start after.
+    pub fn timeout(&self) -> &RequestTimeout {
+        &self.timeout
+    }
+}
+
+/// A request timeout that can be changed while requests run (a reload).
+#[derive(Debug, Clone)]
+pub struct RequestTimeout(Arc<AtomicU64>);
+
+impl RequestTimeout {
+    fn new(timeout: Duration) -> Self {
+        Self(Arc::new(AtomicU64::new(nanos(timeout))))
+    }
+
+    /// The bound now.
+    pub fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Requests that start from now on are bound by `timeout`.
+    pub fn set(&self, timeout: Duration) {
+        self.0.store(nanos(timeout), Ordering::Relaxed);
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl<S> Layer<S> for TimeoutLayer {
@@ -38,7 +72,7 @@ impl<S> Layer<S> for TimeoutLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Timeout {
             inner,
-            timeout: self.timeout,
+            timeout: self.timeout.clone(),
         }
     }
 }
@@ -47,7 +81,7 @@ impl<S> Layer<S> for TimeoutLayer {
 #[derive(Debug, Clone)]
 pub struct Timeout<S> {
     inner: S,
-    timeout: Duration,
+    timeout: RequestTimeout,
 }
 
 impl<S> Timeout<S> {
@@ -74,7 +108,7 @@ where
         ResponseFuture {
             inner: self.inner.call(request),
             sleep: None,
-            timeout: self.timeout,
+            timeout: self.timeout.get(),
         }
     }
 }

@@ -404,6 +404,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "Cluster mode: requests that found a node unreachable.",
     ),
     (
+        "redis_proxy_config_reloads_total",
+        "Configuration reloads (SIGHUP), by result: ok or error.",
+    ),
+    (
         "redis_proxy_backend_node_errors_total",
         "Requests to each backend node that failed (error replies aside).",
     ),
@@ -438,6 +442,10 @@ const GAUGES: &[(&str, &str)] = &[
     (
         "redis_proxy_cache_entries",
         "Entries in the cache, expired ones not yet reclaimed included.",
+    ),
+    (
+        "redis_proxy_config_last_reload_success_timestamp_seconds",
+        "When the configuration was last reloaded and applied, in Unix seconds.",
     ),
     (
         "redis_proxy_cache_bytes",

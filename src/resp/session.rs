@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 
 use super::command::{self, Command, Credentials, SUPPORTED, Spec, printable};
 use super::{Databases, Resp};
@@ -58,6 +59,9 @@ pub(super) struct Session {
     started: Instant,
     /// Who the client is: `None` until it authenticates, when it must.
     user: Option<Arc<User>>,
+    /// Cancelled to end the connection: when its user is revoked by a
+    /// reload, or once it ends.
+    closing: CancellationToken,
 }
 
 /// The reply to a command sent before authenticating.
@@ -71,9 +75,9 @@ impl Session {
     /// A new connection's session, as `user` (`None`: not authenticated yet).
     pub(super) fn new(
         id: u64,
-        peer: SocketAddr,
-        local: SocketAddr,
+        (peer, local): (SocketAddr, SocketAddr),
         user: Option<Arc<User>>,
+        closing: CancellationToken,
     ) -> Self {
         Self {
             id,
@@ -85,6 +89,7 @@ impl Session {
             library: (None, None),
             started: Instant::now(),
             user,
+            closing,
         }
     }
 
@@ -252,6 +257,14 @@ impl Session {
             &credentials.password,
         ) {
             Some(user) => {
+                // A reload that revokes the user ends the connection.
+                let (revoked, closing) = (user.revoked().clone(), self.closing.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = revoked.cancelled() => closing.cancel(),
+                        () = closing.cancelled() => {}
+                    }
+                });
                 self.user = Some(user);
                 Reply::OK
             }

@@ -7,8 +7,11 @@
 //! cache → backend).
 
 mod parts;
+mod reload;
 mod serve;
 mod startup;
+
+pub use reload::{Reloaded, Reloader, SetLogLevel};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -153,6 +156,19 @@ impl Proxy {
             tls,
             forwarding,
         })
+    }
+
+    /// A handle that applies a configuration read again (see
+    /// [`Reloader::reload`]) to this proxy while it serves: the binary's
+    /// SIGHUP.
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(
+            self.config.clone(),
+            self.stack.cache().clone(),
+            self.stack.clone(),
+            self.access.clone(),
+            self.shown.clone(),
+        )
     }
 
     /// A handle that re-reads the listeners' TLS files, for a reload signal

@@ -27,7 +27,9 @@ pub(super) fn worker_count(config: &Config) -> usize {
 }
 
 /// An empty cache as configured.
-pub(super) fn cache(config: &Config) -> Cache {
+/// How entries live: the global policy, and each rule's pattern and policy
+/// (a rule's unset settings the global ones).
+pub(super) fn policies(config: &Config) -> (KeyPolicy, Vec<(String, KeyPolicy)>) {
     let global = KeyPolicy {
         ttl: config.cache_ttl,
         negative_ttl: config.cache_negative_ttl,
@@ -36,6 +38,28 @@ pub(super) fn cache(config: &Config) -> Cache {
         cache: true,
         max_value_bytes: config.effective_cache_max_value_bytes().bytes(),
     };
+    let rules = (config.cache_rules.iter())
+        .map(|rule| {
+            let policy = KeyPolicy {
+                ttl: rule.ttl.unwrap_or(global.ttl),
+                negative_ttl: rule.negative_ttl.unwrap_or(global.negative_ttl),
+                stale_if_error: rule.stale_if_error.unwrap_or(global.stale_if_error),
+                stale_while_revalidate: rule
+                    .stale_while_revalidate
+                    .unwrap_or(global.stale_while_revalidate),
+                cache: rule.cache,
+                max_value_bytes: rule
+                    .max_value_bytes
+                    .map_or(global.max_value_bytes, |bytes| bytes.bytes()),
+            };
+            (rule.pattern.clone(), policy)
+        })
+        .collect();
+    (global, rules)
+}
+
+pub(super) fn cache(config: &Config) -> Cache {
+    let (global, rules) = policies(config);
     let mut builder = Cache::builder()
         .capacity(config.cache_capacity.get())
         .policy(config.cache_policy)
@@ -43,20 +67,8 @@ pub(super) fn cache(config: &Config) -> Cache {
         .key_policy(global)
         .stale_after(stale_after(config.request_timeout))
         .hot_keys(config.hot_keys.then_some(config.hot_keys_window));
-    for rule in &config.cache_rules {
-        let policy = KeyPolicy {
-            ttl: rule.ttl.unwrap_or(global.ttl),
-            negative_ttl: rule.negative_ttl.unwrap_or(global.negative_ttl),
-            stale_if_error: rule.stale_if_error.unwrap_or(global.stale_if_error),
-            stale_while_revalidate: rule
-                .stale_while_revalidate
-                .unwrap_or(global.stale_while_revalidate),
-            cache: rule.cache,
-            max_value_bytes: rule
-                .max_value_bytes
-                .map_or(global.max_value_bytes, |bytes| bytes.bytes()),
-        };
-        builder = builder.rule(&rule.pattern, policy);
+    for (pattern, policy) in &rules {
+        builder = builder.rule(pattern, *policy);
     }
     builder.build()
 }

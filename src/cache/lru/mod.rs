@@ -488,6 +488,20 @@ impl Lru {
         }
     }
 
+    /// Holds at most `capacity` keys and `max_bytes` bytes from now on:
+    /// expired entries go first, then the least recently used, down to
+    /// both. O(entries evicted).
+    pub(crate) fn resize(&mut self, capacity: usize, max_bytes: usize, now: Instant) {
+        self.capacity = capacity.clamp(1, MAX_SLOTS);
+        self.max_bytes = max_bytes;
+        let now = self.offset(now);
+        while self.index.len() > self.capacity
+            || (self.bytes > self.max_bytes && !self.index.is_empty())
+        {
+            self.make_room(now);
+        }
+    }
+
     /// Drops every entry (a flush).
     pub(crate) fn clear(&mut self) {
         self.index.clear();

@@ -187,6 +187,11 @@ impl Store for SharedLru {
         self.write(Lru::clear);
     }
 
+    fn resize(&self, capacity: usize, max_bytes: usize, now: Instant) -> bool {
+        self.write(|core| core.resize(capacity, max_bytes, now));
+        true
+    }
+
     /// In steps of [`RECLAIM_STEP`] entries, so readers wait for one step at
     /// most.
     fn reclaim_expired(&self, now: Instant) -> usize {

@@ -54,15 +54,18 @@ pub(super) async fn serve<S, T>(
     S::Future: Send,
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    // The connection's own: it ends at shutdown, or when a reload revokes
+    // its user.
+    let stop = stop.child_token();
     let mut connection = Connection {
         client: Client::new(stream, resp.limits, &resp.input),
         resp,
         stack: resp.stack.clone(),
         session: Session::new(
             resp.next_id.fetch_add(1, Ordering::Relaxed),
-            peer,
-            local,
+            (peer, local),
             resp.access.initial(),
+            stop.clone(),
         ),
         planned: VecDeque::new(),
         lookups: Lookups::default(),
@@ -71,6 +74,7 @@ pub(super) async fn serve<S, T>(
         dedicate: None,
     };
     let close = connection.run(&stop).await;
+    stop.cancel();
     let protocol = connection.session.protocol;
     connection.client.close(close, protocol).await;
 }
