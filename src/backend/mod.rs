@@ -95,6 +95,14 @@ impl Backend {
         self.topology.spreads_keys()
     }
 
+    /// The address of the node a keyless command goes to, once one is known.
+    pub(crate) fn any_node(&self) -> Option<String> {
+        self.topology
+            .primary(None)
+            .ok()
+            .map(|node| node.addr().to_owned())
+    }
+
     /// Whether commands whose keys are on several nodes are split by node.
     pub(crate) fn splits_commands(&self) -> bool {
         self.topology.splits_commands()

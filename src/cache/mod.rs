@@ -121,6 +121,8 @@ struct Counters {
     negative_hits: metrics::Counter,
     stale_on_error: metrics::Counter,
     stale_revalidating: metrics::Counter,
+    /// Stale answers served, for `INFO`'s proxy section.
+    stale: std::sync::atomic::AtomicU64,
 }
 
 impl Counters {
@@ -130,7 +132,13 @@ impl Counters {
             negative_hits: metrics::counter!("redis_proxy_negative_hits_total"),
             stale_on_error: stale("error"),
             stale_revalidating: stale("revalidate"),
+            stale: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    fn served_stale(&self, counter: &metrics::Counter) {
+        counter.increment(1);
+        self.stale.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -560,6 +568,12 @@ impl Cache {
                 tracing::debug!(reclaimed, "expired entries reclaimed");
             }
         }
+    }
+
+    /// Stale answers served so far (past their TTL, while refreshed or when
+    /// the fetch failed).
+    pub fn stale_served(&self) -> u64 {
+        self.shared.counters.stale.load(Ordering::Relaxed)
     }
 
     /// Entries stored, counting expired ones not yet reclaimed.

@@ -57,6 +57,9 @@ pub struct Credentials {
     pub user: Bytes,
     /// The password.
     pub password: Bytes,
+    /// Whether the client named the user (`AUTH user password`) or not
+    /// (`AUTH password`, the user `default`).
+    pub named: bool,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -271,8 +274,13 @@ impl Command {
             Kind::Auth if n > 3 => Command::Refused(Reply::error("ERR syntax error")),
             Kind::Auth => {
                 let password = args.pop().expect("arity -2");
+                let named = !args.is_empty();
                 let user = args.pop().unwrap_or_else(|| Bytes::from_static(b"default"));
-                Command::Auth(Credentials { user, password })
+                Command::Auth(Credentials {
+                    user,
+                    password,
+                    named,
+                })
             }
             Kind::Select => Command::Select(first(args).expect("arity 2")),
             Kind::Client => Command::Client(args),
@@ -295,7 +303,13 @@ fn parse_hello(args: Vec<Bytes>) -> Command {
     while let Some(option) = args.next() {
         match &option.to_ascii_lowercase()[..] {
             b"auth" => match (args.next(), args.next()) {
-                (Some(user), Some(password)) => auth = Some(Credentials { user, password }),
+                (Some(user), Some(password)) => {
+                    auth = Some(Credentials {
+                        user,
+                        password,
+                        named: true,
+                    })
+                }
                 _ => {
                     return Command::Refused(Reply::error(
                         "ERR Syntax error in HELLO option 'auth'",
@@ -443,6 +457,7 @@ mod tests {
             Command::Hello {
                 protover: Some(Bytes::from("3")),
                 auth: Some(Credentials {
+                    named: true,
                     user: Bytes::from("u"),
                     password: Bytes::from("p"),
                 }),

@@ -29,6 +29,16 @@ pub(super) struct Sources {
     pub(super) stats: Arc<Stats>,
     pub(super) port: u16,
     pub(super) started: Instant,
+    /// The proxy section's counts when `CONFIG RESETSTAT` last ran.
+    pub(super) baseline: std::sync::Mutex<Counts>,
+}
+
+/// What `CONFIG RESETSTAT` resets: hits, misses, stale answers.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Counts {
+    hits: u64,
+    misses: u64,
+    stale: u64,
 }
 
 impl Sources {
@@ -98,6 +108,54 @@ impl Sources {
         section("Replication", &[("role", &"master")]);
         out
     }
+
+    fn counts(&self) -> Counts {
+        let stats = self.cache.stats();
+        Counts {
+            hits: stats.hits,
+            misses: stats.misses,
+            stale: self.cache.stale_served(),
+        }
+    }
+
+    /// `CONFIG RESETSTAT`: the proxy section counts from zero again.
+    pub(super) fn reset(&self) {
+        *self
+            .baseline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = self.counts();
+    }
+
+    /// Transparent mode's `# Proxy` section, appended to Redis's own `INFO`
+    /// (which `from`, a node's address, answered): the proxy's version,
+    /// uptime, clients and cache, its field names prefixed `proxy_` so that
+    /// none shadows one of Redis's.
+    pub(super) fn proxy_section(&self, from: Option<&str>) -> String {
+        let now = self.counts();
+        let base = *self
+            .baseline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = String::from("# Proxy\r\n");
+        let mut line = |key: &str, value: &dyn std::fmt::Display| {
+            let _ = write!(out, "{key}:{value}\r\n");
+        };
+        line("proxy_version", &env!("CARGO_PKG_VERSION"));
+        line("proxy_uptime_in_seconds", &self.started.elapsed().as_secs());
+        line("proxy_connected_clients", &self.slots.taken());
+        line("proxy_cache_entries", &self.cache.len());
+        line("proxy_cache_bytes", &self.cache.bytes());
+        line("proxy_cache_hits", &now.hits.saturating_sub(base.hits));
+        line(
+            "proxy_cache_misses",
+            &now.misses.saturating_sub(base.misses),
+        );
+        line("proxy_stale_served", &now.stale.saturating_sub(base.stale));
+        if let Some(from) = from {
+            line("proxy_info_from", &from);
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -112,6 +170,7 @@ mod tests {
             stats: Arc::default(),
             port: 6380,
             started: Instant::now(),
+            baseline: std::sync::Mutex::default(),
         }
     }
 
@@ -129,6 +188,29 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} missing:\n{text}");
         }
+    }
+
+    #[test]
+    fn the_proxy_section_counts_from_the_last_resetstat() {
+        let sources = sources();
+        let key = crate::lookup::Key::from("k");
+        sources.cache.insert(&key, &Bytes::from("v"));
+        sources.cache.get(&key);
+        let text = sources.proxy_section(Some("127.0.0.1:7000"));
+        assert!(text.starts_with("# Proxy\r\nproxy_version:"), "{text}");
+        for line in [
+            "proxy_cache_entries:1\r\n",
+            "proxy_cache_hits:1\r\n",
+            "proxy_info_from:127.0.0.1:7000\r\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
+        sources.reset();
+        assert!(
+            sources
+                .proxy_section(None)
+                .contains("proxy_cache_hits:0\r\n")
+        );
     }
 
     #[test]

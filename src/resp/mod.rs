@@ -214,6 +214,7 @@ impl<S> Resp<S> {
                 stats,
                 port: settings.port,
                 started: Instant::now(),
+                baseline: std::sync::Mutex::default(),
             },
             next_id: AtomicU64::new(1),
             access: settings.access,

@@ -42,6 +42,12 @@ pub(super) enum Planned {
     /// a blocking read): it and what follows go to a connection of this
     /// client's own.
     Dedicate(Vec<Bytes>),
+    /// Transparent mode: `INFO`, Redis's reply with this text (the proxy's
+    /// section) appended.
+    RelayAppended(String),
+    /// Transparent mode without proxy users: `AUTH`, answered by Redis on a
+    /// connection of its own.
+    Auth(Credentials),
 }
 
 /// What one connection knows about itself.
@@ -128,6 +134,9 @@ impl Session {
                 auth,
                 setname,
             } => self.hello(protover, auth, setname, resp),
+            Command::Auth(credentials) if resp.forwarding.is_some() && !resp.access.required() => {
+                return Planned::Auth(credentials);
+            }
             Command::Auth(credentials) => self.auth(&credentials, resp),
             Command::Select(index) => match resp.databases.parse(&index) {
                 Ok(db) => match resp.databases.known(db) {
@@ -142,11 +151,53 @@ impl Session {
             },
             Command::Client(args) => self.client(args, &resp.databases),
             Command::Describe(args) => command_info(args),
+            Command::Info(sections) if resp.forwarding.is_some() => {
+                return self.forward_info(sections, requests, resp);
+            }
             Command::Info(sections) => Reply::text(resp.info.text(&sections)),
             Command::Refused(reply) => reply,
             Command::Forward(args) => return self.forward(args, requests, resp),
         };
         Planned::Reply(reply, self.protocol)
+    }
+
+    /// Transparent mode's `INFO`: Redis's own, from the node that serves no
+    /// key in particular, with the proxy's section appended; `INFO proxy`
+    /// is that section alone.
+    fn forward_info<S>(
+        &mut self,
+        sections: Vec<Bytes>,
+        requests: &mut VecDeque<Request>,
+        resp: &Resp<S>,
+    ) -> Planned {
+        let is = |section: &Bytes, names: &[&str]| {
+            names
+                .iter()
+                .any(|name| section.eq_ignore_ascii_case(name.as_bytes()))
+        };
+        let with_proxy = sections.is_empty()
+            || sections
+                .iter()
+                .any(|s| is(s, &["proxy", "all", "everything", "default"]));
+        let others: Vec<Bytes> = (sections.iter())
+            .filter(|s| !is(s, &["proxy"]))
+            .cloned()
+            .collect();
+        let from =
+            (resp.forwarding.as_ref()).and_then(|forwarding| forwarding.backend().any_node());
+        if !sections.is_empty() && others.is_empty() {
+            let section = resp.info.proxy_section(from.as_deref());
+            return Planned::Reply(Reply::text(section), self.protocol);
+        }
+        let args = std::iter::once(Bytes::from_static(b"INFO"))
+            .chain(others)
+            .collect();
+        match self.forward(args, requests, resp) {
+            Planned::Relay if with_proxy => {
+                Planned::RelayAppended(resp.info.proxy_section(from.as_deref()))
+            }
+            planned => planned,
+        }
     }
 
     /// Transparent mode: where a command for the backend goes.
@@ -194,6 +245,13 @@ impl Session {
             .table()
             .is_some_and(|table| table.get(&args[0]).is_some());
         crate::metrics::record_forwarded(&args[0], known, path);
+        let resetstat = args.len() == 2
+            && args[0].eq_ignore_ascii_case(b"config")
+            && args[1].eq_ignore_ascii_case(b"resetstat");
+        if resetstat && matches!(route, Route::Forward { .. }) {
+            // Redis's counters, and the proxy's in INFO, from zero again.
+            resp.info.reset();
+        }
         match route {
             Route::Refuse(error) => Planned::Reply(Reply::error(error), self.protocol),
             Route::Dedicate => Planned::Dedicate(args),

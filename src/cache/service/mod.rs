@@ -137,7 +137,8 @@ impl<S> CacheService<S> {
             Some(Cached::Fresh(hit)) => ResponseFuture::hit(hit),
             Some(Cached::Revalidate(stale)) => {
                 self.refresh(read, request);
-                self.cache.counters().stale_revalidating.increment(1);
+                let counters = self.cache.counters();
+                counters.served_stale(&counters.stale_revalidating);
                 ResponseFuture::hit(stale)
             }
             Some(Cached::IfError(stale)) => {
@@ -187,7 +188,8 @@ async fn or_stale(miss: ResponseFuture, stale: Lookup, cache: Cache) -> Result<L
     match outcome {
         Err(error) if error.is_backend_failure() => {
             tracing::debug!(%error, "answered from a stale entry");
-            cache.counters().stale_on_error.increment(1);
+            let counters = cache.counters();
+            counters.served_stale(&counters.stale_on_error);
             Ok(stale)
         }
         outcome => outcome,

@@ -175,3 +175,25 @@ pub(super) fn relayed(result: Result<Answer, Error>, protocol: Protocol, output:
         Err(error) => error_reply(&error).encode(protocol, output),
     }
 }
+
+/// `reply`, a bulk or verbatim string (`INFO`'s), with `text` appended after
+/// an empty line; `None` when it is neither (an error, say).
+pub(super) fn appended(reply: &bytes::Bytes, text: &str) -> Option<bytes::Bytes> {
+    let (kind, rest) = reply.split_first()?;
+    if !matches!(kind, b'$' | b'=') {
+        return None;
+    }
+    let end = rest.windows(2).position(|w| w == b"\r\n")?;
+    let len: usize = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+    let body = rest.get(end + 2..end + 2 + len)?;
+    let mut joined = body.to_vec();
+    if !joined.ends_with(b"\r\n") {
+        joined.extend_from_slice(b"\r\n");
+    }
+    joined.extend_from_slice(b"\r\n");
+    joined.extend_from_slice(text.as_bytes());
+    let mut out = format!("{}{}\r\n", *kind as char, joined.len()).into_bytes();
+    out.extend_from_slice(&joined);
+    out.extend_from_slice(b"\r\n");
+    Some(bytes::Bytes::from(out))
+}

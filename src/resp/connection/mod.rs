@@ -34,7 +34,7 @@ use super::lookups::Lookups;
 use super::session::{Planned, Session};
 use crate::lookup::{Answer, Error, Request};
 use crate::metrics::Tally;
-use crate::protocol::Reply;
+use crate::protocol::{Reply, Sink, encoded};
 use crate::throttle::{Throttle, held_back};
 use batch::{Batch, Order, Results, get_reply, mget_reply, relayed};
 
@@ -287,6 +287,28 @@ where
                     };
                     relayed(result, protocol, &mut self.client.output);
                 }
+                Planned::RelayAppended(section) => {
+                    let Some(result) = self.results.pop() else {
+                        return Ok(());
+                    };
+                    match result {
+                        Ok(Answer::Reply(reply)) => match batch::appended(&reply, section) {
+                            Some(reply) => self.client.output.put_value(&reply),
+                            None => self.client.output.put_value(&reply),
+                        },
+                        other => relayed(other, protocol, &mut self.client.output),
+                    }
+                }
+                Planned::Auth(credentials) => {
+                    let timeout = self.client.limits().request_timeout;
+                    let reply = forward_auth(
+                        self.resp.forwarding.as_deref(),
+                        timeout,
+                        credentials.clone(),
+                    )
+                    .await;
+                    self.client.output.put_value(&reply);
+                }
                 Planned::Dedicate(_) => unreachable!("a dedicated command is never queued"),
                 &Planned::Select(db) => {
                     let reply = match self.resp.databases.ask(db).await {
@@ -305,5 +327,39 @@ where
             }
         }
         Ok(())
+    }
+}
+
+/// `AUTH` with no proxy users in transparent mode: asked of Redis on a
+/// connection of its own (the shared ones keep the URL's credentials),
+/// and Redis's answer relayed.
+async fn forward_auth(
+    forwarding: Option<&crate::forward::Forwarding>,
+    timeout: std::time::Duration,
+    credentials: super::command::Credentials,
+) -> Bytes {
+    let Some(forwarding) = forwarding else {
+        return Bytes::from_static(b"+OK\r\n");
+    };
+    let asked = async {
+        let mut link = forwarding.backend().dedicated(None, false, None).await?;
+        let command = match credentials.named {
+            true => encoded(&[&b"AUTH"[..], &credentials.user, &credentials.password]),
+            false => encoded(&[&b"AUTH"[..], &credentials.password]),
+        };
+        link.write(&command).await?;
+        let reply = link.read().await;
+        link.close().await;
+        reply
+    };
+    match tokio::time::timeout(timeout, asked).await {
+        Ok(Ok(frame)) => frame.bytes,
+        Ok(Err(error)) => Bytes::from(format!(
+            "-ERR {}\r\n",
+            crate::Error::from(error)
+                .to_string()
+                .replace(['\r', '\n'], " ")
+        )),
+        Err(_) => Bytes::from_static(b"-ERR timed out asking redis to check AUTH\r\n"),
     }
 }
