@@ -40,14 +40,30 @@ fn info_is_redis_own_with_the_proxy_section_and_redis_py_reads_it() {
         .lines()
         .find(|line| line.starts_with("redis_version:"))
         .unwrap();
-    for line in [version, "arch_bits:", "total_commands_processed:", "# Proxy", "proxy_cache_entries:1", "proxy_cache_hits:1"] {
+    for line in [
+        version,
+        "arch_bits:",
+        "total_commands_processed:",
+        "# Proxy",
+        "proxy_cache_entries:1",
+        "proxy_cache_hits:1",
+    ] {
         assert!(info.contains(line), "{line:?} missing:\n{info}");
     }
-    assert!(info.ends_with("\r\n\r\n") || info.ends_with("\r\n"), "{info:?}");
+    assert!(
+        info.ends_with("\r\n\r\n") || info.ends_with("\r\n"),
+        "{info:?}"
+    );
     let only = call(proxy.resp_addr(), &["INFO", "proxy"]);
-    assert!(only.contains("# Proxy\r\n") && !only.contains("# Server"), "{only}");
+    assert!(
+        only.contains("# Proxy\r\n") && !only.contains("# Server"),
+        "{only}"
+    );
     let server = call(proxy.resp_addr(), &["INFO", "server"]);
-    assert!(server.contains(version) && !server.contains("# Proxy"), "{server}");
+    assert!(
+        server.contains(version) && !server.contains("# Proxy"),
+        "{server}"
+    );
 
     let script = "import redis, sys\n\
         r = redis.Redis(port=int(sys.argv[1]))\n\
@@ -95,7 +111,10 @@ fn config_resetstat_resets_the_proxy_counts_too() {
         .trim()
         .parse()
         .unwrap();
-    assert!(processed < 10, "Redis's own counts were reset too: {processed}");
+    assert!(
+        processed < 10,
+        "Redis's own counts were reset too: {processed}"
+    );
 }
 
 #[test]
@@ -121,4 +140,111 @@ fn auth_without_proxy_users_is_answered_by_redis_as_redis_answers_it() {
             );
         }
     }
+}
+
+fn send(conn: &mut RawConn, args: &[&str]) -> String {
+    let mut out = format!("*{}\r\n", args.len());
+    for arg in args {
+        out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    conn.send(out.as_bytes());
+    conn.read_reply()
+}
+
+/// The `key=value` fields of a `CLIENT LIST` line, by name.
+fn fields(line: &str) -> std::collections::BTreeMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|field| field.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The lines of a bulk reply.
+fn lines(reply: &str) -> Vec<String> {
+    reply
+        .split("\r\n")
+        .skip(1)
+        .flat_map(|body| body.split('\n'))
+        .filter(|line| line.starts_with("id="))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn client_list_info_and_kill_cover_the_proxys_clients_in_redis_format() {
+    let redis = RedisServer::start();
+    redis.set("k", "v");
+    let proxy = transparent(&redis);
+    let mut alpha = RawConn::connect(proxy.resp_addr());
+    assert_eq!(send(&mut alpha, &["CLIENT", "SETNAME", "alpha"]), "+OK\r\n");
+    assert_eq!(send(&mut alpha, &["SELECT", "2"]), "+OK\r\n");
+    let mut beta = RawConn::connect(proxy.resp_addr());
+    assert_eq!(
+        send(&mut beta, &["CLIENT", "SETINFO", "LIB-NAME", "mylib"]),
+        "+OK\r\n"
+    );
+    assert!(send(&mut beta, &["GET", "k"]).ends_with("v\r\n"));
+    let mut me = RawConn::connect(proxy.resp_addr());
+
+    let listed = lines(&send(&mut me, &["CLIENT", "LIST"]));
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let by_name = |name: &str| listed.iter().map(|l| fields(l)).find(|f| f["name"] == name);
+    let alpha_fields = by_name("alpha").expect("alpha listed");
+    assert_eq!(
+        (alpha_fields["db"].as_str(), alpha_fields["cmd"].as_str()),
+        ("2", "select")
+    );
+    let beta_fields = listed
+        .iter()
+        .map(|l| fields(l))
+        .find(|f| f["lib-name"] == "mylib")
+        .expect("beta listed");
+    assert_eq!(beta_fields["cmd"], "get");
+    let mine = listed
+        .iter()
+        .map(|l| fields(l))
+        .find(|f| f["cmd"] == "client|list")
+        .unwrap();
+    // Every field Redis writes (7.0's), and 7.2's lib-name and lib-ver.
+    let mut direct = RawConn::connect(redis_addr(&redis));
+    let redis_line = lines(&send(&mut direct, &["CLIENT", "LIST"])).remove(0);
+    for name in fields(&redis_line)
+        .keys()
+        .map(String::as_str)
+        .chain(["lib-name", "lib-ver"])
+    {
+        assert!(mine.contains_key(name), "{name} missing from {mine:?}");
+    }
+    let info = send(&mut me, &["CLIENT", "INFO"]);
+    assert_eq!(fields(&lines(&info)[0])["id"], mine["id"], "{info}");
+
+    assert_eq!(
+        send(&mut me, &["CLIENT", "KILL", "ID", &alpha_fields["id"]]),
+        ":1\r\n"
+    );
+    assert!(alpha.is_closed_by_server());
+    assert_eq!(
+        send(&mut me, &["CLIENT", "KILL", "1.2.3.4:5"]),
+        "-ERR No such client\r\n"
+    );
+    assert_eq!(
+        send(&mut me, &["CLIENT", "KILL", &beta_fields["addr"]]),
+        "+OK\r\n"
+    );
+    assert!(beta.is_closed_by_server());
+    assert_eq!(
+        send(&mut me, &["CLIENT", "KILL", "USER", "default"]),
+        ":0\r\n",
+        "SKIPME yes"
+    );
+    assert_eq!(lines(&send(&mut me, &["CLIENT", "LIST"])).len(), 1);
+
+    let plain = ProxyBuilder::new(&redis.url())
+        .flag("--forward-commands")
+        .start();
+    let refused = call(plain.resp_addr(), &["CLIENT", "LIST"]);
+    assert!(
+        refused.starts_with("-ERR 'client|list' is an admin command"),
+        "{refused}"
+    );
 }

@@ -191,6 +191,12 @@ impl Forwarding {
         }
     }
 
+    /// Whether admin commands are forwarded (and the proxy's own admin
+    /// commands, `CLIENT LIST` and `KILL`, answered).
+    pub(crate) fn admin(&self) -> bool {
+        self.admin
+    }
+
     /// The connection layer commands go through.
     pub(crate) fn backend(&self) -> &Backend {
         &self.backend

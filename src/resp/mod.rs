@@ -24,6 +24,7 @@
 //! they may wait for the client to read them (`client_write_timeout`).
 
 mod client;
+mod clients;
 mod command;
 mod connection;
 mod dedicated;
@@ -69,6 +70,8 @@ pub(crate) struct Resp<S> {
     databases: Databases,
     info: info::Sources,
     next_id: AtomicU64,
+    /// Every live connection, for `CLIENT LIST` and `CLIENT KILL`.
+    clients: clients::Clients,
     /// Who may read, and what.
     access: Access,
     /// Transparent mode, when on.
@@ -217,6 +220,7 @@ impl<S> Resp<S> {
                 baseline: std::sync::Mutex::default(),
             },
             next_id: AtomicU64::new(1),
+            clients: clients::Clients::default(),
             access: settings.access,
             forwarding: settings.forwarding,
         }

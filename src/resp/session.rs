@@ -6,10 +6,8 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 
 use super::command::{self, Command, Credentials, SUPPORTED, Spec, printable};
 use super::{Databases, Resp};
@@ -55,19 +53,20 @@ pub(super) enum Planned {
 pub(super) struct Session {
     pub(super) id: u64,
     peer: SocketAddr,
-    local: SocketAddr,
     pub(super) protocol: Protocol,
     name: Option<Bytes>,
     /// The database the connection reads: `None` for the backend's own.
     db: Option<u16>,
     /// What the client said of itself with `CLIENT SETINFO`.
     library: (Option<Bytes>, Option<Bytes>),
-    started: Instant,
     /// Who the client is: `None` until it authenticates, when it must.
     user: Option<Arc<User>>,
-    /// Cancelled to end the connection: when its user is revoked by a
-    /// reload, or once it ends.
-    closing: CancellationToken,
+    /// What the other connections see of this one (`CLIENT LIST`), and its
+    /// token: cancelled to end the connection (a revoked user, `CLIENT
+    /// KILL`), and once it ends.
+    pub(super) entry: Arc<super::clients::Entry>,
+    /// The last command received, published after each batch.
+    pub(super) last_command: Option<Bytes>,
 }
 
 /// The reply to a command sent before authenticating.
@@ -79,29 +78,69 @@ const NOPERM: &str = "NOPERM No permissions to access a key";
 
 impl Session {
     /// A new connection's session, as `user` (`None`: not authenticated yet).
-    pub(super) fn new(
-        id: u64,
-        (peer, local): (SocketAddr, SocketAddr),
-        user: Option<Arc<User>>,
-        closing: CancellationToken,
-    ) -> Self {
+    pub(super) fn new(entry: Arc<super::clients::Entry>, user: Option<Arc<User>>) -> Self {
         Self {
-            id,
-            peer,
-            local,
+            id: entry.id,
+            peer: entry.peer,
             protocol: Protocol::Resp2,
             name: None,
             db: None,
             library: (None, None),
-            started: Instant::now(),
             user,
-            closing,
+            entry,
+            last_command: None,
+        }
+    }
+
+    /// Publishes what the connection is now, for `CLIENT LIST`.
+    pub(super) fn publish(&self, databases: &Databases) {
+        self.entry.publish(|state| {
+            state.name = self.name.clone();
+            state.db = databases.index(self.db);
+            state.user = self
+                .user
+                .as_ref()
+                .map_or("default", |user| user.name())
+                .to_owned();
+            state.resp = self.protover();
+            state.library = self.library.clone();
+        });
+    }
+
+    /// Publishes the last command received and when, after a batch.
+    pub(super) fn publish_command(&mut self) {
+        if let Some(command) = self.last_command.take() {
+            self.entry.publish(|state| {
+                state.command = Some(command);
+                state.active = std::time::Instant::now();
+            });
         }
     }
 
     /// Turns a request into its plan: what the stack is asked goes to
     /// `requests` (one per key of a read).
     pub(super) fn plan<S>(
+        &mut self,
+        command: Command,
+        requests: &mut VecDeque<Request>,
+        resp: &Resp<S>,
+    ) -> Planned {
+        let publishes = matches!(
+            command,
+            Command::Hello { .. }
+                | Command::Auth(_)
+                | Command::Select(_)
+                | Command::Client(_)
+                | Command::Reset
+        );
+        let planned = self.plan_command(command, requests, resp);
+        if publishes {
+            self.publish(&resp.databases);
+        }
+        planned
+    }
+
+    fn plan_command<S>(
         &mut self,
         command: Command,
         requests: &mut VecDeque<Request>,
@@ -149,7 +188,7 @@ impl Session {
                 },
                 Err(reply) => reply,
             },
-            Command::Client(args) => self.client(args, &resp.databases),
+            Command::Client(args) => self.client(args, resp),
             Command::Describe(args) => command_info(args),
             Command::Info(sections) if resp.forwarding.is_some() => {
                 return self.forward_info(sections, requests, resp);
@@ -316,7 +355,7 @@ impl Session {
         ) {
             Some(user) => {
                 // A reload that revokes the user ends the connection.
-                let (revoked, closing) = (user.revoked().clone(), self.closing.clone());
+                let (revoked, closing) = (user.revoked().clone(), self.entry.closing.clone());
                 tokio::spawn(async move {
                     tokio::select! {
                         () = revoked.cancelled() => closing.cancel(),
@@ -340,8 +379,9 @@ impl Session {
     }
 
     /// Switches to database `db`, which the backend has confirmed.
-    pub(super) fn select(&mut self, db: Option<u16>) {
+    pub(super) fn select(&mut self, db: Option<u16>, databases: &Databases) {
         self.db = db;
+        self.publish(databases);
     }
 
     fn hello<S>(
@@ -404,9 +444,17 @@ impl Session {
         Ok(())
     }
 
-    fn client(&mut self, args: Vec<Bytes>, databases: &Databases) -> Reply {
+    fn client<S>(&mut self, args: Vec<Bytes>, resp: &Resp<S>) -> Reply {
         let sub = args[0].to_ascii_lowercase();
+        let admin = resp.forwarding.as_ref().is_some_and(|f| f.admin());
         match (&sub[..], args.len()) {
+            (b"list" | b"kill", _) if !admin => Reply::error(format!(
+                "ERR 'client|{}' is an admin command, which redis-proxy answers only with --forward-admin-commands",
+                printable(&sub)
+            )),
+            (b"list", _) => self.client_list(&args[1..], resp),
+            (b"kill", 1) => Reply::error("ERR wrong number of arguments for 'client|kill' command"),
+            (b"kill", _) => self.client_kill(&args[1..], resp),
             (b"setname", 2) => match self.set_name(args[1].clone()) {
                 Ok(()) => Reply::OK,
                 Err(reply) => reply,
@@ -426,7 +474,10 @@ impl Session {
                 }
                 Reply::OK
             }
-            (b"info", 1) => Reply::text(self.info_line(databases)),
+            (b"info", 1) => {
+                self.publish(&resp.databases);
+                Reply::text(self.entry.line(Some("client|info")))
+            }
             // The proxy never evicts or times out a client connection for its
             // memory, and its reads do not touch keys' access times on the
             // client's behalf: both are accepted as already in force.
@@ -440,39 +491,75 @@ impl Session {
                 printable(&sub)
             )),
             _ => Reply::error(format!(
-                "ERR unknown subcommand '{}'. redis-proxy supports CLIENT SETNAME, GETNAME, ID, SETINFO, INFO, NO-EVICT, NO-TOUCH",
+                "ERR unknown subcommand '{}'. redis-proxy supports CLIENT SETNAME, GETNAME, ID, SETINFO, INFO, LIST, KILL, NO-EVICT, NO-TOUCH",
                 printable(&args[0])
             )),
         }
     }
 
-    /// The line `CLIENT INFO` answers, with every field Redis 7 writes, so that
-    /// clients that parse it (valkey-py's `client_info()`, for one) find them.
-    /// Buffer and memory figures the proxy does not keep per connection are 0.
-    fn info_line(&self, databases: &Databases) -> String {
-        let text = |bytes: &Option<Bytes>| {
-            bytes
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default()
-                .into_owned()
+    /// `CLIENT LIST [TYPE normal] [ID id …]`: the proxy's clients, this one
+    /// as it is now.
+    fn client_list<S>(&self, args: &[Bytes], resp: &Resp<S>) -> Reply {
+        self.publish(&resp.databases);
+        let mut ids: Option<Vec<u64>> = None;
+        let mut args = args.iter();
+        while let Some(option) = args.next() {
+            match (&option.to_ascii_lowercase()[..], args.next()) {
+                (b"type", Some(kind)) if kind.eq_ignore_ascii_case(b"normal") => {}
+                (b"type", Some(kind))
+                    if [&b"master"[..], b"replica", b"slave", b"pubsub"]
+                        .iter()
+                        .any(|k| kind.eq_ignore_ascii_case(k)) =>
+                {
+                    // No client of the proxy is one of those.
+                    return Reply::text(String::new());
+                }
+                (b"type", Some(kind)) => {
+                    return Reply::error(format!("ERR Unknown client type '{}'", printable(kind)));
+                }
+                (b"id", Some(first)) => {
+                    let mut wanted = vec![first];
+                    wanted.extend(args.by_ref());
+                    let parsed: Option<Vec<u64>> = (wanted.iter())
+                        .map(|id| std::str::from_utf8(id).ok()?.parse().ok())
+                        .collect();
+                    match parsed {
+                        Some(parsed) => ids = Some(parsed),
+                        None => return Reply::error("ERR Invalid client ID"),
+                    }
+                }
+                _ => return Reply::error("ERR syntax error"),
+            }
+        }
+        let lines: String = (resp.clients.all().iter())
+            .filter(|entry| ids.as_ref().is_none_or(|ids| ids.contains(&entry.id)))
+            .map(|entry| match entry.id == self.id {
+                true => entry.line(Some("client|list")),
+                false => entry.line(None),
+            })
+            .collect();
+        Reply::text(lines)
+    }
+
+    /// `CLIENT KILL ip:port` (`OK`, or no such client) or `CLIENT KILL
+    /// <filter> <value> …` (how many were killed) over the proxy's clients.
+    fn client_kill<S>(&self, args: &[Bytes], resp: &Resp<S>) -> Reply {
+        let (filter, old_form) = match super::clients::Filter::parse(args) {
+            Ok(parsed) => parsed,
+            Err(error) => return Reply::error(error),
         };
-        let age = self.started.elapsed().as_secs();
-        format!(
-            "id={id} addr={peer} laddr={local} fd=-1 name={name} age={age} idle=0 flags=N \
-             db={db} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 \
-             rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user={user} \
-             redir=-1 resp={resp} lib-name={lib} lib-ver={ver}\n",
-            id = self.id,
-            peer = self.peer,
-            local = self.local,
-            name = text(&self.name),
-            db = databases.index(self.db),
-            resp = self.protover(),
-            user = self.user.as_ref().map_or("default", |user| user.name()),
-            lib = text(&self.library.0),
-            ver = text(&self.library.1),
-        )
+        let killed: Vec<_> = (resp.clients.all().into_iter())
+            .filter(|entry| filter.matches(entry, self.id))
+            .collect();
+        for entry in &killed {
+            tracing::info!(client = %entry.peer, id = entry.id, "CLIENT KILL");
+            entry.closing.cancel();
+        }
+        match (old_form, killed.len()) {
+            (true, 0) => Reply::error("ERR No such client"),
+            (true, _) => Reply::OK,
+            (false, n) => Reply::Integer(n as i64),
+        }
     }
 }
 

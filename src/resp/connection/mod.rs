@@ -54,19 +54,16 @@ pub(super) async fn serve<S, T>(
     S::Future: Send,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    // The connection's own: it ends at shutdown, or when a reload revokes
-    // its user.
+    // The connection's own: it ends at shutdown, when a reload revokes its
+    // user, or on `CLIENT KILL`.
     let stop = stop.child_token();
+    let id = resp.next_id.fetch_add(1, Ordering::Relaxed);
+    let registered = resp.clients.register(id, (peer, local), stop.clone());
     let mut connection = Connection {
         client: Client::new(stream, resp.limits, &resp.input),
         resp,
         stack: resp.stack.clone(),
-        session: Session::new(
-            resp.next_id.fetch_add(1, Ordering::Relaxed),
-            (peer, local),
-            resp.access.initial(),
-            stop.clone(),
-        ),
+        session: Session::new(registered.entry.clone(), resp.access.initial()),
         planned: VecDeque::new(),
         lookups: Lookups::default(),
         results: Results::default(),
@@ -115,7 +112,9 @@ where
                 }
             }
             let batch = self.decode();
-            if let Err(close) = self.answer().await {
+            let answered = self.answer().await;
+            self.session.publish_command();
+            if let Err(close) = answered {
                 return close;
             }
             let read_more = match self.client.flush_reading().await {
@@ -169,6 +168,7 @@ where
                 self.stash = Some(args);
                 return Batch::more();
             }
+            self.session.last_command = Some(args[0].clone());
             let command = Command::parse(args, forward);
             let quit = command == Command::Quit;
             let planned = self
@@ -313,7 +313,7 @@ where
                 &Planned::Select(db) => {
                     let reply = match self.resp.databases.ask(db).await {
                         Ok(()) => {
-                            self.session.select(Some(db));
+                            self.session.select(Some(db), &self.resp.databases);
                             Reply::OK
                         }
                         Err(reply) => reply,

@@ -317,7 +317,7 @@ where
             }
             Some(Expect::Select { db, .. }) => {
                 if frame.error_text().is_none() {
-                    self.session.select(db);
+                    self.session.select(db, &self.resp.databases);
                 }
                 self.client.output.put_value(&frame.bytes);
             }
