@@ -184,10 +184,21 @@ fn client_list_info_and_kill_cover_the_proxys_clients_in_redis_format() {
         "+OK\r\n"
     );
     assert!(send(&mut beta, &["GET", "k"]).ends_with("v\r\n"));
+    let mut subscriber = RawConn::connect(proxy.resp_addr());
+    assert!(send(&mut subscriber, &["SUBSCRIBE", "news"]).starts_with("*3\r\n$9\r\nsubscribe"));
     let mut me = RawConn::connect(proxy.resp_addr());
+    for args in [&["CLIENT", "GETREDIR"][..], &["CLIENT", "TRACKINGINFO"]] {
+        let mut direct = RawConn::connect(redis_addr(&redis));
+        assert_eq!(send(&mut me, args), send(&mut direct, args), "{args:?}");
+    }
 
     let listed = lines(&send(&mut me, &["CLIENT", "LIST"]));
-    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    let subscribed = listed
+        .iter()
+        .map(|l| fields(l))
+        .find(|f| f["cmd"] == "subscribe");
+    let subscribed = subscribed.expect("the subscriber listed");
     let by_name = |name: &str| listed.iter().map(|l| fields(l)).find(|f| f["name"] == name);
     let alpha_fields = by_name("alpha").expect("alpha listed");
     assert_eq!(
@@ -232,6 +243,12 @@ fn client_list_info_and_kill_cover_the_proxys_clients_in_redis_format() {
         "+OK\r\n"
     );
     assert!(beta.is_closed_by_server());
+    // A subscriber killed is closed, not left listening.
+    assert_eq!(
+        send(&mut me, &["CLIENT", "KILL", "ID", &subscribed["id"]]),
+        ":1\r\n"
+    );
+    assert!(subscriber.is_closed_by_server());
     assert_eq!(
         send(&mut me, &["CLIENT", "KILL", "USER", "default"]),
         ":0\r\n",

@@ -95,10 +95,11 @@ impl Clients {
         }
     }
 
-    /// Every connection, by id.
+    /// Every connection, by id, but those ending.
     pub(super) fn all(&self) -> Vec<Arc<Entry>> {
         (self.entries.lock().unwrap_or_else(PoisonError::into_inner))
             .values()
+            .filter(|entry| !entry.closing.is_cancelled())
             .cloned()
             .collect()
     }

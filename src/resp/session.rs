@@ -453,6 +453,17 @@ impl Session {
                 printable(&sub)
             )),
             (b"list", _) => self.client_list(&args[1..], resp),
+            // The proxy does not serve client-side caching: tracking is off for
+            // every connection, as Redis reports it when it is.
+            (b"getredir", 1) => Reply::Integer(-1),
+            (b"trackinginfo", 1) => Reply::Map(vec![
+                (Reply::text("flags"), Reply::Array(vec![Reply::text("off")])),
+                (Reply::text("redirect"), Reply::Integer(-1)),
+                (Reply::text("prefixes"), Reply::Array(Vec::new())),
+            ]),
+            (b"tracking", _) => Reply::error(
+                "ERR CLIENT TRACKING (client-side caching) is not served through redis-proxy; its own cache follows Redis with --invalidation tracking",
+            ),
             (b"kill", 1) => Reply::error("ERR wrong number of arguments for 'client|kill' command"),
             (b"kill", _) => self.client_kill(&args[1..], resp),
             (b"setname", 2) => match self.set_name(args[1].clone()) {
