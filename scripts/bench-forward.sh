@@ -38,7 +38,7 @@ proxy_pid=$!
 pids+=("$proxy_pid")
 wait_port "$proxy_port"
 
-start_nutcracker "$redis_port" "$dir"
+start_nutcracker "$dir" "$redis_port"
 
 
 # write_run TEST PORT PIPELINE PID -> "rps cpu_us_per_request"

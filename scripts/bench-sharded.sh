@@ -35,24 +35,7 @@ for i in 0 1 2; do
   server_pids+=("$redis_pid")
 done
 
-nut_port=$(free_port)
-cat > "$dir/nutcracker.yml" <<YML
-pool:
-  listen: 127.0.0.1:$nut_port
-  hash: fnv1a_64
-  distribution: ketama
-  redis: true
-  auto_eject_hosts: false
-  server_connections: 1
-  servers:
-    - 127.0.0.1:${servers[0]}:1
-    - 127.0.0.1:${servers[1]}:1
-    - 127.0.0.1:${servers[2]}:1
-YML
-"$(command -v nutcracker || echo /usr/sbin/nutcracker)" -c "$dir/nutcracker.yml" \
-  -o "$dir/nutcracker.log" -s "$(free_port)" -a 127.0.0.1 &
-nut_pid=$!
-pids+=("$nut_pid")
+start_nutcracker "$dir" "${servers[@]}"
 
 start_proxy() { # PORT FLAGS... -> pid
   local port=$1

@@ -133,7 +133,7 @@ webdis_pid=$!
 pids+=("$webdis_pid")
 wait_port "$webdis_port"
 
-start_nutcracker "$redis_port" "$dir"
+start_nutcracker "$dir" "$redis_port"
 
 # 1,000 keys of 100 bytes: key:000000000000 .. key:000000000999, as -r 1000 names them.
 redis-benchmark -p "$redis_port" -t set -r "$keys" -d "$size" -n 50000 -c 20 -q > /dev/null

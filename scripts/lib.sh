@@ -69,24 +69,20 @@ paired() {
     | awk '{ print $1 / $2 }' | median | awk '{ printf "%.2f", $1 }'
 }
 
-# start_nutcracker REDIS_PORT DIR: twemproxy in front of that Redis, one server
-# connection, as it is usually run; sets nut_port and nut_pid.
+# start_nutcracker DIR REDIS_PORT...: twemproxy in front of those Redises (a
+# pool of one or more, fnv1a_64 and ketama, written to DIR/nutcracker.yml),
+# one connection to each, as it is usually run; sets nut_port and nut_pid.
 start_nutcracker() {
-  local nutcracker
+  local nutcracker dir=$1 port
+  shift
   nutcracker=$(command -v nutcracker || echo /usr/sbin/nutcracker)
   nut_port=$(free_port)
-  cat > "$2/nutcracker.yml" <<YML
-bench:
-  listen: 127.0.0.1:$nut_port
-  hash: fnv1a_64
-  distribution: ketama
-  redis: true
-  auto_eject_hosts: false
-  server_connections: 1
-  servers:
-    - 127.0.0.1:$1:1
-YML
-  "$nutcracker" -c "$2/nutcracker.yml" -o "$2/nutcracker.log" -s "$(free_port)" &
+  {
+    printf 'bench:\n  listen: 127.0.0.1:%s\n  hash: fnv1a_64\n  distribution: ketama\n' "$nut_port"
+    printf '  redis: true\n  auto_eject_hosts: false\n  server_connections: 1\n  servers:\n'
+    for port in "$@"; do printf '    - 127.0.0.1:%s:1\n' "$port"; done
+  } > "$dir/nutcracker.yml"
+  "$nutcracker" -c "$dir/nutcracker.yml" -o "$dir/nutcracker.log" -s "$(free_port)" -a 127.0.0.1 &
   nut_pid=$!
   pids+=("$nut_pid")
   wait_port "$nut_port"

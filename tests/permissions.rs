@@ -75,12 +75,7 @@ fn login(proxy: &Proxy, user: &str, password: &str) -> RawConn {
 }
 
 fn command(conn: &mut RawConn, args: &[&str]) -> String {
-    let mut frame = format!("*{}\r\n", args.len());
-    for arg in args {
-        frame.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    conn.send(frame.as_bytes());
-    conn.read_reply()
+    conn.command(args)
 }
 
 fn is_noperm(reply: &str) -> bool {

@@ -62,8 +62,7 @@ fn hangup(proxy: &Proxy, result: &str) {
 }
 
 fn get(conn: &mut RawConn, key: &str) -> String {
-    conn.send(format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes());
-    conn.read_reply()
+    conn.command(&["GET", key])
 }
 
 fn bulk(value: &str) -> String {
@@ -179,15 +178,7 @@ fn users(ada: &str, bob: bool) -> String {
 }
 
 fn auth(conn: &mut RawConn, user: &str, password: &str) -> String {
-    conn.send(
-        format!(
-            "*3\r\n$4\r\nAUTH\r\n${}\r\n{user}\r\n${}\r\n{password}\r\n",
-            user.len(),
-            password.len()
-        )
-        .as_bytes(),
-    );
-    conn.read_reply()
+    conn.command(&["AUTH", user, password])
 }
 
 #[test]

@@ -92,6 +92,14 @@ impl Pool {
     }
 }
 
+/// A proxy reading `nutcracker`'s own file.
+fn reading(nutcracker: &Nutcracker) -> ProxyBuilder {
+    ProxyBuilder::bare()
+        .arg("--twemproxy-config", nutcracker.config.display())
+        .arg("--resp-addr", "127.0.0.1:0")
+        .arg("--http-addr", "127.0.0.1:0")
+}
+
 /// nutcracker on a free port, with the file `yaml` writes for that port.
 fn start_nutcracker(yaml: impl FnOnce(u16) -> String) -> Nutcracker {
     let port = free_port();
@@ -265,12 +273,7 @@ fn the_nutcracker_file_itself_and_writes_the_other_way() {
         hash_tag: Some("{}"),
     };
     let nutcracker = pool.nutcracker(&redis);
-    let proxy = ProxyBuilder::bare()
-        .arg("--twemproxy-config", nutcracker.config.display())
-        .arg("--resp-addr", "127.0.0.1:0")
-        .arg("--http-addr", "127.0.0.1:0")
-        .flag("--forward-commands")
-        .start();
+    let proxy = reading(&nutcracker).flag("--forward-commands").start();
     let mut through_proxy = Client::connect(proxy.resp_addr().port());
     let keys = keys();
     for (i, key) in keys.iter().enumerate() {
@@ -328,11 +331,7 @@ fn a_dead_server_is_ejected_its_keys_remapped_as_nutcracker_remaps_them_and_it_c
             ),
         )
     });
-    let proxy = ProxyBuilder::bare()
-        .arg("--twemproxy-config", nutcracker.config.display())
-        .arg("--resp-addr", "127.0.0.1:0")
-        .arg("--http-addr", "127.0.0.1:0")
-        .start();
+    let proxy = reading(&nutcracker).start();
     let proxy_port = proxy.resp_addr().port();
     let dead = 1;
     let dead_node = format!("127.0.0.1:{}", redis[dead].port());
@@ -420,12 +419,7 @@ fn transparent_mode_splits_multi_key_commands_by_server_as_twemproxy_does() {
         hash_tag: None,
     };
     let nutcracker = pool.nutcracker(&redis);
-    let proxy = ProxyBuilder::bare()
-        .arg("--twemproxy-config", nutcracker.config.display())
-        .arg("--resp-addr", "127.0.0.1:0")
-        .arg("--http-addr", "127.0.0.1:0")
-        .flag("--forward-commands")
-        .start();
+    let proxy = reading(&nutcracker).flag("--forward-commands").start();
     let mut through_proxy = Client::connect(proxy.resp_addr().port());
     let mut through_nutcracker = Client::connect(nutcracker.port);
     let keys: Vec<String> = (0..30).map(|i| format!("split:{i}")).collect();

@@ -10,13 +10,7 @@ use std::process::Command;
 use support::{Proxy, ProxyBuilder, RawConn, RedisServer};
 
 fn call(addr: std::net::SocketAddr, args: &[&str]) -> String {
-    let mut conn = RawConn::connect(addr);
-    let mut out = format!("*{}\r\n", args.len());
-    for arg in args {
-        out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    conn.send(out.as_bytes());
-    conn.read_reply()
+    RawConn::connect(addr).command(args)
 }
 
 fn transparent(redis: &RedisServer) -> Proxy {
@@ -143,12 +137,7 @@ fn auth_without_proxy_users_is_answered_by_redis_as_redis_answers_it() {
 }
 
 fn send(conn: &mut RawConn, args: &[&str]) -> String {
-    let mut out = format!("*{}\r\n", args.len());
-    for arg in args {
-        out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    conn.send(out.as_bytes());
-    conn.read_reply()
+    conn.command(args)
 }
 
 /// The `key=value` fields of a `CLIENT LIST` line, by name.

@@ -161,6 +161,16 @@ impl RawConn {
         String::from_utf8_lossy(&line).into_owned()
     }
 
+    /// Sends `args` as one RESP command and reads its reply, as raw text.
+    pub fn command(&mut self, args: &[&str]) -> String {
+        let mut frame = format!("*{}\r\n", args.len());
+        for arg in args {
+            frame.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        self.send(frame.as_bytes());
+        self.read_reply()
+    }
+
     /// Reads one whole RESP2/RESP3 reply, nested ones included, as its raw text.
     pub fn read_reply(&mut self) -> String {
         let line = self.read_line();
