@@ -39,8 +39,34 @@ pub(super) struct State {
     pub(super) resp: i64,
     pub(super) library: (Option<Bytes>, Option<Bytes>),
     /// The last command's name, and when it came.
-    pub(super) command: Option<Bytes>,
+    pub(super) command: Option<Name>,
     pub(super) active: Instant,
+}
+
+/// A command's name, copied (at most [`Name::MAX`] bytes): what a
+/// connection records of every request, without holding its buffer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Name {
+    bytes: [u8; Name::MAX],
+    len: u8,
+}
+
+impl Name {
+    const MAX: usize = 24;
+
+    pub(super) fn new(name: &[u8]) -> Self {
+        let len = name.len().min(Self::MAX);
+        let mut bytes = [0; Self::MAX];
+        bytes[..len].copy_from_slice(&name[..len]);
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 /// Takes the entry out of the registry when the connection ends.
@@ -139,8 +165,8 @@ impl Entry {
         };
         let cmd = match command {
             Some(command) => command.to_owned(),
-            None => state.command.as_deref().map_or("NULL".to_owned(), |name| {
-                String::from_utf8_lossy(name).to_ascii_lowercase()
+            None => state.command.as_ref().map_or("NULL".to_owned(), |name| {
+                String::from_utf8_lossy(name.as_bytes()).to_ascii_lowercase()
             }),
         };
         let now = Instant::now();

@@ -66,7 +66,7 @@ pub(super) struct Session {
     /// KILL`), and once it ends.
     pub(super) entry: Arc<super::clients::Entry>,
     /// The last command received, published after each batch.
-    pub(super) last_command: Option<Bytes>,
+    pub(super) last_command: Option<super::clients::Name>,
 }
 
 /// The reply to a command sent before authenticating.

@@ -168,7 +168,7 @@ where
                 self.stash = Some(args);
                 return Batch::more();
             }
-            self.session.last_command = Some(args[0].clone());
+            self.session.last_command = Some(super::clients::Name::new(&args[0]));
             let command = Command::parse(args, forward);
             let quit = command == Command::Quit;
             let planned = self
