@@ -133,7 +133,8 @@ where
 
     /// What only the proxy answers: who the client is, and leaving. Inside a
     /// transaction these are queued, and run when `EXEC` runs (but `QUIT`
-    /// and `RESET`, which run at once, as Redis runs them). `None` when the
+    /// and `RESET`, which run at once, as Redis runs them). `INFO` goes to
+    /// Redis, without the proxy's section. `None` when the
     /// request was answered here; else it is given back.
     fn answered_here(&mut self, name: &[u8], args: Vec<Bytes>) -> Option<Vec<Bytes>> {
         match name {
@@ -161,13 +162,17 @@ where
                     "ERR HELLO cannot change the protocol inside MULTI, WATCH, a subscription or a blocking command",
                 ));
             }
-            b"auth" | b"hello" | b"client" | b"info" if self.state.multi => {
+            // Redis's own, on the client's own connection: `INFO`, and `AUTH`
+            // when the proxy has no users (see `Planned::Auth`).
+            b"info" => return Some(args),
+            b"auth" if !self.resp.access.required() => return Some(args),
+            b"auth" | b"hello" | b"client" if self.state.multi => {
                 let place = self.state.queued_count;
                 self.state.queued_local.push((place, args));
                 self.state.queued_count += 1;
                 self.local(Reply::Simple("QUEUED"));
             }
-            b"auth" | b"hello" | b"client" | b"info" => {
+            b"auth" | b"hello" | b"client" => {
                 let reply = self.answer_locally(args);
                 self.local(reply);
             }
