@@ -254,3 +254,57 @@ fn client_list_info_and_kill_cover_the_proxys_clients_in_redis_format() {
         "{refused}"
     );
 }
+
+#[test]
+fn client_pause_holds_the_proxys_clients_writes_or_all_until_unpaused_and_not_redis() {
+    use std::time::{Duration, Instant};
+    let redis = RedisServer::start();
+    redis.set("k", "v");
+    let proxy = transparent(&redis);
+    let mut admin = RawConn::connect(proxy.resp_addr());
+    let mut client = RawConn::connect(proxy.resp_addr());
+    assert!(client.command(&["GET", "k"]).ends_with("v\r\n"));
+
+    assert_eq!(
+        admin.command(&["CLIENT", "PAUSE", "600", "WRITE"]),
+        "+OK\r\n"
+    );
+    let start = Instant::now();
+    assert!(client.command(&["GET", "k"]).ends_with("v\r\n"));
+    assert!(
+        start.elapsed() < Duration::from_millis(300),
+        "reads go on: {:?}",
+        start.elapsed()
+    );
+    // Redis itself is not paused.
+    redis.set("direct", "1");
+    assert!(start.elapsed() < Duration::from_millis(300));
+    assert_eq!(client.command(&["SET", "k", "w"]), "+OK\r\n");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "the write waited: {waited:?}"
+    );
+
+    assert_eq!(
+        admin.command(&["CLIENT", "PAUSE", "20000", "ALL"]),
+        "+OK\r\n"
+    );
+    let start = Instant::now();
+    let unpausing = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(admin.command(&["CLIENT", "UNPAUSE"]), "+OK\r\n");
+        admin
+    });
+    assert!(client.command(&["GET", "k"]).ends_with("w\r\n"));
+    let held = start.elapsed();
+    assert!(
+        (Duration::from_millis(350)..Duration::from_secs(3)).contains(&held),
+        "a read waited out the ALL pause until UNPAUSE: {held:?}"
+    );
+    let mut admin = unpausing.join().unwrap();
+    assert_eq!(
+        admin.command(&["CLIENT", "PAUSE", "soon"]),
+        "-ERR timeout is not an integer or out of range\r\n"
+    );
+}

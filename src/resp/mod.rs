@@ -31,6 +31,7 @@ mod dedicated;
 mod info;
 mod lookups;
 mod output;
+mod pause;
 mod session;
 
 use std::collections::HashMap;
@@ -72,6 +73,8 @@ pub(crate) struct Resp<S> {
     next_id: AtomicU64,
     /// Every live connection, for `CLIENT LIST` and `CLIENT KILL`.
     clients: clients::Clients,
+    /// `CLIENT PAUSE`, while it holds.
+    pause: pause::Pause,
     /// Who may read, and what.
     access: Access,
     /// Transparent mode, when on.
@@ -221,6 +224,7 @@ impl<S> Resp<S> {
             },
             next_id: AtomicU64::new(1),
             clients: clients::Clients::default(),
+            pause: pause::Pause::default(),
             access: settings.access,
             forwarding: settings.forwarding,
         }

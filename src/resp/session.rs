@@ -448,11 +448,16 @@ impl Session {
         let sub = args[0].to_ascii_lowercase();
         let admin = resp.forwarding.as_ref().is_some_and(|f| f.admin());
         match (&sub[..], args.len()) {
-            (b"list" | b"kill", _) if !admin => Reply::error(format!(
+            (b"list" | b"kill" | b"pause" | b"unpause", _) if !admin => Reply::error(format!(
                 "ERR 'client|{}' is an admin command, which redis-proxy answers only with --forward-admin-commands",
                 printable(&sub)
             )),
             (b"list", _) => self.client_list(&args[1..], resp),
+            (b"pause", 2 | 3) => client_pause(&args[1..], resp),
+            (b"unpause", 1) => {
+                resp.pause.unpause();
+                Reply::OK
+            }
             // The proxy does not serve client-side caching: tracking is off for
             // every connection, as Redis reports it when it is.
             (b"getredir", 1) => Reply::Integer(-1),
@@ -572,6 +577,26 @@ impl Session {
             (false, n) => Reply::Integer(n as i64),
         }
     }
+}
+
+/// `CLIENT PAUSE timeout [WRITE|ALL]`: the proxy's clients wait (it is not
+/// forwarded).
+fn client_pause<S>(args: &[Bytes], resp: &Resp<S>) -> Reply {
+    let Some(millis) = std::str::from_utf8(&args[0])
+        .ok()
+        .and_then(|millis| millis.parse::<u64>().ok())
+    else {
+        return Reply::error("ERR timeout is not an integer or out of range");
+    };
+    let all = match args.get(1) {
+        None => true,
+        Some(mode) if mode.eq_ignore_ascii_case(b"all") => true,
+        Some(mode) if mode.eq_ignore_ascii_case(b"write") => false,
+        Some(_) => return Reply::error("ERR syntax error"),
+    };
+    resp.pause
+        .pause(std::time::Duration::from_millis(millis), all);
+    Reply::OK
 }
 
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name…`, `COMMAND DOCS [name…]`.

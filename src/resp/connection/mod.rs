@@ -111,6 +111,16 @@ where
                     tracing::warn!(%error, "cannot read the backend's command table{}", held_back(held));
                 }
             }
+            // A request held back by `CLIENT PAUSE` waits here, before it runs.
+            if let Some(held) = &self.stash
+                && self.pauses(held)
+            {
+                let write = self.class(held) == crate::forward::Class::Write;
+                tokio::select! {
+                    () = self.resp.pause.wait(write) => {}
+                    () = stop.cancelled() => return Close::Gone,
+                }
+            }
             let batch = self.decode();
             let answered = self.answer().await;
             self.session.publish_command();
@@ -164,7 +174,7 @@ where
                     Err(error) => return Batch::end(Close::Protocol(error)),
                 },
             };
-            if forward && !order.admits(self.class(&args)) {
+            if (forward && !order.admits(self.class(&args))) || self.pauses(&args) {
                 self.stash = Some(args);
                 return Batch::more();
             }
@@ -194,6 +204,21 @@ where
             }
         }
         Batch::more()
+    }
+
+    /// Whether `CLIENT PAUSE` holds `args` back now (`CLIENT PAUSE` and
+    /// `UNPAUSE` it never holds).
+    fn pauses(&self, args: &[Bytes]) -> bool {
+        if !self.resp.pause.is_holding(true) {
+            return false;
+        }
+        let pause_command = args[0].eq_ignore_ascii_case(b"client")
+            && args.get(1).is_some_and(|sub| {
+                sub.eq_ignore_ascii_case(b"pause") || sub.eq_ignore_ascii_case(b"unpause")
+            });
+        !pause_command
+            && (self.resp.pause.is_holding(false)
+                || self.class(args) == crate::forward::Class::Write)
     }
 
     /// Transparent mode: whether a request reads through the cache, may write,
