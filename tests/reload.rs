@@ -8,7 +8,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::{Proxy, ProxyBuilder, RawConn, RedisServer};
+use support::{Proxy, ProxyBuilder, RawConn, RedisServer, bulk};
 
 /// A configuration file, removed on drop.
 struct File(PathBuf);
@@ -63,10 +63,6 @@ fn hangup(proxy: &Proxy, result: &str) {
 
 fn get(conn: &mut RawConn, key: &str) -> String {
     conn.command(&["GET", key])
-}
-
-fn bulk(value: &str) -> String {
-    format!("${}\r\n{value}\r\n", value.len())
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{ProxyBuilder, RedisServer, free_port};
+use support::{ProxyBuilder, RedisServer, bulk, free_port};
 
 /// A running nutcracker, killed on drop.
 struct Nutcracker {
@@ -158,11 +158,6 @@ impl Client {
         self.0.send(&out);
         self.0.read_reply()
     }
-}
-
-/// A bulk reply's text.
-fn bulk(value: &str) -> String {
-    format!("${}\r\n{value}\r\n", value.len())
 }
 
 /// 500 keys, some with bytes above 0x7f and some with hash tags.

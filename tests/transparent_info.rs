@@ -136,10 +136,6 @@ fn auth_without_proxy_users_is_answered_by_redis_as_redis_answers_it() {
     }
 }
 
-fn send(conn: &mut RawConn, args: &[&str]) -> String {
-    conn.command(args)
-}
-
 /// The `key=value` fields of a `CLIENT LIST` line, by name.
 fn fields(line: &str) -> std::collections::BTreeMap<String, String> {
     line.split_whitespace()
@@ -165,23 +161,27 @@ fn client_list_info_and_kill_cover_the_proxys_clients_in_redis_format() {
     redis.set("k", "v");
     let proxy = transparent(&redis);
     let mut alpha = RawConn::connect(proxy.resp_addr());
-    assert_eq!(send(&mut alpha, &["CLIENT", "SETNAME", "alpha"]), "+OK\r\n");
-    assert_eq!(send(&mut alpha, &["SELECT", "2"]), "+OK\r\n");
+    assert_eq!(alpha.command(&["CLIENT", "SETNAME", "alpha"]), "+OK\r\n");
+    assert_eq!(alpha.command(&["SELECT", "2"]), "+OK\r\n");
     let mut beta = RawConn::connect(proxy.resp_addr());
     assert_eq!(
-        send(&mut beta, &["CLIENT", "SETINFO", "LIB-NAME", "mylib"]),
+        beta.command(&["CLIENT", "SETINFO", "LIB-NAME", "mylib"]),
         "+OK\r\n"
     );
-    assert!(send(&mut beta, &["GET", "k"]).ends_with("v\r\n"));
+    assert!(beta.command(&["GET", "k"]).ends_with("v\r\n"));
     let mut subscriber = RawConn::connect(proxy.resp_addr());
-    assert!(send(&mut subscriber, &["SUBSCRIBE", "news"]).starts_with("*3\r\n$9\r\nsubscribe"));
+    assert!(
+        subscriber
+            .command(&["SUBSCRIBE", "news"])
+            .starts_with("*3\r\n$9\r\nsubscribe")
+    );
     let mut me = RawConn::connect(proxy.resp_addr());
     for args in [&["CLIENT", "GETREDIR"][..], &["CLIENT", "TRACKINGINFO"]] {
         let mut direct = RawConn::connect(redis_addr(&redis));
-        assert_eq!(send(&mut me, args), send(&mut direct, args), "{args:?}");
+        assert_eq!(me.command(args), direct.command(args), "{args:?}");
     }
 
-    let listed = lines(&send(&mut me, &["CLIENT", "LIST"]));
+    let listed = lines(&me.command(&["CLIENT", "LIST"]));
     assert_eq!(listed.len(), 4, "{listed:?}");
     let subscribed = listed
         .iter()
@@ -207,7 +207,7 @@ fn client_list_info_and_kill_cover_the_proxys_clients_in_redis_format() {
         .unwrap();
     // Every field Redis writes (7.0's), and 7.2's lib-name and lib-ver.
     let mut direct = RawConn::connect(redis_addr(&redis));
-    let redis_line = lines(&send(&mut direct, &["CLIENT", "LIST"])).remove(0);
+    let redis_line = lines(&direct.command(&["CLIENT", "LIST"])).remove(0);
     for name in fields(&redis_line)
         .keys()
         .map(String::as_str)
@@ -215,35 +215,35 @@ fn client_list_info_and_kill_cover_the_proxys_clients_in_redis_format() {
     {
         assert!(mine.contains_key(name), "{name} missing from {mine:?}");
     }
-    let info = send(&mut me, &["CLIENT", "INFO"]);
+    let info = me.command(&["CLIENT", "INFO"]);
     assert_eq!(fields(&lines(&info)[0])["id"], mine["id"], "{info}");
 
     assert_eq!(
-        send(&mut me, &["CLIENT", "KILL", "ID", &alpha_fields["id"]]),
+        me.command(&["CLIENT", "KILL", "ID", &alpha_fields["id"]]),
         ":1\r\n"
     );
     assert!(alpha.is_closed_by_server());
     assert_eq!(
-        send(&mut me, &["CLIENT", "KILL", "1.2.3.4:5"]),
+        me.command(&["CLIENT", "KILL", "1.2.3.4:5"]),
         "-ERR No such client\r\n"
     );
     assert_eq!(
-        send(&mut me, &["CLIENT", "KILL", &beta_fields["addr"]]),
+        me.command(&["CLIENT", "KILL", &beta_fields["addr"]]),
         "+OK\r\n"
     );
     assert!(beta.is_closed_by_server());
     // A subscriber killed is closed, not left listening.
     assert_eq!(
-        send(&mut me, &["CLIENT", "KILL", "ID", &subscribed["id"]]),
+        me.command(&["CLIENT", "KILL", "ID", &subscribed["id"]]),
         ":1\r\n"
     );
     assert!(subscriber.is_closed_by_server());
     assert_eq!(
-        send(&mut me, &["CLIENT", "KILL", "USER", "default"]),
+        me.command(&["CLIENT", "KILL", "USER", "default"]),
         ":0\r\n",
         "SKIPME yes"
     );
-    assert_eq!(lines(&send(&mut me, &["CLIENT", "LIST"])).len(), 1);
+    assert_eq!(lines(&me.command(&["CLIENT", "LIST"])).len(), 1);
 
     let plain = ProxyBuilder::new(&redis.url())
         .flag("--forward-commands")

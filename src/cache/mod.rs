@@ -478,11 +478,11 @@ impl Cache {
         stored
     }
 
-    /// Counts a request for `read`'s key: answered from the cache with a
-    /// value of `bytes`, or (`None`) not.
-    pub(crate) fn count_request(&self, read: (Option<u16>, &[u8]), bytes: Option<usize>) {
+    /// Counts a request for `key`: answered from the cache with a value of
+    /// `bytes`, or (`None`) not.
+    pub(crate) fn count_request(&self, key: &Key, bytes: Option<usize>) {
         if let Some(hot) = &self.shared.hot {
-            hot.record(read.0, read.1, bytes);
+            hot.record(key.db(), key.name(), bytes);
         }
     }
 

@@ -100,6 +100,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A RESP bulk string's bytes, as text.
+pub fn bulk(value: &str) -> String {
+    format!("${}\r\n{value}\r\n", value.len())
+}
+
 /// A raw TCP connection for speaking RESP byte by byte.
 pub struct RawConn {
     stream: std::net::TcpStream,

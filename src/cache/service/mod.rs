@@ -218,12 +218,11 @@ where
                     quantiles::HITS.record(start.elapsed());
                 }
                 let bytes = hit.value.as_ref().map_or(0, Bytes::len);
-                self.cache
-                    .count_request((key.db(), key.name()), Some(bytes));
+                self.cache.count_request(&key, Some(bytes));
                 ResponseFuture::hit(hit)
             }
             cached => {
-                self.cache.count_request((key.db(), key.name()), None);
+                self.cache.count_request(&key, None);
                 self.not_fresh(Read::Key(key.clone()), key, cached)
             }
         }

@@ -208,11 +208,11 @@ impl Topology for Sharded {
             return self.primaries();
         };
         let live = ejecting.live();
-        let mut servers: Vec<NodeRef> = (self.servers.iter().enumerate())
-            .filter(|&(i, _)| !ejecting.is_out(&live, i))
-            .map(|(_, server)| server.clone())
-            .collect();
-        servers.sort_by(|a, b| a.addr().cmp(b.addr()));
+        let mut servers = self.primaries();
+        servers.retain(|node| {
+            self.position(node)
+                .is_none_or(|index| !ejecting.is_out(&live, index))
+        });
         servers
     }
 
