@@ -59,7 +59,10 @@ mod tls;
 mod worker;
 
 pub use backend::{Invalidation, InvalidationSink, RedisService, RedisServiceBuilder};
-pub use cache::{Cache, CacheBuilder, CachePolicy, Stats as CacheStats};
+pub use cache::{
+    Cache, CacheBuilder, CachePolicy, Changed as CacheChanged, Stats as CacheStats,
+    Watcher as CacheWatcher,
+};
 pub use config::Config;
 pub use layers::{Stack, StackBuilder};
 pub use lookup::{Cause, Error, Key, Lookup, Source};

@@ -113,7 +113,33 @@ struct Shared {
     hot: Option<hot::Hot>,
     /// The largest values stored.
     big: hot::Big,
+    /// Told of every change the cache learns of (see [`Cache::watch`]).
+    watcher: std::sync::OnceLock<Watching>,
 }
+
+/// The watcher, as a field the handle's `Debug` can show.
+struct Watching(Watcher);
+
+impl std::fmt::Debug for Watching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watcher")
+    }
+}
+
+/// What changed, as [`Cache::watch`] tells it: keys by name (in every
+/// database), or everything that could have been read so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changed<'a> {
+    /// These keys changed or went away.
+    Keys(&'a [Bytes]),
+    /// Anything may have changed: a flush, or the link that would have told
+    /// of changes was lost.
+    All,
+}
+
+/// Receives [`Changed`], synchronously, after the cache has dropped what it
+/// names.
+pub type Watcher = Arc<dyn Fn(Changed<'_>) + Send + Sync>;
 
 /// What the cache counts itself, resolved once when it is built.
 #[derive(Debug)]
@@ -271,6 +297,7 @@ impl CacheBuilder {
                     hot::Hot::new(window, threads)
                 }),
                 big: hot::Big::default(),
+                watcher: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -320,6 +347,25 @@ impl Cache {
             flights.detach(&read);
             self.drop_queries(&mut flights, key.name());
         }
+        drop(flights);
+        if self.shared.watcher.get().is_some() {
+            let names: Vec<Bytes> = keys.iter().map(|key| key.name().clone()).collect();
+            self.changed(Changed::Keys(&names));
+        }
+    }
+
+    /// Has `watcher` told of every change the cache learns of from now on:
+    /// keys invalidated, a flush, entries no longer known fresh. The
+    /// RESP front-end's client-side caching hears of changes so. A cache has
+    /// one watcher; a second is refused (`false`).
+    pub fn watch(&self, watcher: Watcher) -> bool {
+        self.shared.watcher.set(Watching(watcher)).is_ok()
+    }
+
+    fn changed(&self, changed: Changed<'_>) {
+        if let Some(Watching(watcher)) = self.shared.watcher.get() {
+            watcher(changed);
+        }
     }
 
     /// Drops `names` in every database, and keeps fetches of them in flight from
@@ -334,6 +380,8 @@ impl Cache {
         flights.detach_all(|read| {
             matches!(read, Read::Key(_)) && names.iter().any(|name| name[..] == *read.key_name())
         });
+        drop(flights);
+        self.changed(Changed::Keys(names));
     }
 
     /// Drops every cached read of the key called `name`, and detaches their
@@ -352,6 +400,8 @@ impl Cache {
         self.store().clear();
         flights.clear_queries();
         flights.detach_all(|_| true);
+        drop(flights);
+        self.changed(Changed::All);
     }
 
     /// What Redis would have said changed can no longer be known (the
@@ -370,6 +420,8 @@ impl Cache {
             .unverified_before
             .fetch_max(now.saturating_add(1), Ordering::Relaxed);
         flights.detach_all(|_| true);
+        drop(flights);
+        self.changed(Changed::All);
     }
 
     /// The fresh value of `key`, now the most recently used, and how long it

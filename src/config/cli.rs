@@ -234,6 +234,11 @@ pub(crate) struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_dedicated_connections: Option<u64>,
 
+    /// With --invalidation tracking, key names remembered for clients' CLIENT TRACKING at most, as Redis's tracking-table-max-keys [env: REDIS_PROXY_CLIENT_TRACKING_MAX_KEYS] [default: 1000000]
+    #[arg(long, value_parser = whole_number, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_tracking_max_keys: Option<u64>,
+
     /// standalone: --redis-url names one Redis; cluster: the seed nodes of a Redis Cluster; sentinel: the sentinels; comma-separated [env: REDIS_PROXY_REDIS_MODE] [default: standalone]
     #[arg(long, value_name = "MODE")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -143,6 +143,9 @@ pub struct Config {
     /// In transparent mode, backend connections held for one client's state
     /// (`MULTI`, a blocking read, subscriptions) at most.
     pub max_dedicated_connections: NonZeroUsize,
+    /// With `invalidation = "tracking"`: the key names client-side caching
+    /// (`CLIENT TRACKING` through the proxy) remembers at most.
+    pub client_tracking_max_keys: NonZeroUsize,
     /// Whether `redis_url` names one Redis or a Redis Cluster's seed nodes.
     pub redis_mode: RedisMode,
     /// In cluster mode, where cache misses are read from.
@@ -224,6 +227,7 @@ impl Default for Config {
             forward_commands: false,
             forward_admin_commands: false,
             max_dedicated_connections: NonZeroUsize::new(256).expect("non-zero"),
+            client_tracking_max_keys: NonZeroUsize::new(1_000_000).expect("non-zero"),
             redis_mode: RedisMode::Standalone,
             sentinel_master: None,
             sentinel_password: None,
@@ -386,6 +390,7 @@ impl Config {
         "forward_commands",
         "forward_admin_commands",
         "max_dedicated_connections",
+        "client_tracking_max_keys",
         "redis_mode",
         "read_from",
         "sentinel_master",

@@ -370,15 +370,19 @@ impl Forwarding {
         )
     }
 
+    /// The keys `args` names, when the table says (`None`: they cannot be
+    /// known).
+    pub(crate) fn keys(&self, args: &[Bytes]) -> Option<Vec<Bytes>> {
+        let info = self.table.get()?.get(&args[0])?;
+        info.resolve(args).keys(args)
+    }
+
     /// The slot of the keys `args` names (see [`Forwarding::slot_of`]).
     pub(crate) fn slot_of_args(&self, args: &[Bytes]) -> Result<Option<u16>, &'static str> {
         if !self.backend.spreads_keys() {
             return Ok(None);
         }
-        let keys = self.table.get().and_then(|table| {
-            let info = table.get(&args[0])?;
-            info.resolve(args).keys(args)
-        });
+        let keys = self.keys(args);
         self.slot_of(keys.as_deref().unwrap_or_default())
     }
 

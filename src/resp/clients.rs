@@ -27,6 +27,8 @@ pub(super) struct Entry {
     started: Instant,
     /// Cancelled to end the connection.
     pub(super) closing: CancellationToken,
+    /// Client-side caching's messages for it (`CLIENT TRACKING`).
+    pub(super) mailbox: super::tracking::Mailbox,
     state: Mutex<State>,
 }
 
@@ -41,6 +43,9 @@ pub(super) struct State {
     /// The last command's name, and when it came.
     pub(super) command: Option<Name>,
     pub(super) active: Instant,
+    /// With tracking on: whether in broadcast mode, and the connection its
+    /// messages go to (0: its own).
+    pub(super) tracking: Option<(bool, u64)>,
 }
 
 /// A command's name, copied (at most [`Name::MAX`] bytes): what a
@@ -101,6 +106,7 @@ impl Clients {
             local,
             started: now,
             closing,
+            mailbox: super::tracking::Mailbox::default(),
             state: Mutex::new(State {
                 name: None,
                 db: 0,
@@ -109,6 +115,7 @@ impl Clients {
                 library: (None, None),
                 command: None,
                 active: now,
+                tracking: None,
             }),
         });
         self.entries
@@ -119,6 +126,14 @@ impl Clients {
             clients: self,
             entry,
         }
+    }
+
+    /// Connection `id`, unless it is gone or ending.
+    pub(super) fn get(&self, id: u64) -> Option<Arc<Entry>> {
+        (self.entries.lock().unwrap_or_else(PoisonError::into_inner))
+            .get(&id)
+            .filter(|entry| !entry.closing.is_cancelled())
+            .cloned()
     }
 
     /// Every connection, by id, but those ending.
@@ -170,11 +185,16 @@ impl Entry {
             }),
         };
         let now = Instant::now();
+        let (flags, redir) = match state.tracking {
+            None => ("N", -1),
+            Some((false, redirect)) => ("t", redirect as i64),
+            Some((true, redirect)) => ("tB", redirect as i64),
+        };
         format!(
-            "id={id} addr={peer} laddr={local} fd=-1 name={name} age={age} idle={idle} flags=N \
+            "id={id} addr={peer} laddr={local} fd=-1 name={name} age={age} idle={idle} flags={flags} \
              db={db} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 \
              rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user={user} \
-             redir=-1 resp={resp} lib-name={lib} lib-ver={ver}\n",
+             redir={redir} resp={resp} lib-name={lib} lib-ver={ver}\n",
             id = self.id,
             peer = self.peer,
             local = self.local,

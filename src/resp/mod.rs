@@ -33,6 +33,7 @@ mod lookups;
 mod output;
 mod pause;
 mod session;
+mod tracking;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -75,6 +76,8 @@ pub(crate) struct Resp<S> {
     clients: clients::Clients,
     /// `CLIENT PAUSE`, while it holds.
     pause: pause::Pause,
+    /// Client-side caching (`CLIENT TRACKING`).
+    tracking: Arc<tracking::Tracking>,
     /// Who may read, and what.
     access: Access,
     /// Transparent mode, when on.
@@ -200,12 +203,20 @@ pub(crate) struct Settings {
     pub(crate) forwarding: Option<Arc<crate::forward::Forwarding>>,
     /// The stack's client slots.
     pub(crate) client_slots: Slots,
+    /// With `--invalidation tracking`: client-side caching is served, with
+    /// this many names remembered at most.
+    pub(crate) client_tracking: Option<usize>,
 }
 
 impl<S> Resp<S> {
     /// The protocol over `stack`, whose cache is `cache`.
     pub(crate) fn new(stack: S, cache: Cache, requests: Counting, settings: Settings) -> Self {
         let (slots, stats) = settings.connections;
+        let tracking = Arc::new(tracking::Tracking::new(settings.client_tracking));
+        if settings.client_tracking.is_some() {
+            let told = tracking.clone();
+            cache.watch(Arc::new(move |changed| told.changed(changed)));
+        }
         Self {
             stack,
             requests,
@@ -225,6 +236,7 @@ impl<S> Resp<S> {
             next_id: AtomicU64::new(1),
             clients: clients::Clients::default(),
             pause: pause::Pause::default(),
+            tracking,
             access: settings.access,
             forwarding: settings.forwarding,
         }

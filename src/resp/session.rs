@@ -67,6 +67,10 @@ pub(super) struct Session {
     pub(super) entry: Arc<super::clients::Entry>,
     /// The last command received, published after each batch.
     pub(super) last_command: Option<super::clients::Name>,
+    /// `CLIENT TRACKING ON`'s options, while tracking is on.
+    tracking: Option<super::tracking::Options>,
+    /// `CLIENT CACHING YES|NO`, for the next command only.
+    caching: Option<bool>,
 }
 
 /// The reply to a command sent before authenticating.
@@ -89,6 +93,8 @@ impl Session {
             user,
             entry,
             last_command: None,
+            tracking: None,
+            caching: None,
         }
     }
 
@@ -104,6 +110,8 @@ impl Session {
                 .to_owned();
             state.resp = self.protover();
             state.library = self.library.clone();
+            state.tracking = (self.tracking.as_ref())
+                .map(|options| (options.broadcast.is_some(), options.redirect.unwrap_or(0)));
         });
     }
 
@@ -133,11 +141,33 @@ impl Session {
                 | Command::Client(_)
                 | Command::Reset
         );
+        let caching =
+            matches!(&command, Command::Client(args) if args[0].eq_ignore_ascii_case(b"caching"));
         let planned = self.plan_command(command, requests, resp);
         if publishes {
             self.publish(&resp.databases);
         }
+        if !caching {
+            self.caching = None;
+        }
         planned
+    }
+
+    /// With tracking on: remembers that the connection read `names`, unless
+    /// `OPTIN`/`OPTOUT` and `CLIENT CACHING` say otherwise. Broadcast mode
+    /// remembers nothing.
+    fn track<'a, S>(&self, names: impl IntoIterator<Item = &'a Bytes>, resp: &Resp<S>) {
+        let Some(options) = &self.tracking else {
+            return;
+        };
+        let remembered = match (options.optin, options.optout) {
+            (true, _) => self.caching == Some(true),
+            (_, true) => self.caching != Some(false),
+            _ => true,
+        };
+        if remembered && options.broadcast.is_none() {
+            resp.tracking.read(self.id, names);
+        }
     }
 
     fn plan_command<S>(
@@ -151,10 +181,12 @@ impl Session {
         };
         let reply = match command {
             Command::Get(name) if user.may_read(&name) => {
+                self.track([&name], resp);
                 requests.push_back(Request::Get(Key::in_db(self.db, name)));
                 return Planned::Get(self.protocol);
             }
             Command::MGet(names) if user.may_read_all(names.iter().map(|n| &n[..])) => {
+                self.track(&names, resp);
                 let n = names.len();
                 requests.extend(
                     names
@@ -291,6 +323,19 @@ impl Session {
             // Redis's counters, and the proxy's in INFO, from zero again.
             resp.info.reset();
         }
+        if let Some(options) = &self.tracking {
+            match &route {
+                Route::Cached => self.track([&args[1]], resp),
+                Route::Forward {
+                    read_only: true, ..
+                } => self.track(&forwarding.keys(&args).unwrap_or_default(), resp),
+                Route::Forward {
+                    writes: crate::lookup::Writes::Keys(keys),
+                    ..
+                } if options.noloop => resp.tracking.wrote(self.id, keys),
+                _ => {}
+            }
+        }
         match route {
             Route::Refuse(error) => Planned::Reply(Reply::error(error), self.protocol),
             Route::Dedicate => Planned::Dedicate(args),
@@ -375,7 +420,15 @@ impl Session {
         self.name = None;
         self.db = None;
         self.user = resp.access.initial();
+        self.stop_tracking(resp);
         Reply::Simple("RESET")
+    }
+
+    /// Turns tracking off (it may be off already).
+    pub(super) fn stop_tracking<S>(&mut self, resp: &Resp<S>) {
+        if self.tracking.take().is_some() {
+            resp.tracking.disable(self.id);
+        }
     }
 
     /// Switches to database `db`, which the backend has confirmed.
@@ -458,17 +511,13 @@ impl Session {
                 resp.pause.unpause();
                 Reply::OK
             }
-            // The proxy does not serve client-side caching: tracking is off for
-            // every connection, as Redis reports it when it is.
-            (b"getredir", 1) => Reply::Integer(-1),
-            (b"trackinginfo", 1) => Reply::Map(vec![
-                (Reply::text("flags"), Reply::Array(vec![Reply::text("off")])),
-                (Reply::text("redirect"), Reply::Integer(-1)),
-                (Reply::text("prefixes"), Reply::Array(Vec::new())),
-            ]),
-            (b"tracking", _) => Reply::error(
-                "ERR CLIENT TRACKING (client-side caching) is not served through redis-proxy; its own cache follows Redis with --invalidation tracking",
-            ),
+            (b"getredir", 1) => Reply::Integer(match &self.tracking {
+                None => -1,
+                Some(options) => options.redirect.unwrap_or(0) as i64,
+            }),
+            (b"trackinginfo", 1) => self.tracking_info(),
+            (b"tracking", 2..) => self.client_tracking(&args[1..], resp),
+            (b"caching", 2) => self.client_caching(&args[1]),
             (b"kill", 1) => Reply::error("ERR wrong number of arguments for 'client|kill' command"),
             (b"kill", _) => self.client_kill(&args[1..], resp),
             (b"setname", 2) => match self.set_name(args[1].clone()) {
@@ -502,15 +551,195 @@ impl Session {
             {
                 Reply::OK
             }
-            (b"setname" | b"getname" | b"id" | b"setinfo" | b"info", _) => Reply::error(format!(
+            (
+                b"setname" | b"getname" | b"id" | b"setinfo" | b"info" | b"tracking" | b"caching"
+                | b"getredir" | b"trackinginfo",
+                _,
+            ) => Reply::error(format!(
                 "ERR wrong number of arguments for 'client|{}' command",
                 printable(&sub)
             )),
             _ => Reply::error(format!(
-                "ERR unknown subcommand '{}'. redis-proxy supports CLIENT SETNAME, GETNAME, ID, SETINFO, INFO, LIST, KILL, NO-EVICT, NO-TOUCH",
+                "ERR unknown subcommand '{}'. redis-proxy supports CLIENT SETNAME, GETNAME, ID, SETINFO, INFO, LIST, KILL, PAUSE, UNPAUSE, TRACKING, CACHING, GETREDIR, TRACKINGINFO, NO-EVICT, NO-TOUCH",
                 printable(&args[0])
             )),
         }
+    }
+
+    /// `CLIENT TRACKING ON|OFF [REDIRECT id] [PREFIX p …] [BCAST] [OPTIN]
+    /// [OPTOUT] [NOLOOP]`, checked as Redis 7 checks it.
+    fn client_tracking<S>(&mut self, args: &[Bytes], resp: &Resp<S>) -> Reply {
+        if !resp.tracking.served() {
+            return Reply::error(
+                "ERR CLIENT TRACKING (client-side caching) is served by redis-proxy only with --invalidation tracking, which tells it of every change in Redis",
+            );
+        }
+        let mut options = super::tracking::Options::default();
+        let mut prefixes = Vec::new();
+        let mut bcast = false;
+        let mut rest = args[1..].iter();
+        while let Some(option) = rest.next() {
+            match &option.to_ascii_lowercase()[..] {
+                b"redirect" if rest.len() > 0 => {
+                    if options.redirect.is_some() {
+                        return Reply::error(
+                            "ERR A client can only redirect to a single other client",
+                        );
+                    }
+                    let Some(id) = (std::str::from_utf8(rest.next().expect("counted")).ok())
+                        .and_then(|id| id.parse::<u64>().ok())
+                    else {
+                        return Reply::error("ERR value is not an integer or out of range");
+                    };
+                    options.redirect = Some(id);
+                }
+                b"prefix" if rest.len() > 0 => prefixes.push(rest.next().expect("counted").clone()),
+                b"bcast" => bcast = true,
+                b"optin" => options.optin = true,
+                b"optout" => options.optout = true,
+                b"noloop" => options.noloop = true,
+                _ => return Reply::error("ERR syntax error"),
+            }
+        }
+        if args[0].eq_ignore_ascii_case(b"off") {
+            self.stop_tracking(resp);
+            return Reply::OK;
+        }
+        if !args[0].eq_ignore_ascii_case(b"on") {
+            return Reply::error("ERR syntax error");
+        }
+        let redirect = match options.redirect {
+            // Redis's: a target that does not exist (`CLIENT ID`s start at 1).
+            Some(id) => match resp.clients.get(id) {
+                Some(target) => Some(target),
+                None => {
+                    return Reply::error("ERR The client ID you want redirect to does not exist");
+                }
+            },
+            None => None,
+        };
+        if !bcast && !prefixes.is_empty() {
+            return Reply::error("ERR PREFIX option requires BCAST mode to be enabled");
+        }
+        if let Some(old) = &self.tracking
+            && old.broadcast.is_some() != bcast
+        {
+            return Reply::error(
+                "ERR You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode.",
+            );
+        }
+        if bcast && (options.optin || options.optout) {
+            return Reply::error("ERR OPTIN and OPTOUT are not compatible with BCAST");
+        }
+        if options.optin && options.optout {
+            return Reply::error("ERR You can't specify both OPTIN mode and OPTOUT mode");
+        }
+        if let Some(old) = &self.tracking
+            && ((options.optin && old.optout) || (options.optout && old.optin))
+        {
+            return Reply::error(
+                "ERR You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, and then re-enabling it with a different mode.",
+            );
+        }
+        if bcast {
+            let mut all = (self.tracking.as_ref())
+                .and_then(|old| old.broadcast.clone())
+                .unwrap_or_default();
+            let overlap = |a: &Bytes, b: &Bytes| a.starts_with(b) || b.starts_with(a);
+            for (i, prefix) in prefixes.iter().enumerate() {
+                let existing = all.iter().find(|old| overlap(old, prefix));
+                let provided = prefixes[i + 1..]
+                    .iter()
+                    .find(|other| overlap(other, prefix));
+                let (kind, other) = match (existing, provided) {
+                    (Some(old), _) => ("an existing", old),
+                    (None, Some(other)) => ("another provided", other),
+                    (None, None) => continue,
+                };
+                return Reply::error(format!(
+                    "ERR Prefix '{}' overlaps with {kind} prefix '{}'. Prefixes for a single client must not overlap.",
+                    printable(prefix),
+                    printable(other)
+                ));
+            }
+            all.extend(prefixes);
+            options.broadcast = Some(all);
+        }
+        if let Some(old) = &self.tracking {
+            // On again adds to what was asked before, as Redis's flags do.
+            options.optin |= old.optin;
+            options.optout |= old.optout;
+            options.noloop |= old.noloop;
+        }
+        resp.tracking.enable(&self.entry, &options, redirect);
+        self.tracking = Some(options);
+        Reply::OK
+    }
+
+    /// `CLIENT CACHING YES|NO`: whether the next command's reads are
+    /// remembered, in `OPTIN` or `OPTOUT` mode.
+    fn client_caching(&mut self, answer: &Bytes) -> Reply {
+        let (optin, optout) = match &self.tracking {
+            Some(options) => (options.optin, options.optout),
+            None => (false, false),
+        };
+        if !optin && !optout {
+            return Reply::error(
+                "ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled",
+            );
+        }
+        match &answer.to_ascii_lowercase()[..] {
+            b"yes" if optin => self.caching = Some(true),
+            b"yes" => {
+                return Reply::error(
+                    "ERR CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.",
+                );
+            }
+            b"no" if optout => self.caching = Some(false),
+            b"no" => {
+                return Reply::error(
+                    "ERR CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.",
+                );
+            }
+            _ => return Reply::error("ERR syntax error"),
+        }
+        Reply::OK
+    }
+
+    /// `CLIENT TRACKINGINFO`, as Redis 7 gives it.
+    fn tracking_info(&self) -> Reply {
+        let Some(options) = &self.tracking else {
+            return Reply::Map(vec![
+                (Reply::text("flags"), Reply::Array(vec![Reply::text("off")])),
+                (Reply::text("redirect"), Reply::Integer(-1)),
+                (Reply::text("prefixes"), Reply::Array(Vec::new())),
+            ]);
+        };
+        let mut flags = vec![Reply::text("on")];
+        let named = [
+            (options.broadcast.is_some(), "bcast"),
+            (options.optin, "optin"),
+            (options.optout, "optout"),
+            (self.caching == Some(true), "caching-yes"),
+            (self.caching == Some(false), "caching-no"),
+            (options.noloop, "noloop"),
+        ];
+        flags.extend(
+            (named.iter())
+                .filter(|(on, _)| *on)
+                .map(|(_, flag)| Reply::text(*flag)),
+        );
+        let prefixes = (options.broadcast.iter().flatten())
+            .map(|prefix| Reply::Bulk(prefix.clone()))
+            .collect();
+        Reply::Map(vec![
+            (Reply::text("flags"), Reply::Array(flags)),
+            (
+                Reply::text("redirect"),
+                Reply::Integer(options.redirect.unwrap_or(0) as i64),
+            ),
+            (Reply::text("prefixes"), Reply::Array(prefixes)),
+        ])
     }
 
     /// `CLIENT LIST [TYPE normal] [ID id …]`: the proxy's clients, this one

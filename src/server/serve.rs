@@ -121,6 +121,8 @@ fn resp_protocol(proxy: &Proxy, requests: &Requests, port: u16) -> Arc<Resp<Stac
             access: proxy.access.clone(),
             forwarding: proxy.forwarding.clone(),
             client_slots: stack.client_slots().clone(),
+            client_tracking: (config.invalidation == crate::config::InvalidationMode::Tracking)
+                .then_some(config.client_tracking_max_keys.get()),
         },
     ))
 }

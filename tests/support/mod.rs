@@ -120,6 +120,13 @@ impl RawConn {
         Self { stream }
     }
 
+    /// Sets how long a read waits before it gives up (and returns what it has).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .expect("timeout");
+    }
+
     /// Writes `bytes` as they are.
     pub fn send(&mut self, bytes: &[u8]) -> &mut Self {
         use std::io::Write;

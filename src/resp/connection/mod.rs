@@ -72,6 +72,7 @@ pub(super) async fn serve<S, T>(
     };
     let close = connection.run(&stop).await;
     stop.cancel();
+    connection.session.stop_tracking(resp);
     let protocol = connection.session.protocol;
     connection.client.close(close, protocol).await;
 }
@@ -127,6 +128,12 @@ where
             if let Err(close) = answered {
                 return close;
             }
+            // Client-side caching's messages, after the replies to the reads
+            // before them.
+            let entry = &self.session.entry;
+            entry
+                .mailbox
+                .drain(self.session.protocol, false, self.client.output.buffer());
             let read_more = match self.client.flush_reading().await {
                 Ok(read_more) => read_more,
                 Err(close) => return close,
@@ -152,8 +159,13 @@ where
             if batch.more || read_more {
                 continue;
             }
-            if let Err(close) = self.client.read(stop).await {
-                return close;
+            let entry = self.session.entry.clone();
+            tokio::select! {
+                read = self.client.read(stop) => if let Err(close) = read {
+                    return close;
+                },
+                // Written by the next turn.
+                () = entry.mailbox.ready.notified() => {}
             }
         }
     }

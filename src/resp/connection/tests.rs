@@ -131,6 +131,7 @@ fn protocol_with(stack: FakeStack, limits: Limits) -> Arc<Resp<FakeStack>> {
             access: crate::auth::Access::open(),
             forwarding: None,
             client_slots: Slots::new(1024),
+            client_tracking: None,
         },
     ))
 }

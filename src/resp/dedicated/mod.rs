@@ -196,6 +196,14 @@ where
             }
             self.client.account_input()?;
             self.emit_local();
+            // Client-side caching's messages: in RESP2 to a subscriber only, as
+            // Redis sends them to a redirect target.
+            let subscribed = self.state.subscriptions > 0;
+            (self.session.entry.mailbox).drain(
+                self.session.protocol,
+                subscribed,
+                self.client.output.buffer(),
+            );
             if !self.out.is_empty() {
                 let sent = self.link.write(&self.out).await;
                 self.out.clear();
@@ -253,6 +261,7 @@ where
             () = switched(self.switches.as_mut()) => {
                 self.lost("ERR redis primary switched (failover): this connection's state on the old primary is gone").await
             }
+            () = self.session.entry.mailbox.ready.notified() => Ok(()),
             () = stop.cancelled() => Err(Close::Gone),
         }
     }
