@@ -69,6 +69,8 @@ struct Table {
     keys: HashMap<Bytes, Vec<u64>>,
     /// Every connection with tracking on.
     trackers: HashMap<u64, Tracker>,
+    /// Those in broadcast mode.
+    broadcasting: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -211,7 +213,12 @@ impl Tracking {
             redirect,
             broadcast: options.broadcast.clone(),
         };
-        if self.table().trackers.insert(entry.id, tracker).is_none() {
+        let mut table = self.table();
+        table.broadcasting.retain(|&id| id != entry.id);
+        if tracker.broadcast.is_some() {
+            table.broadcasting.push(entry.id);
+        }
+        if table.trackers.insert(entry.id, tracker).is_none() {
             self.active.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -219,7 +226,9 @@ impl Tracking {
     /// Turns tracking off for connection `id` (it may be off already). The
     /// names it read are forgotten as they change.
     pub(super) fn disable(&self, id: u64) {
-        if self.table().trackers.remove(&id).is_some() {
+        let mut table = self.table();
+        table.broadcasting.retain(|&other| other != id);
+        if table.trackers.remove(&id).is_some() {
             self.active.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -298,11 +307,11 @@ impl Tracking {
                     if let Some(readers) = table.keys.remove(name) {
                         told.extend(readers.into_iter().map(|id| (id, name)));
                     }
-                    for (&id, tracker) in &table.trackers {
+                    for &id in &table.broadcasting {
                         let under = |prefix: &Bytes| name.starts_with(prefix);
-                        if tracker.broadcast.as_ref().is_some_and(|prefixes| {
-                            prefixes.is_empty() || prefixes.iter().any(under)
-                        }) {
+                        let prefixes = (table.trackers.get(&id))
+                            .and_then(|tracker| tracker.broadcast.as_ref());
+                        if prefixes.is_some_and(|p| p.is_empty() || p.iter().any(under)) {
                             told.push((id, name));
                         }
                     }
