@@ -308,3 +308,45 @@ fn client_pause_holds_the_proxys_clients_writes_or_all_until_unpaused_and_not_re
         "-ERR timeout is not an integer or out of range\r\n"
     );
 }
+
+#[test]
+fn client_reply_off_and_skip_keep_replies_from_the_client_as_redis_does() {
+    let redis = RedisServer::start();
+    let proxy = transparent(&redis);
+    for addr in [proxy.resp_addr(), redis_addr(&redis)] {
+        let mut conn = RawConn::connect(addr);
+        let pipeline = [
+            &["CLIENT", "REPLY", "OFF"][..],
+            &["SET", "quiet", "1"],
+            &["GET", "quiet"],
+            &["CLIENT", "REPLY", "SKIP"],
+            &["CLIENT", "REPLY", "ON"],
+            &["CLIENT", "REPLY", "SKIP"],
+            &["SET", "skipped", "2"],
+            &["GET", "skipped"],
+            &["CLIENT", "REPLY", "maybe"],
+        ];
+        let mut frames = String::new();
+        for args in pipeline {
+            frames.push_str(&format!("*{}\r\n", args.len()));
+            for arg in args {
+                frames.push_str(&support::bulk(arg));
+            }
+        }
+        conn.send(frames.as_bytes());
+        assert_eq!(conn.read_reply(), "+OK\r\n", "{addr}: REPLY ON's");
+        assert_eq!(
+            conn.read_reply(),
+            support::bulk("2"),
+            "{addr}: SET's skipped"
+        );
+        assert!(conn.read_reply().starts_with("-ERR syntax error"), "{addr}");
+        // The writes ran though their replies were kept back.
+        assert_eq!(call(addr, &["GET", "quiet"]), support::bulk("1"), "{addr}");
+        assert_eq!(
+            conn.command(&["PING"]),
+            "+PONG\r\n",
+            "{addr}: nothing else came"
+        );
+    }
+}

@@ -71,6 +71,21 @@ pub(super) struct Session {
     tracking: Option<super::tracking::Options>,
     /// `CLIENT CACHING YES|NO`, for the next command only.
     caching: Option<bool>,
+    /// `CLIENT REPLY`: which replies are not sent.
+    replies: Replies,
+}
+
+/// Which replies `CLIENT REPLY` keeps from the client, as Redis's flags do.
+#[derive(Debug, Default)]
+struct Replies {
+    /// `OFF`: none until `ON`.
+    off: bool,
+    /// The current command's (`SKIP` came before it).
+    skip: bool,
+    /// The next command's (the current one is `SKIP`).
+    skip_next: bool,
+    /// The current command is `CLIENT REPLY OFF` or `SKIP`, which have none.
+    none: bool,
 }
 
 /// The reply to a command sent before authenticating.
@@ -95,7 +110,18 @@ impl Session {
             last_command: None,
             tracking: None,
             caching: None,
+            replies: Replies::default(),
         }
+    }
+
+    /// Whether the reply to the command just planned is kept from the
+    /// client (`CLIENT REPLY`); the next command's is decided from here.
+    pub(super) fn unsent(&mut self) -> bool {
+        let replies = &mut self.replies;
+        let none = std::mem::take(&mut replies.none);
+        let unsent = none || replies.off || replies.skip;
+        replies.skip = std::mem::take(&mut replies.skip_next);
+        unsent
     }
 
     /// Publishes what the connection is now, for `CLIENT LIST`.
@@ -421,6 +447,7 @@ impl Session {
         self.db = None;
         self.user = resp.access.initial();
         self.stop_tracking(resp);
+        self.replies = Replies::default();
         Reply::Simple("RESET")
     }
 
@@ -518,6 +545,20 @@ impl Session {
             (b"trackinginfo", 1) => self.tracking_info(),
             (b"tracking", 2..) => self.client_tracking(&args[1..], resp),
             (b"caching", 2) => self.client_caching(&args[1]),
+            (b"reply", 2) => {
+                let replies = &mut self.replies;
+                match &args[1].to_ascii_lowercase()[..] {
+                    b"on" => {
+                        (replies.off, replies.skip) = (false, false);
+                        return Reply::OK;
+                    }
+                    b"off" => replies.off = true,
+                    b"skip" => replies.skip_next = !replies.off,
+                    _ => return Reply::error("ERR syntax error"),
+                }
+                replies.none = true;
+                Reply::OK
+            }
             (b"kill", 1) => Reply::error("ERR wrong number of arguments for 'client|kill' command"),
             (b"kill", _) => self.client_kill(&args[1..], resp),
             (b"setname", 2) => match self.set_name(args[1].clone()) {
@@ -553,14 +594,14 @@ impl Session {
             }
             (
                 b"setname" | b"getname" | b"id" | b"setinfo" | b"info" | b"tracking" | b"caching"
-                | b"getredir" | b"trackinginfo",
+                | b"getredir" | b"trackinginfo" | b"reply",
                 _,
             ) => Reply::error(format!(
                 "ERR wrong number of arguments for 'client|{}' command",
                 printable(&sub)
             )),
             _ => Reply::error(format!(
-                "ERR unknown subcommand '{}'. redis-proxy supports CLIENT SETNAME, GETNAME, ID, SETINFO, INFO, LIST, KILL, PAUSE, UNPAUSE, TRACKING, CACHING, GETREDIR, TRACKINGINFO, NO-EVICT, NO-TOUCH",
+                "ERR unknown subcommand '{}'. redis-proxy supports CLIENT SETNAME, GETNAME, ID, SETINFO, INFO, LIST, KILL, PAUSE, UNPAUSE, REPLY, TRACKING, CACHING, GETREDIR, TRACKINGINFO, NO-EVICT, NO-TOUCH",
                 printable(&args[0])
             )),
         }

@@ -83,8 +83,9 @@ struct Connection<'a, S: Service<Request>, T> {
     /// The connection's own handle to the stack, so that a lookup costs no clone.
     stack: S,
     session: Session,
-    // The batch being answered; kept between batches for their allocations.
-    planned: VecDeque<Planned>,
+    // The batch being answered, each with whether its reply is not to be
+    // sent (`CLIENT REPLY`); kept between batches for their allocations.
+    planned: VecDeque<(Planned, bool)>,
     lookups: Lookups<S::Future>,
     results: Results,
     /// Transparent mode: a request decoded but left for the next batch, since
@@ -196,6 +197,7 @@ where
             let planned = self
                 .session
                 .plan(command, &mut self.lookups.keys, self.resp);
+            let unsent = self.session.unsent();
             match planned {
                 Planned::Dedicate(args) => {
                     self.dedicate = Some(args);
@@ -203,16 +205,16 @@ where
                 }
                 // Its +OK is the last reply; anything after it is ignored.
                 planned if quit => {
-                    self.planned.push_back(planned);
+                    self.planned.push_back((planned, unsent));
                     return Batch::end(Close::Done);
                 }
                 // Requests after it read the database it selects, if it
                 // exists: they wait until the backend has said.
                 planned @ Planned::Select(_) => {
-                    self.planned.push_back(planned);
+                    self.planned.push_back((planned, unsent));
                     return Batch::more();
                 }
-                planned => self.planned.push_back(planned),
+                planned => self.planned.push_back((planned, unsent)),
             }
         }
         Batch::more()
@@ -298,31 +300,40 @@ where
             self.results.push(result);
         }
         let protocol = self.session.protocol;
-        while let Some(item) = self.planned.front() {
+        let timeout = self.client.limits().request_timeout;
+        while let Some((item, unsent)) = self.planned.front() {
+            // A reply `CLIENT REPLY` keeps from the client is encoded all the
+            // same (its result taken in turn), and dropped.
+            let mut dropped = super::output::Output::default();
+            let waiting_over = self.client.output_over(self.results.bytes);
+            let out = match unsent {
+                true => &mut dropped,
+                false => &mut self.client.output,
+            };
             match item {
-                Planned::Reply(reply, protocol) => reply.encode(*protocol, &mut self.client.output),
+                Planned::Reply(reply, protocol) => reply.encode(*protocol, out),
                 Planned::Get(protocol) => {
                     let Some(result) = self.results.pop() else {
                         return Ok(());
                     };
-                    get_reply(result).encode(*protocol, &mut self.client.output);
+                    get_reply(result).encode(*protocol, out);
                 }
                 &Planned::MGet(n, protocol) => {
                     // One array: encoded once every result is in. Until then the
                     // results count toward the pending output.
-                    if self.client.output_over(self.results.bytes) {
+                    if waiting_over {
                         return Err(Close::Bound(Bound::Output));
                     }
                     if self.results.len() < n {
                         return Ok(());
                     }
-                    mget_reply(self.results.take(n)).encode(protocol, &mut self.client.output);
+                    mget_reply(self.results.take(n)).encode(protocol, out);
                 }
                 Planned::Relay => {
                     let Some(result) = self.results.pop() else {
                         return Ok(());
                     };
-                    relayed(result, protocol, &mut self.client.output);
+                    relayed(result, protocol, out);
                 }
                 Planned::RelayAppended(section) => {
                     let Some(result) = self.results.pop() else {
@@ -330,21 +341,16 @@ where
                     };
                     match result {
                         Ok(Answer::Reply(reply)) => match batch::appended(&reply, section) {
-                            Some(reply) => self.client.output.put_value(&reply),
-                            None => self.client.output.put_value(&reply),
+                            Some(reply) => out.put_value(&reply),
+                            None => out.put_value(&reply),
                         },
-                        other => relayed(other, protocol, &mut self.client.output),
+                        other => relayed(other, protocol, out),
                     }
                 }
                 Planned::Auth(credentials) => {
-                    let timeout = self.client.limits().request_timeout;
-                    let reply = forward_auth(
-                        self.resp.forwarding.as_deref(),
-                        timeout,
-                        credentials.clone(),
-                    )
-                    .await;
-                    self.client.output.put_value(&reply);
+                    let forwarding = self.resp.forwarding.as_deref();
+                    let reply = forward_auth(forwarding, timeout, credentials.clone()).await;
+                    out.put_value(&reply);
                 }
                 Planned::Dedicate(_) => unreachable!("a dedicated command is never queued"),
                 &Planned::Select(db) => {
@@ -355,7 +361,7 @@ where
                         }
                         Err(reply) => reply,
                     };
-                    reply.encode(protocol, &mut self.client.output);
+                    reply.encode(protocol, out);
                 }
             }
             self.planned.pop_front();

@@ -165,6 +165,15 @@ where
             // Redis's own, on the client's own connection: `INFO`, and `AUTH`
             // when the proxy has no users (see `Planned::Auth`).
             b"info" => return Some(args),
+            b"client"
+                if args
+                    .get(1)
+                    .is_some_and(|sub| sub.eq_ignore_ascii_case(b"reply")) =>
+            {
+                self.local(Reply::error(
+                    "ERR CLIENT REPLY is served by redis-proxy outside MULTI, WATCH, subscriptions and blocking commands only",
+                ));
+            }
             b"auth" if !self.resp.access.required() => return Some(args),
             b"auth" | b"hello" | b"client" if self.state.multi => {
                 let place = self.state.queued_count;
