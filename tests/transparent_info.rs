@@ -307,6 +307,22 @@ fn client_pause_holds_the_proxys_clients_writes_or_all_until_unpaused_and_not_re
         admin.command(&["CLIENT", "PAUSE", "soon"]),
         "-ERR timeout is not an integer or out of range\r\n"
     );
+
+    // A client on a dedicated connection (a subscriber) waits too.
+    let mut subscriber = RawConn::connect(proxy.resp_addr());
+    assert!(
+        subscriber
+            .command(&["SUBSCRIBE", "ch"])
+            .contains("subscribe")
+    );
+    assert_eq!(admin.command(&["CLIENT", "PAUSE", "500", "ALL"]), "+OK\r\n");
+    let start = Instant::now();
+    assert!(subscriber.command(&["PING"]).contains("pong"));
+    let held = start.elapsed();
+    assert!(
+        held >= Duration::from_millis(400),
+        "the subscriber's PING waited: {held:?}"
+    );
 }
 
 #[test]
@@ -348,5 +364,42 @@ fn client_reply_off_and_skip_keep_replies_from_the_client_as_redis_does() {
             "+PONG\r\n",
             "{addr}: nothing else came"
         );
+    }
+}
+
+#[test]
+fn client_unblock_reaches_the_dedicated_connection_of_a_blocked_client() {
+    let redis = RedisServer::start();
+    let proxy = transparent(&redis);
+    for addr in [proxy.resp_addr(), redis_addr(&redis)] {
+        let mut blocked = RawConn::connect(addr);
+        let id = blocked.command(&["CLIENT", "ID"]);
+        let id = id.trim_start_matches(':').trim().to_owned();
+        let mut admin = RawConn::connect(addr);
+        let not_blocked = admin.command(&["CLIENT", "UNBLOCK", &id]);
+        assert_eq!(not_blocked, ":0\r\n", "{addr}");
+        for (mode, reply) in [
+            (None, "*-1\r\n"),
+            (Some("TIMEOUT"), "*-1\r\n"),
+            (
+                Some("ERROR"),
+                "-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n",
+            ),
+        ] {
+            blocked.send(b"*3\r\n$5\r\nBLPOP\r\n$5\r\nempty\r\n$1\r\n0\r\n");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let mut args = vec!["CLIENT", "UNBLOCK", &id];
+            args.extend(mode);
+            assert_eq!(admin.command(&args), ":1\r\n", "{addr} {mode:?}");
+            assert_eq!(blocked.read_reply(), reply, "{addr} {mode:?}");
+        }
+        assert_eq!(admin.command(&["CLIENT", "UNBLOCK", "999999"]), ":0\r\n");
+        let bad = admin.command(&["CLIENT", "UNBLOCK", &id, "SOON"]);
+        assert!(
+            bad.contains("reason should be TIMEOUT or ERROR"),
+            "{addr}: {bad}"
+        );
+        // The unblocked client goes on as before.
+        assert_eq!(blocked.command(&["PING"]), "+PONG\r\n");
     }
 }

@@ -46,6 +46,9 @@ pub(super) struct State {
     /// With tracking on: whether in broadcast mode, and the connection its
     /// messages go to (0: its own).
     pub(super) tracking: Option<(bool, u64)>,
+    /// In a dedicated session (with `--forward-admin-commands`): Redis's id
+    /// for its connection, and the slot of the node it is to.
+    pub(super) dedicated: Option<(i64, Option<u16>)>,
 }
 
 /// A command's name, copied (at most [`Name::MAX`] bytes): what a
@@ -116,6 +119,7 @@ impl Clients {
                 command: None,
                 active: now,
                 tracking: None,
+                dedicated: None,
             }),
         });
         self.entries
@@ -150,6 +154,15 @@ impl Entry {
     /// Publishes `state` as what the connection is now.
     pub(super) fn publish(&self, update: impl FnOnce(&mut State)) {
         update(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Redis's id for the connection's dedicated one, and its slot, while it
+    /// has one.
+    pub(super) fn dedicated(&self) -> Option<(i64, Option<u16>)> {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .dedicated
     }
 
     /// The connection's user, as it last published it.

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -66,6 +67,24 @@ impl Pause {
     /// Whether a command must wait now.
     pub(super) fn is_holding(&self, write: bool) -> bool {
         self.holds(write).is_some()
+    }
+
+    /// Whether `args` must wait now, `write` telling whether it may write
+    /// (asked only while a pause holds); `CLIENT PAUSE` and `UNPAUSE` never
+    /// do. `Some(write)` when it must.
+    pub(super) fn holding(&self, args: &[Bytes], write: impl FnOnce() -> bool) -> Option<bool> {
+        if !self.is_holding(true) {
+            return None;
+        }
+        let pause_command = args[0].eq_ignore_ascii_case(b"client")
+            && args.get(1).is_some_and(|sub| {
+                sub.eq_ignore_ascii_case(b"pause") || sub.eq_ignore_ascii_case(b"unpause")
+            });
+        if pause_command {
+            return None;
+        }
+        let write = write();
+        (self.is_holding(false) || write).then_some(write)
     }
 
     /// Waits while the pause holds a command (`write` as above).

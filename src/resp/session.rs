@@ -246,6 +246,13 @@ impl Session {
                 },
                 Err(reply) => reply,
             },
+            Command::Client(args)
+                if args[0].eq_ignore_ascii_case(b"unblock")
+                    && (2..=3).contains(&args.len())
+                    && resp.forwarding.as_ref().is_some_and(|f| f.admin()) =>
+            {
+                return self.client_unblock(&args, requests, resp);
+            }
             Command::Client(args) => self.client(args, resp),
             Command::Describe(args) => command_info(args),
             Command::Info(sections) if resp.forwarding.is_some() => {
@@ -528,10 +535,12 @@ impl Session {
         let sub = args[0].to_ascii_lowercase();
         let admin = resp.forwarding.as_ref().is_some_and(|f| f.admin());
         match (&sub[..], args.len()) {
-            (b"list" | b"kill" | b"pause" | b"unpause", _) if !admin => Reply::error(format!(
-                "ERR 'client|{}' is an admin command, which redis-proxy answers only with --forward-admin-commands",
-                printable(&sub)
-            )),
+            (b"list" | b"kill" | b"pause" | b"unpause" | b"unblock", _) if !admin => {
+                Reply::error(format!(
+                    "ERR 'client|{}' is an admin command, which redis-proxy answers only with --forward-admin-commands",
+                    printable(&sub)
+                ))
+            }
             (b"list", _) => self.client_list(&args[1..], resp),
             (b"pause", 2 | 3) => client_pause(&args[1..], resp),
             (b"unpause", 1) => {
@@ -594,7 +603,7 @@ impl Session {
             }
             (
                 b"setname" | b"getname" | b"id" | b"setinfo" | b"info" | b"tracking" | b"caching"
-                | b"getredir" | b"trackinginfo" | b"reply",
+                | b"getredir" | b"trackinginfo" | b"reply" | b"unblock",
                 _,
             ) => Reply::error(format!(
                 "ERR wrong number of arguments for 'client|{}' command",
@@ -715,6 +724,55 @@ impl Session {
         resp.tracking.enable(&self.entry, &options, redirect);
         self.tracking = Some(options);
         Reply::OK
+    }
+
+    /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: a client of the proxy's blocked
+    /// on its dedicated connection is unblocked by Redis, which is asked
+    /// under its id for that connection and answers as for its own clients.
+    fn client_unblock<S>(
+        &self,
+        args: &[Bytes],
+        requests: &mut VecDeque<Request>,
+        resp: &Resp<S>,
+    ) -> Planned {
+        let reply = |reply| Planned::Reply(reply, self.protocol);
+        let Some(id) = std::str::from_utf8(&args[1])
+            .ok()
+            .and_then(|id| id.parse::<u64>().ok())
+        else {
+            return reply(Reply::error("ERR value is not an integer or out of range"));
+        };
+        if let Some(mode) = args.get(2)
+            && !mode.eq_ignore_ascii_case(b"timeout")
+            && !mode.eq_ignore_ascii_case(b"error")
+        {
+            return reply(Reply::error(
+                "ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR",
+            ));
+        }
+        // Only a client on a dedicated connection can be blocked.
+        let Some((backend_id, slot)) = resp.clients.get(id).and_then(|entry| entry.dedicated())
+        else {
+            return reply(Reply::Integer(0));
+        };
+        let backend_id = Bytes::from(backend_id.to_string());
+        let mut asked = vec![
+            Bytes::from_static(b"CLIENT"),
+            Bytes::from_static(b"UNBLOCK"),
+        ];
+        asked.push(backend_id);
+        asked.extend(args.get(2).cloned());
+        let resp3 = self.protocol == Protocol::Resp3;
+        let command = Forwarding::command(
+            &asked,
+            None,
+            resp3,
+            Target::Slot(slot),
+            crate::lookup::Writes::Nothing,
+            false,
+        );
+        requests.push_back(Request::Command(command));
+        Planned::Relay
     }
 
     /// `CLIENT CACHING YES|NO`: whether the next command's reads are

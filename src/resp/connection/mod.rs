@@ -114,10 +114,11 @@ where
                 }
             }
             // A request held back by `CLIENT PAUSE` waits here, before it runs.
-            if let Some(held) = &self.stash
-                && self.pauses(held)
-            {
-                let write = self.class(held) == crate::forward::Class::Write;
+            let held = (self.stash.as_ref()).and_then(|held| {
+                let write = || self.class(held) == crate::forward::Class::Write;
+                self.resp.pause.holding(held, write)
+            });
+            if let Some(write) = held {
                 tokio::select! {
                     () = self.resp.pause.wait(write) => {}
                     () = stop.cancelled() => return Close::Gone,
@@ -220,19 +221,10 @@ where
         Batch::more()
     }
 
-    /// Whether `CLIENT PAUSE` holds `args` back now (`CLIENT PAUSE` and
-    /// `UNPAUSE` it never holds).
+    /// Whether `CLIENT PAUSE` holds `args` back now.
     fn pauses(&self, args: &[Bytes]) -> bool {
-        if !self.resp.pause.is_holding(true) {
-            return false;
-        }
-        let pause_command = args[0].eq_ignore_ascii_case(b"client")
-            && args.get(1).is_some_and(|sub| {
-                sub.eq_ignore_ascii_case(b"pause") || sub.eq_ignore_ascii_case(b"unpause")
-            });
-        !pause_command
-            && (self.resp.pause.is_holding(false)
-                || self.class(args) == crate::forward::Class::Write)
+        let write = || self.class(args) == crate::forward::Class::Write;
+        self.resp.pause.holding(args, write).is_some()
     }
 
     /// Transparent mode: whether a request reads through the cache, may write,

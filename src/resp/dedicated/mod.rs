@@ -111,8 +111,17 @@ where
         switches,
         state: State::default(),
         out: BytesMut::new(),
+        slot,
     };
+    if forwarding.admin() {
+        // Redis's id for the connection: `CLIENT UNBLOCK` of this client
+        // names it.
+        let due = Some(tokio::time::Instant::now() + relay.client.limits().request_timeout);
+        relay.state.expect.push_back(Expect::BackendId { due });
+        crate::protocol::encode(&["CLIENT", "ID"], &mut relay.out);
+    }
     let served = relay.run(first, deferred, stop).await;
+    relay.session.entry.publish(|state| state.dedicated = None);
     crate::metrics::dedicated_connections(-1);
     relay.link.close().await;
     served
@@ -163,6 +172,9 @@ struct Relay<'r, 'c, S, T> {
     state: State,
     /// Requests to write to Redis next.
     out: BytesMut,
+    /// The slot whose node the connection is to (`None`: the only one, or
+    /// any).
+    slot: Option<u16>,
 }
 
 impl<S, T> Relay<'_, '_, S, T>
@@ -189,7 +201,10 @@ where
             // Requests already received go first, whole pipelines at a time.
             while !self.state.quit {
                 match self.client.next_request() {
-                    Ok(Some(args)) => self.request(args),
+                    Ok(Some(args)) => {
+                        self.unpaused(&args, stop).await?;
+                        self.request(args);
+                    }
                     Ok(None) => break,
                     Err(error) => return Err(Close::Protocol(error)),
                 }
@@ -225,6 +240,26 @@ where
             // a client that does not read is let go after the write timeout.
             self.client.flush().await?;
             self.wait(stop).await?;
+        }
+    }
+
+    /// Waits while `CLIENT PAUSE` holds `args` (every command, or one that
+    /// may write), the requests before it sent first.
+    async fn unpaused(&mut self, args: &[Bytes], stop: &CancellationToken) -> Result<(), Close> {
+        let write = || self.forwarding.class(args) == crate::forward::Class::Write;
+        let Some(write) = self.resp.pause.holding(args, write) else {
+            return Ok(());
+        };
+        if !self.out.is_empty() {
+            let sent = self.link.write(&self.out).await;
+            self.out.clear();
+            if sent.is_err() {
+                return self.lost("ERR redis connection lost").await;
+            }
+        }
+        tokio::select! {
+            () = self.resp.pause.wait(write) => Ok(()),
+            () = stop.cancelled() => Err(Close::Gone),
         }
     }
 
@@ -331,6 +366,11 @@ where
                 self.client.output.put_value(&frame.bytes);
             }
             Some(Expect::Swallow { .. }) => {}
+            Some(Expect::BackendId { .. }) => {
+                let id = frame.integer();
+                let slot = self.slot;
+                (self.session.entry).publish(|state| state.dedicated = id.map(|id| (id, slot)));
+            }
             Some(Expect::Local(reply)) => {
                 // A local reply is never waited for: emitted before reading.
                 self.client.output.put_value(&reply);
