@@ -134,6 +134,23 @@ fn auth_without_proxy_users_is_answered_by_redis_as_redis_answers_it() {
             );
         }
     }
+    // A password set through the proxy (redis-py's own AUTH test): Redis
+    // checks it on a connection of its own, which the URL's lack of
+    // credentials does not stop at its handshake.
+    let redis = RedisServer::start();
+    let proxy = transparent(&redis);
+    let mut conn = RawConn::connect(proxy.resp_addr());
+    assert_eq!(
+        conn.command(&["CONFIG", "SET", "requirepass", "p"]),
+        "+OK\r\n"
+    );
+    assert_eq!(conn.command(&["AUTH", "p"]), "+OK\r\n");
+    assert_eq!(conn.command(&["AUTH", "default", "p"]), "+OK\r\n");
+    assert!(conn.command(&["AUTH", "q"]).starts_with("-WRONGPASS"));
+    assert_eq!(
+        conn.command(&["CONFIG", "SET", "requirepass", ""]),
+        "+OK\r\n"
+    );
 }
 
 /// The `key=value` fields of a `CLIENT LIST` line, by name.

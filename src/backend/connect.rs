@@ -118,6 +118,13 @@ impl Connector {
     ///
     /// The step that failed: connecting, TLS, a refusal, the handshake's
     /// time running out.
+    /// A link with no handshake at all: the caller speaks first, as a new
+    /// client of Redis does (`AUTH` asked for a client: its reply is Redis's
+    /// own, whatever the URL's credentials).
+    pub(crate) async fn open_bare(&self) -> Result<Link, Error> {
+        Ok(Link::new(self.connect().await?))
+    }
+
     pub(crate) async fn open(&self, setup: Setup) -> Result<Link, Error> {
         let stream = self.connect().await?;
         let mut link = Link::new(stream);

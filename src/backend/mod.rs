@@ -244,6 +244,13 @@ impl Backend {
         self.topology.primary(slot)?.open(resp3, db).await
     }
 
+    /// A connection to the primary of `slot` with no handshake: for `AUTH`
+    /// asked for a client, answered as Redis answers a new connection.
+    pub(crate) async fn bare(&self, slot: Option<u16>) -> Result<Link, Error> {
+        self.prepared().await?;
+        self.topology.primary(slot)?.open_bare().await
+    }
+
     /// Every primary's state: address, `up`, `short-circuited` or
     /// `ejected`, requests in flight and failed so far.
     pub(crate) fn node_states(&self) -> Vec<NodeState> {

@@ -216,6 +216,11 @@ impl Node {
         self.connector.open(setup).await
     }
 
+    /// A connection with no handshake (see [`Connector::open_bare`]).
+    pub(crate) async fn open_bare(&self) -> Result<Link, Error> {
+        self.connector.open_bare().await
+    }
+
     /// Whether database `db` exists: `SELECT db` on a connection of its own
     /// (lanes select databases as their requests need them, and one that
     /// fails would end the lane's connection).

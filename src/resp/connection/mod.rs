@@ -377,7 +377,7 @@ async fn forward_auth(
         return Bytes::from_static(b"+OK\r\n");
     };
     let asked = async {
-        let mut link = forwarding.backend().dedicated(None, false, None).await?;
+        let mut link = forwarding.backend().bare(None).await?;
         let command = match credentials.named {
             true => encoded(&[&b"AUTH"[..], &credentials.user, &credentials.password]),
             false => encoded(&[&b"AUTH"[..], &credentials.password]),
