@@ -205,6 +205,10 @@ fn client_list_info_and_kill_cover_the_proxys_clients_in_redis_format() {
         .map(|l| fields(l))
         .find(|f| f["cmd"] == "subscribe");
     let subscribed = subscribed.expect("the subscriber listed");
+    let state = |f: &std::collections::BTreeMap<String, String>| {
+        ["sub", "psub", "multi", "flags"].map(|name| f[name].clone())
+    };
+    assert_eq!(state(&subscribed), ["1", "0", "-1", "P"], "{subscribed:?}");
     let by_name = |name: &str| listed.iter().map(|l| fields(l)).find(|f| f["name"] == name);
     let alpha_fields = by_name("alpha").expect("alpha listed");
     assert_eq!(
@@ -234,6 +238,18 @@ fn client_list_info_and_kill_cover_the_proxys_clients_in_redis_format() {
     }
     let info = me.command(&["CLIENT", "INFO"]);
     assert_eq!(fields(&lines(&info)[0])["id"], mine["id"], "{info}");
+    // A transaction's queued commands, as Redis counts them.
+    for addr in [proxy.resp_addr(), redis_addr(&redis)] {
+        let mut queuing = RawConn::connect(addr);
+        let id = queuing.command(&["CLIENT", "ID"]);
+        assert_eq!(queuing.command(&["MULTI"]), "+OK\r\n");
+        assert_eq!(queuing.command(&["SET", "a", "1"]), "+QUEUED\r\n");
+        assert_eq!(queuing.command(&["INCR", "b"]), "+QUEUED\r\n");
+        let id = id.trim_start_matches(':').trim();
+        let listed = RawConn::connect(addr).command(&["CLIENT", "LIST", "ID", id]);
+        let listed = fields(&lines(&listed)[0]);
+        assert_eq!(state(&listed), ["0", "0", "2", "x"], "{addr}: {listed:?}");
+    }
 
     assert_eq!(
         me.command(&["CLIENT", "KILL", "ID", &alpha_fields["id"]]),

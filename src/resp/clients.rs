@@ -49,6 +49,10 @@ pub(super) struct State {
     /// In a dedicated session (with `--forward-admin-commands`): Redis's id
     /// for its connection, and the slot of the node it is to.
     pub(super) dedicated: Option<(i64, Option<u16>)>,
+    /// On a dedicated connection: channels, patterns and shard channels
+    /// subscribed, and the commands queued in a transaction (-1: none).
+    pub(super) subscribed: [i64; 3],
+    pub(super) multi: i64,
 }
 
 /// A command's name, copied (at most [`Name::MAX`] bytes): what a
@@ -120,6 +124,8 @@ impl Clients {
                 active: now,
                 tracking: None,
                 dedicated: None,
+                subscribed: [0; 3],
+                multi: -1,
             }),
         });
         self.entries
@@ -198,14 +204,27 @@ impl Entry {
             }),
         };
         let now = Instant::now();
-        let (flags, redir) = match state.tracking {
-            None => ("N", -1),
-            Some((false, redirect)) => ("t", redirect as i64),
-            Some((true, redirect)) => ("tB", redirect as i64),
+        let [sub, psub, ssub] = state.subscribed;
+        let mut flags = String::new();
+        if sub + psub + ssub > 0 {
+            flags.push('P');
+        }
+        if state.multi >= 0 {
+            flags.push('x');
+        }
+        let redir = match state.tracking {
+            None => -1,
+            Some((broadcast, redirect)) => {
+                flags.push_str(if broadcast { "tB" } else { "t" });
+                redirect as i64
+            }
         };
+        if flags.is_empty() {
+            flags.push('N');
+        }
         format!(
             "id={id} addr={peer} laddr={local} fd=-1 name={name} age={age} idle={idle} flags={flags} \
-             db={db} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 \
+             db={db} sub={sub} psub={psub} ssub={ssub} multi={multi} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 \
              rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user={user} \
              redir={redir} resp={resp} lib-name={lib} lib-ver={ver}\n",
             id = self.id,
@@ -218,6 +237,7 @@ impl Entry {
                 None => now.saturating_duration_since(state.active).as_secs(),
             },
             db = state.db,
+            multi = state.multi,
             user = state.user,
             resp = state.resp,
             lib = text(&state.library.0),

@@ -121,7 +121,11 @@ where
         crate::protocol::encode(&["CLIENT", "ID"], &mut relay.out);
     }
     let served = relay.run(first, deferred, stop).await;
-    relay.session.entry.publish(|state| state.dedicated = None);
+    relay.session.entry.publish(|state| {
+        state.dedicated = None;
+        state.subscribed = [0; 3];
+        state.multi = -1;
+    });
     crate::metrics::dedicated_connections(-1);
     relay.link.close().await;
     served
@@ -236,11 +240,26 @@ where
             if self.client.output_over(0) {
                 return Err(Close::Bound(Bound::Output));
             }
+            self.publish();
             // What Redis sent is written before more is read from either side:
             // a client that does not read is let go after the write timeout.
             self.client.flush().await?;
             self.wait(stop).await?;
         }
+    }
+
+    /// Publishes the session's state for `CLIENT LIST`: subscriptions, the
+    /// transaction's queued commands.
+    fn publish(&self) {
+        let state = &self.state;
+        let multi = match state.multi {
+            true => state.queued_count as i64,
+            false => -1,
+        };
+        self.session.entry.publish(|published| {
+            published.subscribed = state.subscribed;
+            published.multi = multi;
+        });
     }
 
     /// Waits while `CLIENT PAUSE` holds `args` (every command, or one that
@@ -339,7 +358,7 @@ where
         if let Some((kind, Some(count))) = &pubsub
             && SUBSCRIBING.contains(&&kind[..])
         {
-            state.subscriptions = *count;
+            state.confirmed(kind, *count);
             state.confirmations = state.confirmations.saturating_sub(1);
             self.client.output.put_value(&frame.bytes);
             return;

@@ -148,6 +148,7 @@ where
                 state.multi = false;
                 state.watching = false;
                 state.subscriptions = 0;
+                state.subscribed = [0; 3];
                 state.monitor = false;
                 state.queued.clear();
                 state.queued_local.clear();

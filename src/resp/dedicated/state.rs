@@ -78,8 +78,11 @@ pub(super) struct State {
     pub(super) queued_count: usize,
     /// The proxy's own commands queued in the transaction, by place.
     pub(super) queued_local: Vec<(usize, Vec<Bytes>)>,
-    /// Channels and patterns subscribed, as Redis last counted them.
+    /// Channels, patterns and shard channels subscribed, as Redis last
+    /// counted them.
     pub(super) subscriptions: i64,
+    /// Of those: channels, patterns, shard channels (for `CLIENT LIST`).
+    pub(super) subscribed: [i64; 3],
     /// (Un)subscribe confirmations still to come, and by when the first is due.
     pub(super) confirmations: usize,
     pub(super) confirming: Due,
@@ -90,6 +93,19 @@ pub(super) struct State {
 }
 
 impl State {
+    /// An (un)subscription confirmed by Redis (`kind`, e.g. `psubscribe`),
+    /// with its count: Redis counts channels and patterns together, shard
+    /// channels apart.
+    pub(super) fn confirmed(&mut self, kind: &[u8], count: i64) {
+        let [channels, patterns, shard] = &mut self.subscribed;
+        match kind {
+            b"subscribe" | b"unsubscribe" => *channels = (count - *patterns).max(0),
+            b"psubscribe" | b"punsubscribe" => *patterns = (count - *channels).max(0),
+            _ => *shard = count,
+        }
+        self.subscriptions = self.subscribed.iter().sum();
+    }
+
     /// Whether the client may go back to the shared path.
     pub(super) fn over(&self) -> bool {
         !self.multi
