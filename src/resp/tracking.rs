@@ -110,6 +110,9 @@ pub(super) enum Push {
 /// The messages waiting for one connection, and the signal that one came.
 #[derive(Debug, Default)]
 pub(super) struct Mailbox {
+    /// Whether `queue` may hold messages: what a connection reads after
+    /// every batch, without the lock.
+    posted: std::sync::atomic::AtomicBool,
     queue: Mutex<VecDeque<Push>>,
     /// Notified on each message: a connection waiting for input wakes.
     pub(super) ready: tokio::sync::Notify,
@@ -124,6 +127,7 @@ impl Mailbox {
         } else if queue.back() != Some(&Push::Flush) || push != Push::Flush {
             queue.push_back(push);
         }
+        self.posted.store(true, Ordering::Release);
         drop(queue);
         self.ready.notify_one();
     }
@@ -132,6 +136,9 @@ impl Mailbox {
     /// in RESP2 hears them only while `subscribed` (as Redis's redirect
     /// target does); otherwise they are dropped.
     pub(super) fn drain(&self, protocol: Protocol, subscribed: bool, out: &mut BytesMut) {
+        if !self.posted.swap(false, Ordering::Acquire) {
+            return;
+        }
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         for push in queue.drain(..) {
             encode(&push, protocol, subscribed, out);

@@ -161,13 +161,20 @@ where
             if batch.more || read_more {
                 continue;
             }
-            let entry = self.session.entry.clone();
-            tokio::select! {
-                read = self.client.read(stop) => if let Err(close) = read {
-                    return close;
-                },
-                // Written by the next turn.
-                () = entry.mailbox.ready.notified() => {}
+            // With client-side caching served, a message for the client
+            // wakes the connection too; it is written by the next turn.
+            let read = match self.resp.tracking.served() {
+                false => self.client.read(stop).await,
+                true => {
+                    let (client, entry) = (&mut self.client, &self.session.entry);
+                    tokio::select! {
+                        read = client.read(stop) => read,
+                        () = entry.mailbox.ready.notified() => Ok(()),
+                    }
+                }
+            };
+            if let Err(close) = read {
+                return close;
             }
         }
     }
@@ -296,10 +303,14 @@ where
         while let Some((item, unsent)) = self.planned.front() {
             // A reply `CLIENT REPLY` keeps from the client is encoded all the
             // same (its result taken in turn), and dropped.
-            let mut dropped = super::output::Output::default();
-            let waiting_over = self.client.output_over(self.results.bytes);
+            let waiting_over =
+                matches!(item, Planned::MGet(..)) && self.client.output_over(self.results.bytes);
+            let mut dropped;
             let out = match unsent {
-                true => &mut dropped,
+                true => {
+                    dropped = super::output::Output::default();
+                    &mut dropped
+                }
                 false => &mut self.client.output,
             };
             match item {
