@@ -125,10 +125,20 @@ fn auth_without_proxy_users_is_answered_by_redis_as_redis_answers_it() {
             &["AUTH", "default", "wrong"],
             &["AUTH", "s3cret"],
             &["AUTH", "nobody", "s3cret"],
+            &["HELLO", "3", "AUTH", "default", "wrong"],
+            &["HELLO", "2", "AUTH", "nobody", ""],
         ] {
-            let direct = call(redis_addr(&redis), args);
+            // HELLO's map names each connection's own id.
+            let masked = |reply: String| {
+                let mut lines: Vec<&str> = reply.split("\r\n").collect();
+                if let Some(at) = lines.iter().position(|line| *line == "id") {
+                    lines[at + 1] = ":ID";
+                }
+                lines.join("\r\n")
+            };
+            let direct = masked(call(redis_addr(&redis), args));
             assert_eq!(
-                call(proxy.resp_addr(), args),
+                masked(call(proxy.resp_addr(), args)),
                 direct,
                 "{args:?} with {extra:?}"
             );
@@ -140,6 +150,11 @@ fn auth_without_proxy_users_is_answered_by_redis_as_redis_answers_it() {
     let redis = RedisServer::start();
     let proxy = transparent(&redis);
     let mut conn = RawConn::connect(proxy.resp_addr());
+    let info = call(redis_addr(&redis), &["INFO", "server"]);
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap();
     assert_eq!(
         conn.command(&["CONFIG", "SET", "requirepass", "p"]),
         "+OK\r\n"
@@ -147,10 +162,21 @@ fn auth_without_proxy_users_is_answered_by_redis_as_redis_answers_it() {
     assert_eq!(conn.command(&["AUTH", "p"]), "+OK\r\n");
     assert_eq!(conn.command(&["AUTH", "default", "p"]), "+OK\r\n");
     assert!(conn.command(&["AUTH", "q"]).starts_with("-WRONGPASS"));
-    assert_eq!(
-        conn.command(&["CONFIG", "SET", "requirepass", ""]),
-        "+OK\r\n"
+    // HELLO's credentials too, and it reports the backend's version.
+    assert!(
+        conn.command(&["HELLO", "3", "AUTH", "default", "q"])
+            .starts_with("-WRONGPASS")
     );
+    let hello = conn.command(&["HELLO", "3", "AUTH", "default", "p", "SETNAME", "n"]);
+    assert!(
+        hello.starts_with('%') && hello.contains(&support::bulk(version)),
+        "{hello}"
+    );
+    assert_eq!(conn.command(&["CLIENT", "GETNAME"]), support::bulk("n"));
+    // The RESP2 shared connection, opened before the password was set.
+    let mut resp2 = RawConn::connect(proxy.resp_addr());
+    let cleared = resp2.command(&["CONFIG", "SET", "requirepass", ""]);
+    assert_eq!(cleared, "+OK\r\n");
 }
 
 /// The `key=value` fields of a `CLIENT LIST` line, by name.

@@ -163,6 +163,8 @@ pub(crate) struct Forwarding {
     /// Whether admin commands are forwarded.
     admin: bool,
     table: OnceLock<Arc<Table>>,
+    /// The backend's `redis_version`, read with the table.
+    version: OnceLock<String>,
     loading: tokio::sync::Mutex<()>,
     /// Connections dedicated to one client.
     pub(crate) dedicated: Slots,
@@ -186,6 +188,7 @@ impl Forwarding {
             cache,
             admin,
             table: OnceLock::new(),
+            version: OnceLock::new(),
             loading: tokio::sync::Mutex::new(()),
             dedicated: Slots::new(max_dedicated),
         }
@@ -223,8 +226,22 @@ impl Forwarding {
             .map_err(|error| Error::unavailable(format!("unreadable COMMAND reply: {error}")))?;
         let table = Table::from_reply(&value).map_err(Error::unavailable)?;
         tracing::info!(commands = table.len(), "read the backend's command table");
+        // What `HELLO` reports, as Redis would: best effort.
+        let asked = Outgoing::read(encoded(&["INFO", "server"]), None, false);
+        if let Ok(reply) = self.backend.send(None, asked).await
+            && let Some(Some(text)) = reply.bulk()
+            && let Some(version) = (String::from_utf8_lossy(&text).lines())
+                .find_map(|line| line.strip_prefix("redis_version:"))
+        {
+            let _ = self.version.set(version.trim().to_owned());
+        }
         let _ = self.table.set(Arc::new(table));
         Ok(())
+    }
+
+    /// The backend's version, once read.
+    pub(crate) fn version(&self) -> Option<&str> {
+        self.version.get().map(String::as_str)
     }
 
     /// How `args` (a request, name first) is served to `user`. The table must

@@ -46,6 +46,10 @@ pub(super) enum Planned {
     /// Transparent mode without proxy users: `AUTH`, answered by Redis on a
     /// connection of its own.
     Auth(Credentials),
+    /// The same for `HELLO protover AUTH …`: the credentials asked of Redis,
+    /// then the protocol and name set if it accepts them. Requests after it
+    /// wait, since they are answered in the protocol it chooses.
+    Hello(Credentials, Protocol, Option<Bytes>),
 }
 
 /// What one connection knows about itself.
@@ -226,6 +230,16 @@ impl Session {
             Command::Ping(Some(message)) | Command::Echo(message) => Reply::Bulk(message),
             Command::Quit => Reply::OK,
             Command::Reset => self.reset(resp),
+            Command::Hello {
+                protover,
+                auth: Some(credentials),
+                setname,
+            } if resp.forwarding.is_some() && !resp.access.required() => {
+                return match self.protocol_of(protover) {
+                    Ok(protocol) => Planned::Hello(credentials, protocol, setname),
+                    Err(reply) => Planned::Reply(reply, self.protocol),
+                };
+            }
             Command::Hello {
                 protover,
                 auth,
@@ -479,19 +493,9 @@ impl Session {
         resp: &Resp<S>,
     ) -> Reply {
         // Validate everything before changing anything, as Redis does.
-        let protocol = match protover {
-            None => self.protocol,
-            Some(version) => match std::str::from_utf8(&version)
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
-            {
-                Some(2) => Protocol::Resp2,
-                Some(3) => Protocol::Resp3,
-                Some(_) => return Reply::error("NOPROTO unsupported protocol version"),
-                None => {
-                    return Reply::error("ERR Protocol version is not an integer or out of range");
-                }
-            },
+        let protocol = match self.protocol_of(protover) {
+            Ok(protocol) => protocol,
+            Err(reply) => return reply,
         };
         if let Some(credentials) = auth {
             let reply = self.auth(&credentials, resp);
@@ -499,13 +503,47 @@ impl Session {
                 return reply;
             }
         }
+        self.hello_done(protocol, setname, resp)
+    }
+
+    /// The protocol `HELLO protover` asks for (none: the current one).
+    fn protocol_of(&self, protover: Option<Bytes>) -> Result<Protocol, Reply> {
+        let Some(version) = protover else {
+            return Ok(self.protocol);
+        };
+        match std::str::from_utf8(&version)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+        {
+            Some(2) => Ok(Protocol::Resp2),
+            Some(3) => Ok(Protocol::Resp3),
+            Some(_) => Err(Reply::error("NOPROTO unsupported protocol version")),
+            None => Err(Reply::error(
+                "ERR Protocol version is not an integer or out of range",
+            )),
+        }
+    }
+
+    /// `HELLO` once its credentials are accepted: the name set, the
+    /// protocol switched, and the server described (in transparent mode, with
+    /// the backend's version).
+    pub(super) fn hello_done<S>(
+        &mut self,
+        protocol: Protocol,
+        setname: Option<Bytes>,
+        resp: &Resp<S>,
+    ) -> Reply {
         if let Some(Err(reply)) = setname.map(|name| self.set_name(name)) {
             return reply;
         }
         self.protocol = protocol;
+        self.publish(&resp.databases);
+        let version = (resp.forwarding.as_ref())
+            .and_then(|forwarding| forwarding.version())
+            .unwrap_or(REDIS_VERSION);
         Reply::Map(vec![
             (Reply::text("server"), Reply::text("redis")),
-            (Reply::text("version"), Reply::text(REDIS_VERSION)),
+            (Reply::text("version"), Reply::text(version)),
             (Reply::text("proto"), Reply::Integer(self.protover())),
             (Reply::text("id"), Reply::Integer(self.id as i64)),
             (Reply::text("mode"), Reply::text("standalone")),

@@ -217,8 +217,9 @@ where
                     return Batch::end(Close::Done);
                 }
                 // Requests after it read the database it selects, if it
-                // exists: they wait until the backend has said.
-                planned @ Planned::Select(_) => {
+                // exists, or are answered in the protocol it chooses: they
+                // wait until the backend has said.
+                planned @ (Planned::Select(_) | Planned::Hello(..)) => {
                     self.planned.push_back((planned, unsent));
                     return Batch::more();
                 }
@@ -354,6 +355,17 @@ where
                     let forwarding = self.resp.forwarding.as_deref();
                     let reply = forward_auth(forwarding, timeout, credentials.clone()).await;
                     out.put_value(&reply);
+                }
+                Planned::Hello(credentials, protocol, setname) => {
+                    let forwarding = self.resp.forwarding.as_deref();
+                    let reply = forward_auth(forwarding, timeout, credentials.clone()).await;
+                    if &reply[..] == b"+OK\r\n" {
+                        let (protocol, setname) = (*protocol, setname.clone());
+                        let hello = self.session.hello_done(protocol, setname, self.resp);
+                        hello.encode(self.session.protocol, out);
+                    } else {
+                        out.put_value(&reply);
+                    }
                 }
                 Planned::Dedicate(_) => unreachable!("a dedicated command is never queued"),
                 &Planned::Select(db) => {

@@ -176,6 +176,13 @@ where
                 ));
             }
             b"auth" if !self.resp.access.required() => return Some(args),
+            // Credentials in `HELLO` are Redis's to check there too.
+            b"hello"
+                if !self.resp.access.required()
+                    && args.iter().any(|arg| arg.eq_ignore_ascii_case(b"auth")) =>
+            {
+                return Some(args);
+            }
             b"auth" | b"hello" | b"client" if self.state.multi => {
                 let place = self.state.queued_count;
                 self.state.queued_local.push((place, args));
