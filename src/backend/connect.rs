@@ -8,6 +8,7 @@
 //! and reported, rather than lost behind the reset that follows. When
 //! something other than Redis answers, the error says what it sent.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -37,6 +38,11 @@ pub(crate) struct Setup {
     /// The database it selects (`None`: the URL's).
     pub(crate) db: Option<u16>,
     pub(crate) tracking: Tracking,
+    /// Whether Redis's id for it is asked (`CLIENT ID`): a tracking
+    /// listener's is what redirects name. A client's dedicated connection
+    /// sends nothing it did not ask for but its login and database, so that
+    /// `MONITOR` through the proxy shows what Redis would.
+    pub(crate) identify: bool,
 }
 
 /// How long a refused connection is given to say why.
@@ -112,22 +118,23 @@ impl Connector {
         self.parts.db
     }
 
+    /// A link with no handshake at all: the caller speaks first, as a new
+    /// client of Redis does (`AUTH` asked for a client: its reply is Redis's
+    /// own, whatever the URL's credentials).
+    pub(crate) async fn open_bare(&self) -> Result<Link, Error> {
+        let (stream, local) = self.connect().await?;
+        Ok(Link::new(stream, local))
+    }
+
     /// Opens a link set up as `setup` says.
     ///
     /// # Errors
     ///
     /// The step that failed: connecting, TLS, a refusal, the handshake's
     /// time running out.
-    /// A link with no handshake at all: the caller speaks first, as a new
-    /// client of Redis does (`AUTH` asked for a client: its reply is Redis's
-    /// own, whatever the URL's credentials).
-    pub(crate) async fn open_bare(&self) -> Result<Link, Error> {
-        Ok(Link::new(self.connect().await?))
-    }
-
     pub(crate) async fn open(&self, setup: Setup) -> Result<Link, Error> {
-        let stream = self.connect().await?;
-        let mut link = Link::new(stream);
+        let (stream, local) = self.connect().await?;
+        let mut link = Link::new(stream, local);
         let handshake = self.handshake(&mut link, setup);
         match tokio::time::timeout(self.timeout, handshake).await {
             Ok(Ok(())) => Ok(link),
@@ -155,14 +162,16 @@ impl Connector {
         }
     }
 
-    /// A TCP (and, for `rediss://`, TLS) connection, before any handshake.
-    async fn connect(&self) -> Result<Box<dyn RawStream>, Error> {
+    /// A TCP (and, for `rediss://`, TLS) connection, before any handshake,
+    /// and its local address (what Redis lists as the client's `addr`).
+    async fn connect(&self) -> Result<(Box<dyn RawStream>, Option<SocketAddr>), Error> {
         let tcp = self.connect_tcp().await?;
+        let local = tcp.local_addr().ok();
         let Some(tls) = &self.tls else {
-            return Ok(Box::new(tcp));
+            return Ok((Box::new(tcp), local));
         };
         match tokio::time::timeout(self.timeout, tls.connect(&self.parts.host, tcp)).await {
-            Ok(Ok(stream)) => Ok(Box::new(stream)),
+            Ok(Ok(stream)) => Ok((Box::new(stream), local)),
             Ok(Err(cause)) => Err(Error::Tls {
                 addr: self.addr.clone(),
                 cause: std::sync::Arc::new(cause),
@@ -231,8 +240,13 @@ impl Connector {
         if setup.tracking != Tracking::Off {
             steps.push(Step::Other);
         }
-        encode(&["CLIENT", "ID"], &mut out);
-        steps.push(Step::Id);
+        if setup.identify {
+            encode(&["CLIENT", "ID"], &mut out);
+            steps.push(Step::Id);
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
         link.write(&out).await?;
         for step in steps {
             let reply = link.read().await?;

@@ -294,6 +294,7 @@ impl Connection {
             resp3: options.resp3,
             db: None,
             tracking,
+            identify: true,
         };
         Ok(Self {
             link: connector.open(setup).await?,
@@ -501,6 +502,7 @@ async fn listen_for_invalidations(
         resp3: true,
         db: None,
         tracking: Tracking::Off,
+        identify: true,
     };
     let mut listener = connector.open(setup).await?;
     let id = listener.id;

@@ -29,8 +29,10 @@ const MAX_OWN: usize = 512 * 1024 * 1024 + 64;
 pub(crate) struct Link {
     stream: Box<dyn RawStream>,
     input: BytesMut,
-    /// Redis's id for the connection (`CLIENT ID`).
+    /// Redis's id for the connection (`CLIENT ID`), when asked.
     pub(crate) id: i64,
+    /// The connection's local address: the `addr` Redis lists it by.
+    pub(crate) local: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Link {
@@ -43,11 +45,12 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     /// A link over `stream`, before its handshake.
-    pub(crate) fn new(stream: Box<dyn RawStream>) -> Self {
+    pub(crate) fn new(stream: Box<dyn RawStream>, local: Option<std::net::SocketAddr>) -> Self {
         Self {
             stream,
             input: BytesMut::with_capacity(INPUT),
             id: 0,
+            local,
         }
     }
 

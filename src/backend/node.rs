@@ -212,6 +212,7 @@ impl Node {
             resp3,
             db,
             tracking: Tracking::Off,
+            identify: false,
         };
         self.connector.open(setup).await
     }

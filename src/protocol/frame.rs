@@ -124,18 +124,6 @@ impl Frame {
         Some(elements)
     }
 
-    /// An integer reply's value (`:`); `None` for anything else.
-    pub fn integer(&self) -> Option<i64> {
-        let b = &self.bytes[..];
-        if b.first() != Some(&b':') {
-            return None;
-        }
-        std::str::from_utf8(&b[1..b.len().saturating_sub(2)])
-            .ok()?
-            .parse()
-            .ok()
-    }
-
     /// A frame made of `bytes`, already known to be one whole reply.
     pub fn new(bytes: Bytes) -> Self {
         let kind = match bytes.first() {

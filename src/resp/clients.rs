@@ -46,9 +46,9 @@ pub(super) struct State {
     /// With tracking on: whether in broadcast mode, and the connection its
     /// messages go to (0: its own).
     pub(super) tracking: Option<(bool, u64)>,
-    /// In a dedicated session (with `--forward-admin-commands`): Redis's id
-    /// for its connection, and the slot of the node it is to.
-    pub(super) dedicated: Option<(i64, Option<u16>)>,
+    /// In a dedicated session: its connection's address as Redis lists it,
+    /// and the slot of the node it is to.
+    pub(super) dedicated: Option<(SocketAddr, Option<u16>)>,
     /// On a dedicated connection: channels, patterns and shard channels
     /// subscribed, and the commands queued in a transaction (-1: none).
     pub(super) subscribed: [i64; 3],
@@ -162,9 +162,9 @@ impl Entry {
         update(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    /// Redis's id for the connection's dedicated one, and its slot, while it
-    /// has one.
-    pub(super) fn dedicated(&self) -> Option<(i64, Option<u16>)> {
+    /// Where Redis lists the connection's dedicated one, and its slot,
+    /// while it has one.
+    pub(super) fn dedicated(&self) -> Option<(SocketAddr, Option<u16>)> {
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

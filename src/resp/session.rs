@@ -50,6 +50,10 @@ pub(super) enum Planned {
     /// then the protocol and name set if it accepts them. Requests after it
     /// wait, since they are answered in the protocol it chooses.
     Hello(Credentials, Protocol, Option<Bytes>),
+    /// `CLIENT UNBLOCK` of a client on a dedicated connection: the one
+    /// Redis lists at this address, on the node of this slot, with this
+    /// reason.
+    Unblock(SocketAddr, Option<u16>, Option<Bytes>),
 }
 
 /// What one connection knows about itself.
@@ -265,7 +269,7 @@ impl Session {
                     && (2..=3).contains(&args.len())
                     && resp.forwarding.as_ref().is_some_and(|f| f.admin()) =>
             {
-                return self.client_unblock(&args, requests, resp);
+                return self.client_unblock(&args, resp);
             }
             Command::Client(args) => self.client(args, resp),
             Command::Describe(args) => command_info(args),
@@ -766,13 +770,8 @@ impl Session {
 
     /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: a client of the proxy's blocked
     /// on its dedicated connection is unblocked by Redis, which is asked
-    /// under its id for that connection and answers as for its own clients.
-    fn client_unblock<S>(
-        &self,
-        args: &[Bytes],
-        requests: &mut VecDeque<Request>,
-        resp: &Resp<S>,
-    ) -> Planned {
+    /// for that connection and answers as for its own clients.
+    fn client_unblock<S>(&self, args: &[Bytes], resp: &Resp<S>) -> Planned {
         let reply = |reply| Planned::Reply(reply, self.protocol);
         let Some(id) = std::str::from_utf8(&args[1])
             .ok()
@@ -789,28 +788,10 @@ impl Session {
             ));
         }
         // Only a client on a dedicated connection can be blocked.
-        let Some((backend_id, slot)) = resp.clients.get(id).and_then(|entry| entry.dedicated())
-        else {
-            return reply(Reply::Integer(0));
-        };
-        let backend_id = Bytes::from(backend_id.to_string());
-        let mut asked = vec![
-            Bytes::from_static(b"CLIENT"),
-            Bytes::from_static(b"UNBLOCK"),
-        ];
-        asked.push(backend_id);
-        asked.extend(args.get(2).cloned());
-        let resp3 = self.protocol == Protocol::Resp3;
-        let command = Forwarding::command(
-            &asked,
-            None,
-            resp3,
-            Target::Slot(slot),
-            crate::lookup::Writes::Nothing,
-            false,
-        );
-        requests.push_back(Request::Command(command));
-        Planned::Relay
+        match resp.clients.get(id).and_then(|entry| entry.dedicated()) {
+            Some((listed, slot)) => Planned::Unblock(listed, slot, args.get(2).cloned()),
+            None => reply(Reply::Integer(0)),
+        }
     }
 
     /// `CLIENT CACHING YES|NO`: whether the next command's reads are

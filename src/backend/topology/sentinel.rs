@@ -430,6 +430,7 @@ fn plain() -> Setup {
         resp3: false,
         db: Some(0),
         tracking: Tracking::Off,
+        identify: true,
     }
 }
 

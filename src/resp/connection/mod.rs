@@ -34,6 +34,7 @@ use super::lookups::Lookups;
 use super::session::{Planned, Session};
 use crate::lookup::{Answer, Error, Request};
 use crate::metrics::Tally;
+use crate::backend::Outgoing;
 use crate::protocol::{Reply, Sink, encoded};
 use crate::throttle::{Throttle, held_back};
 use batch::{Batch, Order, Results, get_reply, mget_reply, relayed};
@@ -367,6 +368,11 @@ where
                         out.put_value(&reply);
                     }
                 }
+                Planned::Unblock(listed, slot, reason) => {
+                    let forwarding = self.resp.forwarding.as_deref();
+                    let asked = unblock(forwarding, timeout, *listed, *slot, reason.clone());
+                    out.put_value(&asked.await);
+                }
                 Planned::Dedicate(_) => unreachable!("a dedicated command is never queued"),
                 &Planned::Select(db) => {
                     let reply = match self.resp.databases.ask(db).await {
@@ -419,5 +425,48 @@ async fn forward_auth(
                 .replace(['\r', '\n'], " ")
         )),
         Err(_) => Bytes::from_static(b"-ERR timed out asking redis to check AUTH\r\n"),
+    }
+}
+
+/// `CLIENT UNBLOCK` of the connection Redis lists at `listed` (a client's
+/// dedicated one), on the node of `slot`: its id found with `CLIENT LIST`,
+/// then Redis's own answer relayed (`:0` when it is not listed).
+async fn unblock(
+    forwarding: Option<&crate::forward::Forwarding>,
+    timeout: std::time::Duration,
+    listed: SocketAddr,
+    slot: Option<u16>,
+    reason: Option<Bytes>,
+) -> Bytes {
+    let Some(forwarding) = forwarding else {
+        return Bytes::from_static(b":0\r\n");
+    };
+    let backend = forwarding.backend();
+    let asked = async {
+        let list = Outgoing::read(encoded(&["CLIENT", "LIST", "TYPE", "normal"]), None, false);
+        let list = backend.send(slot, list).await?.bulk().flatten();
+        let wanted = format!("addr={listed} ");
+        let id = (list.as_deref().map(String::from_utf8_lossy))
+            .and_then(|list| {
+                let line = list.lines().find(|line| line.contains(&wanted))?;
+                let id = line.strip_prefix("id=")?.split(' ').next()?;
+                Some(id.to_owned())
+            });
+        let Some(id) = id else {
+            return Ok(Bytes::from_static(b":0\r\n"));
+        };
+        let mut command = vec![Bytes::from_static(b"CLIENT"), Bytes::from_static(b"UNBLOCK")];
+        command.push(Bytes::from(id));
+        command.extend(reason);
+        let unblock = Outgoing::write(encoded(&command), None, false);
+        backend.send(slot, unblock).await.map(|frame| frame.bytes)
+    };
+    match tokio::time::timeout(timeout, asked).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(error)) => Bytes::from(format!(
+            "-ERR {}\r\n",
+            crate::Error::from(error).to_string().replace(['\r', '\n'], " ")
+        )),
+        Err(_) => Bytes::from_static(b"-ERR timed out asking redis to CLIENT UNBLOCK\r\n"),
     }
 }

@@ -111,15 +111,11 @@ where
         switches,
         state: State::default(),
         out: BytesMut::new(),
-        slot,
     };
-    if forwarding.admin() {
-        // Redis's id for the connection: `CLIENT UNBLOCK` of this client
-        // names it.
-        let due = Some(tokio::time::Instant::now() + relay.client.limits().request_timeout);
-        relay.state.expect.push_back(Expect::BackendId { due });
-        crate::protocol::encode(&["CLIENT", "ID"], &mut relay.out);
-    }
+    // Where Redis lists the connection: `CLIENT UNBLOCK` of this client
+    // finds it so.
+    let listed = relay.link.local.map(|local| (local, slot));
+    relay.session.entry.publish(|state| state.dedicated = listed);
     let served = relay.run(first, deferred, stop).await;
     relay.session.entry.publish(|state| {
         state.dedicated = None;
@@ -176,9 +172,6 @@ struct Relay<'r, 'c, S, T> {
     state: State,
     /// Requests to write to Redis next.
     out: BytesMut,
-    /// The slot whose node the connection is to (`None`: the only one, or
-    /// any).
-    slot: Option<u16>,
 }
 
 impl<S, T> Relay<'_, '_, S, T>
@@ -385,11 +378,6 @@ where
                 self.client.output.put_value(&frame.bytes);
             }
             Some(Expect::Swallow { .. }) => {}
-            Some(Expect::BackendId { .. }) => {
-                let id = frame.integer();
-                let slot = self.slot;
-                (self.session.entry).publish(|state| state.dedicated = id.map(|id| (id, slot)));
-            }
             Some(Expect::Local(reply)) => {
                 // A local reply is never waited for: emitted before reading.
                 self.client.output.put_value(&reply);

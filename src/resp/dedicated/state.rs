@@ -38,9 +38,6 @@ pub(super) enum Expect {
     Select { db: Option<u16>, due: Due },
     /// Redis's reply is not the client's: dropped.
     Swallow { due: Due },
-    /// `CLIENT ID`'s, asked when the connection opened: the id Redis knows
-    /// it by, for `CLIENT UNBLOCK`.
-    BackendId { due: Due },
     /// The proxy's own reply, sent once the replies before it are.
     Local(Bytes),
 }
@@ -53,8 +50,7 @@ impl Expect {
             Expect::Reply { due, .. }
             | Expect::End { due, .. }
             | Expect::Select { due, .. }
-            | Expect::Swallow { due }
-            | Expect::BackendId { due } => *due,
+            | Expect::Swallow { due } => *due,
             Expect::Local(_) => None,
         }
     }
