@@ -32,9 +32,9 @@ use super::client::{Bound, Close};
 use super::command::Command;
 use super::lookups::Lookups;
 use super::session::{Planned, Session};
+use crate::backend::Outgoing;
 use crate::lookup::{Answer, Error, Request};
 use crate::metrics::Tally;
-use crate::backend::Outgoing;
 use crate::protocol::{Reply, Sink, encoded};
 use crate::throttle::{Throttle, held_back};
 use batch::{Batch, Order, Results, get_reply, mget_reply, relayed};
@@ -414,17 +414,27 @@ async fn forward_auth(
         link.write(&command).await?;
         let reply = link.read().await;
         link.close().await;
-        reply
+        reply.map(|frame| frame.bytes)
     };
+    asked_of_redis(timeout, "check AUTH", asked).await
+}
+
+/// Redis's reply to what `asked` asks, within `timeout`; an error reply
+/// saying why not (`what` names it when time runs out).
+async fn asked_of_redis(
+    timeout: std::time::Duration,
+    what: &str,
+    asked: impl std::future::Future<Output = Result<Bytes, crate::backend::Error>>,
+) -> Bytes {
     match tokio::time::timeout(timeout, asked).await {
-        Ok(Ok(frame)) => frame.bytes,
+        Ok(Ok(reply)) => reply,
         Ok(Err(error)) => Bytes::from(format!(
             "-ERR {}\r\n",
             crate::Error::from(error)
                 .to_string()
                 .replace(['\r', '\n'], " ")
         )),
-        Err(_) => Bytes::from_static(b"-ERR timed out asking redis to check AUTH\r\n"),
+        Err(_) => Bytes::from(format!("-ERR timed out asking redis to {what}\r\n")),
     }
 }
 
@@ -446,27 +456,22 @@ async fn unblock(
         let list = Outgoing::read(encoded(&["CLIENT", "LIST", "TYPE", "normal"]), None, false);
         let list = backend.send(slot, list).await?.bulk().flatten();
         let wanted = format!("addr={listed} ");
-        let id = (list.as_deref().map(String::from_utf8_lossy))
-            .and_then(|list| {
-                let line = list.lines().find(|line| line.contains(&wanted))?;
-                let id = line.strip_prefix("id=")?.split(' ').next()?;
-                Some(id.to_owned())
-            });
+        let id = (list.as_deref().map(String::from_utf8_lossy)).and_then(|list| {
+            let line = list.lines().find(|line| line.contains(&wanted))?;
+            let id = line.strip_prefix("id=")?.split(' ').next()?;
+            Some(id.to_owned())
+        });
         let Some(id) = id else {
             return Ok(Bytes::from_static(b":0\r\n"));
         };
-        let mut command = vec![Bytes::from_static(b"CLIENT"), Bytes::from_static(b"UNBLOCK")];
+        let mut command = vec![
+            Bytes::from_static(b"CLIENT"),
+            Bytes::from_static(b"UNBLOCK"),
+        ];
         command.push(Bytes::from(id));
         command.extend(reason);
         let unblock = Outgoing::write(encoded(&command), None, false);
         backend.send(slot, unblock).await.map(|frame| frame.bytes)
     };
-    match tokio::time::timeout(timeout, asked).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(error)) => Bytes::from(format!(
-            "-ERR {}\r\n",
-            crate::Error::from(error).to_string().replace(['\r', '\n'], " ")
-        )),
-        Err(_) => Bytes::from_static(b"-ERR timed out asking redis to CLIENT UNBLOCK\r\n"),
-    }
+    asked_of_redis(timeout, "CLIENT UNBLOCK", asked).await
 }

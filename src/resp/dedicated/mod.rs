@@ -115,7 +115,10 @@ where
     // Where Redis lists the connection: `CLIENT UNBLOCK` of this client
     // finds it so.
     let listed = relay.link.local.map(|local| (local, slot));
-    relay.session.entry.publish(|state| state.dedicated = listed);
+    relay
+        .session
+        .entry
+        .publish(|state| state.dedicated = listed);
     let served = relay.run(first, deferred, stop).await;
     relay.session.entry.publish(|state| {
         state.dedicated = None;
