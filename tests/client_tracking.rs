@@ -21,10 +21,6 @@ fn tracked(redis: &RedisServer) -> Proxy {
         .start()
 }
 
-fn redis_addr(redis: &RedisServer) -> SocketAddr {
-    format!("127.0.0.1:{}", redis.port()).parse().unwrap()
-}
-
 /// One RESP frame's parts: a push or a message names what it is, the rest
 /// is the reply's text.
 #[derive(Debug, PartialEq)]
@@ -192,7 +188,7 @@ fn stale_reads(reader_at: SocketAddr, writers: [SocketAddr; 2], rounds: usize) -
 fn tracked_reads_see_every_write_through_the_proxy_and_straight_to_redis() {
     let redis = RedisServer::start();
     let proxy = tracked(&redis);
-    let (at_proxy, at_redis) = (proxy.resp_addr(), redis_addr(&redis));
+    let (at_proxy, at_redis) = (proxy.resp_addr(), redis.addr());
     assert_eq!(stale_reads(at_proxy, [at_proxy, at_redis], 30), 0);
     // Control: the same client, straight to Redis.
     assert_eq!(stale_reads(at_redis, [at_redis, at_redis], 12), 0);
@@ -202,11 +198,10 @@ fn tracked_reads_see_every_write_through_the_proxy_and_straight_to_redis() {
 fn tracking_turned_on_then_off_as_redis_reports_it() {
     let redis = RedisServer::start();
     let proxy = tracked(&redis);
-    for addr in [proxy.resp_addr(), redis_addr(&redis)] {
+    for addr in [proxy.resp_addr(), redis.addr()] {
         let mut conn = RawConn::connect(addr);
         assert_eq!(conn.command(&["CLIENT", "GETREDIR"]), ":-1\r\n");
-        let id = conn.command(&["CLIENT", "ID"]);
-        let id = id.trim_start_matches(':').trim();
+        let id = &conn.client_id();
         for (args, error) in [
             (vec!["PREFIX", "a"], "PREFIX option requires BCAST"),
             (
@@ -268,20 +263,19 @@ fn tracking_turned_on_then_off_as_redis_reports_it() {
 fn resp2_invalidations_go_to_the_redirect_connection_as_messages() {
     let redis = RedisServer::start();
     let proxy = tracked(&redis);
-    for addr in [proxy.resp_addr(), redis_addr(&redis)] {
+    for addr in [proxy.resp_addr(), redis.addr()] {
         let mut listener = RawConn::connect(addr);
-        let id = listener.command(&["CLIENT", "ID"]);
-        let id = id.trim_start_matches(':').trim().to_owned();
+        let id = listener.client_id();
         let subscribed = listener.command(&["SUBSCRIBE", "__redis__:invalidate"]);
         assert!(subscribed.contains("subscribe"), "{subscribed}");
         let mut reader = RawConn::connect(addr);
         let on = ["CLIENT", "TRACKING", "ON", "REDIRECT", &id];
         assert_eq!(reader.command(&on), "+OK\r\n");
-        RawConn::connect(redis_addr(&redis)).command(&["SET", "r2", "old"]);
+        RawConn::connect(redis.addr()).command(&["SET", "r2", "old"]);
         assert_eq!(reader.command(&["GET", "r2"]), support::bulk("old"));
         // Not read by the tracking client: never told of.
         RawConn::connect(addr).command(&["SET", "unread", "x"]);
-        RawConn::connect(redis_addr(&redis)).command(&["SET", "r2", "new"]);
+        RawConn::connect(redis.addr()).command(&["SET", "r2", "new"]);
         let message = listener.read_reply();
         assert_eq!(
             parse(&message),
@@ -304,7 +298,7 @@ fn resp2_invalidations_go_to_the_redirect_connection_as_messages() {
 fn broadcast_tells_of_writes_under_the_prefixes_only() {
     let redis = RedisServer::start();
     let proxy = tracked(&redis);
-    for addr in [proxy.resp_addr(), redis_addr(&redis)] {
+    for addr in [proxy.resp_addr(), redis.addr()] {
         let mut reader = Tracker::resp3(addr, &["BCAST", "PREFIX", "user:", "PREFIX", "cart:"]);
         let mut writer = RawConn::connect(addr);
         writer.command(&["SET", "user:1", "a"]);
@@ -330,10 +324,10 @@ fn losing_the_proxys_tracking_link_sends_the_null_invalidation() {
     let redis = RedisServer::start();
     let proxy = tracked(&redis);
     let mut reader = Tracker::resp3(proxy.resp_addr(), &[]);
-    RawConn::connect(redis_addr(&redis)).command(&["SET", "k", "v"]);
+    RawConn::connect(redis.addr()).command(&["SET", "k", "v"]);
     assert_eq!(reader.read(&["GET", "k"]), support::bulk("v"));
     // Every connection of the proxy's to Redis is cut.
-    let killed = RawConn::connect(redis_addr(&redis))
+    let killed = RawConn::connect(redis.addr())
         .command(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
     assert!(killed.starts_with(':') && killed != ":0\r\n", "{killed}");
     std::thread::sleep(Duration::from_millis(300));

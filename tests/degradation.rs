@@ -57,10 +57,6 @@ fn resp_get(conn: &mut RawConn, key: &str) -> (String, Duration) {
     (conn.read_reply(), started.elapsed())
 }
 
-fn redis_addr(redis: &RedisServer) -> std::net::SocketAddr {
-    format!("127.0.0.1:{}", redis.port()).parse().unwrap()
-}
-
 /// A proxy with a short TTL, stale-if-error on, and a 500 ms request timeout.
 fn stale_proxy(url: &str, stale_if_error: &str) -> Proxy {
     ProxyBuilder::new(url)
@@ -219,7 +215,7 @@ async fn a_short_circuited_node_fails_at_once_says_so_in_readyz_and_recovers() {
 async fn a_slow_redis_gets_stale_answers_before_the_timeout() {
     let redis = RedisServer::start();
     redis.set("k", "v1");
-    let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
+    let relay = Relay::start(redis.addr(), Duration::ZERO);
     let proxy = stale_proxy(&relay.url(), "1m");
     assert_eq!(http(&proxy, "k").await.body, "v1");
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -264,7 +260,7 @@ async fn stale_is_never_served_when_redis_answers_a_new_value_or_absence() {
 async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     let redis = RedisServer::start();
     redis.set("k", "v1");
-    let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
+    let relay = Relay::start(redis.addr(), Duration::ZERO);
     let proxy = ProxyBuilder::new(&relay.url())
         .arg("--cache-ttl", "1s")
         .arg("--cache-stale-while-revalidate", "2s")

@@ -59,15 +59,11 @@ impl Client {
     }
 }
 
-fn redis_addr(redis: &RedisServer) -> std::net::SocketAddr {
-    format!("127.0.0.1:{}", redis.port()).parse().unwrap()
-}
-
 #[test]
 fn a_write_whose_reply_timed_out_drops_the_value_it_may_have_changed() {
     let redis = RedisServer::start();
     redis.set("k", "old");
-    let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
+    let relay = Relay::start(redis.addr(), Duration::ZERO);
     let proxy = ProxyBuilder::new(&relay.url())
         .flag("--forward-commands")
         .arg("--worker-threads", 1)
@@ -345,7 +341,7 @@ fn running_out_of_time_while_connecting_is_a_timeout_every_time() {
     let redis = RedisServer::start();
     redis.set("k", "v");
     // Two seconds to every reply, the handshake's included.
-    let relay = Relay::start(redis_addr(&redis), Duration::from_secs(2));
+    let relay = Relay::start(redis.addr(), Duration::from_secs(2));
     let proxy = ProxyBuilder::new(&relay.url())
         .arg("--request-timeout", "300ms")
         .start();

@@ -5,16 +5,12 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::{ProxyBuilder, RawConn, RedisServer, Relay, http_get, wait_until};
 
 const MIB: u64 = 1024;
-
-fn redis_addr(redis: &RedisServer) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], redis.port()))
-}
 
 /// Reads one reply's header line and `len` bytes of its body from `conn`.
 fn read_bulk(conn: &mut RawConn, len: usize) -> Vec<u8> {
@@ -335,7 +331,7 @@ fn a_slow_backend_link_is_bounded_by_the_request_timeout_alone() {
     let redis = RedisServer::start();
     redis.set("k", "v");
     // One second per reply, the connection handshake's included.
-    let relay = Relay::start(redis_addr(&redis), Duration::from_secs(1));
+    let relay = Relay::start(redis.addr(), Duration::from_secs(1));
     let proxy = ProxyBuilder::new(&relay.url())
         .arg("--request-timeout", "30s")
         .start();
@@ -347,7 +343,7 @@ fn a_slow_backend_link_is_bounded_by_the_request_timeout_alone() {
 #[test]
 fn an_unanswered_handshake_names_the_option_that_bounded_it() {
     let redis = RedisServer::start();
-    let relay = Relay::start(redis_addr(&redis), Duration::from_secs(10));
+    let relay = Relay::start(redis.addr(), Duration::from_secs(10));
     let proxy = ProxyBuilder::new(&relay.url())
         .arg("--request-timeout", "1s")
         .start();

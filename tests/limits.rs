@@ -4,15 +4,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use support::{Proxy, ProxyBuilder, RedisServer, Relay, wait_until};
-
-fn redis_addr(redis: &RedisServer) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], redis.port()))
-}
 
 async fn status_and_body(proxy: &Proxy, key: &str) -> (StatusCode, String) {
     let response = reqwest::get(proxy.url(key)).await.expect("request");
@@ -57,7 +52,7 @@ async fn time_for_eight_concurrent_misses(max_parallel: usize, delay: Duration) 
     for i in 0..8 {
         redis.set(format!("k{i}"), SLOW);
     }
-    let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
+    let relay = Relay::start(redis.addr(), Duration::ZERO);
     relay.delay_replies_containing(SLOW.as_bytes(), delay);
     let proxy = ProxyBuilder::new(&relay.url())
         .arg("--max-parallel", max_parallel)
@@ -98,7 +93,7 @@ async fn beyond_the_client_limit_requests_get_503_at_once() {
     redis.set("slow1", SLOW);
     redis.set("slow2", SLOW);
     redis.set("warm", "w");
-    let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
+    let relay = Relay::start(redis.addr(), Duration::ZERO);
     let proxy = ProxyBuilder::new(&relay.url())
         .arg("--max-clients", 2)
         .arg("--request-timeout", "30s")
@@ -136,7 +131,7 @@ async fn slow_backend_gets_504_and_the_connection_stays_correct() {
     let redis = RedisServer::start();
     redis.set("a", "value of a");
     redis.set("b", "value of b");
-    let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
+    let relay = Relay::start(redis.addr(), Duration::ZERO);
     let proxy = ProxyBuilder::new(&relay.url())
         .arg("--request-timeout", "300ms")
         .arg("--redis-pool-size", 1)

@@ -14,10 +14,6 @@ use support::{Proxy, ProxyBuilder, RawConn, RedisServer, Relay, is_listening, wa
 /// A value whose replies the relay holds back.
 const SLOW: &str = "SLOW-VALUE";
 
-fn redis_addr(redis: &RedisServer) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], redis.port()))
-}
-
 async fn get(url: String) -> (StatusCode, String) {
     let response = reqwest::get(url).await.expect("request");
     (response.status(), response.text().await.unwrap())
@@ -252,7 +248,7 @@ async fn metrics_move_exactly_with_requests() {
 async fn shed_requests_and_in_flight_are_counted() {
     let redis = RedisServer::start();
     redis.set("slow", SLOW);
-    let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
+    let relay = Relay::start(redis.addr(), Duration::ZERO);
     relay.delay_replies_containing(SLOW.as_bytes(), Duration::from_secs(2));
     let proxy = ProxyBuilder::new(&relay.url())
         .arg("--max-clients", 1)
@@ -399,7 +395,7 @@ async fn reset_and_refused_backend_connections_fail_fast_and_recover() {
     let redis = RedisServer::start();
     redis.set("a", "1");
     redis.set("b", "2");
-    let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
+    let relay = Relay::start(redis.addr(), Duration::ZERO);
     let proxy = ProxyBuilder::new(&relay.url())
         .arg("--request-timeout", "5s")
         .start();
@@ -431,7 +427,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     let redis = RedisServer::start();
     redis.set("slow1", SLOW);
     redis.set("slow2", SLOW);
-    let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
+    let relay = Relay::start(redis.addr(), Duration::ZERO);
     relay.delay_replies_containing(SLOW.as_bytes(), Duration::from_millis(1500));
     let mut proxy = ProxyBuilder::new(&relay.url())
         .arg("--request-timeout", "10s")
@@ -463,7 +459,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
 fn shutdown_grace_bounds_the_wait_for_slow_requests() {
     let redis = RedisServer::start();
     redis.set("slow", SLOW);
-    let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
+    let relay = Relay::start(redis.addr(), Duration::ZERO);
     relay.delay_replies_containing(SLOW.as_bytes(), Duration::from_secs(20));
     let mut proxy = ProxyBuilder::new(&relay.url())
         .arg("--request-timeout", "30s")

@@ -3,14 +3,9 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::{ProxyBuilder, RawConn, RedisServer, Relay, wait_until};
-
-fn redis_addr(redis: &RedisServer) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], redis.port()))
-}
 
 #[test]
 fn get_returns_the_value_or_nil() {
@@ -411,7 +406,7 @@ fn shed_request_gets_an_error_at_once() {
     let redis = RedisServer::start();
     redis.set("slow1", SLOW);
     redis.set("slow2", SLOW);
-    let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
+    let relay = Relay::start(redis.addr(), Duration::ZERO);
     relay.delay_replies_containing(SLOW.as_bytes(), Duration::from_secs(3));
     let proxy = ProxyBuilder::new(&relay.url())
         .arg("--max-clients", 2)
@@ -448,7 +443,7 @@ fn one_pipelining_connection_cannot_exhaust_the_client_limit() {
     for i in 0..20 {
         redis.set(format!("slow{i}"), SLOW);
     }
-    let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
+    let relay = Relay::start(redis.addr(), Duration::ZERO);
     // max_clients 8: one connection may have one key in flight.
     let proxy = ProxyBuilder::new(&relay.url())
         .arg("--max-clients", 8)
@@ -474,7 +469,7 @@ fn one_pipelining_connection_cannot_exhaust_the_client_limit() {
 fn timeout_and_dead_backend_get_error_replies() {
     let redis = RedisServer::start();
     redis.set("slow", SLOW);
-    let relay = Relay::start(redis_addr(&redis), Duration::ZERO);
+    let relay = Relay::start(redis.addr(), Duration::ZERO);
     relay.delay_replies_containing(SLOW.as_bytes(), Duration::from_secs(2));
     let proxy = ProxyBuilder::new(&relay.url())
         .arg("--request-timeout", "300ms")

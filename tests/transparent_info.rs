@@ -29,7 +29,7 @@ fn info_is_redis_own_with_the_proxy_section_and_redis_py_reads_it() {
     call(proxy.resp_addr(), &["GET", "k"]);
 
     let info = call(proxy.resp_addr(), &["INFO"]);
-    let direct = call(redis_addr(&redis), &["INFO", "server"]);
+    let direct = call(redis.addr(), &["INFO", "server"]);
     let version = direct
         .lines()
         .find(|line| line.starts_with("redis_version:"))
@@ -77,10 +77,6 @@ fn info_is_redis_own_with_the_proxy_section_and_redis_py_reads_it() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-fn redis_addr(redis: &RedisServer) -> std::net::SocketAddr {
-    format!("127.0.0.1:{}", redis.port()).parse().unwrap()
 }
 
 #[test]
@@ -136,7 +132,7 @@ fn auth_without_proxy_users_is_answered_by_redis_as_redis_answers_it() {
                 }
                 lines.join("\r\n")
             };
-            let direct = masked(call(redis_addr(&redis), args));
+            let direct = masked(call(redis.addr(), args));
             assert_eq!(
                 masked(call(proxy.resp_addr(), args)),
                 direct,
@@ -150,7 +146,7 @@ fn auth_without_proxy_users_is_answered_by_redis_as_redis_answers_it() {
     let redis = RedisServer::start();
     let proxy = transparent(&redis);
     let mut conn = RawConn::connect(proxy.resp_addr());
-    let info = call(redis_addr(&redis), &["INFO", "server"]);
+    let info = call(redis.addr(), &["INFO", "server"]);
     let version = info
         .lines()
         .find_map(|l| l.strip_prefix("redis_version:"))
@@ -220,7 +216,7 @@ fn client_list_info_and_kill_cover_the_proxys_clients_in_redis_format() {
     );
     let mut me = RawConn::connect(proxy.resp_addr());
     for args in [&["CLIENT", "GETREDIR"][..], &["CLIENT", "TRACKINGINFO"]] {
-        let mut direct = RawConn::connect(redis_addr(&redis));
+        let mut direct = RawConn::connect(redis.addr());
         assert_eq!(me.command(args), direct.command(args), "{args:?}");
     }
 
@@ -253,7 +249,7 @@ fn client_list_info_and_kill_cover_the_proxys_clients_in_redis_format() {
         .find(|f| f["cmd"] == "client|list")
         .unwrap();
     // Every field Redis writes (7.0's), and 7.2's lib-name and lib-ver.
-    let mut direct = RawConn::connect(redis_addr(&redis));
+    let mut direct = RawConn::connect(redis.addr());
     let redis_line = lines(&direct.command(&["CLIENT", "LIST"])).remove(0);
     for name in fields(&redis_line)
         .keys()
@@ -265,13 +261,12 @@ fn client_list_info_and_kill_cover_the_proxys_clients_in_redis_format() {
     let info = me.command(&["CLIENT", "INFO"]);
     assert_eq!(fields(&lines(&info)[0])["id"], mine["id"], "{info}");
     // A transaction's queued commands, as Redis counts them.
-    for addr in [proxy.resp_addr(), redis_addr(&redis)] {
+    for addr in [proxy.resp_addr(), redis.addr()] {
         let mut queuing = RawConn::connect(addr);
-        let id = queuing.command(&["CLIENT", "ID"]);
+        let id = &queuing.client_id();
         assert_eq!(queuing.command(&["MULTI"]), "+OK\r\n");
         assert_eq!(queuing.command(&["SET", "a", "1"]), "+QUEUED\r\n");
         assert_eq!(queuing.command(&["INCR", "b"]), "+QUEUED\r\n");
-        let id = id.trim_start_matches(':').trim();
         let listed = RawConn::connect(addr).command(&["CLIENT", "LIST", "ID", id]);
         let listed = fields(&lines(&listed)[0]);
         assert_eq!(state(&listed), ["0", "0", "2", "x"], "{addr}: {listed:?}");
@@ -388,7 +383,7 @@ fn client_pause_holds_the_proxys_clients_writes_or_all_until_unpaused_and_not_re
 fn client_reply_off_and_skip_keep_replies_from_the_client_as_redis_does() {
     let redis = RedisServer::start();
     let proxy = transparent(&redis);
-    for addr in [proxy.resp_addr(), redis_addr(&redis)] {
+    for addr in [proxy.resp_addr(), redis.addr()] {
         let mut conn = RawConn::connect(addr);
         let pipeline = [
             &["CLIENT", "REPLY", "OFF"][..],
@@ -430,10 +425,9 @@ fn client_reply_off_and_skip_keep_replies_from_the_client_as_redis_does() {
 fn client_unblock_reaches_the_dedicated_connection_of_a_blocked_client() {
     let redis = RedisServer::start();
     let proxy = transparent(&redis);
-    for addr in [proxy.resp_addr(), redis_addr(&redis)] {
+    for addr in [proxy.resp_addr(), redis.addr()] {
         let mut blocked = RawConn::connect(addr);
-        let id = blocked.command(&["CLIENT", "ID"]);
-        let id = id.trim_start_matches(':').trim().to_owned();
+        let id = blocked.client_id();
         let mut admin = RawConn::connect(addr);
         let not_blocked = admin.command(&["CLIENT", "UNBLOCK", &id]);
         assert_eq!(not_blocked, ":0\r\n", "{addr}");

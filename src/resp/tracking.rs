@@ -238,6 +238,10 @@ impl Tracking {
         if table.trackers.remove(&id).is_some() {
             self.active.fetch_sub(1, Ordering::Relaxed);
         }
+        if table.trackers.is_empty() {
+            // Nobody is left to tell: what was remembered goes with them.
+            table.keys.clear();
+        }
     }
 
     /// Remembers that connection `id` read `names`.
@@ -288,15 +292,6 @@ impl Tracking {
     /// name in it, or broadcasts a prefix of one, is told.
     pub(super) fn changed(&self, changed: Changed<'_>) {
         if self.active.load(Ordering::Relaxed) == 0 {
-            if let Changed::Keys(names) = changed
-                && self.max_keys.is_some()
-            {
-                // Names read by connections since gone.
-                let mut table = self.table();
-                for name in names {
-                    table.keys.remove(name);
-                }
-            }
             return;
         }
         let mut table = self.table();

@@ -183,6 +183,12 @@ impl RawConn {
         self.read_reply()
     }
 
+    /// The connection's `CLIENT ID`, as text.
+    pub fn client_id(&mut self) -> String {
+        let reply = self.command(&["CLIENT", "ID"]);
+        reply.trim_start_matches(':').trim().to_owned()
+    }
+
     /// Reads one whole RESP2/RESP3 reply, nested ones included, as its raw text.
     pub fn read_reply(&mut self) -> String {
         let line = self.read_line();
